@@ -1,0 +1,136 @@
+//! The wire contract between a gateway and a sandbox worker.
+//!
+//! Plain HTTP/1.1 with JSON bodies, so a worker can run on another host and be
+//! driven by any gateway (or by `curl` when debugging). The gateway depends on
+//! these types directly; nothing else in the worker is public API.
+//!
+//! | method | path | body | answer |
+//! |---|---|---|---|
+//! | GET | `/v1/capacity` | | [`Capacity`] |
+//! | GET | `/v1/instances` | | `[InstanceInfo]` |
+//! | POST | `/v1/instances` | [`CreateInstance`] | 201 [`InstanceInfo`], or [`ApiError`] |
+//! | DELETE | `/v1/instances/{id}` | | 200 [`InstanceInfo`] (with its exit), 404 |
+//! | GET | `/healthz`, `/metrics` | | text |
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Asks a worker to start one function instance.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateInstance {
+    /// Chosen by the gateway so that it can log and route by it before the
+    /// process exists; unique across the gateway's lifetime.
+    pub instance_id: String,
+    pub function: String,
+    /// argv; `command[0]` is looked up in `PATH` when it has no `/`.
+    pub command: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    pub memory_mb: u32,
+    /// How long the process may take to accept on its port.
+    pub start_timeout_ms: u64,
+}
+
+/// How a worker enforces an instance's memory size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MemoryLimit {
+    CgroupV1,
+    CgroupV2,
+    /// `RLIMIT_AS`: a ceiling on address space, not resident memory.
+    Rlimit,
+    None,
+}
+
+impl MemoryLimit {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemoryLimit::CgroupV1 => "cgroup-v1",
+            MemoryLimit::CgroupV2 => "cgroup-v2",
+            MemoryLimit::Rlimit => "rlimit",
+            MemoryLimit::None => "none",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Capacity {
+    pub memory_mb_total: u64,
+    pub memory_mb_used: u64,
+    pub instances: usize,
+    pub memory_limit: MemoryLimit,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InstanceState {
+    Starting,
+    Running,
+    Exited,
+}
+
+/// Why an instance process ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitInfo {
+    /// Exit code, when it exited by itself.
+    pub code: Option<i32>,
+    /// Signal number, when it was killed.
+    pub signal: Option<i32>,
+    /// The kernel's OOM killer ended it inside its memory cgroup.
+    pub oom_killed: bool,
+    /// Released on request (as opposed to exiting on its own).
+    pub released: bool,
+}
+
+impl std::fmt::Display for ExitInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.oom_killed {
+            return f.write_str("killed for exceeding its memory limit (out of memory)");
+        }
+        match (self.code, self.signal) {
+            (Some(code), _) => write!(f, "exited with code {code}"),
+            (None, Some(sig)) => write!(f, "killed by signal {sig}"),
+            (None, None) => f.write_str("ended"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InstanceInfo {
+    pub instance_id: String,
+    pub function: String,
+    /// `host:port` the instance serves its invocation API on. Gateways call
+    /// it directly (see ARCHITECTURE.md, "Why gateways call instances directly").
+    pub address: String,
+    pub memory_mb: u32,
+    pub memory_limit: MemoryLimit,
+    pub state: InstanceState,
+    pub pid: Option<u32>,
+    /// Seconds since the Unix epoch.
+    pub created_unix: u64,
+    pub exit: Option<ExitInfo>,
+    /// The last lines the instance wrote to stderr (bounded).
+    pub stderr_tail: String,
+}
+
+/// Machine-readable error codes of the worker API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ApiErrorCode {
+    /// Not enough free memory on this worker (HTTP 429).
+    InsufficientMemory,
+    /// The process could not be spawned or did not accept in time (HTTP 422).
+    StartFailed,
+    /// Duplicate instance id or malformed request (HTTP 400).
+    BadRequest,
+    NotFound,
+    ShuttingDown,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApiError {
+    pub code: ApiErrorCode,
+    pub message: String,
+    #[serde(default)]
+    pub stderr_tail: String,
+}

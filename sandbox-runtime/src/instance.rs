@@ -1,0 +1,320 @@
+//! One function instance: a child process serving the invocation contract on
+//! its own port, in a fresh working directory that dies with it.
+//!
+//! Lifecycle: [`Instance::start`] spawns the process and waits until it
+//! accepts on its port (bounded by the start timeout) or exits; a watcher task
+//! records how it ended; [`Instance::release`] kills its process group, removes
+//! its cgroup and deletes its working directory.
+
+use crate::api::{ExitInfo, InstanceInfo, InstanceState, MemoryLimit};
+use crate::memory::InstanceLimit;
+use std::collections::{BTreeMap, VecDeque};
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::sync::watch;
+
+/// Lines of stderr kept per instance for error messages.
+const STDERR_TAIL_LINES: usize = 20;
+/// Longest single stderr line kept, in bytes.
+const STDERR_LINE_MAX: usize = 512;
+
+pub struct Spec {
+    pub instance_id: String,
+    pub function: String,
+    pub command: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub memory_mb: u32,
+    pub start_timeout: Duration,
+    /// Address the instance must serve on (what gateways will connect to).
+    pub host: std::net::IpAddr,
+    pub workdir: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot prepare instance: {0}")]
+    Prepare(#[source] std::io::Error),
+    #[error("cannot spawn {program:?}: {source}")]
+    Spawn {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("instance {exit} before accepting on its port")]
+    Exited { exit: ExitInfo, stderr_tail: String },
+    #[error("instance did not accept on its port within {0:?}")]
+    Timeout(Duration, String),
+}
+
+impl StartError {
+    pub fn stderr_tail(&self) -> &str {
+        match self {
+            StartError::Exited { stderr_tail, .. } | StartError::Timeout(_, stderr_tail) => {
+                stderr_tail
+            }
+            _ => "",
+        }
+    }
+}
+
+pub struct Instance {
+    pub id: String,
+    pub function: String,
+    pub address: String,
+    pub memory_mb: u32,
+    pub memory_limit: MemoryLimit,
+    pub pid: Option<u32>,
+    pub created_unix: u64,
+    workdir: PathBuf,
+    // Cold-path locks: touched at start, exit and release only, never per invocation.
+    stderr: Arc<Mutex<VecDeque<String>>>,
+    limit: Mutex<Option<InstanceLimit>>,
+    exit: watch::Receiver<Option<ExitInfo>>,
+    released: std::sync::atomic::AtomicBool,
+}
+
+impl Instance {
+    /// Spawns the instance and waits until it is ready.
+    pub async fn start(spec: Spec, limit: InstanceLimit) -> Result<Arc<Instance>, StartError> {
+        let port = free_port(spec.host).map_err(StartError::Prepare)?;
+        std::fs::create_dir_all(&spec.workdir).map_err(StartError::Prepare)?;
+        let program = spec.command.first().cloned().unwrap_or_default();
+        let mut cmd = tokio::process::Command::new(&program);
+        cmd.args(&spec.command[1..])
+            .current_dir(&spec.workdir)
+            .env_clear()
+            .env(
+                "PATH",
+                std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()),
+            )
+            .env("HOME", &spec.workdir)
+            .env("TMPDIR", &spec.workdir)
+            .env("FC_SERVER_PORT", port.to_string())
+            .env("PORT", port.to_string())
+            .env("FC_SERVER_HOST", spec.host.to_string())
+            .env("FC_FUNCTION_NAME", &spec.function)
+            .env("FC_INSTANCE_ID", &spec.instance_id)
+            .env("FC_FUNCTION_MEMORY_SIZE", spec.memory_mb.to_string())
+            .envs(&spec.env)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            // Own process group, so release kills whatever the function forked.
+            .process_group(0)
+            .kill_on_drop(true);
+        limit.install(&mut cmd);
+        let mut child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(source) => {
+                let _ = std::fs::remove_dir_all(&spec.workdir);
+                return Err(StartError::Spawn { program, source });
+            }
+        };
+        let pid = child.id();
+        let stderr = Arc::new(Mutex::new(VecDeque::with_capacity(STDERR_TAIL_LINES)));
+        let stdout_done = pump_lines(child.stdout.take(), &spec.instance_id, "stdout", None);
+        let stderr_done = pump_lines(
+            child.stderr.take(),
+            &spec.instance_id,
+            "stderr",
+            Some(stderr.clone()),
+        );
+
+        let (exit_tx, exit_rx) = watch::channel(None);
+        let limit_kind = limit.kind();
+        let instance = Arc::new(Instance {
+            id: spec.instance_id.clone(),
+            function: spec.function.clone(),
+            address: std::net::SocketAddr::new(spec.host, port).to_string(),
+            memory_mb: spec.memory_mb,
+            memory_limit: limit_kind,
+            pid,
+            created_unix: unix_now(),
+            workdir: spec.workdir.clone(),
+            stderr,
+            limit: Mutex::new(Some(limit)),
+            exit: exit_rx,
+            released: Default::default(),
+        });
+
+        // Exit watcher: the only owner of `child`.
+        let watcher = instance.clone();
+        tokio::spawn(async move {
+            let status = child.wait().await;
+            let _ = stdout_done.await;
+            let _ = stderr_done.await;
+            let oom = watcher
+                .limit
+                .lock()
+                .unwrap()
+                .as_ref()
+                .is_some_and(|l| l.oom_killed());
+            let info = ExitInfo {
+                code: status.as_ref().ok().and_then(|s| s.code()),
+                signal: status.as_ref().ok().and_then(|s| s.signal()),
+                oom_killed: oom,
+                released: watcher.released.load(std::sync::atomic::Ordering::Acquire),
+            };
+            let _ = exit_tx.send(Some(info));
+        });
+
+        // Ready when it accepts on its port; fail fast when it exits first.
+        let deadline = tokio::time::Instant::now() + spec.start_timeout;
+        let mut exit = instance.exit.clone();
+        let addr = std::net::SocketAddr::new(spec.host, port);
+        loop {
+            if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                return Ok(instance);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let tail = instance.stderr_tail();
+                instance.release().await;
+                return Err(StartError::Timeout(spec.start_timeout, tail));
+            }
+            tokio::select! {
+                _ = exit.changed() => {
+                    let info = exit.borrow().clone().unwrap_or(ExitInfo {
+                        code: None, signal: None, oom_killed: false, released: false,
+                    });
+                    let tail = instance.stderr_tail();
+                    instance.release().await;
+                    return Err(StartError::Exited { exit: info, stderr_tail: tail });
+                }
+                _ = tokio::time::sleep(Duration::from_millis(5)) => {}
+            }
+        }
+    }
+
+    pub fn exit_info(&self) -> Option<ExitInfo> {
+        self.exit.borrow().clone()
+    }
+
+    pub fn stderr_tail(&self) -> String {
+        let lines = self.stderr.lock().unwrap();
+        let mut out = String::new();
+        for l in lines.iter() {
+            out.push_str(l);
+            out.push('\n');
+        }
+        out
+    }
+
+    pub fn info(&self) -> InstanceInfo {
+        let exit = self.exit_info();
+        InstanceInfo {
+            instance_id: self.id.clone(),
+            function: self.function.clone(),
+            address: self.address.clone(),
+            memory_mb: self.memory_mb,
+            memory_limit: self.memory_limit,
+            state: if exit.is_some() {
+                InstanceState::Exited
+            } else {
+                InstanceState::Running
+            },
+            pid: self.pid,
+            created_unix: self.created_unix,
+            exit,
+            stderr_tail: self.stderr_tail(),
+        }
+    }
+
+    /// Resolves once the process has ended.
+    pub async fn exited(&self) -> ExitInfo {
+        let mut rx = self.exit.clone();
+        let got = rx.wait_for(|e| e.is_some()).await;
+        match got {
+            Ok(v) => v.clone().unwrap_or_else(unknown_exit),
+            Err(_) => unknown_exit(),
+        }
+    }
+
+    /// Kills the instance (its whole process group and cgroup), waits for it,
+    /// and deletes its working directory. Idempotent.
+    pub async fn release(&self) -> ExitInfo {
+        if !self
+            .released
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            if let Some(pid) = self.pid
+                && self.exit_info().is_none()
+            {
+                // SAFETY: plain syscall on the group this instance leads.
+                unsafe { libc::killpg(pid as i32, libc::SIGKILL) };
+            }
+            let info = match tokio::time::timeout(Duration::from_secs(5), self.exited()).await {
+                Ok(info) => info,
+                Err(_) => unknown_exit(),
+            };
+            let limit = self.limit.lock().unwrap().take();
+            let workdir = self.workdir.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                drop(limit);
+                let _ = std::fs::remove_dir_all(workdir);
+            })
+            .await;
+            return info;
+        }
+        self.exited().await
+    }
+}
+
+fn unknown_exit() -> ExitInfo {
+    ExitInfo {
+        code: None,
+        signal: None,
+        oom_killed: false,
+        released: true,
+    }
+}
+
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Asks the kernel for a free port. Another process may take it before the
+/// instance binds; the instance then fails to start and the gateway retries.
+fn free_port(host: std::net::IpAddr) -> std::io::Result<u16> {
+    let l = std::net::TcpListener::bind((host, 0))?;
+    Ok(l.local_addr()?.port())
+}
+
+/// Forwards an instance's output to the worker log, tagged with its id, and
+/// keeps a bounded tail of stderr.
+fn pump_lines(
+    stream: Option<impl AsyncRead + Unpin + Send + 'static>,
+    instance: &str,
+    which: &'static str,
+    tail: Option<Arc<Mutex<VecDeque<String>>>>,
+) -> tokio::task::JoinHandle<()> {
+    let instance = instance.to_string();
+    tokio::spawn(async move {
+        let Some(stream) = stream else { return };
+        let mut lines = BufReader::new(stream).split(b'\n');
+        while let Ok(Some(line)) = lines.next_segment().await {
+            let mut text = String::from_utf8_lossy(&line).into_owned();
+            if text.len() > STDERR_LINE_MAX {
+                let mut cut = STDERR_LINE_MAX;
+                while !text.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                text.truncate(cut);
+            }
+            tracing::info!(target: "instance", instance = %instance, stream = which, "{text}");
+            if let Some(tail) = &tail {
+                let mut t = tail.lock().unwrap();
+                if t.len() == STDERR_TAIL_LINES {
+                    t.pop_front();
+                }
+                t.push_back(text);
+            }
+        }
+    })
+}

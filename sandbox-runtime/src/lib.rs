@@ -1,0 +1,16 @@
+//! sandbox-runtime: the worker daemon that starts, hosts, times out and
+//! releases function instances for one or more fngate gateways.
+//!
+//! - [`api`]: the gateway ↔ worker wire contract (shared with the gateway).
+//! - [`server`]: the HTTP API and [`run`].
+//! - [`instance`]: one instance process: spawn, readiness, logs, exit.
+//! - [`memory`]: how an instance's memory size is enforced (cgroup v1/v2, rlimit).
+//! - [`metrics`]: the worker's Prometheus metrics.
+
+pub mod api;
+pub mod instance;
+pub mod memory;
+pub mod metrics;
+pub mod server;
+
+pub use server::{Config, Worker, run};

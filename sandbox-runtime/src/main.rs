@@ -1,0 +1,63 @@
+//! `sandbox-runtime`: run a sandbox worker on its own (see the crate docs).
+
+use clap::Parser;
+use sandbox_runtime::memory::MemoryLimitMode;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(
+    version,
+    about = "fngate sandbox worker: hosts function instances for gateways"
+)]
+struct Args {
+    /// Address of the worker API (plain HTTP; keep it on a private network).
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    listen: SocketAddr,
+    /// Memory offered to function instances, in MiB.
+    #[arg(long, default_value_t = 4096)]
+    memory_mb: u64,
+    /// Address instances bind and gateways connect to (default: the listen address).
+    #[arg(long)]
+    instance_host: Option<IpAddr>,
+    /// Directory for instance working directories (default: a temp dir).
+    #[arg(long)]
+    work_root: Option<PathBuf>,
+    /// How instance memory sizes are enforced.
+    #[arg(long, value_enum, default_value_t = MemoryLimitMode::Auto)]
+    memory_limit: MemoryLimitMode,
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let a = Args::parse();
+    let cfg = sandbox_runtime::Config {
+        listen: a.listen,
+        memory_mb: a.memory_mb,
+        instance_host: a.instance_host,
+        work_root: a.work_root,
+        memory_limit: a.memory_limit,
+    };
+    match sandbox_runtime::run(cfg, shutdown_signal()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sandbox-runtime: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!("shutdown signal received");
+}

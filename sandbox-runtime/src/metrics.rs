@@ -1,0 +1,94 @@
+//! The worker's Prometheus metrics (its own registry, served on `/metrics`).
+
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub instances: IntGauge,
+    pub process_starts: IntCounterVec,
+    pub crashes: IntCounter,
+    pub oom_kills: IntCounter,
+    pub memory_capacity_bytes: IntGauge,
+    pub memory_used_bytes: IntGauge,
+    pub memory_limit: IntGaugeVec,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let instances = IntGauge::new(
+            "fngate_sandbox_instances",
+            "Function instances alive on this worker.",
+        )
+        .unwrap();
+        let process_starts = IntCounterVec::new(
+            Opts::new(
+                "fngate_sandbox_process_starts_total",
+                "Instance process starts by result.",
+            ),
+            &["result"],
+        )
+        .unwrap();
+        let crashes = IntCounter::new(
+            "fngate_sandbox_instance_crashes_total",
+            "Instances that exited without being released.",
+        )
+        .unwrap();
+        let oom_kills = IntCounter::new(
+            "fngate_sandbox_instance_oom_kills_total",
+            "Instances killed for exceeding their memory limit.",
+        )
+        .unwrap();
+        let memory_capacity_bytes = IntGauge::new(
+            "fngate_sandbox_memory_capacity_bytes",
+            "Memory this worker offers to instances.",
+        )
+        .unwrap();
+        let memory_used_bytes = IntGauge::new(
+            "fngate_sandbox_memory_used_bytes",
+            "Memory reserved by live instances.",
+        )
+        .unwrap();
+        let memory_limit = IntGaugeVec::new(
+            Opts::new(
+                "fngate_sandbox_memory_limit_info",
+                "How instance memory sizes are enforced (1 for the mechanism in use).",
+            ),
+            &["mechanism"],
+        )
+        .unwrap();
+        for m in [
+            Box::new(instances.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(process_starts.clone()),
+            Box::new(crashes.clone()),
+            Box::new(oom_kills.clone()),
+            Box::new(memory_capacity_bytes.clone()),
+            Box::new(memory_used_bytes.clone()),
+            Box::new(memory_limit.clone()),
+        ] {
+            registry.register(m).unwrap();
+        }
+        Self {
+            registry,
+            instances,
+            process_starts,
+            crashes,
+            oom_kills,
+            memory_capacity_bytes,
+            memory_used_bytes,
+            memory_limit,
+        }
+    }
+
+    pub fn render(&self) -> String {
+        prometheus::TextEncoder::new()
+            .encode_to_string(&self.registry.gather())
+            .unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,392 @@
+//! The worker's HTTP API (see [`crate::api`]) and its lifecycle.
+//!
+//! Control-plane only: invocations never pass through the worker, gateways
+//! call instances directly. So a plain mutex over the instance table is fine
+//! here; nothing on the invocation path takes it.
+
+use crate::api::{ApiError, ApiErrorCode, Capacity, CreateInstance};
+use crate::instance::{Instance, Spec, StartError};
+use crate::memory::{MemoryEnforcer, MemoryLimitMode};
+use crate::metrics::Metrics;
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Largest control request accepted (a function spec).
+const MAX_API_BODY: usize = 1024 * 1024;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    /// Memory offered to instances, in MiB.
+    pub memory_mb: u64,
+    /// Address instances serve on and gateways connect to; defaults to the
+    /// listen address (or 127.0.0.1 when that is unspecified).
+    pub instance_host: Option<IpAddr>,
+    /// Where instance working directories are created.
+    pub work_root: Option<PathBuf>,
+    pub memory_limit: MemoryLimitMode,
+}
+
+#[derive(Clone)]
+pub struct Worker {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    memory_mb: u64,
+    instance_host: IpAddr,
+    work_root: PathBuf,
+    enforcer: MemoryEnforcer,
+    metrics: Metrics,
+    state: Mutex<Table>,
+    tasks: TaskTracker,
+    closing: CancellationToken,
+}
+
+#[derive(Default)]
+struct Table {
+    instances: HashMap<String, Arc<Instance>>,
+    /// Ids being started (reserved, not yet in `instances`).
+    starting: HashMap<String, u32>,
+    reserved_mb: u64,
+}
+
+impl Worker {
+    pub fn new(cfg: &Config) -> std::io::Result<Worker> {
+        let enforcer = MemoryEnforcer::detect(cfg.memory_limit)?;
+        let instance_host = cfg
+            .instance_host
+            .unwrap_or(if cfg.listen.ip().is_unspecified() {
+                IpAddr::from([127, 0, 0, 1])
+            } else {
+                cfg.listen.ip()
+            });
+        let work_root = cfg.work_root.clone().unwrap_or_else(|| {
+            std::env::temp_dir().join(format!("fngate-worker-{}", std::process::id()))
+        });
+        std::fs::create_dir_all(&work_root)?;
+        let metrics = Metrics::new();
+        metrics
+            .memory_capacity_bytes
+            .set((cfg.memory_mb * 1024 * 1024) as i64);
+        metrics
+            .memory_limit
+            .with_label_values(&[enforcer.kind().as_str()])
+            .set(1);
+        tracing::info!(
+            memory_mb = cfg.memory_mb,
+            memory_limit = enforcer.kind().as_str(),
+            instance_host = %instance_host,
+            work_root = %work_root.display(),
+            "sandbox worker ready"
+        );
+        Ok(Worker {
+            inner: Arc::new(Inner {
+                memory_mb: cfg.memory_mb,
+                instance_host,
+                work_root,
+                enforcer,
+                metrics,
+                state: Mutex::new(Table::default()),
+                tasks: TaskTracker::new(),
+                closing: CancellationToken::new(),
+            }),
+        })
+    }
+
+    /// Serves the API on `listener` until `shutdown` resolves, then releases
+    /// every instance.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> std::io::Result<()> {
+        tokio::pin!(shutdown);
+        let conns = TaskTracker::new();
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                accepted = listener.accept() => {
+                    let (stream, _) = match accepted {
+                        Ok(a) => a,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                            continue;
+                        }
+                    };
+                    let _ = stream.set_nodelay(true);
+                    let worker = self.clone();
+                    let closing = self.inner.closing.clone();
+                    conns.spawn(async move {
+                        let svc = hyper::service::service_fn(move |req| {
+                            let w = worker.clone();
+                            async move { Ok::<_, Infallible>(w.handle(req).await) }
+                        });
+                        let conn = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
+                        tokio::pin!(conn);
+                        tokio::select! {
+                            _ = conn.as_mut() => {}
+                            _ = closing.cancelled() => {
+                                conn.as_mut().graceful_shutdown();
+                                let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+                            }
+                        }
+                    });
+                }
+            }
+        }
+        self.shutdown().await;
+        conns.close();
+        let _ = tokio::time::timeout(Duration::from_secs(5), conns.wait()).await;
+        Ok(())
+    }
+
+    /// Releases all instances and removes the worker's directories.
+    pub async fn shutdown(&self) {
+        self.inner.closing.cancel();
+        let all: Vec<_> = {
+            let mut t = self.inner.state.lock().unwrap();
+            t.instances.drain().map(|(_, i)| i).collect()
+        };
+        for i in &all {
+            i.release().await;
+        }
+        self.inner.tasks.close();
+        self.inner.tasks.wait().await;
+        self.inner.enforcer.cleanup();
+        let _ = std::fs::remove_dir_all(&self.inner.work_root);
+        tracing::info!(released = all.len(), "sandbox worker stopped");
+    }
+
+    pub fn capacity(&self) -> Capacity {
+        let t = self.inner.state.lock().unwrap();
+        Capacity {
+            memory_mb_total: self.inner.memory_mb,
+            memory_mb_used: t.reserved_mb,
+            instances: t.instances.len() + t.starting.len(),
+            memory_limit: self.inner.enforcer.kind(),
+        }
+    }
+
+    async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        let path = req.uri().path().to_owned();
+        match (req.method(), path.as_str()) {
+            (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n".into()),
+            (&Method::GET, "/metrics") => text(StatusCode::OK, self.inner.metrics.render()),
+            (&Method::GET, "/v1/capacity") => json(StatusCode::OK, &self.capacity()),
+            (&Method::GET, "/v1/instances") => {
+                let infos: Vec<_> = {
+                    let t = self.inner.state.lock().unwrap();
+                    t.instances.values().cloned().collect()
+                };
+                let infos: Vec<_> = infos.iter().map(|i| i.info()).collect();
+                json(StatusCode::OK, &infos)
+            }
+            (&Method::POST, "/v1/instances") => {
+                let body = match Limited::new(req.into_body(), MAX_API_BODY).collect().await {
+                    Ok(b) => b.to_bytes(),
+                    Err(e) => return api_error(ApiErrorCode::BadRequest, e.to_string(), ""),
+                };
+                match serde_json::from_slice::<CreateInstance>(&body) {
+                    Ok(create) => self.create(create).await,
+                    Err(e) => api_error(ApiErrorCode::BadRequest, e.to_string(), ""),
+                }
+            }
+            (&Method::DELETE, p) if p.starts_with("/v1/instances/") => {
+                let id = &p["/v1/instances/".len()..];
+                let found = self.inner.state.lock().unwrap().instances.remove(id);
+                match found {
+                    Some(instance) => {
+                        let exit = instance.release().await;
+                        tracing::info!(instance = %id, %exit, "instance released");
+                        let mut info = instance.info();
+                        info.exit = Some(exit);
+                        json(StatusCode::OK, &info)
+                    }
+                    None => api_error(ApiErrorCode::NotFound, format!("no instance {id}"), ""),
+                }
+            }
+            _ => api_error(ApiErrorCode::NotFound, format!("no route {path}"), ""),
+        }
+    }
+
+    async fn create(&self, req: CreateInstance) -> Response<Full<Bytes>> {
+        if req.command.is_empty() {
+            return api_error(ApiErrorCode::BadRequest, "command is empty".into(), "");
+        }
+        let safe_id = !req.instance_id.is_empty()
+            && req
+                .instance_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !safe_id {
+            return api_error(
+                ApiErrorCode::BadRequest,
+                "instance_id must be [A-Za-z0-9_-]+".into(),
+                "",
+            );
+        }
+        if self.inner.closing.is_cancelled() {
+            return api_error(ApiErrorCode::ShuttingDown, "worker is stopping".into(), "");
+        }
+        {
+            let mut t = self.inner.state.lock().unwrap();
+            if t.instances.contains_key(&req.instance_id)
+                || t.starting.contains_key(&req.instance_id)
+            {
+                return api_error(ApiErrorCode::BadRequest, "duplicate instance_id".into(), "");
+            }
+            let want = u64::from(req.memory_mb);
+            if t.reserved_mb + want > self.inner.memory_mb {
+                return api_error(
+                    ApiErrorCode::InsufficientMemory,
+                    format!(
+                        "needs {want} MB, {} MB of {} MB free",
+                        self.inner.memory_mb - t.reserved_mb,
+                        self.inner.memory_mb
+                    ),
+                    "",
+                );
+            }
+            t.reserved_mb += want;
+            t.starting.insert(req.instance_id.clone(), req.memory_mb);
+            self.publish_usage(&t);
+        }
+        let result = self.start(&req).await;
+        let mut t = self.inner.state.lock().unwrap();
+        t.starting.remove(&req.instance_id);
+        match result {
+            Ok(instance) => {
+                t.instances.insert(instance.id.clone(), instance.clone());
+                self.publish_usage(&t);
+                drop(t);
+                self.inner
+                    .metrics
+                    .process_starts
+                    .with_label_values(&["ok"])
+                    .inc();
+                tracing::info!(
+                    instance = %instance.id, function = %instance.function, pid = ?instance.pid,
+                    address = %instance.address, memory_limit = instance.memory_limit.as_str(),
+                    "instance started"
+                );
+                self.watch_exit(instance.clone());
+                json(StatusCode::CREATED, &instance.info())
+            }
+            Err(e) => {
+                t.reserved_mb -= u64::from(req.memory_mb);
+                self.publish_usage(&t);
+                drop(t);
+                self.inner
+                    .metrics
+                    .process_starts
+                    .with_label_values(&["failed"])
+                    .inc();
+                tracing::warn!(instance = %req.instance_id, function = %req.function, error = %e, "instance failed to start");
+                api_error(ApiErrorCode::StartFailed, e.to_string(), e.stderr_tail())
+            }
+        }
+    }
+
+    async fn start(&self, req: &CreateInstance) -> Result<Arc<Instance>, StartError> {
+        let limit = self
+            .inner
+            .enforcer
+            .prepare(&req.instance_id, req.memory_mb)
+            .map_err(StartError::Prepare)?;
+        let spec = Spec {
+            instance_id: req.instance_id.clone(),
+            function: req.function.clone(),
+            command: req.command.clone(),
+            env: req.env.clone(),
+            memory_mb: req.memory_mb,
+            start_timeout: Duration::from_millis(req.start_timeout_ms),
+            host: self.inner.instance_host,
+            workdir: self.inner.work_root.join(&req.instance_id),
+        };
+        Instance::start(spec, limit).await
+    }
+
+    /// Returns an instance's memory when its process ends, however it ends.
+    fn watch_exit(&self, instance: Arc<Instance>) {
+        let worker = self.clone();
+        self.inner.tasks.spawn(async move {
+            let exit = instance.exited().await;
+            if !exit.released {
+                worker.inner.metrics.crashes.inc();
+                if exit.oom_killed {
+                    worker.inner.metrics.oom_kills.inc();
+                }
+                tracing::warn!(instance = %instance.id, function = %instance.function, %exit, "instance exited unexpectedly");
+            }
+            let mut t = worker.inner.state.lock().unwrap();
+            t.reserved_mb -= u64::from(instance.memory_mb);
+            worker.publish_usage(&t);
+        });
+    }
+
+    fn publish_usage(&self, t: &Table) {
+        let m = &self.inner.metrics;
+        m.memory_used_bytes
+            .set((t.reserved_mb * 1024 * 1024) as i64);
+        m.instances
+            .set((t.instances.len() + t.starting.len()) as i64);
+    }
+}
+
+/// Binds `cfg.listen`, logs the bound address, and serves until `shutdown`.
+pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
+    let worker = Worker::new(&cfg)?;
+    let listener = TcpListener::bind(cfg.listen).await?;
+    tracing::info!(addr = %listener.local_addr()?, "sandbox-runtime listening");
+    worker.serve(listener, shutdown).await
+}
+
+fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r
+}
+
+fn json<T: serde::Serialize>(status: StatusCode, v: &T) -> Response<Full<Bytes>> {
+    let body = serde_json::to_vec(v).unwrap_or_default();
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn api_error(code: ApiErrorCode, message: String, stderr_tail: &str) -> Response<Full<Bytes>> {
+    let status = match code {
+        ApiErrorCode::InsufficientMemory => StatusCode::TOO_MANY_REQUESTS,
+        ApiErrorCode::StartFailed => StatusCode::UNPROCESSABLE_ENTITY,
+        ApiErrorCode::BadRequest => StatusCode::BAD_REQUEST,
+        ApiErrorCode::NotFound => StatusCode::NOT_FOUND,
+        ApiErrorCode::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    json(
+        status,
+        &ApiError {
+            code,
+            message,
+            stderr_tail: stderr_tail.to_string(),
+        },
+    )
+}
