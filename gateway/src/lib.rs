@@ -1,1 +1,182 @@
+//! fngate: an HTTPS function invocation gateway.
+//!
+//! The request path, in the order a request meets it (see ARCHITECTURE.md):
+//!
+//! 1. [`connection`]: accept, connection limits, TLS (rustls), HTTP/1.1 or HTTP/2.
+//! 2. [`pipeline`]: the ordered stages of one invocation.
+//! 3. [`api`]: the cloud dialect (Function Compute 3.0) that decodes requests
+//!    and renders answers and [`error::InvokeError`]s.
+//! 4. [`scheduler`]: bin-pack routing, best-fit placement, instance lifecycle.
+//! 5. [`workers`]: the sandbox worker API client; invocations then go straight
+//!    to the instance.
+//!
+//! Beside the path: [`config`], [`metrics`], [`admin`], [`ids`].
 
+pub mod admin;
+pub mod api;
+pub mod config;
+pub mod connection;
+pub mod error;
+pub mod ids;
+pub mod metrics;
+pub mod pipeline;
+pub mod scheduler;
+pub mod workers;
+
+use config::Config;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("cannot bind {what} on {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Tls(#[from] connection::tls::TlsError),
+    #[error("embedded sandbox worker: {0}")]
+    EmbeddedWorker(#[source] std::io::Error),
+    #[error("worker unreachable: {0}")]
+    Worker(#[from] workers::WorkerError),
+}
+
+/// Runs the gateway until `shutdown` resolves, then drains: stops accepting,
+/// lets in-flight invocations finish (up to `drain_timeout`), releases every
+/// instance, and stops the embedded worker.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
+    let g = &config.gateway;
+    let metrics = Arc::new(metrics::Metrics::new());
+    let client = workers::http_client();
+    let stop = CancellationToken::new();
+
+    // Workers: the configured ones, or one embedded in this process.
+    let mut embedded = None;
+    let mut urls = config.workers.clone();
+    if urls.is_empty() {
+        let cfg = sandbox_runtime::Config {
+            listen: "127.0.0.1:0".parse().expect("literal"),
+            memory_mb: g.embedded_worker_memory_mb,
+            instance_host: None,
+            work_root: None,
+            memory_limit: sandbox_runtime::memory::MemoryLimitMode::Auto,
+        };
+        let worker = sandbox_runtime::Worker::new(&cfg).map_err(RunError::EmbeddedWorker)?;
+        let listener = TcpListener::bind(cfg.listen)
+            .await
+            .map_err(RunError::EmbeddedWorker)?;
+        let addr = listener.local_addr().map_err(RunError::EmbeddedWorker)?;
+        urls.push(format!("http://{addr}"));
+        let token = stop.clone();
+        embedded = Some(tokio::spawn(async move {
+            worker.serve(listener, token.cancelled_owned()).await
+        }));
+        tracing::info!(%addr, "started the embedded sandbox worker");
+    }
+    let mut workers = Vec::new();
+    for url in urls {
+        workers.push(Arc::new(connect_worker(url, client.clone()).await?));
+    }
+
+    let scheduler = scheduler::Scheduler::new(
+        &config.functions,
+        workers,
+        &metrics,
+        g.instance_start_timeout,
+        g.max_instance_lifetime,
+    );
+    scheduler::reaper::spawn(&scheduler);
+
+    let tls = tokio_rustls::TlsAcceptor::from(connection::tls::server_config(&g.tls)?);
+    let pipeline = Arc::new(pipeline::Pipeline::new(
+        scheduler.clone(),
+        client,
+        g.limits.clone(),
+        &metrics,
+    ));
+    let server = connection::Server::new(pipeline, tls, g.limits.clone(), metrics.clone());
+
+    let bind = |what, addr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| RunError::Bind { what, addr, source })
+    };
+    let https = bind("the HTTPS listener", g.listen).await?;
+    let admin_l = bind("the admin listener", g.admin_listen).await?;
+    let https_addr = https.local_addr().ok();
+    let admin_addr = admin_l.local_addr().ok();
+
+    let stop_accepting = CancellationToken::new();
+    let graceful = Arc::new(hyper_util::server::graceful::GracefulShutdown::new());
+    let conns = TaskTracker::new();
+    let accept = tokio::spawn(server.clone().accept_loop(
+        https,
+        stop_accepting.clone(),
+        graceful.clone(),
+        conns.clone(),
+    ));
+    let admin = Arc::new(admin::Admin {
+        metrics: metrics.clone(),
+        scheduler: scheduler.clone(),
+        started: Default::default(),
+    });
+    let admin_task = tokio::spawn(admin.clone().serve(admin_l, stop.clone()));
+    admin.started.store(true, std::sync::atomic::Ordering::Release);
+    tracing::info!(
+        https = %https_addr.map(|a| a.to_string()).unwrap_or_default(),
+        admin = %admin_addr.map(|a| a.to_string()).unwrap_or_default(),
+        functions = config.functions.len(),
+        "fngate listening"
+    );
+
+    shutdown.await;
+    tracing::info!("draining");
+    // Stop accepting; the accept loop drops its listener as it returns.
+    stop_accepting.cancel();
+    let _ = accept.await;
+    conns.close();
+    let drained = tokio::time::timeout(g.drain_timeout, async {
+        // The accept loop has ended, so this is the last reference.
+        if let Ok(graceful) = Arc::try_unwrap(graceful) {
+            graceful.shutdown().await;
+        }
+        conns.wait().await;
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(timeout_s = g.drain_timeout.as_secs(), "drain timed out; closing the remaining connections");
+    }
+    scheduler.shutdown().await;
+    stop.cancel();
+    let _ = admin_task.await;
+    if let Some(w) = embedded {
+        let _ = w.await;
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Workers may come up after the gateway: retry for a while before giving up.
+async fn connect_worker(
+    url: String,
+    client: workers::HttpClient,
+) -> Result<workers::Worker, workers::WorkerError> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match workers::Worker::connect(url.clone(), client.clone()).await {
+            Ok(w) => return Ok(w),
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::warn!(error = %e, "worker not reachable yet; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}

@@ -9,6 +9,7 @@
 //! | GET | `/v1/capacity` | | [`Capacity`] |
 //! | GET | `/v1/instances` | | `[InstanceInfo]` |
 //! | POST | `/v1/instances` | [`CreateInstance`] | 201 [`InstanceInfo`], or [`ApiError`] |
+//! | GET | `/v1/instances/{id}[?wait_exit_ms=N]` | | [`InstanceInfo`] (after up to N ms waiting for the process to exit), 404 |
 //! | DELETE | `/v1/instances/{id}` | | 200 [`InstanceInfo`] (with its exit), 404 |
 //! | GET | `/healthz`, `/metrics` | | text |
 

@@ -196,6 +196,33 @@ impl Worker {
                 let infos: Vec<_> = infos.iter().map(|i| i.info()).collect();
                 json(StatusCode::OK, &infos)
             }
+            (&Method::GET, p) if p.starts_with("/v1/instances/") => {
+                let id = &p["/v1/instances/".len()..];
+                let found = self.inner.state.lock().unwrap().instances.get(id).cloned();
+                // A gateway whose call to an instance just broke asks with
+                // `?wait_exit_ms=N`: the process may be exiting, and the
+                // answer should say how it ended rather than race the reaping.
+                let wait_ms = req
+                    .uri()
+                    .query()
+                    .and_then(|q| q.strip_prefix("wait_exit_ms="))
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0)
+                    .min(5000);
+                match found {
+                    Some(instance) => {
+                        if wait_ms > 0 {
+                            let _ = tokio::time::timeout(
+                                Duration::from_millis(wait_ms),
+                                instance.exited(),
+                            )
+                            .await;
+                        }
+                        json(StatusCode::OK, &instance.info())
+                    }
+                    None => api_error(ApiErrorCode::NotFound, format!("no instance {id}"), ""),
+                }
+            }
             (&Method::POST, "/v1/instances") => {
                 let body = match Limited::new(req.into_body(), MAX_API_BODY).collect().await {
                     Ok(b) => b.to_bytes(),

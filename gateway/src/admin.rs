@@ -1,0 +1,124 @@
+//! The admin listener: plain HTTP, meant for localhost or a private network.
+//!
+//! `/healthz` (the process is up), `/readyz` (listeners bound and every
+//! function's `min_instances` ready), `/metrics` (Prometheus text),
+//! `/admin/instances` (JSON).
+
+use crate::metrics::Metrics;
+use crate::scheduler::Scheduler;
+use crate::scheduler::pick::Phase;
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use serde::Serialize;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub struct Admin {
+    pub metrics: Arc<Metrics>,
+    pub scheduler: Arc<Scheduler>,
+    pub started: AtomicBool,
+}
+
+#[derive(Serialize)]
+struct InstanceView<'a> {
+    instance_id: &'a str,
+    function: &'a str,
+    worker: Option<&'a str>,
+    in_flight: u32,
+    state: &'static str,
+    created_unix: u64,
+    last_used_unix: u64,
+}
+
+impl Admin {
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, stop: CancellationToken) {
+        loop {
+            let stream = tokio::select! {
+                _ = stop.cancelled() => return,
+                a = listener.accept() => match a { Ok((s, _)) => s, Err(_) => continue },
+            };
+            let this = self.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req| {
+                    let this = this.clone();
+                    async move { Ok::<_, Infallible>(this.handle(req)) }
+                });
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
+                tokio::select! {
+                    _ = conn => {}
+                    _ = stop.cancelled() => {}
+                }
+            });
+        }
+    }
+
+    fn ready(&self) -> bool {
+        self.started.load(Ordering::Acquire)
+            && self.scheduler.functions().all(|p| {
+                let ready = p
+                    .snapshot()
+                    .iter()
+                    .filter(|i| i.phase() == Phase::Ready)
+                    .count();
+                ready >= p.cfg.min_instances as usize
+            })
+    }
+
+    fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        match (req.method(), req.uri().path()) {
+            (&Method::GET, "/healthz") => reply(StatusCode::OK, "text/plain", "ok\n".into()),
+            (&Method::GET, "/readyz") => {
+                if self.ready() {
+                    reply(StatusCode::OK, "text/plain", "ready\n".into())
+                } else {
+                    reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready\n".into())
+                }
+            }
+            (&Method::GET, "/metrics") => reply(
+                StatusCode::OK,
+                "text/plain; version=0.0.4",
+                self.metrics.render(),
+            ),
+            (&Method::GET, "/admin/instances") => {
+                let pools: Vec<_> = self.scheduler.functions().cloned().collect();
+                let snaps: Vec<_> = pools.iter().map(|p| p.snapshot()).collect();
+                let mut views = Vec::new();
+                for inst in snaps.iter().flatten() {
+                    views.push(InstanceView {
+                        instance_id: &inst.id,
+                        function: &inst.function,
+                        worker: inst.worker().map(|w| w.url.as_str()),
+                        in_flight: inst.in_flight(),
+                        state: match inst.phase() {
+                            Phase::Starting => "starting",
+                            Phase::Ready => "ready",
+                            Phase::Draining => "draining",
+                            Phase::Gone => "gone",
+                        },
+                        created_unix: inst.created_unix,
+                        last_used_unix: self.scheduler.unix_of_ms(inst.last_used_ms()),
+                    });
+                }
+                views.sort_by_key(|v| (v.function, v.created_unix, v.instance_id));
+                let body = serde_json::to_string(&views).unwrap_or_default();
+                reply(StatusCode::OK, "application/json", body)
+            }
+            _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
+        }
+    }
+}
+
+fn reply(status: StatusCode, ctype: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(ctype));
+    r
+}

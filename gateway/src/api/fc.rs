@@ -1,0 +1,176 @@
+//! Function Compute 3.0 dialect.
+//!
+//! Request: `POST /2023-03-30/functions/{name}/invocations[?qualifier=Q]`,
+//! body = event payload. Response: the function's status, content type and
+//! body, plus `x-fc-request-id` and `x-fc-instance-id`.
+//!
+//! Errors: a JSON body `{"Code","Message","RequestId"}` (exactly what the FC
+//! SDK parses) with the status FC uses. Function-side failures are HTTP 200
+//! with `x-fc-error-type: UnhandledInvocationError` and `{"errorMessage": ...}`,
+//! as FC reports an unhandled error inside the function.
+
+use super::Invocation;
+use crate::error::InvokeError;
+use bytes::Bytes;
+use http::{HeaderValue, Method, StatusCode};
+use serde::Serialize;
+
+pub const PATH_PREFIX: &str = "/2023-03-30/functions/";
+pub const REQUEST_ID: &str = "x-fc-request-id";
+pub const INSTANCE_ID: &str = "x-fc-instance-id";
+pub const ERROR_TYPE: &str = "x-fc-error-type";
+
+/// Decodes the request head. Borrowed: no allocation on the hot path.
+pub fn decode<'a>(method: &Method, uri: &'a http::Uri) -> Result<Invocation<'a>, InvokeError> {
+    let path = uri.path();
+    let Some(name) = path
+        .strip_prefix(PATH_PREFIX)
+        .and_then(|rest| rest.strip_suffix("/invocations"))
+        .filter(|n| !n.is_empty() && !n.contains('/'))
+    else {
+        return Err(InvokeError::RouteNotFound {
+            method: method.clone(),
+            path: path.to_string(),
+        });
+    };
+    if method != Method::POST {
+        return Err(InvokeError::MethodNotAllowed {
+            method: method.clone(),
+        });
+    }
+    let qualifier = uri.query().and_then(|q| {
+        q.split('&')
+            .find_map(|kv| kv.strip_prefix("qualifier="))
+            .filter(|v| !v.is_empty())
+    });
+    Ok(Invocation {
+        function: name,
+        qualifier,
+    })
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct ErrorBody<'a> {
+    code: &'a str,
+    message: &'a str,
+    request_id: &'a str,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct FunctionErrorBody<'a> {
+    error_message: &'a str,
+    error_type: &'a str,
+}
+
+/// A rendered error: status, extra headers, JSON body.
+pub struct Rendered {
+    pub status: StatusCode,
+    pub error_type: Option<HeaderValue>,
+    pub body: Bytes,
+}
+
+/// The one place FC error responses are made. Exhaustive: a new cause must
+/// decide its FC rendering here.
+pub fn render_error(err: &InvokeError, request_id: &str) -> Rendered {
+    let gateway = |status: StatusCode, code: &str, message: &str| Rendered {
+        status,
+        error_type: None,
+        body: Bytes::from(
+            serde_json::to_vec(&ErrorBody {
+                code,
+                message,
+                request_id,
+            })
+            .unwrap_or_default(),
+        ),
+    };
+    let function = |error_type: &str, message: &str| Rendered {
+        status: StatusCode::OK,
+        error_type: Some(HeaderValue::from_static("UnhandledInvocationError")),
+        body: Bytes::from(
+            serde_json::to_vec(&FunctionErrorBody {
+                error_message: message,
+                error_type,
+            })
+            .unwrap_or_default(),
+        ),
+    };
+    match err {
+        InvokeError::RouteNotFound { method, path } => gateway(
+            StatusCode::NOT_FOUND,
+            "PathNotSupported",
+            &format!("{method} {path} is not a supported path"),
+        ),
+        InvokeError::MethodNotAllowed { method } => gateway(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            &format!("method {method} is not allowed; invocations use POST"),
+        ),
+        InvokeError::FunctionNotFound { name } => gateway(
+            StatusCode::NOT_FOUND,
+            "FunctionNotFound",
+            &format!("function '{name}' does not exist"),
+        ),
+        InvokeError::PayloadTooLarge { limit, size } => gateway(
+            StatusCode::BAD_REQUEST,
+            "EntityTooLarge",
+            &match size {
+                Some(size) => format!("payload size {size} bytes exceeds the limit of {limit} bytes"),
+                None => format!("payload exceeds the limit of {limit} bytes"),
+            },
+        ),
+        InvokeError::BodyTimeout(t) => gateway(
+            StatusCode::REQUEST_TIMEOUT,
+            "RequestTimeout",
+            &format!("request body was not received within {} ms", t.as_millis()),
+        ),
+        InvokeError::BodyRead(_) => gateway(
+            StatusCode::BAD_REQUEST,
+            "InvalidArgument",
+            "request body could not be read",
+        ),
+        InvokeError::NoCapacity { memory_mb } => gateway(
+            StatusCode::TOO_MANY_REQUESTS,
+            "ResourceExhausted",
+            &format!("no worker has {memory_mb} MB of memory free for a new instance"),
+        ),
+        InvokeError::InstanceStartFailed {
+            message,
+            stderr_tail,
+        } => gateway(
+            StatusCode::PRECONDITION_FAILED,
+            "CAExited",
+            &format!(
+                "Function instance exited unexpectedly: instance failed to start: {message}. Logs: {}",
+                stderr_tail.trim_end()
+            ),
+        ),
+        InvokeError::ShuttingDown => gateway(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            "the gateway is shutting down; retry",
+        ),
+        InvokeError::Internal(_) => gateway(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalServerError",
+            "an internal error occurred",
+        ),
+        InvokeError::FunctionTimeout(t) => function(
+            "FunctionTimeout",
+            &format!("Function timed out after {} seconds", t.as_secs()),
+        ),
+        InvokeError::InstanceCrashed { detail } => function(
+            "InstanceExited",
+            &format!("Function instance {detail} during the invocation"),
+        ),
+        InvokeError::BadFunctionResponse { detail } => function(
+            "InvalidResponse",
+            &format!("Function instance returned an invalid response: {detail}"),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests;

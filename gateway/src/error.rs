@@ -1,0 +1,109 @@
+//! Why an invocation did not produce the function's own answer.
+//!
+//! One enum of causes, independent of any cloud's API. Each API dialect
+//! renders it (status, the cloud's code, body) in one exhaustive `match`; see
+//! [`crate::api::fc::render_error`]. `Display` is for logs only.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum InvokeError {
+    // ---- the request itself ----
+    #[error("no route for {method} {path}")]
+    RouteNotFound { method: http::Method, path: String },
+    #[error("method {method} not allowed on this path")]
+    MethodNotAllowed { method: http::Method },
+    #[error("function {name:?} not found")]
+    FunctionNotFound { name: String },
+    #[error("payload of {size:?} bytes exceeds the limit of {limit} bytes")]
+    PayloadTooLarge { limit: u64, size: Option<u64> },
+    #[error("request body not received within {0:?}")]
+    BodyTimeout(Duration),
+    #[error("request body could not be read: {0}")]
+    BodyRead(Arc<str>),
+
+    // ---- capacity and instances ----
+    #[error("no worker has {memory_mb} MB free for a new instance")]
+    NoCapacity { memory_mb: u32 },
+    #[error("instance failed to start: {message}")]
+    InstanceStartFailed {
+        message: Arc<str>,
+        stderr_tail: Arc<str>,
+    },
+    #[error("gateway is shutting down")]
+    ShuttingDown,
+
+    // ---- the function failed (rendered as the function's error, HTTP 200 in FC) ----
+    #[error("function timed out after {0:?}")]
+    FunctionTimeout(Duration),
+    #[error("instance {detail}")]
+    InstanceCrashed { detail: Arc<str> },
+    #[error("invalid response from instance: {detail}")]
+    BadFunctionResponse { detail: Arc<str> },
+
+    // ---- ours ----
+    #[error("internal error: {0}")]
+    Internal(Arc<str>),
+}
+
+impl InvokeError {
+    pub fn internal(e: impl std::fmt::Display) -> Self {
+        InvokeError::Internal(e.to_string().into())
+    }
+
+    /// The bounded outcome label for metrics.
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            InvokeError::FunctionTimeout(_)
+            | InvokeError::InstanceCrashed { .. }
+            | InvokeError::BadFunctionResponse { .. } => Outcome::FunctionError,
+            InvokeError::NoCapacity { .. } => Outcome::Throttled,
+            InvokeError::InstanceStartFailed { .. } => Outcome::StartFailed,
+            InvokeError::Internal(_) | InvokeError::ShuttingDown => Outcome::GatewayError,
+            InvokeError::RouteNotFound { .. }
+            | InvokeError::MethodNotAllowed { .. }
+            | InvokeError::FunctionNotFound { .. }
+            | InvokeError::PayloadTooLarge { .. }
+            | InvokeError::BodyTimeout(_)
+            | InvokeError::BodyRead(_) => Outcome::ClientError,
+        }
+    }
+}
+
+/// How an invocation ended, as counted in `fngate_invocations_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Success,
+    FunctionError,
+    ClientError,
+    Throttled,
+    StartFailed,
+    GatewayError,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 6] = [
+        Outcome::Success,
+        Outcome::FunctionError,
+        Outcome::ClientError,
+        Outcome::Throttled,
+        Outcome::StartFailed,
+        Outcome::GatewayError,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::FunctionError => "function_error",
+            Outcome::ClientError => "client_error",
+            Outcome::Throttled => "throttled",
+            Outcome::StartFailed => "start_failed",
+            Outcome::GatewayError => "gateway_error",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}

@@ -1,0 +1,145 @@
+//! Stage 6-7: reserve a slot on an instance and call it.
+//!
+//! Contract with the function (see README, "Writing a function"):
+//! `POST /invoke` with the payload as body and headers `x-fc-request-id`,
+//! `x-fc-function-name`; its status, content type and body go back to the caller.
+//!
+//! Failure handling:
+//! - cannot connect: the instance died while idle; it is reclaimed and the
+//!   invocation retried once on another (nothing was sent, so it is safe);
+//! - no answer within `timeout_s`: timeout error, the instance is reclaimed
+//!   (killed) and a fresh one starts on demand;
+//! - the connection broke or the answer is not HTTP: the worker is asked
+//!   whether the process ended; if it did, the error says how and the instance
+//!   is reclaimed, otherwise it is an invalid-response error.
+
+use super::{Pipeline, ResponseBody};
+use crate::api::fc;
+use crate::error::InvokeError;
+use crate::scheduler::{FunctionPool, Slot};
+use bytes::Bytes;
+use http::{HeaderValue, Response};
+use http_body_util::{BodyExt, Full, Limited};
+use std::sync::Arc;
+
+type Failed = (InvokeError, Option<HeaderValue>);
+
+pub async fn call(
+    p: &Pipeline,
+    pool: &Arc<FunctionPool>,
+    parts: &http::request::Parts,
+    payload: Bytes,
+    request_id: &HeaderValue,
+) -> Result<Response<ResponseBody>, Failed> {
+    let mut retried = false;
+    loop {
+        let slot = p.scheduler.acquire(pool).await.map_err(|e| (e, None))?;
+        let instance_id = HeaderValue::from_str(&slot.instance.id).ok();
+        match attempt(p, pool, &slot, parts, payload.clone(), request_id).await {
+            Ok(mut resp) => {
+                if let Some(id) = instance_id {
+                    resp.headers_mut().insert(fc::INSTANCE_ID, id);
+                }
+                return Ok(resp);
+            }
+            Err(Attempt::NotSent) if !retried => {
+                p.scheduler.reclaim(pool, &slot.instance, "unreachable");
+                retried = true;
+            }
+            Err(Attempt::NotSent) => {
+                p.scheduler.reclaim(pool, &slot.instance, "unreachable");
+                let e = InvokeError::InstanceCrashed {
+                    detail: "was unreachable".into(),
+                };
+                return Err((e, instance_id));
+            }
+            Err(Attempt::Failed(e)) => return Err((e, instance_id)),
+        }
+    }
+}
+
+enum Attempt {
+    NotSent,
+    Failed(InvokeError),
+}
+
+async fn attempt(
+    p: &Pipeline,
+    pool: &Arc<FunctionPool>,
+    slot: &Slot,
+    parts: &http::request::Parts,
+    payload: Bytes,
+    request_id: &HeaderValue,
+) -> Result<Response<ResponseBody>, Attempt> {
+    let inst = &slot.instance;
+    let uri = inst
+        .invoke_uri()
+        .cloned()
+        .ok_or_else(|| Attempt::Failed(InvokeError::internal("instance has no address")))?;
+    let mut req = http::Request::new(Full::new(payload));
+    *req.method_mut() = http::Method::POST;
+    *req.uri_mut() = uri;
+    let h = req.headers_mut();
+    h.insert(fc::REQUEST_ID, request_id.clone());
+    if let Ok(name) = HeaderValue::from_str(&pool.cfg.name) {
+        h.insert("x-fc-function-name", name);
+    }
+    if let Some(ct) = parts.headers.get(http::header::CONTENT_TYPE) {
+        h.insert(http::header::CONTENT_TYPE, ct.clone());
+    }
+
+    let timeout = pool.cfg.timeout;
+    let max = p.limits.max_response_bytes as usize;
+    let call = async {
+        let resp = p.client.request(req).await?;
+        let (parts, body) = resp.into_parts();
+        let body = Limited::new(body, max).collect().await?.to_bytes();
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>((parts, body))
+    };
+    let (parts, body) = match tokio::time::timeout(timeout, call).await {
+        Err(_) => {
+            p.scheduler.reclaim(pool, inst, "timeout");
+            return Err(Attempt::Failed(InvokeError::FunctionTimeout(timeout)));
+        }
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            if let Some(he) = e.downcast_ref::<hyper_util::client::legacy::Error>()
+                && he.is_connect()
+            {
+                return Err(Attempt::NotSent);
+            }
+            if e.is::<http_body_util::LengthLimitError>() {
+                return Err(Attempt::Failed(InvokeError::BadFunctionResponse {
+                    detail: format!("response body exceeds {max} bytes").into(),
+                }));
+            }
+            let e = match p.scheduler.exit_of(pool, inst).await {
+                Some(exit) => InvokeError::InstanceCrashed {
+                    detail: exit.into(),
+                },
+                None => InvokeError::BadFunctionResponse {
+                    detail: error_chain(&*e).into(),
+                },
+            };
+            return Err(Attempt::Failed(e));
+        }
+    };
+    let mut resp = Response::new(Full::new(body));
+    *resp.status_mut() = parts.status;
+    if let Some(ct) = parts.headers.get(http::header::CONTENT_TYPE) {
+        resp.headers_mut()
+            .insert(http::header::CONTENT_TYPE, ct.clone());
+    }
+    Ok(resp)
+}
+
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

@@ -1,0 +1,142 @@
+//! The invocation pipeline: every HTTPS request runs these stages, in order.
+//!
+//! | # | stage | where | rejects with |
+//! |---|---|---|---|
+//! | 1 | decode the cloud API request head | [`crate::api::fc::decode`] | 404 `PathNotSupported`, 405 |
+//! | 2 | look up the function | [`Pipeline::handle`] | 404 `FunctionNotFound` |
+//! | 3 | *(ingress policy: issue 3 plugs in here, before any body is read)* | | |
+//! | 4 | *(throttling: issue 4 plugs in here)* | | |
+//! | 5 | read the payload, bounded in size and time | [`body::read`] | 400 `EntityTooLarge`, 408 |
+//! | 6 | reserve an instance slot (bin-pack; may start one) | [`crate::scheduler::Scheduler::acquire`] | 412 `CAExited`, 429 `ResourceExhausted` |
+//! | 7 | call the instance, bounded by the function timeout | [`forward::call`] | 200 + `x-fc-error-type` |
+//! | 8 | render the answer in the caller's dialect | [`crate::api::fc`] | |
+//!
+//! Stages 1-4 look at the request head only: a request refused there costs
+//! no body read, no instance and no scheduler work.
+
+pub mod body;
+pub mod forward;
+
+use crate::api::fc;
+use crate::config::Limits;
+use crate::error::{InvokeError, Outcome};
+use crate::ids::IdGen;
+use crate::scheduler::{FunctionPool, Scheduler};
+use crate::workers::HttpClient;
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use std::sync::Arc;
+use tokio::time::Instant;
+
+pub type ResponseBody = Full<Bytes>;
+
+pub struct Pipeline {
+    pub scheduler: Arc<Scheduler>,
+    pub client: HttpClient,
+    pub limits: Limits,
+    pub ids: IdGen,
+    unknown_function: prometheus::IntCounter,
+}
+
+impl Pipeline {
+    pub fn new(
+        scheduler: Arc<Scheduler>,
+        client: HttpClient,
+        limits: Limits,
+        metrics: &crate::metrics::Metrics,
+    ) -> Self {
+        let unknown = metrics.function("(unknown)");
+        Pipeline {
+            scheduler,
+            client,
+            limits,
+            ids: IdGen::new(),
+            unknown_function: unknown.invocations[Outcome::ClientError.index()].clone(),
+        }
+    }
+
+    pub async fn handle(&self, req: Request<Incoming>) -> Response<ResponseBody> {
+        let started = Instant::now();
+        let request_id = self.ids.request_id();
+        let (parts, body) = req.into_parts();
+
+        // 1-2: decode and look up, from the head alone.
+        let pool = match fc::decode(&parts.method, &parts.uri) {
+            Ok(inv) => match self.scheduler.function(inv.function) {
+                Some(pool) => pool.clone(),
+                None => {
+                    self.unknown_function.inc();
+                    let e = InvokeError::FunctionNotFound {
+                        name: inv.function.to_string(),
+                    };
+                    return error_response(&e, request_id, None);
+                }
+            },
+            Err(e) => {
+                self.unknown_function.inc();
+                return error_response(&e, request_id, None);
+            }
+        };
+
+        let result = self.invoke(&pool, &parts, body, &request_id).await;
+        let outcome = match &result {
+            Ok(_) => Outcome::Success,
+            Err((e, _)) => e.outcome(),
+        };
+        pool.metrics.invocations[outcome.index()].inc();
+        pool.metrics
+            .duration
+            .observe(started.elapsed().as_secs_f64());
+        match result {
+            Ok(mut resp) => {
+                resp.headers_mut().insert(fc::REQUEST_ID, request_id);
+                resp
+            }
+            Err((e, instance)) => {
+                if outcome != Outcome::ClientError {
+                    tracing::info!(function = %pool.cfg.name, request_id = ?request_id, error = %e, "invocation failed");
+                }
+                error_response(&e, request_id, instance)
+            }
+        }
+    }
+
+    /// Stages 5-7. On error, also returns the instance id when one ran it.
+    async fn invoke(
+        &self,
+        pool: &Arc<FunctionPool>,
+        parts: &http::request::Parts,
+        body: Incoming,
+        request_id: &HeaderValue,
+    ) -> Result<Response<ResponseBody>, (InvokeError, Option<HeaderValue>)> {
+        let payload = body::read(body, &parts.headers, &self.limits)
+            .await
+            .map_err(|e| (e, None))?;
+        forward::call(self, pool, parts, payload, request_id).await
+    }
+}
+
+pub fn error_response(
+    err: &InvokeError,
+    request_id: HeaderValue,
+    instance: Option<HeaderValue>,
+) -> Response<ResponseBody> {
+    let r = fc::render_error(err, request_id.to_str().unwrap_or_default());
+    let mut resp = Response::new(Full::new(r.body));
+    *resp.status_mut() = r.status;
+    let h = resp.headers_mut();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if let Some(t) = r.error_type {
+        h.insert(fc::ERROR_TYPE, t);
+    }
+    if let Some(i) = instance {
+        h.insert(fc::INSTANCE_ID, i);
+    }
+    h.insert(fc::REQUEST_ID, request_id);
+    resp
+}

@@ -1,0 +1,375 @@
+//! Scheduling: which instance serves an invocation, where new instances go,
+//! and when instances are released.
+//!
+//! - [`pick`]: the bin-pack routing rule (pure).
+//! - this module: [`Scheduler`], per-function [`FunctionPool`]s, [`Slot`]s.
+//! - [`placement`]: best-fit choice of a worker for a new instance.
+//! - [`reaper`]: idle release, max lifetime, `min_instances`, crash sync.
+//!
+//! Locking: each function has its own mutex over its instance list, held
+//! only to pick-and-reserve or to add/remove an instance, never across an
+//! `.await`. Nothing is shared by all functions on the invocation path.
+
+pub mod pick;
+pub mod placement;
+pub mod reaper;
+
+use crate::config::FunctionConfig;
+use crate::error::InvokeError;
+use crate::ids::IdGen;
+use crate::metrics::{FunctionMetrics, Metrics};
+use crate::workers::Worker;
+use pick::{Choice, Phase};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub struct Scheduler {
+    functions: HashMap<Arc<str>, Arc<FunctionPool>>,
+    workers: Vec<Arc<Worker>>,
+    ids: IdGen,
+    start_timeout: Duration,
+    max_lifetime: Duration,
+    epoch: Instant,
+    closing: CancellationToken,
+    tasks: TaskTracker,
+}
+
+pub struct FunctionPool {
+    pub cfg: Arc<FunctionConfig>,
+    pub metrics: FunctionMetrics,
+    instances: Mutex<Vec<Arc<Instance>>>,
+}
+
+/// The gateway's view of one instance.
+pub struct Instance {
+    pub id: Arc<str>,
+    pub function: Arc<str>,
+    pub memory_mb: u32,
+    pub created: Instant,
+    pub created_unix: u64,
+    worker: OnceLock<Arc<Worker>>,
+    invoke_uri: OnceLock<http::Uri>,
+    phase: AtomicU8,
+    in_flight: AtomicU32,
+    last_used_ms: AtomicU64,
+    reclaimed: AtomicBool,
+    started: watch::Sender<StartState>,
+}
+
+#[derive(Clone)]
+enum StartState {
+    Pending,
+    Ready,
+    Failed(InvokeError),
+}
+
+/// The right to run one invocation on one instance. Dropping it frees the
+/// slot; hold it until the function's response has been read in full.
+pub struct Slot {
+    pub instance: Arc<Instance>,
+    /// The instance was started for (or while) this invocation.
+    pub cold: bool,
+    epoch: Instant,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.instance
+            .last_used_ms
+            .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.instance.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+fn phase_from(v: u8) -> Phase {
+    match v {
+        0 => Phase::Starting,
+        1 => Phase::Ready,
+        2 => Phase::Draining,
+        _ => Phase::Gone,
+    }
+}
+
+fn phase_to(p: Phase) -> u8 {
+    match p {
+        Phase::Starting => 0,
+        Phase::Ready => 1,
+        Phase::Draining => 2,
+        Phase::Gone => 3,
+    }
+}
+
+impl Instance {
+    pub fn phase(&self) -> Phase {
+        phase_from(self.phase.load(Ordering::Acquire))
+    }
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Acquire)
+    }
+    pub fn invoke_uri(&self) -> Option<&http::Uri> {
+        self.invoke_uri.get()
+    }
+    pub fn worker(&self) -> Option<&Arc<Worker>> {
+        self.worker.get()
+    }
+    pub fn last_used_ms(&self) -> u64 {
+        self.last_used_ms.load(Ordering::Relaxed)
+    }
+}
+
+impl FunctionPool {
+    /// Moves `inst` to `to`, keeping the per-state gauges exact.
+    fn set_phase(&self, inst: &Instance, to: Phase) -> Phase {
+        let from = phase_from(inst.phase.swap(phase_to(to), Ordering::AcqRel));
+        if from != to {
+            self.gauge(from).map(|g| g.dec());
+            self.gauge(to).map(|g| g.inc());
+        }
+        from
+    }
+
+    fn gauge(&self, p: Phase) -> Option<&prometheus::IntGauge> {
+        match p {
+            Phase::Starting => Some(&self.metrics.starting),
+            Phase::Ready => Some(&self.metrics.ready),
+            Phase::Draining => Some(&self.metrics.draining),
+            Phase::Gone => None,
+        }
+    }
+
+    pub fn snapshot(&self) -> Vec<Arc<Instance>> {
+        self.instances.lock().unwrap().clone()
+    }
+}
+
+impl Scheduler {
+    pub fn new(
+        functions: &[Arc<FunctionConfig>],
+        workers: Vec<Arc<Worker>>,
+        metrics: &Metrics,
+        start_timeout: Duration,
+        max_lifetime: Duration,
+    ) -> Arc<Scheduler> {
+        let functions = functions
+            .iter()
+            .map(|f| {
+                let pool = FunctionPool {
+                    cfg: f.clone(),
+                    metrics: metrics.function(&f.name),
+                    instances: Mutex::new(Vec::new()),
+                };
+                (f.name.clone(), Arc::new(pool))
+            })
+            .collect();
+        Arc::new(Scheduler {
+            functions,
+            workers,
+            ids: IdGen::new(),
+            start_timeout,
+            max_lifetime,
+            epoch: Instant::now(),
+            closing: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+        })
+    }
+
+    pub fn function(&self, name: &str) -> Option<&Arc<FunctionPool>> {
+        self.functions.get(name)
+    }
+
+    pub fn functions(&self) -> impl Iterator<Item = &Arc<FunctionPool>> {
+        self.functions.values()
+    }
+
+    pub fn workers(&self) -> &[Arc<Worker>] {
+        &self.workers
+    }
+
+    /// Converts a time on the scheduler's millisecond clock to Unix seconds.
+    pub fn unix_of_ms(&self, ms: u64) -> u64 {
+        let ago_s = self.now_ms().saturating_sub(ms) / 1000;
+        sandbox_runtime::instance::unix_now().saturating_sub(ago_s)
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Reserves a slot on an instance of `pool`, starting one if needed.
+    pub async fn acquire(self: &Arc<Self>, pool: &Arc<FunctionPool>) -> Result<Slot, InvokeError> {
+        if self.closing.is_cancelled() {
+            return Err(InvokeError::ShuttingDown);
+        }
+        let conc = pool.cfg.instance_concurrency;
+        let (instance, choice) = {
+            let mut list = pool.instances.lock().unwrap();
+            let choice = pick::pick(list.iter().map(|i| (i.phase(), i.in_flight())), conc);
+            let instance = match choice {
+                Choice::Use(i) | Choice::Wait(i) => list[i].clone(),
+                Choice::Start => {
+                    let inst = self.new_instance(pool);
+                    list.push(inst.clone());
+                    inst
+                }
+            };
+            // Reserved under the lock, so concurrent pickers see it.
+            instance.in_flight.fetch_add(1, Ordering::AcqRel);
+            (instance, choice)
+        };
+        let slot = Slot {
+            instance,
+            cold: !matches!(choice, Choice::Use(_)),
+            epoch: self.epoch,
+        };
+        if choice == Choice::Start {
+            self.spawn_start(pool.clone(), slot.instance.clone());
+        }
+        if slot.cold {
+            let mut rx = slot.instance.started.subscribe();
+            let state = rx
+                .wait_for(|s| !matches!(s, StartState::Pending))
+                .await
+                .map(|s| s.clone())
+                .unwrap_or(StartState::Failed(InvokeError::ShuttingDown));
+            if let StartState::Failed(e) = state {
+                return Err(e);
+            }
+        }
+        Ok(slot)
+    }
+
+    fn new_instance(&self, pool: &FunctionPool) -> Arc<Instance> {
+        pool.metrics.starting.inc();
+        Arc::new(Instance {
+            id: self.ids.instance_id().into(),
+            function: pool.cfg.name.clone(),
+            memory_mb: pool.cfg.memory_mb,
+            created: Instant::now(),
+            created_unix: sandbox_runtime::instance::unix_now(),
+            worker: OnceLock::new(),
+            invoke_uri: OnceLock::new(),
+            phase: AtomicU8::new(phase_to(Phase::Starting)),
+            in_flight: AtomicU32::new(0),
+            last_used_ms: AtomicU64::new(self.now_ms()),
+            reclaimed: AtomicBool::new(false),
+            started: watch::channel(StartState::Pending).0,
+        })
+    }
+
+    /// Starts `inst` in a task of its own, so that a caller going away does
+    /// not abandon the start others are waiting for.
+    fn spawn_start(self: &Arc<Self>, pool: Arc<FunctionPool>, inst: Arc<Instance>) {
+        let this = self.clone();
+        self.tasks.spawn(async move {
+            let t0 = Instant::now();
+            match placement::start_on_best_fit(&this, &pool.cfg, &inst).await {
+                Ok((worker, info)) => {
+                    let _ = inst.worker.set(worker);
+                    let uri = format!("http://{}/invoke", info.address).parse();
+                    match uri {
+                        Ok(uri) => {
+                            let _ = inst.invoke_uri.set(uri);
+                        }
+                        Err(e) => {
+                            this.fail_start(&pool, &inst, InvokeError::internal(e));
+                            return;
+                        }
+                    }
+                    pool.metrics.starts_ok.inc();
+                    pool.metrics.cold_start.observe(t0.elapsed().as_secs_f64());
+                    inst.last_used_ms.store(this.now_ms(), Ordering::Relaxed);
+                    if this.closing.is_cancelled() {
+                        this.fail_start(&pool, &inst, InvokeError::ShuttingDown);
+                        return;
+                    }
+                    pool.set_phase(&inst, Phase::Ready);
+                    tracing::info!(function = %pool.cfg.name, instance = %inst.id, address = %info.address, elapsed_ms = t0.elapsed().as_millis() as u64, "instance ready");
+                    inst.started.send_replace(StartState::Ready);
+                }
+                Err(e) => {
+                    pool.metrics.starts_failed.inc();
+                    tracing::warn!(function = %pool.cfg.name, instance = %inst.id, error = %e, "instance start failed");
+                    this.fail_start(&pool, &inst, e);
+                }
+            }
+        });
+    }
+
+    fn fail_start(&self, pool: &FunctionPool, inst: &Arc<Instance>, e: InvokeError) {
+        self.reclaim(pool, inst, "start failed");
+        inst.started.send_replace(StartState::Failed(e));
+    }
+
+    /// Takes `inst` out of service at once and releases it on its worker.
+    /// Idempotent. Used for timeouts, crashes, idle release and drain.
+    pub fn reclaim(&self, pool: &FunctionPool, inst: &Arc<Instance>, why: &'static str) {
+        if inst.reclaimed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        pool.instances
+            .lock()
+            .unwrap()
+            .retain(|i| !Arc::ptr_eq(i, inst));
+        pool.set_phase(inst, Phase::Gone);
+        if let Some(worker) = inst.worker.get().cloned() {
+            let id = inst.id.clone();
+            let mb = u64::from(inst.memory_mb);
+            tracing::info!(function = %inst.function, instance = %id, reason = why, "releasing instance");
+            self.tasks.spawn(async move {
+                if let Err(e) = worker.release(&id).await {
+                    tracing::debug!(instance = %id, error = %e, "release");
+                }
+                worker.unreserve(mb);
+            });
+        }
+    }
+
+    /// Asks the instance's worker why a call to it failed: `Some(exit)` when
+    /// the process has ended (the instance is then reclaimed).
+    pub async fn exit_of(&self, pool: &FunctionPool, inst: &Arc<Instance>) -> Option<String> {
+        let worker = inst.worker.get()?.clone();
+        // A broken connection usually means the process is exiting right now.
+        let info = worker
+            .instance(&inst.id, Duration::from_millis(500))
+            .await
+            .ok();
+        match info {
+            Some(info) if info.exit.is_none() => None,
+            Some(info) => {
+                self.reclaim(pool, inst, "exited");
+                info.exit.map(|e| e.to_string())
+            }
+            // The worker no longer knows it: it is gone.
+            None => {
+                self.reclaim(pool, inst, "unknown to its worker");
+                Some("is no longer running".into())
+            }
+        }
+    }
+
+    /// Stops starting instances and releases all of them.
+    pub async fn shutdown(&self) {
+        self.closing.cancel();
+        for pool in self.functions.values() {
+            for inst in pool.snapshot() {
+                self.reclaim(pool, &inst, "shutdown");
+            }
+        }
+        self.tasks.close();
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.tasks.wait()).await;
+    }
+
+    pub fn closing(&self) -> &CancellationToken {
+        &self.closing
+    }
+
+    pub fn tasks(&self) -> &TaskTracker {
+        &self.tasks
+    }
+}

@@ -1,0 +1,90 @@
+//! Placement: which worker a new instance goes to.
+//!
+//! Best fit: the worker with the least free memory that still fits the
+//! function's `memory_mb`, so large holes stay free for large functions.
+//! Memory is reserved in the gateway's view before the worker is asked; a
+//! worker that refuses (another gateway took the memory) is skipped.
+
+use super::{Instance, Scheduler};
+use crate::config::FunctionConfig;
+use crate::error::InvokeError;
+use crate::workers::{Worker, WorkerError};
+use sandbox_runtime::api::{ApiErrorCode, CreateInstance, InstanceInfo};
+use std::sync::Arc;
+
+/// Index of the best-fit worker among `free_mb`, or `None` when none fits.
+pub fn best_fit(free_mb: impl IntoIterator<Item = u64>, want: u64) -> Option<usize> {
+    free_mb
+        .into_iter()
+        .enumerate()
+        .filter(|(_, free)| *free >= want)
+        .min_by_key(|(i, free)| (*free, *i))
+        .map(|(i, _)| i)
+}
+
+pub(super) async fn start_on_best_fit(
+    sched: &Scheduler,
+    f: &FunctionConfig,
+    inst: &Instance,
+) -> Result<(Arc<Worker>, InstanceInfo), InvokeError> {
+    let want = u64::from(f.memory_mb);
+    let mut skip = vec![false; sched.workers.len()];
+    loop {
+        let free = sched
+            .workers
+            .iter()
+            .zip(&skip)
+            .map(|(w, s)| if *s { 0 } else { w.free_mb() });
+        let Some(i) = best_fit(free, want) else {
+            return Err(InvokeError::NoCapacity {
+                memory_mb: f.memory_mb,
+            });
+        };
+        let worker = &sched.workers[i];
+        if !worker.try_reserve(want) {
+            continue; // Raced with another start; look again.
+        }
+        let req = CreateInstance {
+            instance_id: inst.id.to_string(),
+            function: f.name.to_string(),
+            command: f.command.clone(),
+            env: f.env.clone(),
+            memory_mb: f.memory_mb,
+            start_timeout_ms: sched.start_timeout.as_millis() as u64,
+        };
+        match worker.create(&req).await {
+            Ok(info) => return Ok((worker.clone(), info)),
+            Err(e) => {
+                worker.unreserve(want);
+                match e {
+                    WorkerError::Api {
+                        error: Some(api), ..
+                    } if api.code == ApiErrorCode::StartFailed => {
+                        return Err(InvokeError::InstanceStartFailed {
+                            message: api.message.into(),
+                            stderr_tail: api.stderr_tail.into(),
+                        });
+                    }
+                    other => {
+                        tracing::warn!(worker = %worker.url, error = %other, "worker refused an instance; trying another");
+                        skip[i] = true;
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::best_fit;
+
+    #[test]
+    fn best_fit_picks_the_tightest_worker_that_fits() {
+        assert_eq!(best_fit([1024, 256, 512], 128), Some(1));
+        assert_eq!(best_fit([1024, 100, 512], 128), Some(2));
+        assert_eq!(best_fit([100, 100], 128), None);
+        assert_eq!(best_fit([], 128), None);
+        assert_eq!(best_fit([128, 128], 128), Some(0));
+    }
+}
