@@ -78,7 +78,11 @@ impl Admin {
                 if self.ready() {
                     reply(StatusCode::OK, "text/plain", "ready\n".into())
                 } else {
-                    reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready\n".into())
+                    reply(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "text/plain",
+                        "not ready\n".into(),
+                    )
                 }
             }
             (&Method::GET, "/metrics") => reply(
@@ -118,7 +122,9 @@ impl Admin {
 fn reply(status: StatusCode, ctype: &'static str, body: String) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(ctype));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(ctype),
+    );
     r
 }

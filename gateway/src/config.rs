@@ -141,8 +141,14 @@ pub struct Config {
 
 #[derive(Debug, Clone)]
 pub enum TlsSource {
-    Files { cert: PathBuf, key: PathBuf },
-    SelfSigned { write_to: PathBuf, validity_days: u32 },
+    Files {
+        cert: PathBuf,
+        key: PathBuf,
+    },
+    SelfSigned {
+        write_to: PathBuf,
+        validity_days: u32,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -194,7 +200,13 @@ impl Config {
         })?;
         let dir = path
             .parent()
-            .map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p })
+            .map(|p| {
+                if p.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    p
+                }
+            })
             .unwrap_or(Path::new("."));
         let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_owned());
         Self::parse(&text, &dir).map_err(|e| match e {
@@ -220,7 +232,13 @@ impl Config {
         };
         let listen = addr("gateway.listen", &g.listen)?;
         let admin_listen = addr("gateway.admin_listen", &g.admin_listen)?;
-        let resolve = |p: PathBuf| if p.is_absolute() { p } else { config_dir.join(p) };
+        let resolve = |p: PathBuf| {
+            if p.is_absolute() {
+                p
+            } else {
+                config_dir.join(p)
+            }
+        };
         let tls = match (g.tls_cert, g.tls_key) {
             (Some(cert), Some(key)) => TlsSource::Files {
                 cert: resolve(cert),
@@ -228,10 +246,8 @@ impl Config {
             },
             (None, None) => TlsSource::SelfSigned {
                 write_to: g.self_signed_cert_path.map(resolve).unwrap_or_else(|| {
-                    std::env::temp_dir().join(format!(
-                        "fngate-self-signed-{}.pem",
-                        std::process::id()
-                    ))
+                    std::env::temp_dir()
+                        .join(format!("fngate-self-signed-{}.pem", std::process::id()))
                 }),
                 validity_days: g.self_signed_validity_days,
             },
@@ -261,7 +277,10 @@ impl Config {
                 "gateway.header_read_timeout_ms",
                 g.header_read_timeout_ms,
             )?),
-            body_read_timeout: ms(positive("gateway.body_read_timeout_ms", g.body_read_timeout_ms)?),
+            body_read_timeout: ms(positive(
+                "gateway.body_read_timeout_ms",
+                g.body_read_timeout_ms,
+            )?),
             tls_handshake_timeout: ms(positive(
                 "gateway.tls_handshake_timeout_ms",
                 g.tls_handshake_timeout_ms,
@@ -304,16 +323,25 @@ impl Config {
                 ));
             }
             if !names.insert(f.name.clone()) {
-                return Err(invalid(key("name"), format!("duplicate function name {:?}", f.name)));
+                return Err(invalid(
+                    key("name"),
+                    format!("duplicate function name {:?}", f.name),
+                ));
             }
             if f.command.is_empty() || f.command[0].is_empty() {
                 return Err(invalid(key("command"), "must name a program"));
             }
             if !MEMORY_MB.contains(&f.memory_mb) {
-                return Err(invalid(key("memory_mb"), format!("{} is outside 64..=32768", f.memory_mb)));
+                return Err(invalid(
+                    key("memory_mb"),
+                    format!("{} is outside 64..=32768", f.memory_mb),
+                ));
             }
             if !TIMEOUT_S.contains(&f.timeout_s) {
-                return Err(invalid(key("timeout_s"), format!("{} is outside 1..=86400", f.timeout_s)));
+                return Err(invalid(
+                    key("timeout_s"),
+                    format!("{} is outside 1..=86400", f.timeout_s),
+                ));
             }
             if !CONCURRENCY.contains(&f.instance_concurrency) {
                 return Err(invalid(

@@ -128,7 +128,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         started: Default::default(),
     });
     let admin_task = tokio::spawn(admin.clone().serve(admin_l, stop.clone()));
-    admin.started.store(true, std::sync::atomic::Ordering::Release);
+    admin
+        .started
+        .store(true, std::sync::atomic::Ordering::Release);
     tracing::info!(
         https = %https_addr.map(|a| a.to_string()).unwrap_or_default(),
         admin = %admin_addr.map(|a| a.to_string()).unwrap_or_default(),
@@ -151,7 +153,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     })
     .await;
     if drained.is_err() {
-        tracing::warn!(timeout_s = g.drain_timeout.as_secs(), "drain timed out; closing the remaining connections");
+        tracing::warn!(
+            timeout_s = g.drain_timeout.as_secs(),
+            "drain timed out; closing the remaining connections"
+        );
     }
     scheduler.shutdown().await;
     stop.cancel();

@@ -3,7 +3,10 @@
 //! [`FunctionMetrics`]) so the hot path touches atomics only.
 
 use crate::error::Outcome;
-use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
+};
 
 pub struct Metrics {
     pub registry: Registry,
@@ -32,7 +35,10 @@ impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
         let invocations = IntCounterVec::new(
-            Opts::new("fngate_invocations_total", "Invocations by function and outcome."),
+            Opts::new(
+                "fngate_invocations_total",
+                "Invocations by function and outcome.",
+            ),
             &["function", "outcome"],
         )
         .unwrap();
@@ -63,7 +69,9 @@ impl Metrics {
                 "fngate_cold_start_duration_seconds",
                 "Time to start an instance until it accepts, in seconds.",
             )
-            .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+            .buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ]),
             &["function"],
         )
         .unwrap();
@@ -112,7 +120,9 @@ impl Metrics {
             ready: state("ready"),
             draining: state("draining"),
             starts_ok: self.instance_starts.with_label_values(&[function, "ok"]),
-            starts_failed: self.instance_starts.with_label_values(&[function, "failed"]),
+            starts_failed: self
+                .instance_starts
+                .with_label_values(&[function, "failed"]),
             cold_start: self.cold_start_seconds.with_label_values(&[function]),
         }
     }

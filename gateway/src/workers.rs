@@ -93,7 +93,8 @@ impl Worker {
 
     pub async fn create(&self, req: &CreateInstance) -> Result<InstanceInfo, WorkerError> {
         let body = serde_json::to_vec(req).expect("serializable");
-        self.call(http::Method::POST, "/v1/instances", Some(body)).await
+        self.call(http::Method::POST, "/v1/instances", Some(body))
+            .await
     }
 
     pub async fn release(&self, id: &str) -> Result<InstanceInfo, WorkerError> {
@@ -106,10 +107,18 @@ impl Worker {
     }
 
     /// One instance; waits up to `wait_exit` for its process to end first.
-    pub async fn instance(&self, id: &str, wait_exit: Duration) -> Result<InstanceInfo, WorkerError> {
+    pub async fn instance(
+        &self,
+        id: &str,
+        wait_exit: Duration,
+    ) -> Result<InstanceInfo, WorkerError> {
         let ms = wait_exit.as_millis();
-        self.call(http::Method::GET, &format!("/v1/instances/{id}?wait_exit_ms={ms}"), None)
-            .await
+        self.call(
+            http::Method::GET,
+            &format!("/v1/instances/{id}?wait_exit_ms={ms}"),
+            None,
+        )
+        .await
     }
 
     async fn call<T: serde::de::DeserializeOwned>(
@@ -128,7 +137,11 @@ impl Worker {
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
             .map_err(|e| transport(e.into()))?;
-        let resp = self.client.request(req).await.map_err(|e| transport(e.into()))?;
+        let resp = self
+            .client
+            .request(req)
+            .await
+            .map_err(|e| transport(e.into()))?;
         let status = resp.status();
         let bytes = resp
             .into_body()

@@ -117,7 +117,9 @@ pub fn render_error(err: &InvokeError, request_id: &str) -> Rendered {
             StatusCode::BAD_REQUEST,
             "EntityTooLarge",
             &match size {
-                Some(size) => format!("payload size {size} bytes exceeds the limit of {limit} bytes"),
+                Some(size) => {
+                    format!("payload size {size} bytes exceeds the limit of {limit} bytes")
+                }
                 None => format!("payload exceeds the limit of {limit} bytes"),
             },
         ),

@@ -101,24 +101,22 @@ impl Server {
     }
 
     async fn serve_one(&self, stream: tokio::net::TcpStream, watcher: Watcher) {
-        let tls = match tokio::time::timeout(
-            self.limits.tls_handshake_timeout,
-            self.tls.accept(stream),
-        )
-        .await
-        {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                self.metrics.tls_handshake_failures.inc();
-                tracing::debug!(error = %e, "TLS handshake failed");
-                return;
-            }
-            Err(_) => {
-                self.metrics.tls_handshake_failures.inc();
-                tracing::debug!("TLS handshake timed out");
-                return;
-            }
-        };
+        let tls =
+            match tokio::time::timeout(self.limits.tls_handshake_timeout, self.tls.accept(stream))
+                .await
+            {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    self.metrics.tls_handshake_failures.inc();
+                    tracing::debug!(error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    self.metrics.tls_handshake_failures.inc();
+                    tracing::debug!("TLS handshake timed out");
+                    return;
+                }
+            };
         let is_h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
         let pipeline = self.pipeline.clone();
         let svc = hyper::service::service_fn(move |req| {

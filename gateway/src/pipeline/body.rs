@@ -12,7 +12,11 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
-pub async fn read(body: Incoming, headers: &http::HeaderMap, limits: &Limits) -> Result<Bytes, InvokeError> {
+pub async fn read(
+    body: Incoming,
+    headers: &http::HeaderMap,
+    limits: &Limits,
+) -> Result<Bytes, InvokeError> {
     let limit = limits.max_body_bytes;
     let declared = headers
         .get(http::header::CONTENT_LENGTH)

@@ -66,8 +66,8 @@ fn sweep(sched: &Arc<Scheduler>, pool: &Arc<FunctionPool>) {
                     }
                     continue;
                 }
-                let idle = inst.in_flight() == 0
-                    && now.saturating_sub(inst.last_used_ms()) >= idle_ms;
+                let idle =
+                    inst.in_flight() == 0 && now.saturating_sub(inst.last_used_ms()) >= idle_ms;
                 if idle && live >= pool.cfg.min_instances {
                     sched.reclaim(pool, &inst, "idle");
                 } else {
