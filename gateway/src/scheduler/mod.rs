@@ -128,8 +128,12 @@ impl FunctionPool {
     fn set_phase(&self, inst: &Instance, to: Phase) -> Phase {
         let from = phase_from(inst.phase.swap(phase_to(to), Ordering::AcqRel));
         if from != to {
-            self.gauge(from).map(|g| g.dec());
-            self.gauge(to).map(|g| g.inc());
+            if let Some(g) = self.gauge(from) {
+                g.dec();
+            }
+            if let Some(g) = self.gauge(to) {
+                g.inc();
+            }
         }
         from
     }

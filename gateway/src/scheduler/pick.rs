@@ -56,9 +56,12 @@ mod tests {
     use super::*;
     use Phase::*;
 
+    /// (snapshot, concurrency, expected choice)
+    type Case = (&'static [(Phase, u32)], u32, Choice);
+
     #[test]
     fn table() {
-        let cases: &[(&[(Phase, u32)], u32, Choice)] = &[
+        let cases: &[Case] = &[
             (&[], 10, Choice::Start),
             (&[(Ready, 0)], 10, Choice::Use(0)),
             (&[(Ready, 10)], 10, Choice::Start),

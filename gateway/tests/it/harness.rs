@@ -1,0 +1,417 @@
+//! Test harness: starts the real `gateway` (and `sandbox-runtime`) binaries
+//! with a generated configuration, waits for their "listening" log line
+//! (their readiness signal), and talks to them over real TLS.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
+
+/// A binary built by `cargo build --workspace` next to this test executable.
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let dir = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let p = dir.join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build --workspace` before the tests (the README's test command does)",
+        p.display()
+    );
+    p
+}
+
+pub fn echo_bin() -> String {
+    workspace_bin("fngate-echo").display().to_string()
+}
+
+/// A running process whose stderr lines are collected.
+pub struct Proc {
+    pub child: Child,
+    pub lines: Arc<Mutex<Vec<String>>>,
+    rx: mpsc::Receiver<String>,
+}
+
+impl Proc {
+    pub fn spawn(mut cmd: Command) -> Proc {
+        cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+        cmd.env("RUST_LOG", "info");
+        let mut child = cmd.spawn().expect("spawn");
+        let stderr = child.stderr.take().unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        let keep = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                keep.lock().unwrap().push(line.clone());
+                let _ = tx.send(line);
+            }
+        });
+        Proc { child, lines, rx }
+    }
+
+    /// Waits for a log line containing `needle`; panics with the log on timeout.
+    pub fn wait_line(&self, needle: &str, timeout: Duration) -> String {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(l) if l.contains(needle) => return l,
+                Ok(_) => {}
+                Err(_) => panic!("no log line with {needle:?}; log:\n{}", self.log()),
+            }
+        }
+    }
+
+    pub fn log(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: plain syscall on our own child.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    /// Waits for exit (bounded); returns the exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st.code();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "process did not exit; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            self.signal(libc::SIGTERM);
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while self.child.try_wait().ok().flatten().is_none()
+                && std::time::Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn field(line: &str, key: &str) -> String {
+    let at = line
+        .find(&format!("{key}="))
+        .unwrap_or_else(|| panic!("{key}= not in {line}"));
+    line[at + key.len() + 1..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .trim_matches('"')
+        .to_string()
+}
+
+pub struct Gateway {
+    pub proc: Proc,
+    pub https: SocketAddr,
+    pub admin: SocketAddr,
+    pub ca: PathBuf,
+    pub dir: tempfile::TempDir,
+}
+
+/// The `[gateway]` section every test gets; `extra_gateway` lines are appended to it.
+pub fn config(extra_gateway: &str, rest: &str, dir: &Path) -> String {
+    format!(
+        "[gateway]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nself_signed_cert_path = \"{}\"\n{extra_gateway}\n{rest}",
+        dir.join("ca.pem").display()
+    )
+}
+
+impl Gateway {
+    pub fn start(extra_gateway: &str, rest: &str) -> Gateway {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gateway.toml");
+        std::fs::write(&path, config(extra_gateway, rest, dir.path())).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_gateway"));
+        cmd.arg("--config").arg(&path);
+        let proc = Proc::spawn(cmd);
+        let line = proc.wait_line("fngate listening", Duration::from_secs(30));
+        Gateway {
+            https: field(&line, "https").parse().unwrap(),
+            admin: field(&line, "admin").parse().unwrap(),
+            ca: dir.path().join("ca.pem"),
+            proc,
+            dir,
+        }
+    }
+
+    pub async fn client(&self, opts: ClientOpts) -> Client {
+        Client::connect(self.https, &self.ca, opts).await
+    }
+
+    pub async fn h1(&self) -> Client {
+        self.client(ClientOpts::default()).await
+    }
+
+    pub async fn h2(&self) -> Client {
+        self.client(ClientOpts {
+            h2: true,
+            ..Default::default()
+        })
+        .await
+    }
+
+    pub async fn admin_get(&self, path: &str) -> (u16, String) {
+        plain_get(self.admin, path).await
+    }
+
+    pub async fn instances(&self) -> Vec<serde_json::Value> {
+        let (status, body) = self.admin_get("/admin/instances").await;
+        assert_eq!(status, 200);
+        serde_json::from_str(&body).unwrap()
+    }
+
+    pub async fn instances_of(&self, function: &str) -> Vec<serde_json::Value> {
+        self.instances()
+            .await
+            .into_iter()
+            .filter(|i| i["function"] == function)
+            .collect()
+    }
+
+    /// The value of one sample in `/metrics` (0 when absent).
+    pub async fn metric(&self, name_and_labels: &str) -> f64 {
+        let (_, text) = self.admin_get("/metrics").await;
+        text.lines()
+            .find_map(|l| l.strip_prefix(name_and_labels)?.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    /// Polls an admin-visible condition (the gateway's own state is the
+    /// readiness signal); panics after `timeout`.
+    pub async fn until<F, Fut>(&self, what: &str, timeout: Duration, mut f: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while !f().await {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for: {what}\nlog:\n{}",
+                self.proc.log()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}
+
+pub fn invoke_path(function: &str) -> String {
+    format!("/2023-03-30/functions/{function}/invocations")
+}
+
+#[derive(Clone, Copy, Default)]
+pub struct ClientOpts {
+    pub h2: bool,
+    /// `Some(12)` or `Some(13)` pins the TLS version.
+    pub tls: Option<u8>,
+}
+
+pub struct Resp {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+enum Sender {
+    H1(hyper::client::conn::http1::SendRequest<Full<Bytes>>),
+    H2(hyper::client::conn::http2::SendRequest<Full<Bytes>>),
+}
+
+/// One TLS connection to the gateway. HTTP/2 clients can be cloned to run
+/// many streams at once on it.
+pub struct Client {
+    sender: Sender,
+    pub tls_version: rustls::ProtocolVersion,
+    pub alpn: Option<Vec<u8>>,
+}
+
+impl Clone for Client {
+    fn clone(&self) -> Self {
+        match &self.sender {
+            Sender::H2(s) => Client {
+                sender: Sender::H2(s.clone()),
+                tls_version: self.tls_version,
+                alpn: self.alpn.clone(),
+            },
+            Sender::H1(_) => panic!("HTTP/1.1 clients are one connection each"),
+        }
+    }
+}
+
+pub fn tls_config(ca: &Path, opts: ClientOpts) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    use rustls_pki_types::pem::PemObject;
+    for c in rustls_pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let versions: Vec<&'static rustls::SupportedProtocolVersion> = match opts.tls {
+        Some(12) => vec![&rustls::version::TLS12],
+        Some(13) => vec![&rustls::version::TLS13],
+        _ => vec![&rustls::version::TLS13, &rustls::version::TLS12],
+    };
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&versions)
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = if opts.h2 {
+        vec![b"h2".to_vec()]
+    } else {
+        vec![b"http/1.1".to_vec()]
+    };
+    Arc::new(cfg)
+}
+
+impl Client {
+    pub async fn connect(addr: SocketAddr, ca: &Path, opts: ClientOpts) -> Client {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        tcp.set_nodelay(true).unwrap();
+        let connector = tokio_rustls::TlsConnector::from(tls_config(ca, opts));
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        let tls = connector.connect(name, tcp).await.unwrap();
+        let (_, session) = tls.get_ref();
+        let tls_version = session.protocol_version().unwrap();
+        let alpn = session.alpn_protocol().map(|a| a.to_vec());
+        let io = TokioIo::new(tls);
+        let sender = if opts.h2 {
+            let (s, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            Sender::H2(s)
+        } else {
+            let (s, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+            tokio::spawn(conn);
+            Sender::H1(s)
+        };
+        Client {
+            sender,
+            tls_version,
+            alpn,
+        }
+    }
+
+    pub async fn send(&mut self, req: http::Request<Full<Bytes>>) -> Result<Resp, hyper::Error> {
+        let resp = match &mut self.sender {
+            Sender::H1(s) => {
+                s.ready().await?;
+                s.send_request(req).await?
+            }
+            Sender::H2(s) => {
+                s.ready().await?;
+                s.send_request(req).await?
+            }
+        };
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await?.to_bytes();
+        Ok(Resp {
+            status: parts.status.as_u16(),
+            headers: parts.headers,
+            body,
+        })
+    }
+
+    pub async fn invoke(&mut self, function: &str, payload: impl Into<Bytes>) -> Resp {
+        self.send(invoke_request(function, payload.into()))
+            .await
+            .expect("invoke")
+    }
+}
+
+pub fn invoke_request(function: &str, payload: Bytes) -> http::Request<Full<Bytes>> {
+    http::Request::builder()
+        .method("POST")
+        .uri(format!("https://localhost{}", invoke_path(function)))
+        .header("content-type", "application/octet-stream")
+        .body(Full::new(payload))
+        .unwrap()
+}
+
+pub async fn plain_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut s, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::builder()
+        .uri(path)
+        .header("host", "localhost")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = s.send_request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// A standalone sandbox worker process.
+pub struct WorkerProc {
+    #[allow(dead_code)] // held so the worker lives as long as the test
+    pub proc: Proc,
+    pub url: String,
+}
+
+pub fn start_worker(memory_mb: u64) -> WorkerProc {
+    let mut cmd = Command::new(workspace_bin("sandbox-runtime"));
+    cmd.args([
+        "--listen",
+        "127.0.0.1:0",
+        "--memory-mb",
+        &memory_mb.to_string(),
+    ]);
+    let proc = Proc::spawn(cmd);
+    let line = proc.wait_line("sandbox-runtime listening", Duration::from_secs(30));
+    let addr = field(&line, "addr");
+    WorkerProc {
+        proc,
+        url: format!("http://{addr}"),
+    }
+}
+
+/// An `echo` function section with the given extra keys.
+pub fn echo_fn(name: &str, extra: &str) -> String {
+    format!(
+        "[[functions]]\nname = \"{name}\"\ncommand = [\"{}\"]\n{extra}\n",
+        echo_bin()
+    )
+}

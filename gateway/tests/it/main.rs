@@ -1,0 +1,8 @@
+//! Integration tests: real `gateway` and `sandbox-runtime` binaries, real
+//! TLS, real function processes. One binary (see ../../ARCHITECTURE.md).
+
+mod harness;
+mod invoke;
+mod lifecycle;
+mod scheduling;
+mod tls;
