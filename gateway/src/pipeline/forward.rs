@@ -34,7 +34,7 @@ pub async fn call(
     let mut retried = false;
     loop {
         let slot = p.scheduler.acquire(pool).await.map_err(|e| (e, None))?;
-        let instance_id = HeaderValue::from_str(&slot.instance.id).ok();
+        let instance_id = Some(slot.instance.id_header.clone());
         match attempt(p, pool, &slot, parts, payload.clone(), request_id).await {
             Ok(mut resp) => {
                 if let Some(id) = instance_id {
@@ -81,9 +81,7 @@ async fn attempt(
     *req.uri_mut() = uri;
     let h = req.headers_mut();
     h.insert(fc::REQUEST_ID, request_id.clone());
-    if let Ok(name) = HeaderValue::from_str(&pool.cfg.name) {
-        h.insert("x-fc-function-name", name);
-    }
+    h.insert("x-fc-function-name", pool.name_header.clone());
     if let Some(ct) = parts.headers.get(http::header::CONTENT_TYPE) {
         h.insert(http::header::CONTENT_TYPE, ct.clone());
     }

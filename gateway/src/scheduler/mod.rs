@@ -42,6 +42,8 @@ pub struct Scheduler {
 
 pub struct FunctionPool {
     pub cfg: Arc<FunctionConfig>,
+    /// `x-fc-function-name` for instance calls, built once.
+    pub name_header: http::HeaderValue,
     pub metrics: FunctionMetrics,
     instances: Mutex<Vec<Arc<Instance>>>,
 }
@@ -49,6 +51,8 @@ pub struct FunctionPool {
 /// The gateway's view of one instance.
 pub struct Instance {
     pub id: Arc<str>,
+    /// `x-fc-instance-id`, built once.
+    pub id_header: http::HeaderValue,
     pub function: Arc<str>,
     pub memory_mb: u32,
     pub created: Instant,
@@ -165,6 +169,8 @@ impl Scheduler {
             .map(|f| {
                 let pool = FunctionPool {
                     cfg: f.clone(),
+                    // Validated names are ASCII letters, digits, '_' and '-'.
+                    name_header: http::HeaderValue::from_str(&f.name).expect("validated name"),
                     metrics: metrics.function(&f.name),
                     instances: Mutex::new(Vec::new()),
                 };
@@ -250,8 +256,10 @@ impl Scheduler {
 
     fn new_instance(&self, pool: &FunctionPool) -> Arc<Instance> {
         pool.metrics.starting.inc();
+        let id = self.ids.instance_id();
         Arc::new(Instance {
-            id: self.ids.instance_id().into(),
+            id_header: http::HeaderValue::from_str(&id).expect("ids are hex and '-'"),
+            id: id.into(),
             function: pool.cfg.name.clone(),
             memory_mb: pool.cfg.memory_mb,
             created: Instant::now(),

@@ -188,3 +188,37 @@ async fn instance_gets_the_documented_environment() {
         "instance storage must not outlive the instance"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_upload_gets_408_within_the_body_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let gw = Gateway::start("body_read_timeout_ms = 300", &echo_fn("echo", ""));
+    let tcp = tokio::net::TcpStream::connect(gw.https).await.unwrap();
+    let connector = tokio_rustls::TlsConnector::from(tls_config(&gw.ca, ClientOpts::default()));
+    let mut tls = connector
+        .connect(
+            rustls_pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap();
+    let head = format!(
+        "POST {} HTTP/1.1\r\nhost: localhost\r\ncontent-length: 100\r\n\r\n0123456789",
+        invoke_path("echo")
+    );
+    tls.write_all(head.as_bytes()).await.unwrap();
+    let t0 = tokio::time::Instant::now();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(10), tls.read(&mut buf))
+        .await
+        .expect("the gateway must answer a stalled upload")
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf[..n]);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("RequestTimeout"), "{text}");
+    assert!(t0.elapsed() < std::time::Duration::from_secs(5));
+    assert!(
+        gw.instances_of("echo").await.is_empty(),
+        "a stalled payload never reaches an instance"
+    );
+}

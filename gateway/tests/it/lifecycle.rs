@@ -204,3 +204,60 @@ fn invalid_config_exits_non_zero_naming_the_key() {
         assert!(err.contains(key), "stderr should name {key:?}: {err}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_past_their_lifetime_are_drained_and_replaced() {
+    let gw = Gateway::start(
+        "max_instance_lifetime_s = 1",
+        &echo_fn("aging", "instance_concurrency = 2"),
+    );
+    let mut c = gw.h1().await;
+    let gate = gw.dir.path().join("gate");
+    let first = c
+        .invoke("aging", "x")
+        .await
+        .header("x-fc-instance-id")
+        .unwrap()
+        .to_string();
+    // Keep it busy past its lifetime: it must drain (no new work) but finish.
+    let mut c2 = gw.h1().await;
+    let payload = format!("fngate:hold:{}", gate.display());
+    let held = tokio::spawn(async move { c2.invoke("aging", payload).await });
+    gw.until(
+        "the old instance draining",
+        Duration::from_secs(10),
+        || async {
+            gw.instances_of("aging")
+                .await
+                .iter()
+                .any(|i| i["instance_id"] == first.as_str() && i["state"] == "draining")
+        },
+    )
+    .await;
+    let r = c.invoke("aging", "y").await;
+    assert_eq!(r.status, 200);
+    assert_ne!(
+        r.header("x-fc-instance-id").unwrap(),
+        first,
+        "a draining instance takes no new work"
+    );
+    std::fs::write(&gate, b"go").unwrap();
+    let r = held.await.unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("x-fc-instance-id").unwrap(),
+        first,
+        "in-flight work on a draining instance finishes"
+    );
+    gw.until(
+        "the drained instance released",
+        Duration::from_secs(10),
+        || async {
+            gw.instances_of("aging")
+                .await
+                .iter()
+                .all(|i| i["instance_id"] != first.as_str())
+        },
+    )
+    .await;
+}
