@@ -2,7 +2,8 @@
 //!
 //! `/healthz` (the process is up), `/readyz` (listeners bound and every
 //! function's `min_instances` ready), `/metrics` (Prometheus text),
-//! `/admin/instances` (JSON).
+//! `/admin/instances` and `/admin/functions` (JSON: each function's settings
+//! and its effective ingress policy).
 
 use crate::metrics::Metrics;
 use crate::scheduler::Scheduler;
@@ -20,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 pub struct Admin {
     pub metrics: Arc<Metrics>,
+    pub ingress: Arc<crate::config::IngressConfig>,
     pub scheduler: Arc<Scheduler>,
     pub started: AtomicBool,
 }
@@ -114,8 +116,65 @@ impl Admin {
                 let body = serde_json::to_string(&views).unwrap_or_default();
                 reply(StatusCode::OK, "application/json", body)
             }
+            (&Method::GET, "/admin/functions") => {
+                reply(StatusCode::OK, "application/json", self.functions_json())
+            }
             _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
         }
+    }
+}
+
+impl Admin {
+    fn functions_json(&self) -> String {
+        use crate::ingress::rules::Match;
+        let vpcs = &self.ingress.vpcs;
+        let mut out: Vec<serde_json::Value> = self
+            .scheduler
+            .functions()
+            .map(|p| {
+                let f = &p.cfg;
+                let rules: Vec<serde_json::Value> = f
+                    .ingress
+                    .rules
+                    .rules()
+                    .iter()
+                    .map(|r| {
+                        let mut v = serde_json::json!({
+                            "priority": r.priority,
+                            "action": r.action,
+                            "name": r.name.as_deref(),
+                        });
+                        match &r.matches {
+                            Match::Cidr(n) => v["cidr"] = n.to_string().into(),
+                            Match::Vpc(id) => v["vpc_id"] = vpcs.name(*id).into(),
+                        }
+                        v
+                    })
+                    .collect();
+                let source = match (f.ingress.rules.is_empty(), f.ingress.rules_from_function) {
+                    (true, _) => "none",
+                    (false, true) => "function",
+                    (false, false) => "gateway",
+                };
+                serde_json::json!({
+                    "name": &*f.name,
+                    "memory_mb": f.memory_mb,
+                    "timeout_s": f.timeout.as_secs(),
+                    "instance_concurrency": f.instance_concurrency,
+                    "idle_timeout_s": f.idle_timeout.as_secs(),
+                    "min_instances": f.min_instances,
+                    "ingress": {
+                        "vpc_bindings": f.ingress.vpc_bindings.iter().map(|v| vpcs.name(*v)).collect::<Vec<_>>(),
+                        "access_rules": rules,
+                        "access_rules_source": source,
+                        "implicit_deny": !f.ingress.rules.is_empty(),
+                        "order": ["vpc_bindings", "access_rules"],
+                    },
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+        serde_json::to_string(&out).unwrap_or_default()
     }
 }
 

@@ -4,8 +4,13 @@
 //! and the gateway exits non-zero on any of them: a gateway never starts on a
 //! configuration it only half understood (unknown keys are errors too).
 
+use crate::ingress::networks::NetworkMap;
+use crate::ingress::policy::{IngressPolicy, MAX_VPC_BINDINGS};
+use crate::ingress::rules::{Action, Match, Rule, RuleSet};
+use crate::ingress::{VpcId, VpcTable};
+use ipnet::IpNet;
 use serde::Deserialize;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -43,6 +48,41 @@ struct File {
     workers: Vec<WorkerSection>,
     #[serde(default)]
     functions: Vec<FunctionSection>,
+    #[serde(default)]
+    networks: Vec<NetworkSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NetworkSection {
+    vpc_id: String,
+    #[serde(default)]
+    cidrs: Vec<String>,
+    #[serde(default)]
+    endpoint_ids: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleSection {
+    priority: u32,
+    action: Action,
+    cidr: Option<String>,
+    vpc_id: Option<String>,
+    name: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PrivateEndpointSection {
+    listen: String,
+    vpc_id: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProxyListenerSection {
+    listen: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -65,6 +105,12 @@ struct GatewaySection {
     max_instance_lifetime_s: u64,
     instance_start_timeout_ms: u64,
     embedded_worker_memory_mb: u64,
+    trusted_proxies: Vec<String>,
+    access_rules: Vec<RuleSection>,
+    private_endpoints: Vec<PrivateEndpointSection>,
+    proxy_listeners: Vec<ProxyListenerSection>,
+    proxy_header_timeout_ms: u64,
+    max_denied_body_drain_bytes: u64,
 }
 
 impl Default for GatewaySection {
@@ -87,6 +133,12 @@ impl Default for GatewaySection {
             max_instance_lifetime_s: 36 * 3600,
             instance_start_timeout_ms: 30_000,
             embedded_worker_memory_mb: 4096,
+            trusted_proxies: Vec::new(),
+            access_rules: Vec::new(),
+            private_endpoints: Vec::new(),
+            proxy_listeners: Vec::new(),
+            proxy_header_timeout_ms: 5_000,
+            max_denied_body_drain_bytes: 64 * 1024,
         }
     }
 }
@@ -114,6 +166,10 @@ struct FunctionSection {
     idle_timeout_s: u64,
     #[serde(default)]
     min_instances: u32,
+    #[serde(default)]
+    vpc_bindings: Vec<String>,
+    /// Absent: the gateway's default rules apply. Present (even empty): these.
+    access_rules: Option<Vec<RuleSection>>,
 }
 
 fn default_memory() -> u32 {
@@ -137,6 +193,27 @@ pub struct Config {
     /// Worker API base URLs; empty means "start one embedded worker".
     pub workers: Vec<String>,
     pub functions: Vec<Arc<FunctionConfig>>,
+    pub ingress: Arc<IngressConfig>,
+}
+
+/// Where callers stand, compiled at load (see [`crate::ingress`]).
+#[derive(Debug)]
+pub struct IngressConfig {
+    pub vpcs: VpcTable,
+    pub networks: NetworkMap,
+    /// Peers allowed to send PROXY protocol headers.
+    pub trusted_proxies: Vec<IpNet>,
+    pub private_endpoints: Vec<(SocketAddr, VpcId)>,
+    pub proxy_listeners: Vec<SocketAddr>,
+    pub proxy_header_timeout: Duration,
+    pub default_rules: Arc<RuleSet>,
+}
+
+impl IngressConfig {
+    pub fn is_trusted_proxy(&self, peer: std::net::IpAddr) -> bool {
+        let peer = peer.to_canonical();
+        self.trusted_proxies.iter().any(|n| n.contains(&peer))
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -173,6 +250,9 @@ pub struct Limits {
     pub body_read_timeout: Duration,
     pub tls_handshake_timeout: Duration,
     pub max_connections: u32,
+    /// A denied request's body up to this size is read and dropped so the
+    /// connection can serve the caller's next request; larger ones close it.
+    pub max_denied_body_drain_bytes: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -185,6 +265,7 @@ pub struct FunctionConfig {
     pub instance_concurrency: u32,
     pub idle_timeout: Duration,
     pub min_instances: u32,
+    pub ingress: Arc<IngressPolicy>,
 }
 
 /// Function Compute's limits on these values.
@@ -286,6 +367,7 @@ impl Config {
                 g.tls_handshake_timeout_ms,
             )?),
             max_connections: positive("gateway.max_connections", g.max_connections.into())? as u32,
+            max_denied_body_drain_bytes: g.max_denied_body_drain_bytes,
         };
         if limits.max_header_bytes < 8192 {
             // hyper's HTTP/1 reader cannot go lower than its minimum buffer.
@@ -304,6 +386,94 @@ impl Config {
             }
             workers.push(w.url.trim_end_matches('/').to_string());
         }
+
+        // ---- ingress: VPCs, the source map, listeners, default rules ----
+        let mut vpcs = VpcTable::default();
+        let mut seen_cidr: HashMap<IpNet, String> = HashMap::new();
+        let mut cidrs = Vec::new();
+        let mut endpoints: HashMap<Box<str>, VpcId> = HashMap::new();
+        for (i, n) in file.networks.iter().enumerate() {
+            let key = |k: &str| format!("networks[{i}].{k}");
+            valid_vpc_id(&key("vpc_id"), &n.vpc_id)?;
+            if vpcs.get(&n.vpc_id).is_some() {
+                return Err(invalid(
+                    key("vpc_id"),
+                    format!("duplicate VPC {:?}", n.vpc_id),
+                ));
+            }
+            let vpc = vpcs.intern(&n.vpc_id);
+            for (j, c) in n.cidrs.iter().enumerate() {
+                let net = parse_cidr(&key(&format!("cidrs[{j}]")), c)?;
+                if let Some(other) = seen_cidr.insert(net, n.vpc_id.clone()) {
+                    return Err(invalid(
+                        key(&format!("cidrs[{j}]")),
+                        format!("{net} is already in {other:?}"),
+                    ));
+                }
+                cidrs.push((net, vpc));
+            }
+            for (j, e) in n.endpoint_ids.iter().enumerate() {
+                if e.is_empty() || endpoints.insert(e.as_str().into(), vpc).is_some() {
+                    return Err(invalid(
+                        key(&format!("endpoint_ids[{j}]")),
+                        format!("{e:?} is empty or listed twice"),
+                    ));
+                }
+            }
+        }
+        let mut private_endpoints = Vec::new();
+        for (i, p) in g.private_endpoints.iter().enumerate() {
+            let key = |k: &str| format!("gateway.private_endpoints[{i}].{k}");
+            let at = addr(&key("listen"), &p.listen)?;
+            valid_vpc_id(&key("vpc_id"), &p.vpc_id)?;
+            private_endpoints.push((at, vpcs.intern(&p.vpc_id)));
+        }
+        let mut proxy_listeners = Vec::new();
+        for (i, p) in g.proxy_listeners.iter().enumerate() {
+            proxy_listeners.push(addr(
+                &format!("gateway.proxy_listeners[{i}].listen"),
+                &p.listen,
+            )?);
+        }
+        let mut all_listens = vec![
+            ("gateway.listen".to_string(), listen),
+            ("gateway.admin_listen".to_string(), admin_listen),
+        ];
+        all_listens.extend(
+            private_endpoints
+                .iter()
+                .enumerate()
+                .map(|(i, (a, _))| (format!("gateway.private_endpoints[{i}].listen"), *a)),
+        );
+        all_listens.extend(
+            proxy_listeners
+                .iter()
+                .enumerate()
+                .map(|(i, a)| (format!("gateway.proxy_listeners[{i}].listen"), *a)),
+        );
+        for (i, (key, a)) in all_listens.iter().enumerate() {
+            if a.port() != 0 && all_listens[..i].iter().any(|(_, b)| b == a) {
+                return Err(invalid(
+                    key,
+                    format!("{a} is already used by another listener"),
+                ));
+            }
+        }
+        let mut trusted_proxies = Vec::new();
+        for (i, c) in g.trusted_proxies.iter().enumerate() {
+            trusted_proxies.push(parse_cidr(&format!("gateway.trusted_proxies[{i}]"), c)?);
+        }
+        if !proxy_listeners.is_empty() && trusted_proxies.is_empty() {
+            return Err(invalid(
+                "gateway.trusted_proxies",
+                "proxy_listeners need at least one trusted proxy CIDR",
+            ));
+        }
+        let default_rules = Arc::new(compile_rules(
+            "gateway.access_rules",
+            &g.access_rules,
+            &vpcs,
+        )?);
 
         let bin_dir = std::env::current_exe()
             .ok()
@@ -355,6 +525,41 @@ impl Config {
             if f.min_instances > 300 {
                 return Err(invalid(key("min_instances"), "must be at most 300"));
             }
+            if f.vpc_bindings.len() > MAX_VPC_BINDINGS {
+                return Err(invalid(
+                    key("vpc_bindings"),
+                    format!(
+                        "{} VPCs bound; at most {MAX_VPC_BINDINGS}",
+                        f.vpc_bindings.len()
+                    ),
+                ));
+            }
+            let mut vpc_bindings = Vec::new();
+            for (j, v) in f.vpc_bindings.iter().enumerate() {
+                let id = vpcs.get(v).ok_or_else(|| {
+                    invalid(
+                        key(&format!("vpc_bindings[{j}]")),
+                        format!(
+                            "unknown VPC {v:?}: declare it in [[networks]] or a private endpoint"
+                        ),
+                    )
+                })?;
+                vpc_bindings.push(id);
+            }
+            vpc_bindings.sort();
+            vpc_bindings.dedup();
+            let (rules, rules_from_function) = match &f.access_rules {
+                Some(r) => (
+                    Arc::new(compile_rules(&key("access_rules"), r, &vpcs)?),
+                    true,
+                ),
+                None => (default_rules.clone(), false),
+            };
+            let ingress = Arc::new(IngressPolicy {
+                vpc_bindings,
+                rules,
+                rules_from_function,
+            });
             let command = f
                 .command
                 .iter()
@@ -372,6 +577,7 @@ impl Config {
                 instance_concurrency: f.instance_concurrency,
                 idle_timeout: Duration::from_secs(f.idle_timeout_s),
                 min_instances: f.min_instances,
+                ingress,
             }));
         }
 
@@ -397,8 +603,80 @@ impl Config {
             },
             workers,
             functions,
+            ingress: Arc::new(IngressConfig {
+                networks: NetworkMap::new(cidrs, endpoints),
+                vpcs,
+                trusted_proxies,
+                private_endpoints,
+                proxy_listeners,
+                proxy_header_timeout: ms(positive(
+                    "gateway.proxy_header_timeout_ms",
+                    g.proxy_header_timeout_ms,
+                )?),
+                default_rules,
+            }),
         })
     }
+}
+
+/// A CIDR, or a bare address meaning a single host.
+fn parse_cidr(key: &str, v: &str) -> Result<IpNet, ConfigError> {
+    v.parse::<IpNet>()
+        .or_else(|_| v.parse::<std::net::IpAddr>().map(IpNet::from))
+        .map(|n| n.trunc())
+        .map_err(|_| {
+            invalid(
+                key,
+                format!("{v:?} is not a CIDR (like 10.0.0.0/8 or fd00::/8)"),
+            )
+        })
+}
+
+fn valid_vpc_id(key: &str, v: &str) -> Result<(), ConfigError> {
+    let ok = (1..=128).contains(&v.len())
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            key,
+            format!("{v:?}: 1-128 letters, digits, '-' or '_'"),
+        ))
+    }
+}
+
+fn compile_rules(
+    key: &str,
+    rules: &[RuleSection],
+    vpcs: &VpcTable,
+) -> Result<RuleSet, ConfigError> {
+    let mut out = Vec::with_capacity(rules.len());
+    for (i, r) in rules.iter().enumerate() {
+        let k = |f: &str| format!("{key}[{i}].{f}");
+        let matches = match (&r.cidr, &r.vpc_id) {
+            (Some(c), None) => Match::Cidr(parse_cidr(&k("cidr"), c)?),
+            (None, Some(v)) => Match::Vpc(vpcs.get(v).ok_or_else(|| {
+                invalid(
+                    k("vpc_id"),
+                    format!("unknown VPC {v:?}: declare it in [[networks]] or a private endpoint"),
+                )
+            })?),
+            _ => {
+                return Err(invalid(
+                    format!("{key}[{i}]"),
+                    "a rule needs exactly one of cidr or vpc_id",
+                ));
+            }
+        };
+        out.push(Rule {
+            priority: r.priority,
+            action: r.action,
+            matches,
+            name: r.name.as_deref().map(Into::into),
+        });
+    }
+    Ok(RuleSet::new(out, vpcs.len()))
 }
 
 /// Function Compute's naming rule.

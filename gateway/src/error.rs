@@ -23,6 +23,10 @@ pub enum InvokeError {
     #[error("request body could not be read: {0}")]
     BodyRead(Arc<str>),
 
+    // ---- ingress policy ----
+    #[error("access denied: {0:?}")]
+    AccessDenied(crate::ingress::policy::Denial),
+
     // ---- capacity and instances ----
     #[error("no worker has {memory_mb} MB free for a new instance")]
     NoCapacity { memory_mb: u32 },
@@ -61,6 +65,7 @@ impl InvokeError {
             InvokeError::NoCapacity { .. } => Outcome::Throttled,
             InvokeError::InstanceStartFailed { .. } => Outcome::StartFailed,
             InvokeError::Internal(_) | InvokeError::ShuttingDown => Outcome::GatewayError,
+            InvokeError::AccessDenied(_) => Outcome::Denied,
             InvokeError::RouteNotFound { .. }
             | InvokeError::MethodNotAllowed { .. }
             | InvokeError::FunctionNotFound { .. }
@@ -80,16 +85,18 @@ pub enum Outcome {
     Throttled,
     StartFailed,
     GatewayError,
+    Denied,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 6] = [
+    pub const ALL: [Outcome; 7] = [
         Outcome::Success,
         Outcome::FunctionError,
         Outcome::ClientError,
         Outcome::Throttled,
         Outcome::StartFailed,
         Outcome::GatewayError,
+        Outcome::Denied,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -100,6 +107,7 @@ impl Outcome {
             Outcome::Throttled => "throttled",
             Outcome::StartFailed => "start_failed",
             Outcome::GatewayError => "gateway_error",
+            Outcome::Denied => "denied",
         }
     }
 

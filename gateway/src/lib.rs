@@ -18,6 +18,7 @@ pub mod config;
 pub mod connection;
 pub mod error;
 pub mod ids;
+pub mod ingress;
 pub mod metrics;
 pub mod pipeline;
 pub mod scheduler;
@@ -99,9 +100,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         scheduler.clone(),
         client,
         g.limits.clone(),
+        config.ingress.vpcs.clone(),
         &metrics,
     ));
-    let server = connection::Server::new(pipeline, tls, g.limits.clone(), metrics.clone());
+    let server = connection::Server::new(
+        pipeline,
+        config.ingress.clone(),
+        tls,
+        g.limits.clone(),
+        metrics.clone(),
+    );
 
     let bind = |what, addr| async move {
         TcpListener::bind(addr)
@@ -112,18 +120,42 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let admin_l = bind("the admin listener", g.admin_listen).await?;
     let https_addr = https.local_addr().ok();
     let admin_addr = admin_l.local_addr().ok();
+    // Every HTTPS listener: the public one, private endpoints, PROXY listeners.
+    let mut listeners = vec![(https, connection::ListenerKind::Public)];
+    for (addr, vpc) in &config.ingress.private_endpoints {
+        let l = bind("a private endpoint", *addr).await?;
+        tracing::info!(kind = "private_endpoint", vpc = config.ingress.vpcs.name(*vpc), addr = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), "listening");
+        listeners.push((l, connection::ListenerKind::PrivateEndpoint(*vpc)));
+    }
+    for addr in &config.ingress.proxy_listeners {
+        let l = bind("a PROXY protocol listener", *addr).await?;
+        tracing::info!(kind = "proxy", addr = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), "listening");
+        listeners.push((l, connection::ListenerKind::Proxy));
+    }
 
     let stop_accepting = CancellationToken::new();
     let graceful = Arc::new(hyper_util::server::graceful::GracefulShutdown::new());
     let conns = TaskTracker::new();
-    let accept = tokio::spawn(server.clone().accept_loop(
-        https,
-        stop_accepting.clone(),
-        graceful.clone(),
-        conns.clone(),
+    // One connection budget shared by every listener.
+    let permits = Arc::new(tokio::sync::Semaphore::new(
+        g.limits.max_connections as usize,
     ));
+    let accepts: Vec<_> = listeners
+        .into_iter()
+        .map(|(l, kind)| {
+            tokio::spawn(server.clone().accept_loop(
+                l,
+                kind,
+                permits.clone(),
+                stop_accepting.clone(),
+                graceful.clone(),
+                conns.clone(),
+            ))
+        })
+        .collect();
     let admin = Arc::new(admin::Admin {
         metrics: metrics.clone(),
+        ingress: config.ingress.clone(),
         scheduler: scheduler.clone(),
         started: Default::default(),
     });
@@ -142,7 +174,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     tracing::info!("draining");
     // Stop accepting; the accept loop drops its listener as it returns.
     stop_accepting.cancel();
-    let _ = accept.await;
+    for a in accepts {
+        let _ = a.await;
+    }
     conns.close();
     let drained = tokio::time::timeout(g.drain_timeout, async {
         // The accept loop has ended, so this is the last reference.

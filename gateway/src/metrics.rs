@@ -17,6 +17,9 @@ pub struct Metrics {
     pub cold_start_seconds: HistogramVec,
     pub open_connections: IntGauge,
     pub tls_handshake_failures: IntCounter,
+    denials: IntCounterVec,
+    /// Indexed like [`crate::connection::proxy::Reject::ALL`].
+    pub proxy_rejections: Vec<IntCounter>,
 }
 
 /// Cached handles for one function.
@@ -29,6 +32,8 @@ pub struct FunctionMetrics {
     pub starts_ok: IntCounter,
     pub starts_failed: IntCounter,
     pub cold_start: Histogram,
+    pub denied_vpc_binding: IntCounter,
+    pub denied_access_rule: IntCounter,
 }
 
 impl Metrics {
@@ -85,8 +90,30 @@ impl Metrics {
             "TLS handshakes that failed or timed out.",
         )
         .unwrap();
+        let denials = IntCounterVec::new(
+            Opts::new(
+                "fngate_ingress_denials_total",
+                "Invocations refused by ingress policy, by function and reason.",
+            ),
+            &["function", "reason"],
+        )
+        .unwrap();
+        let proxy = IntCounterVec::new(
+            Opts::new(
+                "fngate_proxy_protocol_rejections_total",
+                "Connections closed for a PROXY protocol problem, by reason.",
+            ),
+            &["reason"],
+        )
+        .unwrap();
+        let proxy_rejections = crate::connection::proxy::Reject::ALL
+            .iter()
+            .map(|r| proxy.with_label_values(&[r.as_str()]))
+            .collect();
         for c in [
-            Box::new(invocations.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(denials.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(proxy),
+            Box::new(invocations.clone()),
             Box::new(duration.clone()),
             Box::new(instances.clone()),
             Box::new(instance_starts.clone()),
@@ -105,6 +132,8 @@ impl Metrics {
             cold_start_seconds,
             open_connections,
             tls_handshake_failures,
+            denials,
+            proxy_rejections,
         }
     }
 
@@ -124,6 +153,8 @@ impl Metrics {
                 .instance_starts
                 .with_label_values(&[function, "failed"]),
             cold_start: self.cold_start_seconds.with_label_values(&[function]),
+            denied_vpc_binding: self.denials.with_label_values(&[function, "vpc_binding"]),
+            denied_access_rule: self.denials.with_label_values(&[function, "access_rule"]),
         }
     }
 

@@ -11,6 +11,7 @@
 
 use super::Invocation;
 use crate::error::InvokeError;
+use crate::ingress::policy::Denial;
 use bytes::Bytes;
 use http::{HeaderValue, Method, StatusCode};
 use serde::Serialize;
@@ -132,6 +133,25 @@ pub fn render_error(err: &InvokeError, request_id: &str) -> Rendered {
             StatusCode::BAD_REQUEST,
             "InvalidArgument",
             "request body could not be read",
+        ),
+        InvokeError::AccessDenied(d) => gateway(
+            StatusCode::FORBIDDEN,
+            "AccessDenied",
+            &match d {
+                Denial::VpcBinding { from } => {
+                    format!("Resource access is bound by VPC: the call came from {from}")
+                }
+                Denial::Rule { name, priority } => format!(
+                    "Access denied by access rule {} (priority {priority})",
+                    name.as_deref()
+                        .map(|n| format!("'{n}'"))
+                        .unwrap_or_else(|| "(unnamed)".into())
+                ),
+                Denial::ImplicitDeny => {
+                    "Access denied by the implicit deny-all rule: no access rule allows this caller"
+                        .into()
+                }
+            },
         ),
         InvokeError::NoCapacity { memory_mb } => gateway(
             StatusCode::TOO_MANY_REQUESTS,

@@ -8,9 +8,11 @@
 //! the maximum header size. Body size and time are bounded in
 //! [`crate::pipeline::body`].
 
+pub mod proxy;
 pub mod tls;
 
-use crate::config::Limits;
+use crate::config::{IngressConfig, Limits};
+use crate::ingress::{Caller, Network, Origin, VpcId};
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -24,8 +26,20 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+/// What a listener says about the callers arriving on it.
+#[derive(Debug, Clone, Copy)]
+pub enum ListenerKind {
+    /// The network comes from the source-address map.
+    Public,
+    /// A private endpoint: every caller is in this VPC.
+    PrivateEndpoint(VpcId),
+    /// Requires a PROXY protocol header from a trusted proxy.
+    Proxy,
+}
+
 pub struct Server {
     pub pipeline: Arc<Pipeline>,
+    pub ingress: Arc<IngressConfig>,
     pub tls: TlsAcceptor,
     pub limits: Limits,
     pub metrics: Arc<Metrics>,
@@ -36,6 +50,7 @@ pub struct Server {
 impl Server {
     pub fn new(
         pipeline: Arc<Pipeline>,
+        ingress: Arc<IngressConfig>,
         tls: TlsAcceptor,
         limits: Limits,
         metrics: Arc<Metrics>,
@@ -53,6 +68,7 @@ impl Server {
             .keep_alive_timeout(Duration::from_secs(10));
         Arc::new(Server {
             pipeline,
+            ingress,
             tls,
             limits,
             metrics,
@@ -66,17 +82,18 @@ impl Server {
     pub async fn accept_loop(
         self: Arc<Self>,
         listener: TcpListener,
+        kind: ListenerKind,
+        permits: Arc<Semaphore>,
         stop: CancellationToken,
         graceful: Arc<GracefulShutdown>,
         tasks: TaskTracker,
     ) {
-        let permits = Arc::new(Semaphore::new(self.limits.max_connections as usize));
         loop {
             let permit = tokio::select! {
                 _ = stop.cancelled() => return,
                 p = permits.clone().acquire_owned() => p.expect("never closed"),
             };
-            let (stream, _peer) = tokio::select! {
+            let (stream, peer) = tokio::select! {
                 _ = stop.cancelled() => return,
                 a = listener.accept() => match a {
                     Ok(a) => a,
@@ -93,14 +110,79 @@ impl Server {
             let watcher = graceful.watcher();
             tasks.spawn(async move {
                 this.metrics.open_connections.inc();
-                this.serve_one(stream, watcher).await;
+                this.serve_one(stream, peer, kind, watcher).await;
                 this.metrics.open_connections.dec();
                 drop(permit);
             });
         }
     }
 
-    async fn serve_one(&self, stream: tokio::net::TcpStream, watcher: Watcher) {
+    /// Where the caller stands, decided once for the whole connection.
+    async fn resolve(
+        &self,
+        stream: &mut tokio::net::TcpStream,
+        peer: std::net::SocketAddr,
+        kind: ListenerKind,
+    ) -> Result<(Caller, Vec<u8>), proxy::Reject> {
+        let ip = peer.ip().to_canonical();
+        match kind {
+            ListenerKind::Public => Ok((
+                Caller {
+                    ip,
+                    network: self.ingress.networks.network_of(ip),
+                },
+                Vec::new(),
+            )),
+            ListenerKind::PrivateEndpoint(vpc) => Ok((
+                Caller {
+                    ip,
+                    network: Network::Vpc(vpc),
+                },
+                Vec::new(),
+            )),
+            ListenerKind::Proxy => {
+                if !self.ingress.is_trusted_proxy(ip) {
+                    return Err(proxy::Reject::UntrustedPeer);
+                }
+                let (info, rest) = tokio::time::timeout(
+                    self.ingress.proxy_header_timeout,
+                    proxy::read_header(stream),
+                )
+                .await
+                .map_err(|_| proxy::Reject::Timeout)??;
+                let ip = info.source.map(|s| s.ip().to_canonical()).unwrap_or(ip);
+                // A VPC endpoint id names the VPC; an unknown one is trusted
+                // as no VPC at all.
+                let network = match &info.endpoint_id {
+                    Some(id) => self
+                        .ingress
+                        .networks
+                        .endpoint(id)
+                        .map(Network::Vpc)
+                        .unwrap_or(Network::Internet),
+                    None => self.ingress.networks.network_of(ip),
+                };
+                Ok((Caller { ip, network }, rest))
+            }
+        }
+    }
+
+    async fn serve_one(
+        &self,
+        mut stream: tokio::net::TcpStream,
+        peer: std::net::SocketAddr,
+        kind: ListenerKind,
+        watcher: Watcher,
+    ) {
+        let (caller, rest) = match self.resolve(&mut stream, peer, kind).await {
+            Ok(r) => r,
+            Err(reject) => {
+                self.metrics.proxy_rejections[reject as usize].inc();
+                tracing::debug!(%peer, reason = reject.as_str(), "PROXY protocol rejection; closing");
+                return;
+            }
+        };
+        let stream = proxy::Rewind::new(stream, rest);
         let tls =
             match tokio::time::timeout(self.limits.tls_handshake_timeout, self.tls.accept(stream))
                 .await
@@ -119,9 +201,10 @@ impl Server {
             };
         let is_h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
         let pipeline = self.pipeline.clone();
+        let origin = Origin::Client(caller);
         let svc = hyper::service::service_fn(move |req| {
             let p = pipeline.clone();
-            async move { Ok::<_, Infallible>(p.handle(req).await) }
+            async move { Ok::<_, Infallible>(p.handle(req, origin).await) }
         });
         let io = TokioIo::new(tls);
         let result = if is_h2 {

@@ -40,3 +40,21 @@ pub async fn read(
         Ok(Err(e)) => Err(InvokeError::BodyRead(e.to_string().into())),
     }
 }
+
+/// Reads and drops a refused request's body, when it is small enough, so an
+/// HTTP/1.1 connection stays usable for the caller's next request. A body
+/// declared (or found) larger than `max_denied_body_drain_bytes` is left
+/// unread: hyper then closes the HTTP/1.1 connection after the answer (HTTP/2
+/// resets just that stream). Nothing read here goes anywhere.
+pub async fn drain(body: Incoming, headers: &http::HeaderMap, limits: &Limits) {
+    let max = limits.max_denied_body_drain_bytes;
+    let declared = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max) {
+        return;
+    }
+    let collect = Limited::new(body, max as usize).collect();
+    let _ = tokio::time::timeout(limits.body_read_timeout, collect).await;
+}

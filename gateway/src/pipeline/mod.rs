@@ -4,7 +4,7 @@
 //! |---|---|---|---|
 //! | 1 | decode the cloud API request head | [`crate::api::fc::decode`] | 404 `PathNotSupported`, 405 |
 //! | 2 | look up the function | [`Pipeline::handle`] | 404 `FunctionNotFound` |
-//! | 3 | *(ingress policy: issue 3 plugs in here, before any body is read)* | | |
+//! | 3 | ingress policy: VPC bindings, then access rules | [`crate::ingress::policy::IngressPolicy::check`] | 403 `AccessDenied` |
 //! | 4 | *(throttling: issue 4 plugs in here)* | | |
 //! | 5 | read the payload, bounded in size and time | [`body::read`] | 400 `EntityTooLarge`, 408 |
 //! | 6 | reserve an instance slot (bin-pack; may start one) | [`crate::scheduler::Scheduler::acquire`] | 412 `CAExited`, 429 `ResourceExhausted` |
@@ -21,6 +21,8 @@ use crate::api::fc;
 use crate::config::Limits;
 use crate::error::{InvokeError, Outcome};
 use crate::ids::IdGen;
+use crate::ingress::policy::Denial;
+use crate::ingress::{Origin, VpcTable};
 use crate::scheduler::{FunctionPool, Scheduler};
 use crate::workers::HttpClient;
 use bytes::Bytes;
@@ -37,6 +39,7 @@ pub struct Pipeline {
     pub client: HttpClient,
     pub limits: Limits,
     pub ids: IdGen,
+    pub vpcs: VpcTable,
     unknown_function: prometheus::IntCounter,
 }
 
@@ -45,6 +48,7 @@ impl Pipeline {
         scheduler: Arc<Scheduler>,
         client: HttpClient,
         limits: Limits,
+        vpcs: VpcTable,
         metrics: &crate::metrics::Metrics,
     ) -> Self {
         let unknown = metrics.function("(unknown)");
@@ -53,11 +57,12 @@ impl Pipeline {
             client,
             limits,
             ids: IdGen::new(),
+            vpcs,
             unknown_function: unknown.invocations[Outcome::ClientError.index()].clone(),
         }
     }
 
-    pub async fn handle(&self, req: Request<Incoming>) -> Response<ResponseBody> {
+    pub async fn handle(&self, req: Request<Incoming>, origin: Origin) -> Response<ResponseBody> {
         let started = Instant::now();
         let request_id = self.ids.request_id();
         let (parts, body) = req.into_parts();
@@ -79,6 +84,17 @@ impl Pipeline {
                 return error_response(&e, request_id, None);
             }
         };
+
+        // 3: ingress policy, from the head and the connection alone.
+        if let Err(denial) = pool.cfg.ingress.check(&origin, &self.vpcs) {
+            match &denial {
+                Denial::VpcBinding { .. } => pool.metrics.denied_vpc_binding.inc(),
+                Denial::Rule { .. } | Denial::ImplicitDeny => pool.metrics.denied_access_rule.inc(),
+            }
+            pool.metrics.invocations[Outcome::Denied.index()].inc();
+            body::drain(body, &parts.headers, &self.limits).await;
+            return error_response(&InvokeError::AccessDenied(denial), request_id, None);
+        }
 
         let result = self.invoke(&pool, &parts, body, &request_id).await;
         let outcome = match &result {

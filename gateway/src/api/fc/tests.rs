@@ -1,4 +1,5 @@
 use super::*;
+use crate::ingress::policy::Denial;
 use std::time::Duration;
 
 fn uri(s: &str) -> http::Uri {
@@ -123,6 +124,30 @@ fn error_rendering_table() {
         "r",
     );
     assert!(String::from_utf8_lossy(&r.body).contains("boom"));
+}
+
+#[test]
+fn denial_messages() {
+    let msg = |d: Denial| {
+        let r = render_error(&InvokeError::AccessDenied(d), "r");
+        serde_json::from_slice::<serde_json::Value>(&r.body).unwrap()["Message"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let m = msg(Denial::VpcBinding {
+        from: "vpc-c".into(),
+    });
+    assert!(m.starts_with("Resource access is bound by VPC"), "{m}");
+    assert!(m.contains("vpc-c"), "{m}");
+    assert!(
+        msg(Denial::Rule {
+            name: Some("quarantine".into()),
+            priority: 100
+        })
+        .contains("'quarantine'")
+    );
+    assert!(msg(Denial::ImplicitDeny).contains("implicit deny"));
 }
 
 #[test]
