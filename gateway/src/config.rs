@@ -110,7 +110,7 @@ struct GatewaySection {
     private_endpoints: Vec<PrivateEndpointSection>,
     proxy_listeners: Vec<ProxyListenerSection>,
     proxy_header_timeout_ms: u64,
-    max_denied_body_drain_bytes: u64,
+    max_refused_body_drain_bytes: u64,
 }
 
 impl Default for GatewaySection {
@@ -138,7 +138,7 @@ impl Default for GatewaySection {
             private_endpoints: Vec::new(),
             proxy_listeners: Vec::new(),
             proxy_header_timeout_ms: 5_000,
-            max_denied_body_drain_bytes: 64 * 1024,
+            max_refused_body_drain_bytes: 4 * 1024 * 1024,
         }
     }
 }
@@ -250,9 +250,9 @@ pub struct Limits {
     pub body_read_timeout: Duration,
     pub tls_handshake_timeout: Duration,
     pub max_connections: u32,
-    /// A denied request's body up to this size is read and dropped so the
-    /// connection can serve the caller's next request; larger ones close it.
-    pub max_denied_body_drain_bytes: u64,
+    /// A refused request's unread body up to this size is read and dropped
+    /// (see [`crate::pipeline::body::discard`]); larger ones close the connection.
+    pub max_refused_body_drain_bytes: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -367,7 +367,7 @@ impl Config {
                 g.tls_handshake_timeout_ms,
             )?),
             max_connections: positive("gateway.max_connections", g.max_connections.into())? as u32,
-            max_denied_body_drain_bytes: g.max_denied_body_drain_bytes,
+            max_refused_body_drain_bytes: g.max_refused_body_drain_bytes,
         };
         if limits.max_header_bytes < 8192 {
             // hyper's HTTP/1 reader cannot go lower than its minimum buffer.

@@ -16,21 +16,7 @@ CONNS=${CONNS:-64}
 COLD_SAMPLES=${COLD_SAMPLES:-5}
 OUT=loadtest/results/foundation.md
 
-cargo build --release --workspace >&2
-T=$PWD/target/release
-work=$(mktemp -d)
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
-# Background processes are started as `"${CORE1[@]}" prog &` so that `$!` is
-# the program itself (a backgrounded shell function would be a subshell that
-# defers SIGTERM until its child exits).
-if command -v taskset >/dev/null; then CORE0=(taskset -c 0); CORE1=(taskset -c 1); else CORE0=(); CORE1=(); fi
+source loadtest/scripts/lib.sh
 
 DIRECT=127.0.0.1:18081
 "${CORE1[@]}" "$T/fngate-echo" --standalone "$DIRECT" 2>/dev/null &
@@ -54,17 +40,8 @@ pids+=($!)
         echo "command = [\"python3\", \"$PWD/config/functions/hello.py\"]"
     done
 } > "$work/gateway.toml"
-RUST_LOG=warn,fngate=info "${CORE1[@]}" "$T/gateway" --config "$work/gateway.toml" 2> "$work/gateway.log" &
-pids+=($!)
-for _ in $(seq 1 200); do
-    grep -q "fngate listening" "$work/gateway.log" && break
-    sleep 0.05
-done
-grep -q "fngate listening" "$work/gateway.log" || { cat "$work/gateway.log"; exit 1; }
-
-LT=("${CORE0[@]}" "$T/loadtest" --threads 1)
+start_gateway "$work/gateway.toml"
 GW_URL=https://127.0.0.1:18443/2023-03-30/functions
-field() { python3 -c "import json,sys; print(json.load(sys.stdin)['$1'])"; }
 
 # Cold starts: each function is invoked once, so each sample is a first invocation.
 cold_native=(); cold_python=()

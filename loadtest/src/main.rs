@@ -59,6 +59,9 @@ struct Args {
     /// Print the summary as JSON.
     #[arg(long)]
     json: bool,
+    /// Local address to send from (e.g. 127.0.0.2, to stand in a VPC).
+    #[arg(long)]
+    source: Option<std::net::IpAddr>,
     /// Allow targets outside 127.0.0.0/8 and ::1.
     #[arg(long)]
     allow_remote: bool,
@@ -83,6 +86,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 
 struct Target {
     addr: SocketAddr,
+    source: Option<std::net::IpAddr>,
     tls: Option<(
         tokio_rustls::TlsConnector,
         rustls_pki_types::ServerName<'static>,
@@ -181,6 +185,7 @@ fn target(args: &Args) -> Result<Target, String> {
             .map_err(|e| e.to_string())?;
     Ok(Target {
         addr,
+        source: args.source,
         tls,
         uri,
         authority,
@@ -193,9 +198,18 @@ enum Conn {
 }
 
 async fn connect(t: &Target, h2: bool) -> Result<Conn, String> {
-    let tcp = tokio::net::TcpStream::connect(t.addr)
-        .await
-        .map_err(|e| e.to_string())?;
+    let socket = if t.addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .map_err(|e| e.to_string())?;
+    if let Some(src) = t.source {
+        socket
+            .bind(SocketAddr::new(src, 0))
+            .map_err(|e| format!("--source {src}: {e}"))?;
+    }
+    let tcp = socket.connect(t.addr).await.map_err(|e| e.to_string())?;
     let _ = tcp.set_nodelay(true);
     macro_rules! handshake {
         ($io:expr) => {

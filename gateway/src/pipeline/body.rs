@@ -10,12 +10,14 @@ use crate::config::Limits;
 use crate::error::InvokeError;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
+use hyper::body::{Body, Incoming};
+use tokio_util::task::TaskTracker;
 
 pub async fn read(
     body: Incoming,
     headers: &http::HeaderMap,
     limits: &Limits,
+    tasks: &TaskTracker,
 ) -> Result<Bytes, InvokeError> {
     let limit = limits.max_body_bytes;
     let declared = headers
@@ -25,6 +27,7 @@ pub async fn read(
     if let Some(size) = declared
         && size > limit
     {
+        discard(body, headers, limits, tasks);
         return Err(InvokeError::PayloadTooLarge {
             limit,
             size: Some(size),
@@ -41,13 +44,19 @@ pub async fn read(
     }
 }
 
-/// Reads and drops a refused request's body, when it is small enough, so an
-/// HTTP/1.1 connection stays usable for the caller's next request. A body
-/// declared (or found) larger than `max_denied_body_drain_bytes` is left
-/// unread: hyper then closes the HTTP/1.1 connection after the answer (HTTP/2
+/// After an answer given from the head alone (denied, unknown function,
+/// declared size over the limit), reads and drops the unread body in the
+/// background, bounded by `max_refused_body_drain_bytes` and the body read
+/// timeout. Like nginx's lingering close: the client finishes its upload and
+/// reads the answer instead of meeting a reset, and an HTTP/1.1 connection
+/// stays usable for its next request. A body declared larger than the bound is
+/// not read at all: hyper then closes the connection after the answer (HTTP/2
 /// resets just that stream). Nothing read here goes anywhere.
-pub async fn drain(body: Incoming, headers: &http::HeaderMap, limits: &Limits) {
-    let max = limits.max_denied_body_drain_bytes;
+pub fn discard(body: Incoming, headers: &http::HeaderMap, limits: &Limits, tasks: &TaskTracker) {
+    if body.is_end_stream() {
+        return;
+    }
+    let max = limits.max_refused_body_drain_bytes;
     let declared = headers
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -55,6 +64,9 @@ pub async fn drain(body: Incoming, headers: &http::HeaderMap, limits: &Limits) {
     if declared.is_some_and(|n| n > max) {
         return;
     }
-    let collect = Limited::new(body, max as usize).collect();
-    let _ = tokio::time::timeout(limits.body_read_timeout, collect).await;
+    let timeout = limits.body_read_timeout;
+    tasks.spawn(async move {
+        let collect = Limited::new(body, max as usize).collect();
+        let _ = tokio::time::timeout(timeout, collect).await;
+    });
 }

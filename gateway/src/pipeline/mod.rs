@@ -76,11 +76,13 @@ impl Pipeline {
                     let e = InvokeError::FunctionNotFound {
                         name: inv.function.to_string(),
                     };
+                    self.discard(body, &parts.headers);
                     return error_response(&e, request_id, None);
                 }
             },
             Err(e) => {
                 self.unknown_function.inc();
+                self.discard(body, &parts.headers);
                 return error_response(&e, request_id, None);
             }
         };
@@ -92,7 +94,7 @@ impl Pipeline {
                 Denial::Rule { .. } | Denial::ImplicitDeny => pool.metrics.denied_access_rule.inc(),
             }
             pool.metrics.invocations[Outcome::Denied.index()].inc();
-            body::drain(body, &parts.headers, &self.limits).await;
+            self.discard(body, &parts.headers);
             return error_response(&InvokeError::AccessDenied(denial), request_id, None);
         }
 
@@ -119,6 +121,10 @@ impl Pipeline {
         }
     }
 
+    fn discard(&self, body: Incoming, headers: &http::HeaderMap) {
+        body::discard(body, headers, &self.limits, self.scheduler.tasks());
+    }
+
     /// Stages 5-7. On error, also returns the instance id when one ran it.
     async fn invoke(
         &self,
@@ -127,7 +133,7 @@ impl Pipeline {
         body: Incoming,
         request_id: &HeaderValue,
     ) -> Result<Response<ResponseBody>, (InvokeError, Option<HeaderValue>)> {
-        let payload = body::read(body, &parts.headers, &self.limits)
+        let payload = body::read(body, &parts.headers, &self.limits, self.scheduler.tasks())
             .await
             .map_err(|e| (e, None))?;
         forward::call(self, pool, parts, payload, request_id).await

@@ -135,9 +135,22 @@ pub struct Gateway {
 }
 
 /// The `[gateway]` section every test gets; `extra_gateway` lines are appended to it.
+/// `listen` defaults to 127.0.0.1:0 unless `extra_gateway` sets it.
 pub fn config(extra_gateway: &str, rest: &str, dir: &Path) -> String {
+    // Only keys before the first table header belong to [gateway].
+    let own_keys = extra_gateway
+        .lines()
+        .take_while(|l| !l.trim_start().starts_with('['));
+    let listen = if own_keys
+        .into_iter()
+        .any(|l| l.trim_start().starts_with("listen "))
+    {
+        ""
+    } else {
+        "listen = \"127.0.0.1:0\"\n"
+    };
     format!(
-        "[gateway]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nself_signed_cert_path = \"{}\"\n{extra_gateway}\n{rest}",
+        "[gateway]\n{listen}admin_listen = \"127.0.0.1:0\"\nself_signed_cert_path = \"{}\"\n{extra_gateway}\n{rest}",
         dir.join("ca.pem").display()
     )
 }
@@ -162,6 +175,16 @@ impl Gateway {
 
     pub async fn client(&self, opts: ClientOpts) -> Client {
         Client::connect(self.https, &self.ca, opts).await
+    }
+
+    /// The address of an extra listener, from its "listening" log line.
+    pub fn listener(&self, kind: &str) -> SocketAddr {
+        let lines = self.proc.lines.lock().unwrap();
+        let line = lines
+            .iter()
+            .find(|l| l.contains("listening") && l.contains(&format!("kind=\"{kind}\"")))
+            .unwrap_or_else(|| panic!("no {kind} listener in the log"));
+        field(line, "addr").parse().unwrap()
     }
 
     pub async fn h1(&self) -> Client {
@@ -225,11 +248,29 @@ pub fn invoke_path(function: &str) -> String {
     format!("/2023-03-30/functions/{function}/invocations")
 }
 
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Default)]
 pub struct ClientOpts {
     pub h2: bool,
     /// `Some(12)` or `Some(13)` pins the TLS version.
     pub tls: Option<u8>,
+    /// Local address to connect from (any 127.0.0.0/8 address, or ::1).
+    pub source: Option<std::net::IpAddr>,
+    /// Bytes sent before the TLS handshake (a PROXY protocol header).
+    pub preamble: Option<Vec<u8>>,
+}
+
+impl ClientOpts {
+    pub fn from(source: &str) -> Self {
+        ClientOpts {
+            source: Some(source.parse().unwrap()),
+            ..Default::default()
+        }
+    }
+
+    pub fn preamble(mut self, bytes: Vec<u8>) -> Self {
+        self.preamble = Some(bytes);
+        self
+    }
 }
 
 pub struct Resp {
@@ -277,7 +318,7 @@ impl Clone for Client {
     }
 }
 
-pub fn tls_config(ca: &Path, opts: ClientOpts) -> Arc<rustls::ClientConfig> {
+pub fn tls_config(ca: &Path, opts: &ClientOpts) -> Arc<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     use rustls_pki_types::pem::PemObject;
     for c in rustls_pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
@@ -304,11 +345,33 @@ pub fn tls_config(ca: &Path, opts: ClientOpts) -> Arc<rustls::ClientConfig> {
 
 impl Client {
     pub async fn connect(addr: SocketAddr, ca: &Path, opts: ClientOpts) -> Client {
-        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-        tcp.set_nodelay(true).unwrap();
-        let connector = tokio_rustls::TlsConnector::from(tls_config(ca, opts));
+        Self::try_connect(addr, ca, opts).await.unwrap()
+    }
+
+    /// Connects; fails when the gateway closes the connection before or
+    /// during the TLS handshake.
+    pub async fn try_connect(
+        addr: SocketAddr,
+        ca: &Path,
+        opts: ClientOpts,
+    ) -> std::io::Result<Client> {
+        use tokio::io::AsyncWriteExt;
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        if let Some(src) = opts.source {
+            socket.bind(SocketAddr::new(src, 0))?;
+        }
+        let mut tcp = socket.connect(addr).await?;
+        tcp.set_nodelay(true)?;
+        if let Some(p) = &opts.preamble {
+            tcp.write_all(p).await?;
+        }
+        let connector = tokio_rustls::TlsConnector::from(tls_config(ca, &opts));
         let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-        let tls = connector.connect(name, tcp).await.unwrap();
+        let tls = connector.connect(name, tcp).await?;
         let (_, session) = tls.get_ref();
         let tls_version = session.protocol_version().unwrap();
         let alpn = session.alpn_protocol().map(|a| a.to_vec());
@@ -320,15 +383,17 @@ impl Client {
             tokio::spawn(conn);
             Sender::H2(s)
         } else {
-            let (s, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+            let (s, conn) = hyper::client::conn::http1::handshake(io)
+                .await
+                .map_err(std::io::Error::other)?;
             tokio::spawn(conn);
             Sender::H1(s)
         };
-        Client {
+        Ok(Client {
             sender,
             tls_version,
             alpn,
-        }
+        })
     }
 
     pub async fn send(&mut self, req: http::Request<Full<Bytes>>) -> Result<Resp, hyper::Error> {
@@ -355,6 +420,22 @@ impl Client {
         self.send(invoke_request(function, payload.into()))
             .await
             .expect("invoke")
+    }
+
+    pub async fn invoke_q(
+        &mut self,
+        function: &str,
+        qualifier: &str,
+        payload: impl Into<Bytes>,
+    ) -> Resp {
+        let mut req = invoke_request(function, payload.into());
+        *req.uri_mut() = format!(
+            "https://localhost{}?qualifier={qualifier}",
+            invoke_path(function)
+        )
+        .parse()
+        .unwrap();
+        self.send(req).await.expect("invoke")
     }
 }
 

@@ -41,7 +41,12 @@ async fn oversized_payload_is_refused_and_never_forwarded() {
     let limit = 65536usize;
     // Declared length over the limit (HTTP/1.1 and HTTP/2).
     for h2 in [false, true] {
-        let mut c = gw.client(ClientOpts { h2, tls: None }).await;
+        let mut c = gw
+            .client(ClientOpts {
+                h2,
+                ..Default::default()
+            })
+            .await;
         let r = c.invoke("big", vec![b'x'; limit + 1]).await;
         assert_eq!(r.status, 400, "h2={h2}");
         let v = r.json();
@@ -100,7 +105,7 @@ where
 {
     use http_body_util::BodyExt;
     let tcp = tokio::net::TcpStream::connect(gw.https).await.unwrap();
-    let connector = tokio_rustls::TlsConnector::from(tls_config(&gw.ca, ClientOpts::default()));
+    let connector = tokio_rustls::TlsConnector::from(tls_config(&gw.ca, &ClientOpts::default()));
     let tls = connector
         .connect(
             rustls_pki_types::ServerName::try_from("localhost").unwrap(),
@@ -194,7 +199,7 @@ async fn slow_upload_gets_408_within_the_body_timeout() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let gw = Gateway::start("body_read_timeout_ms = 300", &echo_fn("echo", ""));
     let tcp = tokio::net::TcpStream::connect(gw.https).await.unwrap();
-    let connector = tokio_rustls::TlsConnector::from(tls_config(&gw.ca, ClientOpts::default()));
+    let connector = tokio_rustls::TlsConnector::from(tls_config(&gw.ca, &ClientOpts::default()));
     let mut tls = connector
         .connect(
             rustls_pki_types::ServerName::try_from("localhost").unwrap(),

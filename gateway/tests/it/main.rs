@@ -2,6 +2,7 @@
 //! TLS, real function processes. One binary (see ../../ARCHITECTURE.md).
 
 mod harness;
+mod ingress;
 mod invoke;
 mod lifecycle;
 mod scheduling;

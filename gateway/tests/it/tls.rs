@@ -9,7 +9,13 @@ async fn invokes_over_tls12_and_tls13_with_h1_and_h2() {
     let mut ids = std::collections::HashSet::new();
     for tls in [12u8, 13] {
         for h2 in [false, true] {
-            let mut c = gw.client(ClientOpts { h2, tls: Some(tls) }).await;
+            let mut c = gw
+                .client(ClientOpts {
+                    h2,
+                    tls: Some(tls),
+                    ..Default::default()
+                })
+                .await;
             let want_version = if tls == 12 {
                 rustls::ProtocolVersion::TLSv1_2
             } else {
