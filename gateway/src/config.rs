@@ -8,6 +8,8 @@ use crate::ingress::networks::NetworkMap;
 use crate::ingress::policy::{IngressPolicy, MAX_VPC_BINDINGS};
 use crate::ingress::rules::{Action, Match, Rule, RuleSet};
 use crate::ingress::{VpcId, VpcTable};
+use crate::throttle::{CallerKeying, Rate};
+use governor::Quota;
 use ipnet::IpNet;
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -111,6 +113,10 @@ struct GatewaySection {
     proxy_listeners: Vec<ProxyListenerSection>,
     proxy_header_timeout_ms: u64,
     max_refused_body_drain_bytes: u64,
+    caller_rate_limit: Option<Rate>,
+    caller_key: CallerKeying,
+    max_instances: u32,
+    max_instance_starts_per_minute: u32,
 }
 
 impl Default for GatewaySection {
@@ -139,6 +145,11 @@ impl Default for GatewaySection {
             proxy_listeners: Vec::new(),
             proxy_header_timeout_ms: 5_000,
             max_refused_body_drain_bytes: 4 * 1024 * 1024,
+            caller_rate_limit: None,
+            caller_key: CallerKeying::SourceIp,
+            // Function Compute's defaults: 300 burst instances, 300 starts/min.
+            max_instances: 300,
+            max_instance_starts_per_minute: 300,
         }
     }
 }
@@ -170,6 +181,17 @@ struct FunctionSection {
     vpc_bindings: Vec<String>,
     /// Absent: the gateway's default rules apply. Present (even empty): these.
     access_rules: Option<Vec<RuleSection>>,
+    rate_limit: Option<Rate>,
+    caller_rate_limit: Option<Rate>,
+    max_concurrency: Option<u32>,
+    #[serde(default)]
+    queue_timeout_ms: u64,
+    #[serde(default = "default_queue_max")]
+    queue_max: u32,
+}
+
+fn default_queue_max() -> u32 {
+    100
 }
 
 fn default_memory() -> u32 {
@@ -238,6 +260,26 @@ pub struct GatewayConfig {
     pub max_instance_lifetime: Duration,
     pub instance_start_timeout: Duration,
     pub embedded_worker_memory_mb: u64,
+    pub throttle: GatewayThrottle,
+}
+
+/// Gateway-wide throttling (see [`crate::throttle`]).
+#[derive(Debug, Clone)]
+pub struct GatewayThrottle {
+    pub caller_rate: Option<Quota>,
+    pub caller_key: CallerKeying,
+    pub max_instances: u32,
+    pub max_instance_starts_per_minute: u32,
+}
+
+/// A function's throttling (see [`crate::throttle`]).
+#[derive(Debug, Clone)]
+pub struct FunctionThrottle {
+    pub rate: Option<Quota>,
+    pub caller_rate: Option<Quota>,
+    pub max_concurrency: Option<u32>,
+    pub queue_timeout: Duration,
+    pub queue_max: usize,
 }
 
 /// Per-connection and per-request bounds on what a client may make the gateway hold.
@@ -266,6 +308,7 @@ pub struct FunctionConfig {
     pub idle_timeout: Duration,
     pub min_instances: u32,
     pub ingress: Arc<IngressPolicy>,
+    pub throttle: FunctionThrottle,
 }
 
 /// Function Compute's limits on these values.
@@ -555,6 +598,25 @@ impl Config {
                 ),
                 None => (default_rules.clone(), false),
             };
+            if f.max_concurrency == Some(0) {
+                return Err(invalid(
+                    key("max_concurrency"),
+                    "must be at least 1 (omit it for no limit)",
+                ));
+            }
+            if f.queue_timeout_ms > 600_000 {
+                return Err(invalid(key("queue_timeout_ms"), "must be at most 600000"));
+            }
+            if f.queue_max == 0 {
+                return Err(invalid(key("queue_max"), "must be at least 1"));
+            }
+            let throttle = FunctionThrottle {
+                rate: quota(&key("rate_limit"), f.rate_limit)?,
+                caller_rate: quota(&key("caller_rate_limit"), f.caller_rate_limit)?,
+                max_concurrency: f.max_concurrency,
+                queue_timeout: Duration::from_millis(f.queue_timeout_ms),
+                queue_max: f.queue_max as usize,
+            };
             let ingress = Arc::new(IngressPolicy {
                 vpc_bindings,
                 rules,
@@ -578,6 +640,7 @@ impl Config {
                 idle_timeout: Duration::from_secs(f.idle_timeout_s),
                 min_instances: f.min_instances,
                 ingress,
+                throttle,
             }));
         }
 
@@ -600,6 +663,16 @@ impl Config {
                     "gateway.embedded_worker_memory_mb",
                     g.embedded_worker_memory_mb,
                 )?,
+                throttle: GatewayThrottle {
+                    caller_rate: quota("gateway.caller_rate_limit", g.caller_rate_limit)?,
+                    caller_key: g.caller_key,
+                    max_instances: positive("gateway.max_instances", g.max_instances.into())?
+                        as u32,
+                    max_instance_starts_per_minute: positive(
+                        "gateway.max_instance_starts_per_minute",
+                        g.max_instance_starts_per_minute.into(),
+                    )? as u32,
+                },
             },
             workers,
             functions,
@@ -616,6 +689,21 @@ impl Config {
                 default_rules,
             }),
         })
+    }
+}
+
+fn quota(key: &str, rate: Option<Rate>) -> Result<Option<Quota>, ConfigError> {
+    match rate {
+        None => Ok(None),
+        Some(r) => r.quota().map(Some).ok_or_else(|| {
+            invalid(
+                key,
+                format!(
+                    "per_second = {} and burst = {}: per_second must be > 0 (at most 1e9) and burst at least 1",
+                    r.per_second, r.burst
+                ),
+            )
+        }),
     }
 }
 

@@ -27,6 +27,10 @@ pub enum InvokeError {
     #[error("access denied: {0:?}")]
     AccessDenied(crate::ingress::policy::Denial),
 
+    // ---- throttling ----
+    #[error("throttled by {} (retry after {:?})", .0.limit.as_str(), .0.retry_after)]
+    Throttled(crate::throttle::Throttled),
+
     // ---- capacity and instances ----
     #[error("no worker has {memory_mb} MB free for a new instance")]
     NoCapacity { memory_mb: u32 },
@@ -62,7 +66,7 @@ impl InvokeError {
             InvokeError::FunctionTimeout(_)
             | InvokeError::InstanceCrashed { .. }
             | InvokeError::BadFunctionResponse { .. } => Outcome::FunctionError,
-            InvokeError::NoCapacity { .. } => Outcome::Throttled,
+            InvokeError::NoCapacity { .. } | InvokeError::Throttled(_) => Outcome::Throttled,
             InvokeError::InstanceStartFailed { .. } => Outcome::StartFailed,
             InvokeError::Internal(_) | InvokeError::ShuttingDown => Outcome::GatewayError,
             InvokeError::AccessDenied(_) => Outcome::Denied,

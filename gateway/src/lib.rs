@@ -22,6 +22,7 @@ pub mod ingress;
 pub mod metrics;
 pub mod pipeline;
 pub mod scheduler;
+pub mod throttle;
 pub mod workers;
 
 use config::Config;
@@ -90,6 +91,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         &config.functions,
         workers,
         &metrics,
+        &g.throttle,
         g.instance_start_timeout,
         g.max_instance_lifetime,
     );

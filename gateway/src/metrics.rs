@@ -18,6 +18,9 @@ pub struct Metrics {
     pub open_connections: IntGauge,
     pub tls_handshake_failures: IntCounter,
     denials: IntCounterVec,
+    throttles: IntCounterVec,
+    in_flight: IntGaugeVec,
+    pub live_instances: IntGauge,
     /// Indexed like [`crate::connection::proxy::Reject::ALL`].
     pub proxy_rejections: Vec<IntCounter>,
 }
@@ -34,6 +37,9 @@ pub struct FunctionMetrics {
     pub cold_start: Histogram,
     pub denied_vpc_binding: IntCounter,
     pub denied_access_rule: IntCounter,
+    /// Indexed like [`crate::throttle::LimitKind::ALL`].
+    pub throttles: Vec<IntCounter>,
+    pub in_flight: IntGauge,
 }
 
 impl Metrics {
@@ -106,12 +112,36 @@ impl Metrics {
             &["reason"],
         )
         .unwrap();
+        let throttles = IntCounterVec::new(
+            Opts::new(
+                "fngate_throttles_total",
+                "Invocations refused with 429 by a throttling limit, by function and limit.",
+            ),
+            &["function", "limit"],
+        )
+        .unwrap();
+        let in_flight = IntGaugeVec::new(
+            Opts::new(
+                "fngate_invocations_in_flight",
+                "Invocations admitted and not yet answered, by function.",
+            ),
+            &["function"],
+        )
+        .unwrap();
+        let live_instances = IntGauge::new(
+            "fngate_instances_live",
+            "Instances counted against gateway.max_instances.",
+        )
+        .unwrap();
         let proxy_rejections = crate::connection::proxy::Reject::ALL
             .iter()
             .map(|r| proxy.with_label_values(&[r.as_str()]))
             .collect();
         for c in [
             Box::new(denials.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(throttles.clone()),
+            Box::new(in_flight.clone()),
+            Box::new(live_instances.clone()),
             Box::new(proxy),
             Box::new(invocations.clone()),
             Box::new(duration.clone()),
@@ -133,6 +163,9 @@ impl Metrics {
             open_connections,
             tls_handshake_failures,
             denials,
+            throttles,
+            in_flight,
+            live_instances,
             proxy_rejections,
         }
     }
@@ -155,6 +188,11 @@ impl Metrics {
             cold_start: self.cold_start_seconds.with_label_values(&[function]),
             denied_vpc_binding: self.denials.with_label_values(&[function, "vpc_binding"]),
             denied_access_rule: self.denials.with_label_values(&[function, "access_rule"]),
+            throttles: crate::throttle::LimitKind::ALL
+                .iter()
+                .map(|k| self.throttles.with_label_values(&[function, k.as_str()]))
+                .collect(),
+            in_flight: self.in_flight.with_label_values(&[function]),
         }
     }
 

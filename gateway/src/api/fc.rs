@@ -12,6 +12,7 @@
 use super::Invocation;
 use crate::error::InvokeError;
 use crate::ingress::policy::Denial;
+use crate::throttle::LimitKind;
 use bytes::Bytes;
 use http::{HeaderValue, Method, StatusCode};
 use serde::Serialize;
@@ -70,6 +71,9 @@ pub struct Rendered {
     pub status: StatusCode,
     pub error_type: Option<HeaderValue>,
     pub body: Bytes,
+    /// For throttling: `Retry-After` (seconds) and `x-acs-retry-after` (ms,
+    /// which the FC SDK reads as a throttle).
+    pub retry_after: Option<std::time::Duration>,
 }
 
 /// The one place FC error responses are made. Exhaustive: a new cause must
@@ -78,6 +82,7 @@ pub fn render_error(err: &InvokeError, request_id: &str) -> Rendered {
     let gateway = |status: StatusCode, code: &str, message: &str| Rendered {
         status,
         error_type: None,
+        retry_after: None,
         body: Bytes::from(
             serde_json::to_vec(&ErrorBody {
                 code,
@@ -89,6 +94,7 @@ pub fn render_error(err: &InvokeError, request_id: &str) -> Rendered {
     };
     let function = |error_type: &str, message: &str| Rendered {
         status: StatusCode::OK,
+        retry_after: None,
         error_type: Some(HeaderValue::from_static("UnhandledInvocationError")),
         body: Bytes::from(
             serde_json::to_vec(&FunctionErrorBody {
@@ -153,6 +159,30 @@ pub fn render_error(err: &InvokeError, request_id: &str) -> Rendered {
                 }
             },
         ),
+        InvokeError::Throttled(t) => {
+            let what = match t.limit {
+                LimitKind::CallerRate => "the caller's request rate limit for this function",
+                LimitKind::GatewayCallerRate => "the caller's request rate limit for this gateway",
+                LimitKind::FunctionRate => "the function's request rate limit",
+                LimitKind::FunctionConcurrency => {
+                    "the function's concurrency limit (max_concurrency)"
+                }
+                LimitKind::MaxInstances => "the gateway's instance limit (max_instances)",
+                LimitKind::InstanceStartRate => {
+                    "the gateway's instance scale-out rate limit (max_instance_starts_per_minute)"
+                }
+            };
+            let mut r = gateway(
+                StatusCode::TOO_MANY_REQUESTS,
+                "ResourceThrottled",
+                &format!(
+                    "Request throttled: {what} was exceeded; retry after {} ms",
+                    t.retry_after.as_millis().max(1)
+                ),
+            );
+            r.retry_after = Some(t.retry_after);
+            r
+        }
         InvokeError::NoCapacity { memory_mb } => gateway(
             StatusCode::TOO_MANY_REQUESTS,
             "ResourceExhausted",

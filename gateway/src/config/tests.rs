@@ -107,6 +107,28 @@ fn invalid_configs_name_the_key() {
             "memroy_mb",
         ),
         ("[[functions]]\nname = \"a\"\n", "command"),
+        (
+            "[[functions]]\nname = \"a\"\ncommand = [\"x\"]\nrate_limit = { per_second = 0.0, burst = 5 }\n",
+            "functions[0].rate_limit",
+        ),
+        (
+            "[[functions]]\nname = \"a\"\ncommand = [\"x\"]\ncaller_rate_limit = { per_second = 5.0, burst = 0 }\n",
+            "functions[0].caller_rate_limit",
+        ),
+        (
+            "[[functions]]\nname = \"a\"\ncommand = [\"x\"]\nrate_limit = { per_second = 5.0 }\n",
+            "burst",
+        ),
+        (
+            "[[functions]]\nname = \"a\"\ncommand = [\"x\"]\nmax_concurrency = 0\n",
+            "functions[0].max_concurrency",
+        ),
+        ("[gateway]\nmax_instances = 0\n", "gateway.max_instances"),
+        ("[gateway]\ncaller_key = \"cookie\"\n", "cookie"),
+        (
+            "[gateway]\ncaller_rate_limit = { per_second = -1.0, burst = 1 }\n",
+            "gateway.caller_rate_limit",
+        ),
     ];
     for (text, key) in cases {
         let err = parse(text).expect_err(text).to_string();

@@ -5,7 +5,7 @@
 //! | 1 | decode the cloud API request head | [`crate::api::fc::decode`] | 404 `PathNotSupported`, 405 |
 //! | 2 | look up the function | [`Pipeline::handle`] | 404 `FunctionNotFound` |
 //! | 3 | ingress policy: VPC bindings, then access rules | [`crate::ingress::policy::IngressPolicy::check`] | 403 `AccessDenied` |
-//! | 4 | *(throttling: issue 4 plugs in here)* | | |
+//! | 4 | throttling: caller, gateway-caller and function rates, then concurrency (may queue) | [`crate::throttle`] | 429 `ResourceThrottled` |
 //! | 5 | read the payload, bounded in size and time | [`body::read`] | 400 `EntityTooLarge`, 408 |
 //! | 6 | reserve an instance slot (bin-pack; may start one) | [`crate::scheduler::Scheduler::acquire`] | 412 `CAExited`, 429 `ResourceExhausted` |
 //! | 7 | call the instance, bounded by the function timeout | [`forward::call`] | 200 + `x-fc-error-type` |
@@ -98,7 +98,30 @@ impl Pipeline {
             return error_response(&InvokeError::AccessDenied(denial), request_id, None);
         }
 
+        // 4: throttling, still from the head: a refusal reads no body.
+        let caller = match &origin {
+            Origin::Client(c) => Some(c),
+            Origin::Internal => None,
+        };
+        let admitted = match pool.limits.check_rates(self.scheduler.limits(), caller) {
+            Ok(()) => pool.limits.admit().await,
+            Err(t) => Err(t),
+        };
+        let _permit = match admitted {
+            Ok(p) => p,
+            Err(t) => {
+                pool.metrics.throttles[t.limit as usize].inc();
+                pool.metrics.invocations[Outcome::Throttled.index()].inc();
+                self.discard(body, &parts.headers);
+                return error_response(&InvokeError::Throttled(t), request_id, None);
+            }
+        };
+        pool.metrics.in_flight.inc();
         let result = self.invoke(&pool, &parts, body, &request_id).await;
+        pool.metrics.in_flight.dec();
+        if result.is_ok() {
+            pool.limits.record_duration(started.elapsed());
+        }
         let outcome = match &result {
             Ok(_) => Outcome::Success,
             Err((e, _)) => e.outcome(),
@@ -113,7 +136,10 @@ impl Pipeline {
                 resp
             }
             Err((e, instance)) => {
-                if outcome != Outcome::ClientError {
+                if let InvokeError::Throttled(t) = &e {
+                    pool.metrics.throttles[t.limit as usize].inc();
+                }
+                if outcome != Outcome::ClientError && outcome != Outcome::Throttled {
                     tracing::info!(function = %pool.cfg.name, request_id = ?request_id, error = %e, "invocation failed");
                 }
                 error_response(&e, request_id, instance)
@@ -158,6 +184,16 @@ pub fn error_response(
     }
     if let Some(i) = instance {
         h.insert(fc::INSTANCE_ID, i);
+    }
+    if let Some(wait) = r.retry_after {
+        h.insert(
+            http::header::RETRY_AFTER,
+            HeaderValue::from(crate::throttle::retry_after_secs(wait)),
+        );
+        h.insert(
+            "x-acs-retry-after",
+            HeaderValue::from(wait.as_millis().max(1) as u64),
+        );
     }
     h.insert(fc::REQUEST_ID, request_id);
     resp

@@ -15,22 +15,26 @@ pub mod placement;
 pub mod reaper;
 
 use crate::config::FunctionConfig;
+use crate::config::GatewayThrottle;
 use crate::error::InvokeError;
 use crate::ids::IdGen;
 use crate::metrics::{FunctionMetrics, Metrics};
+use crate::throttle::{FunctionLimits, GatewayLimits};
 use crate::workers::Worker;
 use pick::{Choice, Phase};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub struct Scheduler {
     functions: HashMap<Arc<str>, Arc<FunctionPool>>,
+    limits: GatewayLimits,
+    live_gauge: prometheus::IntGauge,
     workers: Vec<Arc<Worker>>,
     ids: IdGen,
     start_timeout: Duration,
@@ -42,6 +46,11 @@ pub struct Scheduler {
 
 pub struct FunctionPool {
     pub cfg: Arc<FunctionConfig>,
+    pub limits: FunctionLimits,
+    /// Callers waiting (up to `queue_timeout_ms`) for a slot while a
+    /// scale-out limit bites; only then do freed slots notify.
+    waiting: AtomicUsize,
+    freed: Notify,
     /// `x-fc-function-name` for instance calls, built once.
     pub name_header: http::HeaderValue,
     pub metrics: FunctionMetrics,
@@ -77,6 +86,7 @@ enum StartState {
 /// slot; hold it until the function's response has been read in full.
 pub struct Slot {
     pub instance: Arc<Instance>,
+    pool: Arc<FunctionPool>,
     /// The instance was started for (or while) this invocation.
     pub cold: bool,
     epoch: Instant,
@@ -88,6 +98,9 @@ impl Drop for Slot {
             .last_used_ms
             .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
         self.instance.in_flight.fetch_sub(1, Ordering::AcqRel);
+        if self.pool.waiting.load(Ordering::Acquire) > 0 {
+            self.pool.freed.notify_waiters();
+        }
     }
 }
 
@@ -161,14 +174,25 @@ impl Scheduler {
         functions: &[Arc<FunctionConfig>],
         workers: Vec<Arc<Worker>>,
         metrics: &Metrics,
+        throttle: &GatewayThrottle,
         start_timeout: Duration,
         max_lifetime: Duration,
     ) -> Arc<Scheduler> {
         let functions = functions
             .iter()
             .map(|f| {
+                let t = &f.throttle;
                 let pool = FunctionPool {
                     cfg: f.clone(),
+                    limits: FunctionLimits::new(
+                        t.rate,
+                        t.caller_rate,
+                        t.max_concurrency,
+                        t.queue_timeout,
+                        t.queue_max,
+                    ),
+                    waiting: AtomicUsize::new(0),
+                    freed: Notify::new(),
                     // Validated names are ASCII letters, digits, '_' and '-'.
                     name_header: http::HeaderValue::from_str(&f.name).expect("validated name"),
                     metrics: metrics.function(&f.name),
@@ -179,6 +203,13 @@ impl Scheduler {
             .collect();
         Arc::new(Scheduler {
             functions,
+            limits: GatewayLimits::new(
+                throttle.caller_key,
+                throttle.caller_rate,
+                throttle.max_instances,
+                throttle.max_instance_starts_per_minute,
+            ),
+            live_gauge: metrics.live_instances.clone(),
             workers,
             ids: IdGen::new(),
             start_timeout,
@@ -197,6 +228,10 @@ impl Scheduler {
         self.functions.values()
     }
 
+    pub fn limits(&self) -> &GatewayLimits {
+        &self.limits
+    }
+
     pub fn workers(&self) -> &[Arc<Worker>] {
         &self.workers
     }
@@ -212,10 +247,48 @@ impl Scheduler {
     }
 
     /// Reserves a slot on an instance of `pool`, starting one if needed.
+    /// When a scale-out limit forbids a start, waits up to the function's
+    /// `queue_timeout_ms` for a slot to free on an existing instance.
     pub async fn acquire(self: &Arc<Self>, pool: &Arc<FunctionPool>) -> Result<Slot, InvokeError> {
-        if self.closing.is_cancelled() {
-            return Err(InvokeError::ShuttingDown);
+        let deadline = Instant::now() + pool.limits.queue_timeout;
+        loop {
+            if self.closing.is_cancelled() {
+                return Err(InvokeError::ShuttingDown);
+            }
+            // Registered before looking, so a slot freed in between still wakes us.
+            let freed = pool.freed.notified();
+            tokio::pin!(freed);
+            let throttled = match self.try_acquire(pool) {
+                Ok(slot) => return self.wait_started(slot).await,
+                Err(t) => t,
+            };
+            if Instant::now() >= deadline {
+                return Err(InvokeError::Throttled(throttled));
+            }
+            pool.waiting.fetch_add(1, Ordering::AcqRel);
+            freed.as_mut().enable();
+            // Re-check after enabling: a slot may have freed before we registered.
+            let again = self.try_acquire(pool);
+            let r = match again {
+                Ok(slot) => Some(slot),
+                Err(_) => {
+                    let _ = tokio::time::timeout_at(deadline, freed).await;
+                    None
+                }
+            };
+            pool.waiting.fetch_sub(1, Ordering::AcqRel);
+            if let Some(slot) = r {
+                return self.wait_started(slot).await;
+            }
         }
+    }
+
+    /// Picks and reserves under the function's lock; starts an instance if
+    /// the gateway's scale-out limits allow.
+    fn try_acquire(
+        self: &Arc<Self>,
+        pool: &Arc<FunctionPool>,
+    ) -> Result<Slot, crate::throttle::Throttled> {
         let conc = pool.cfg.instance_concurrency;
         let (instance, choice) = {
             let mut list = pool.instances.lock().unwrap();
@@ -223,6 +296,7 @@ impl Scheduler {
             let instance = match choice {
                 Choice::Use(i) | Choice::Wait(i) => list[i].clone(),
                 Choice::Start => {
+                    self.limits.admit_start(pool.limits.retry_hint())?;
                     let inst = self.new_instance(pool);
                     list.push(inst.clone());
                     inst
@@ -234,12 +308,17 @@ impl Scheduler {
         };
         let slot = Slot {
             instance,
+            pool: pool.clone(),
             cold: !matches!(choice, Choice::Use(_)),
             epoch: self.epoch,
         };
         if choice == Choice::Start {
             self.spawn_start(pool.clone(), slot.instance.clone());
         }
+        Ok(slot)
+    }
+
+    async fn wait_started(&self, slot: Slot) -> Result<Slot, InvokeError> {
         if slot.cold {
             let mut rx = slot.instance.started.subscribe();
             let state = rx
@@ -254,8 +333,10 @@ impl Scheduler {
         Ok(slot)
     }
 
+    /// A new instance in `Starting`; the caller has passed `admit_start`.
     fn new_instance(&self, pool: &FunctionPool) -> Arc<Instance> {
         pool.metrics.starting.inc();
+        self.live_gauge.set(i64::from(self.limits.live_instances()));
         let id = self.ids.instance_id();
         Arc::new(Instance {
             id_header: http::HeaderValue::from_str(&id).expect("ids are hex and '-'"),
@@ -329,6 +410,8 @@ impl Scheduler {
             .unwrap()
             .retain(|i| !Arc::ptr_eq(i, inst));
         pool.set_phase(inst, Phase::Gone);
+        self.limits.instance_gone();
+        self.live_gauge.set(i64::from(self.limits.live_instances()));
         if let Some(worker) = inst.worker.get().cloned() {
             let id = inst.id.clone();
             let mb = u64::from(inst.memory_mb);

@@ -8,7 +8,8 @@
 //!   when their last invocation ends) and lets replacements start on demand;
 //! - starts instances up to `min_instances` (provisioned instances);
 //! - every few ticks, asks each worker which instances have exited, so a crash
-//!   is noticed even when no invocation touches the instance.
+//!   is noticed even when no invocation touches the instance;
+//! - every ~10 s, evicts idle per-caller rate-limiter keys.
 
 use super::pick::Phase;
 use super::{FunctionPool, Scheduler};
@@ -46,6 +47,14 @@ pub fn spawn(sched: &Arc<Scheduler>) {
             n += 1;
             if n % sync_every == 0 {
                 sync_exits(&this).await;
+            }
+            // Forget idle callers now and then, so per-caller limiter memory
+            // follows the active caller set, not every address ever seen.
+            if n % (sync_every * 5) == 0 {
+                this.limits().evict_idle();
+                for pool in this.functions() {
+                    pool.limits.evict_idle();
+                }
             }
         }
     });
@@ -85,6 +94,11 @@ fn sweep(sched: &Arc<Scheduler>, pool: &Arc<FunctionPool>) {
     }
     for _ in live..pool.cfg.min_instances {
         if sched.closing().is_cancelled() {
+            return;
+        }
+        // Provisioned instances count against the scale-out limits too; a
+        // refused start is retried on a later tick.
+        if sched.limits().admit_start(Default::default()).is_err() {
             return;
         }
         let inst = sched.new_instance(pool);

@@ -1,0 +1,353 @@
+//! Throttling: rate limits (GCRA, via `governor`), concurrency limits and
+//! scale-out limits. A refused call gets 429 with the limit that refused it
+//! and when to retry, computed from the limiter itself.
+//!
+//! Order (pipeline stage 4, after ingress so a denied caller spends nobody's
+//! budget), narrowest first, so a caller refused by its own limit does not
+//! spend the function's:
+//! 1. the caller's rate on this function (`caller_rate_limit`);
+//! 2. the caller's rate across the gateway (`gateway.caller_rate_limit`);
+//! 3. the function's rate (`rate_limit`);
+//! 4. the function's concurrency (`max_concurrency`), optionally waiting up to
+//!    `queue_timeout_ms` in a bounded FIFO queue;
+//! 5. on scale-out only (in the scheduler): `gateway.max_instances` and
+//!    `gateway.max_instance_starts_per_minute`.
+//!
+//! A caller is keyed by its source address, or by its VPC for VPC callers
+//! when `gateway.caller_key = "network"`.
+
+use crate::ingress::{Caller, Network, VpcId};
+use governor::clock::{Clock, DefaultClock, QuantaClock};
+use governor::middleware::NoOpMiddleware;
+use governor::state::keyed::DashMapStateStore;
+use governor::{Quota, RateLimiter};
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Which limit refused a call (dialects render their own reason from it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitKind {
+    CallerRate,
+    GatewayCallerRate,
+    FunctionRate,
+    FunctionConcurrency,
+    MaxInstances,
+    InstanceStartRate,
+}
+
+impl LimitKind {
+    pub const ALL: [LimitKind; 6] = [
+        LimitKind::CallerRate,
+        LimitKind::GatewayCallerRate,
+        LimitKind::FunctionRate,
+        LimitKind::FunctionConcurrency,
+        LimitKind::MaxInstances,
+        LimitKind::InstanceStartRate,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LimitKind::CallerRate => "caller_rate",
+            LimitKind::GatewayCallerRate => "gateway_caller_rate",
+            LimitKind::FunctionRate => "function_rate",
+            LimitKind::FunctionConcurrency => "function_concurrency",
+            LimitKind::MaxInstances => "max_instances",
+            LimitKind::InstanceStartRate => "instance_start_rate",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Throttled {
+    pub limit: LimitKind,
+    /// The earliest time a retry can succeed, as the limiter sees it.
+    pub retry_after: Duration,
+}
+
+/// A rate: `per_second` sustained, `burst` at once.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rate {
+    pub per_second: f64,
+    pub burst: u32,
+}
+
+impl Rate {
+    /// `None` when the numbers are out of range (config validation reports it).
+    pub fn quota(&self) -> Option<Quota> {
+        if !(self.per_second.is_finite() && self.per_second > 0.0 && self.per_second <= 1e9) {
+            return None;
+        }
+        let period = Duration::from_secs_f64(1.0 / self.per_second);
+        Quota::with_period(period)?
+            .allow_burst(NonZeroU32::new(self.burst)?)
+            .into()
+    }
+}
+
+/// How callers are told apart for per-caller limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CallerKeying {
+    /// Every source address is its own caller.
+    #[default]
+    SourceIp,
+    /// A VPC is one caller; internet callers are keyed by address.
+    Network,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CallerKey {
+    Ip(IpAddr),
+    Vpc(VpcId),
+}
+
+impl CallerKeying {
+    pub fn key(self, c: &Caller) -> CallerKey {
+        match (self, c.network) {
+            (CallerKeying::Network, Network::Vpc(v)) => CallerKey::Vpc(v),
+            _ => CallerKey::Ip(c.ip),
+        }
+    }
+}
+
+/// A per-caller limiter whose idle keys are evicted, so a flood of distinct
+/// sources cannot grow it without bound (see [`KeyedLimiter::evict_idle`]).
+pub struct KeyedLimiter<C: Clock = DefaultClock> {
+    inner: RateLimiter<CallerKey, DashMapStateStore<CallerKey>, C, NoOpMiddleware<C::Instant>>,
+}
+
+impl KeyedLimiter<DefaultClock> {
+    pub fn new(quota: Quota) -> Self {
+        Self::with_clock(quota, QuantaClock::default())
+    }
+}
+
+impl<C: Clock> KeyedLimiter<C> {
+    pub fn with_clock(quota: Quota, clock: C) -> Self {
+        KeyedLimiter {
+            inner: RateLimiter::dashmap_with_clock(quota, clock),
+        }
+    }
+
+    pub fn check(&self, key: &CallerKey) -> Result<(), Duration> {
+        self.inner
+            .check_key(key)
+            .map_err(|not_until| not_until.wait_time_from(self.inner.clock().now()))
+    }
+
+    /// Drops keys whose state is back to "full burst available" (idle long
+    /// enough that forgetting them changes nothing), and returns the memory.
+    pub fn evict_idle(&self) {
+        self.inner.retain_recent();
+        self.inner.shrink_to_fit();
+    }
+
+    pub fn len(&self) -> usize {
+        self.inner.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.inner.is_empty()
+    }
+}
+
+type Direct = RateLimiter<
+    governor::state::NotKeyed,
+    governor::state::InMemoryState,
+    DefaultClock,
+    NoOpMiddleware<<DefaultClock as Clock>::Instant>,
+>;
+
+fn check_direct(l: &Direct) -> Result<(), Duration> {
+    l.check().map_err(|nu| nu.wait_time_from(l.clock().now()))
+}
+
+/// Gateway-wide limits.
+pub struct GatewayLimits {
+    pub keying: CallerKeying,
+    caller_rate: Option<KeyedLimiter>,
+    max_instances: u32,
+    live_instances: AtomicU32,
+    start_rate: Direct,
+}
+
+impl GatewayLimits {
+    pub fn new(
+        keying: CallerKeying,
+        caller_rate: Option<Quota>,
+        max_instances: u32,
+        starts_per_minute: u32,
+    ) -> Self {
+        let per_min = NonZeroU32::new(starts_per_minute.max(1)).expect("non-zero");
+        GatewayLimits {
+            keying,
+            caller_rate: caller_rate.map(KeyedLimiter::new),
+            max_instances,
+            live_instances: AtomicU32::new(0),
+            start_rate: RateLimiter::direct(Quota::per_minute(per_min)),
+        }
+    }
+
+    /// Admits one more instance start, or says which scale-out limit bites.
+    /// The caller must call [`GatewayLimits::instance_gone`] when it ends.
+    pub fn admit_start(&self, retry_hint: Duration) -> Result<(), Throttled> {
+        let reserved = self
+            .live_instances
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max_instances).then_some(n + 1)
+            });
+        if reserved.is_err() {
+            return Err(Throttled {
+                limit: LimitKind::MaxInstances,
+                retry_after: retry_hint,
+            });
+        }
+        if let Err(wait) = check_direct(&self.start_rate) {
+            self.live_instances.fetch_sub(1, Ordering::AcqRel);
+            return Err(Throttled {
+                limit: LimitKind::InstanceStartRate,
+                retry_after: wait,
+            });
+        }
+        Ok(())
+    }
+
+    pub fn instance_gone(&self) {
+        let _ = self
+            .live_instances
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+    }
+
+    pub fn live_instances(&self) -> u32 {
+        self.live_instances.load(Ordering::Acquire)
+    }
+
+    pub fn evict_idle(&self) {
+        if let Some(l) = &self.caller_rate {
+            l.evict_idle();
+        }
+    }
+}
+
+/// One function's limits.
+pub struct FunctionLimits {
+    rate: Option<Direct>,
+    caller_rate: Option<KeyedLimiter>,
+    concurrency: Option<Arc<Semaphore>>,
+    pub queue_timeout: Duration,
+    queue_max: usize,
+    queued: AtomicUsize,
+    /// Recent invocation time (EWMA, µs): the expected wait for a busy slot.
+    avg_duration_us: AtomicU64,
+}
+
+impl FunctionLimits {
+    pub fn new(
+        rate: Option<Quota>,
+        caller_rate: Option<Quota>,
+        max_concurrency: Option<u32>,
+        queue_timeout: Duration,
+        queue_max: usize,
+    ) -> Self {
+        FunctionLimits {
+            rate: rate.map(RateLimiter::direct),
+            caller_rate: caller_rate.map(KeyedLimiter::new),
+            concurrency: max_concurrency.map(|n| Arc::new(Semaphore::new(n as usize))),
+            queue_timeout,
+            queue_max,
+            queued: AtomicUsize::new(0),
+            avg_duration_us: AtomicU64::new(0),
+        }
+    }
+
+    /// Stages 4.1-4.3: the rate limits, narrowest first.
+    pub fn check_rates(
+        &self,
+        gw: &GatewayLimits,
+        caller: Option<&Caller>,
+    ) -> Result<(), Throttled> {
+        let throttled = |limit| move |retry_after| Throttled { limit, retry_after };
+        if let Some(c) = caller {
+            let key = gw.keying.key(c);
+            if let Some(l) = &self.caller_rate {
+                l.check(&key).map_err(throttled(LimitKind::CallerRate))?;
+            }
+            if let Some(l) = &gw.caller_rate {
+                l.check(&key)
+                    .map_err(throttled(LimitKind::GatewayCallerRate))?;
+            }
+        }
+        if let Some(l) = &self.rate {
+            check_direct(l).map_err(throttled(LimitKind::FunctionRate))?;
+        }
+        Ok(())
+    }
+
+    /// Stage 4.4: a concurrency permit (held until the response is complete),
+    /// waiting up to `queue_timeout` in FIFO order when configured. Dropping the
+    /// future (the client went away) leaves the queue cleanly.
+    pub async fn admit(&self) -> Result<Option<OwnedSemaphorePermit>, Throttled> {
+        let Some(sem) = &self.concurrency else {
+            return Ok(None);
+        };
+        if let Ok(p) = sem.clone().try_acquire_owned() {
+            return Ok(Some(p));
+        }
+        let refuse = Throttled {
+            limit: LimitKind::FunctionConcurrency,
+            retry_after: self.retry_hint(),
+        };
+        if self.queue_timeout.is_zero() {
+            return Err(refuse);
+        }
+        if self.queued.fetch_add(1, Ordering::AcqRel) >= self.queue_max {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            return Err(refuse);
+        }
+        let _leave = QueueSlot(&self.queued);
+        match tokio::time::timeout(self.queue_timeout, sem.clone().acquire_owned()).await {
+            Ok(Ok(p)) => Ok(Some(p)),
+            _ => Err(refuse),
+        }
+    }
+
+    /// The expected wait for a busy slot: recent invocation time, at least 1 ms.
+    pub fn retry_hint(&self) -> Duration {
+        Duration::from_micros(self.avg_duration_us.load(Ordering::Relaxed).max(1000))
+    }
+
+    pub fn record_duration(&self, d: Duration) {
+        let us = d.as_micros().min(u128::from(u64::MAX)) as u64;
+        let old = self.avg_duration_us.load(Ordering::Relaxed);
+        // EWMA with weight 1/8; a lost update under contention is harmless.
+        let new = if old == 0 { us } else { old - old / 8 + us / 8 };
+        self.avg_duration_us.store(new, Ordering::Relaxed);
+    }
+
+    pub fn evict_idle(&self) {
+        if let Some(l) = &self.caller_rate {
+            l.evict_idle();
+        }
+    }
+}
+
+struct QueueSlot<'a>(&'a AtomicUsize);
+
+impl Drop for QueueSlot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// `Retry-After` (whole seconds, rounded up, at least 1) for a wait.
+pub fn retry_after_secs(d: Duration) -> u64 {
+    d.as_nanos().div_ceil(1_000_000_000).max(1) as u64
+}
+
+#[cfg(test)]
+mod tests;
