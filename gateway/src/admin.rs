@@ -163,6 +163,8 @@ impl Admin {
                     "instance_concurrency": f.instance_concurrency,
                     "idle_timeout_s": f.idle_timeout.as_secs(),
                     "min_instances": f.min_instances,
+                    "queued": p.limits.queued(),
+                    "max_concurrency": f.throttle.max_concurrency,
                     "ingress": {
                         "vpc_bindings": f.ingress.vpc_bindings.iter().map(|v| vpcs.name(*v)).collect::<Vec<_>>(),
                         "access_rules": rules,

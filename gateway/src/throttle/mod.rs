@@ -316,6 +316,11 @@ impl FunctionLimits {
         }
     }
 
+    /// Callers waiting for a concurrency slot.
+    pub fn queued(&self) -> usize {
+        self.queued.load(Ordering::Acquire)
+    }
+
     /// The expected wait for a busy slot: recent invocation time, at least 1 ms.
     pub fn retry_hint(&self) -> Duration {
         Duration::from_micros(self.avg_duration_us.load(Ordering::Relaxed).max(1000))

@@ -6,4 +6,5 @@ mod ingress;
 mod invoke;
 mod lifecycle;
 mod scheduling;
+mod throttle;
 mod tls;
