@@ -72,18 +72,20 @@ impl Pipeline {
             Ok(inv) => match self.scheduler.function(inv.function) {
                 Some(pool) => pool.clone(),
                 None => {
-                    self.unknown_function.inc();
                     let e = InvokeError::FunctionNotFound {
                         name: inv.function.to_string(),
                     };
-                    self.discard(body, &parts.headers);
-                    return error_response(&e, request_id, None);
+                    return self.refuse(
+                        &self.unknown_function,
+                        e,
+                        body,
+                        &parts.headers,
+                        request_id,
+                    );
                 }
             },
             Err(e) => {
-                self.unknown_function.inc();
-                self.discard(body, &parts.headers);
-                return error_response(&e, request_id, None);
+                return self.refuse(&self.unknown_function, e, body, &parts.headers, request_id);
             }
         };
 
@@ -93,12 +95,12 @@ impl Pipeline {
                 Denial::VpcBinding { .. } => pool.metrics.denied_vpc_binding.inc(),
                 Denial::Rule { .. } | Denial::ImplicitDeny => pool.metrics.denied_access_rule.inc(),
             }
-            pool.metrics.invocations[Outcome::Denied.index()].inc();
-            self.discard(body, &parts.headers);
-            return error_response(&InvokeError::AccessDenied(denial), request_id, None);
+            let counter = &pool.metrics.invocations[Outcome::Denied.index()];
+            let e = InvokeError::AccessDenied(denial);
+            return self.refuse(counter, e, body, &parts.headers, request_id);
         }
 
-        // 4: throttling, still from the head: a refusal reads no body.
+        // 4: throttling, still from the head.
         let caller = match &origin {
             Origin::Client(c) => Some(c),
             Origin::Internal => None,
@@ -111,14 +113,19 @@ impl Pipeline {
             Ok(p) => p,
             Err(t) => {
                 pool.metrics.throttles[t.limit as usize].inc();
-                pool.metrics.invocations[Outcome::Throttled.index()].inc();
-                self.discard(body, &parts.headers);
-                return error_response(&InvokeError::Throttled(t), request_id, None);
+                let counter = &pool.metrics.invocations[Outcome::Throttled.index()];
+                return self.refuse(
+                    counter,
+                    InvokeError::Throttled(t),
+                    body,
+                    &parts.headers,
+                    request_id,
+                );
             }
         };
-        pool.metrics.in_flight.inc();
+        // A guard, not inc/dec: hyper drops this future when the client goes away.
+        let _in_flight = GaugeGuard::new(&pool.metrics.in_flight);
         let result = self.invoke(&pool, &parts, body, &request_id).await;
-        pool.metrics.in_flight.dec();
         if result.is_ok() {
             pool.limits.record_duration(started.elapsed());
         }
@@ -147,8 +154,19 @@ impl Pipeline {
         }
     }
 
-    fn discard(&self, body: Incoming, headers: &http::HeaderMap) {
+    /// Answers a request refused from its head (stages 1-4): counts it,
+    /// drains its unread body in the background, renders the error.
+    fn refuse(
+        &self,
+        counter: &prometheus::IntCounter,
+        err: InvokeError,
+        body: Incoming,
+        headers: &http::HeaderMap,
+        request_id: HeaderValue,
+    ) -> Response<ResponseBody> {
+        counter.inc();
         body::discard(body, headers, &self.limits, self.scheduler.tasks());
+        error_response(&err, request_id, None)
     }
 
     /// Stages 5-7. On error, also returns the instance id when one ran it.
@@ -163,6 +181,21 @@ impl Pipeline {
             .await
             .map_err(|e| (e, None))?;
         forward::call(self, pool, parts, payload, request_id).await
+    }
+}
+
+struct GaugeGuard<'a>(&'a prometheus::IntGauge);
+
+impl<'a> GaugeGuard<'a> {
+    fn new(g: &'a prometheus::IntGauge) -> Self {
+        g.inc();
+        GaugeGuard(g)
+    }
+}
+
+impl Drop for GaugeGuard<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 

@@ -382,3 +382,33 @@ async fn denied_callers_do_not_consume_rate_budget() {
     }
     assert_throttled(&insider.invoke("private", "x").await, "rate limit");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_abandoning_an_invocation_frees_its_concurrency_slot() {
+    let gw = Gateway::start("", &echo_fn("solo", "max_concurrency = 1\ntimeout_s = 30"));
+    let gate = gw.dir.path().join("gate");
+    // Its own connection, so aborting the task closes it.
+    let lone = gw.h2().await;
+    let held = hold(&gw, &lone, "solo", 1, &gate).await;
+    drop(lone);
+    for t in held {
+        t.abort();
+    }
+    gw.until(
+        "the abandoned call released",
+        Duration::from_secs(10),
+        || async {
+            gw.metric("fngate_invocations_in_flight{function=\"solo\"}")
+                .await
+                == 0.0
+        },
+    )
+    .await;
+    let mut c = gw.h1().await;
+    assert_eq!(
+        c.invoke("solo", "next").await.status,
+        200,
+        "the slot is free again"
+    );
+    std::fs::write(&gate, b"go").unwrap();
+}
