@@ -1,7 +1,6 @@
 //! `gateway`: run fngate from a TOML configuration.
 
 use clap::Parser;
-use std::io::IsTerminal;
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
@@ -16,13 +15,7 @@ struct Args {
 }
 
 fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    sandbox_runtime::cli::init_logging();
     let args = Args::parse();
     let config = match fngate::config::Config::load(&args.config) {
         Ok(c) => c,
@@ -45,21 +38,11 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match rt.block_on(fngate::run(config, shutdown_signal())) {
+    match rt.block_on(fngate::run(config, sandbox_runtime::cli::shutdown_signal())) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("gateway: {e}");
             std::process::ExitCode::FAILURE
         }
     }
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
-    tracing::info!("shutdown signal received");
 }

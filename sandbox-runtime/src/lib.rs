@@ -6,8 +6,10 @@
 //! - [`instance`]: one instance process: spawn, readiness, logs, exit.
 //! - [`memory`]: how an instance's memory size is enforced (cgroup v1/v2, rlimit).
 //! - [`metrics`]: the worker's Prometheus metrics.
+//! - [`cli`]: logging and signal handling shared by the fngate binaries.
 
 pub mod api;
+pub mod cli;
 pub mod instance;
 pub mod memory;
 pub mod metrics;

@@ -2,7 +2,6 @@
 
 use clap::Parser;
 use sandbox_runtime::memory::MemoryLimitMode;
-use std::io::IsTerminal;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
@@ -31,13 +30,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    sandbox_runtime::cli::init_logging();
     let a = Args::parse();
     let cfg = sandbox_runtime::Config {
         listen: a.listen,
@@ -46,21 +39,11 @@ async fn main() -> std::process::ExitCode {
         work_root: a.work_root,
         memory_limit: a.memory_limit,
     };
-    match sandbox_runtime::run(cfg, shutdown_signal()).await {
+    match sandbox_runtime::run(cfg, sandbox_runtime::cli::shutdown_signal()).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("sandbox-runtime: {e}");
             std::process::ExitCode::FAILURE
         }
     }
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
-    tracing::info!("shutdown signal received");
 }

@@ -496,3 +496,32 @@ pub fn echo_fn(name: &str, extra: &str) -> String {
         echo_bin()
     )
 }
+
+/// A raw TLS stream (HTTP/1.1 by ALPN) to the gateway, for tests that write
+/// request bytes by hand.
+pub async fn raw_tls(gw: &Gateway) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let tcp = tokio::net::TcpStream::connect(gw.https).await.unwrap();
+    let connector = tokio_rustls::TlsConnector::from(tls_config(&gw.ca, &ClientOpts::default()));
+    connector
+        .connect(
+            rustls_pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap()
+}
+
+/// Runs the gateway on `config`; it must exit 2 naming `key` on stderr.
+pub fn assert_config_error(config: &str, key: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, config).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{config}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(key), "stderr should name {key:?}: {err}");
+}

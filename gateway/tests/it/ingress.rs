@@ -395,18 +395,8 @@ async fn denied_requests_are_cheap_and_never_reach_an_instance() {
     // so the body is never even sent.
     {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
-        let tcp = socket.connect(gw.https).await.unwrap();
-        let connector =
-            tokio_rustls::TlsConnector::from(tls_config(&gw.ca, &ClientOpts::default()));
-        let mut tls = connector
-            .connect(
-                rustls_pki_types::ServerName::try_from("localhost").unwrap(),
-                tcp,
-            )
-            .await
-            .unwrap();
+        // From 127.0.0.1: the internet, for this gateway's network map.
+        let mut tls = raw_tls(&gw).await;
         let head = format!(
             "POST {} HTTP/1.1\r\nhost: localhost\r\ncontent-length: 8388608\r\nexpect: 100-continue\r\n\r\n",
             invoke_path("payroll")
@@ -505,16 +495,6 @@ fn ingress_config_errors_name_the_key() {
         ),
     ];
     for (text, key) in cases {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("bad.toml");
-        std::fs::write(&path, &text).unwrap();
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
-            .arg("--config")
-            .arg(&path)
-            .output()
-            .unwrap();
-        assert_eq!(out.status.code(), Some(2), "{text}");
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains(key), "stderr should name {key:?}: {err}");
+        assert_config_error(&text, key);
     }
 }

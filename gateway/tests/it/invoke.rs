@@ -198,15 +198,7 @@ async fn instance_gets_the_documented_environment() {
 async fn slow_upload_gets_408_within_the_body_timeout() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let gw = Gateway::start("body_read_timeout_ms = 300", &echo_fn("echo", ""));
-    let tcp = tokio::net::TcpStream::connect(gw.https).await.unwrap();
-    let connector = tokio_rustls::TlsConnector::from(tls_config(&gw.ca, &ClientOpts::default()));
-    let mut tls = connector
-        .connect(
-            rustls_pki_types::ServerName::try_from("localhost").unwrap(),
-            tcp,
-        )
-        .await
-        .unwrap();
+    let mut tls = raw_tls(&gw).await;
     let head = format!(
         "POST {} HTTP/1.1\r\nhost: localhost\r\ncontent-length: 100\r\n\r\n0123456789",
         invoke_path("echo")

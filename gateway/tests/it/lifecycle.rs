@@ -191,17 +191,7 @@ fn invalid_config_exits_non_zero_naming_the_key() {
         ),
     ];
     for (text, key) in cases {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("bad.toml");
-        std::fs::write(&path, text).unwrap();
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
-            .arg("--config")
-            .arg(&path)
-            .output()
-            .unwrap();
-        assert_eq!(out.status.code(), Some(2), "{text}");
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains(key), "stderr should name {key:?}: {err}");
+        assert_config_error(&text, key);
     }
 }
 
