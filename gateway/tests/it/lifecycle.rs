@@ -191,7 +191,7 @@ fn invalid_config_exits_non_zero_naming_the_key() {
         ),
     ];
     for (text, key) in cases {
-        assert_config_error(&text, key);
+        assert_config_error(text, key);
     }
 }
 
