@@ -52,6 +52,24 @@ struct File {
     functions: Vec<FunctionSection>,
     #[serde(default)]
     networks: Vec<NetworkSection>,
+    usage: Option<UsageSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UsageSection {
+    path: PathBuf,
+    #[serde(default = "default_sync_interval")]
+    sync_interval_ms: u64,
+    #[serde(default = "default_rotate_bytes")]
+    rotate_bytes: u64,
+}
+
+fn default_sync_interval() -> u64 {
+    1000
+}
+fn default_rotate_bytes() -> u64 {
+    64 * 1024 * 1024
 }
 
 #[derive(Debug, Deserialize)]
@@ -216,6 +234,8 @@ pub struct Config {
     pub workers: Vec<String>,
     pub functions: Vec<Arc<FunctionConfig>>,
     pub ingress: Arc<IngressConfig>,
+    /// The usage log; `None` when `[usage]` is absent.
+    pub usage: Option<crate::metering::usage_log::UsageLogConfig>,
 }
 
 /// Where callers stand, compiled at load (see [`crate::ingress`]).
@@ -676,6 +696,22 @@ impl Config {
             },
             workers,
             functions,
+            usage: match file.usage {
+                None => None,
+                Some(u) => {
+                    if !(10..=60_000).contains(&u.sync_interval_ms) {
+                        return Err(invalid("usage.sync_interval_ms", "must be 10..=60000"));
+                    }
+                    if u.rotate_bytes < 4096 {
+                        return Err(invalid("usage.rotate_bytes", "must be at least 4096"));
+                    }
+                    Some(crate::metering::usage_log::UsageLogConfig {
+                        path: resolve(u.path),
+                        sync_interval: ms(u.sync_interval_ms),
+                        rotate_bytes: u.rotate_bytes,
+                    })
+                }
+            },
             ingress: Arc::new(IngressConfig {
                 networks: NetworkMap::new(cidrs, endpoints),
                 vpcs,

@@ -19,6 +19,7 @@ pub mod connection;
 pub mod error;
 pub mod ids;
 pub mod ingress;
+pub mod metering;
 pub mod metrics;
 pub mod pipeline;
 pub mod scheduler;
@@ -46,6 +47,12 @@ pub enum RunError {
     Tls(#[from] connection::tls::TlsError),
     #[error("embedded sandbox worker: {0}")]
     EmbeddedWorker(#[source] std::io::Error),
+    #[error("cannot open the usage log {path}: {source}")]
+    UsageLog {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("worker unreachable: {0}")]
     Worker(#[from] workers::WorkerError),
 }
@@ -87,10 +94,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         workers.push(Arc::new(connect_worker(url, client.clone()).await?));
     }
 
+    let networks = metrics::NetworkIndex::new(&config.ingress.vpcs);
     let scheduler = scheduler::Scheduler::new(
         &config.functions,
         workers,
         &metrics,
+        &networks,
         &g.throttle,
         g.instance_start_timeout,
         g.max_instance_lifetime,
@@ -98,12 +107,27 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     scheduler::reaper::spawn(&scheduler);
 
     let tls = tokio_rustls::TlsAcceptor::from(connection::tls::server_config(&g.tls)?);
+    let (usage_log, usage_task) = match &config.usage {
+        Some(cfg) => {
+            let (log, task) =
+                metering::usage_log::UsageLog::start(cfg.clone()).map_err(|source| {
+                    RunError::UsageLog {
+                        path: cfg.path.clone(),
+                        source,
+                    }
+                })?;
+            tracing::info!(path = %cfg.path.display(), sync_interval_ms = cfg.sync_interval.as_millis() as u64, "usage log open");
+            (Some(log), Some(task))
+        }
+        None => (None, None),
+    };
     let pipeline = Arc::new(pipeline::Pipeline::new(
         scheduler.clone(),
         client,
         g.limits.clone(),
         config.ingress.vpcs.clone(),
         &metrics,
+        usage_log,
     ));
     let server = connection::Server::new(
         pipeline,
@@ -195,6 +219,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         );
     }
     scheduler.shutdown().await;
+    if let Some(task) = usage_task {
+        task.close().await;
+    }
     stop.cancel();
     let _ = admin_task.await;
     if let Some(w) = embedded {

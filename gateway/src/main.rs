@@ -12,11 +12,50 @@ struct Args {
     /// Validate the configuration and exit.
     #[arg(long)]
     check: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// Usage log tools.
+    Usage {
+        #[command(subcommand)]
+        command: UsageCommand,
+    },
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum UsageCommand {
+    /// Sums usage records by function and network.
+    Summarize {
+        /// Usage log files (rotated ones included).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> std::process::ExitCode {
     sandbox_runtime::cli::init_logging();
     let args = Args::parse();
+    if let Some(Command::Usage {
+        command: UsageCommand::Summarize { files, json },
+    }) = &args.command
+    {
+        return match fngate::metering::summary::summarize(files) {
+            Ok(s) => {
+                print!("{}", if *json { s.to_json() } else { s.to_table() });
+                std::process::ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("gateway usage summarize: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     let config = match fngate::config::Config::load(&args.config) {
         Ok(c) => c,
         Err(e) => {

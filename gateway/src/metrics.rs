@@ -1,6 +1,9 @@
 //! Gateway metrics: one registry, created in `run` and passed to the stages
-//! that own each metric. Label handles are resolved once per function (see
-//! [`FunctionMetrics`]) so the hot path touches atomics only.
+//! that own each metric. Label handles are resolved once per function and
+//! network (see [`FunctionMetrics`]) so the hot path touches atomics only.
+//!
+//! Label sets are bounded: `function` is a configured name or `(unknown)`;
+//! `network` is `internet`, a configured VPC id, or `internal`.
 
 use crate::error::Outcome;
 use prometheus::{
@@ -8,9 +11,47 @@ use prometheus::{
     Registry,
 };
 
+/// Maps a caller's network to its index in [`FunctionMetrics::by_network`].
+pub struct NetworkIndex {
+    names: Vec<String>,
+}
+
+impl NetworkIndex {
+    pub fn new(vpcs: &crate::ingress::VpcTable) -> Self {
+        let mut names = vec!["internet".to_string()];
+        names.extend(
+            (0..vpcs.len()).map(|i| vpcs.name(crate::ingress::VpcId(i as u16)).to_string()),
+        );
+        names.push("internal".into());
+        NetworkIndex { names }
+    }
+
+    pub fn of(&self, origin: &crate::ingress::Origin) -> usize {
+        use crate::ingress::{Network, Origin};
+        match origin {
+            Origin::Client(c) => match c.network {
+                Network::Internet => 0,
+                Network::Vpc(v) => 1 + v.0 as usize,
+            },
+            Origin::Internal => self.names.len() - 1,
+        }
+    }
+}
+
+/// One function's counters for callers in one network.
+pub struct NetworkMetrics {
+    pub invocations: [IntCounter; Outcome::ALL.len()],
+    pub bytes_in: IntCounter,
+    pub bytes_out: IntCounter,
+}
+
 pub struct Metrics {
     pub registry: Registry,
     invocations: IntCounterVec,
+    traffic: IntCounterVec,
+    cold_starts: IntCounterVec,
+    releases: IntCounterVec,
+    pub worker_memory: IntGaugeVec,
     duration: HistogramVec,
     instances: IntGaugeVec,
     instance_starts: IntCounterVec,
@@ -27,7 +68,11 @@ pub struct Metrics {
 
 /// Cached handles for one function.
 pub struct FunctionMetrics {
-    pub invocations: [IntCounter; Outcome::ALL.len()],
+    /// Indexed by [`NetworkIndex::of`].
+    pub by_network: Vec<NetworkMetrics>,
+    pub cold_starts: IntCounter,
+    function: String,
+    releases: IntCounterVec,
     pub duration: Histogram,
     pub starting: IntGauge,
     pub ready: IntGauge,
@@ -48,9 +93,41 @@ impl Metrics {
         let invocations = IntCounterVec::new(
             Opts::new(
                 "fngate_invocations_total",
-                "Invocations by function and outcome.",
+                "Invocation requests by function, caller network and outcome.",
             ),
-            &["function", "outcome"],
+            &["function", "network", "outcome"],
+        )
+        .unwrap();
+        let traffic = IntCounterVec::new(
+            Opts::new(
+                "fngate_traffic_bytes_total",
+                "HTTP body bytes by function, caller network and direction (in: request, out: response).",
+            ),
+            &["function", "network", "direction"],
+        )
+        .unwrap();
+        let cold_starts = IntCounterVec::new(
+            Opts::new(
+                "fngate_cold_starts_total",
+                "Invocations that waited for an instance to start.",
+            ),
+            &["function"],
+        )
+        .unwrap();
+        let releases = IntCounterVec::new(
+            Opts::new(
+                "fngate_instance_releases_total",
+                "Instances taken out of service, by function and reason.",
+            ),
+            &["function", "reason"],
+        )
+        .unwrap();
+        let worker_memory = IntGaugeVec::new(
+            Opts::new(
+                "fngate_worker_memory_bytes",
+                "Sandbox worker memory as the gateway accounts it: capacity and reserved.",
+            ),
+            &["worker", "kind"],
         )
         .unwrap();
         let duration = HistogramVec::new(
@@ -144,6 +221,10 @@ impl Metrics {
             Box::new(live_instances.clone()),
             Box::new(proxy),
             Box::new(invocations.clone()),
+            Box::new(traffic.clone()),
+            Box::new(cold_starts.clone()),
+            Box::new(releases.clone()),
+            Box::new(worker_memory.clone()),
             Box::new(duration.clone()),
             Box::new(instances.clone()),
             Box::new(instance_starts.clone()),
@@ -156,6 +237,10 @@ impl Metrics {
         Self {
             registry,
             invocations,
+            traffic,
+            cold_starts,
+            releases,
+            worker_memory,
             duration,
             instances,
             instance_starts,
@@ -172,11 +257,25 @@ impl Metrics {
 
     /// Handles for `function`. Call once per configured function (the label
     /// set stays bounded: unknown names are counted under `(unknown)`).
-    pub fn function(&self, function: &str) -> FunctionMetrics {
-        let inv = |o: Outcome| self.invocations.with_label_values(&[function, o.as_str()]);
+    pub fn function(&self, function: &str, networks: &NetworkIndex) -> FunctionMetrics {
+        let by_network = networks
+            .names
+            .iter()
+            .map(|net| NetworkMetrics {
+                invocations: Outcome::ALL.map(|o| {
+                    self.invocations
+                        .with_label_values(&[function, net, o.as_str()])
+                }),
+                bytes_in: self.traffic.with_label_values(&[function, net, "in"]),
+                bytes_out: self.traffic.with_label_values(&[function, net, "out"]),
+            })
+            .collect();
         let state = |s: &str| self.instances.with_label_values(&[function, s]);
         FunctionMetrics {
-            invocations: Outcome::ALL.map(inv),
+            by_network,
+            cold_starts: self.cold_starts.with_label_values(&[function]),
+            function: function.to_string(),
+            releases: self.releases.clone(),
             duration: self.duration.with_label_values(&[function]),
             starting: state("starting"),
             ready: state("ready"),
@@ -200,6 +299,15 @@ impl Metrics {
         prometheus::TextEncoder::new()
             .encode_to_string(&self.registry.gather())
             .unwrap_or_default()
+    }
+}
+
+impl FunctionMetrics {
+    /// Counts a release; `reason` is one of a fixed set of literals.
+    pub fn released(&self, reason: &'static str) {
+        self.releases
+            .with_label_values(&[&self.function, reason])
+            .inc();
     }
 }
 

@@ -13,6 +13,14 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::{Body, Incoming};
 use tokio_util::task::TaskTracker;
 
+/// The request's declared `Content-Length`, if any.
+pub fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+}
+
 pub async fn read(
     body: Incoming,
     headers: &http::HeaderMap,
@@ -20,10 +28,7 @@ pub async fn read(
     tasks: &TaskTracker,
 ) -> Result<Bytes, InvokeError> {
     let limit = limits.max_body_bytes;
-    let declared = headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared = declared_length(headers);
     if let Some(size) = declared
         && size > limit
     {
@@ -57,10 +62,7 @@ pub fn discard(body: Incoming, headers: &http::HeaderMap, limits: &Limits, tasks
         return;
     }
     let max = limits.max_refused_body_drain_bytes;
-    let declared = headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared = declared_length(headers);
     if declared.is_some_and(|n| n > max) {
         return;
     }

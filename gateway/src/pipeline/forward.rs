@@ -22,7 +22,15 @@ use http::{HeaderValue, Response};
 use http_body_util::{BodyExt, Full, Limited};
 use std::sync::Arc;
 
-type Failed = (InvokeError, Option<HeaderValue>);
+/// The instance an invocation ran on, for the answer's headers and metering.
+#[derive(Clone)]
+pub struct Ran {
+    pub instance_id: HeaderValue,
+    /// It waited for its instance to start.
+    pub cold: bool,
+}
+
+type Failed = (InvokeError, Option<Ran>);
 
 pub async fn call(
     p: &Pipeline,
@@ -30,17 +38,19 @@ pub async fn call(
     parts: &http::request::Parts,
     payload: Bytes,
     request_id: &HeaderValue,
-) -> Result<Response<ResponseBody>, Failed> {
+) -> Result<(Response<ResponseBody>, Ran), Failed> {
     let mut retried = false;
     loop {
         let slot = p.scheduler.acquire(pool).await.map_err(|e| (e, None))?;
-        let instance_id = Some(slot.instance.id_header.clone());
+        let ran = Ran {
+            instance_id: slot.instance.id_header.clone(),
+            cold: slot.cold,
+        };
         match attempt(p, pool, &slot, parts, payload.clone(), request_id).await {
             Ok(mut resp) => {
-                if let Some(id) = instance_id {
-                    resp.headers_mut().insert(fc::INSTANCE_ID, id);
-                }
-                return Ok(resp);
+                resp.headers_mut()
+                    .insert(fc::INSTANCE_ID, ran.instance_id.clone());
+                return Ok((resp, ran));
             }
             Err(Attempt::NotSent) if !retried => {
                 p.scheduler.reclaim(pool, &slot.instance, "unreachable");
@@ -51,9 +61,9 @@ pub async fn call(
                 let e = InvokeError::InstanceCrashed {
                     detail: "was unreachable".into(),
                 };
-                return Err((e, instance_id));
+                return Err((e, Some(ran)));
             }
-            Err(Attempt::Failed(e)) => return Err((e, instance_id)),
+            Err(Attempt::Failed(e)) => return Err((e, Some(ran))),
         }
     }
 }

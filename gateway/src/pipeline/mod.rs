@@ -22,14 +22,19 @@ use crate::config::Limits;
 use crate::error::{InvokeError, Outcome};
 use crate::ids::IdGen;
 use crate::ingress::policy::Denial;
-use crate::ingress::{Origin, VpcTable};
+use crate::ingress::{Network, Origin, VpcTable};
+use crate::metering::usage_log::UsageLog;
+use crate::metering::{UsageRecord, billed_gb_s, unix_ms};
+use crate::metrics::{FunctionMetrics, Metrics, NetworkIndex};
 use crate::scheduler::{FunctionPool, Scheduler};
 use crate::workers::HttpClient;
 use bytes::Bytes;
+use forward::Ran;
 use http::{HeaderValue, Request, Response};
 use http_body_util::Full;
-use hyper::body::Incoming;
+use hyper::body::{Body, Incoming};
 use std::sync::Arc;
+use std::time::SystemTime;
 use tokio::time::Instant;
 
 pub type ResponseBody = Full<Bytes>;
@@ -40,7 +45,19 @@ pub struct Pipeline {
     pub limits: Limits,
     pub ids: IdGen,
     pub vpcs: VpcTable,
-    unknown_function: prometheus::IntCounter,
+    networks: NetworkIndex,
+    unknown: FunctionMetrics,
+    usage: Option<UsageLog>,
+}
+
+/// What [`Pipeline::finish`] needs to know about how a request went.
+struct Done<'a> {
+    pool: Option<&'a Arc<FunctionPool>>,
+    function: &'a str,
+    qualifier: Option<&'a str>,
+    outcome: Outcome,
+    bytes_in: u64,
+    ran: Option<Ran>,
 }
 
 impl Pipeline {
@@ -49,43 +66,74 @@ impl Pipeline {
         client: HttpClient,
         limits: Limits,
         vpcs: VpcTable,
-        metrics: &crate::metrics::Metrics,
+        metrics: &Metrics,
+        usage: Option<UsageLog>,
     ) -> Self {
-        let unknown = metrics.function("(unknown)");
+        let networks = NetworkIndex::new(&vpcs);
         Pipeline {
+            unknown: metrics.function("(unknown)", &networks),
+            networks,
             scheduler,
             client,
             limits,
             ids: IdGen::new(),
             vpcs,
-            unknown_function: unknown.invocations[Outcome::ClientError.index()].clone(),
+            usage,
         }
     }
 
     pub async fn handle(&self, req: Request<Incoming>, origin: Origin) -> Response<ResponseBody> {
         let started = Instant::now();
+        let wall = SystemTime::now();
         let request_id = self.ids.request_id();
         let (parts, body) = req.into_parts();
+        let declared = body::declared_length(&parts.headers);
+        let refused = |function, qualifier, pool, outcome| Done {
+            pool,
+            function,
+            qualifier,
+            outcome,
+            bytes_in: declared.unwrap_or(0),
+            ran: None,
+        };
 
         // 1-2: decode and look up, from the head alone.
-        let pool = match fc::decode(&parts.method, &parts.uri) {
+        let (inv, pool) = match fc::decode(&parts.method, &parts.uri) {
             Ok(inv) => match self.scheduler.function(inv.function) {
-                Some(pool) => pool.clone(),
+                Some(pool) => (inv, pool.clone()),
                 None => {
                     let e = InvokeError::FunctionNotFound {
                         name: inv.function.to_string(),
                     };
-                    return self.refuse(
-                        &self.unknown_function,
+                    let done = refused(inv.function, inv.qualifier, None, e.outcome());
+                    return self
+                        .refuse(
+                            done,
+                            e,
+                            body,
+                            &parts.headers,
+                            request_id,
+                            origin,
+                            started,
+                            wall,
+                        )
+                        .await;
+                }
+            },
+            Err(e) => {
+                let done = refused("(unknown)", None, None, e.outcome());
+                return self
+                    .refuse(
+                        done,
                         e,
                         body,
                         &parts.headers,
                         request_id,
-                    );
-                }
-            },
-            Err(e) => {
-                return self.refuse(&self.unknown_function, e, body, &parts.headers, request_id);
+                        origin,
+                        started,
+                        wall,
+                    )
+                    .await;
             }
         };
 
@@ -95,9 +143,20 @@ impl Pipeline {
                 Denial::VpcBinding { .. } => pool.metrics.denied_vpc_binding.inc(),
                 Denial::Rule { .. } | Denial::ImplicitDeny => pool.metrics.denied_access_rule.inc(),
             }
-            let counter = &pool.metrics.invocations[Outcome::Denied.index()];
+            let done = refused(inv.function, inv.qualifier, Some(&pool), Outcome::Denied);
             let e = InvokeError::AccessDenied(denial);
-            return self.refuse(counter, e, body, &parts.headers, request_id);
+            return self
+                .refuse(
+                    done,
+                    e,
+                    body,
+                    &parts.headers,
+                    request_id,
+                    origin,
+                    started,
+                    wall,
+                )
+                .await;
         }
 
         // 4: throttling, still from the head.
@@ -113,74 +172,154 @@ impl Pipeline {
             Ok(p) => p,
             Err(t) => {
                 pool.metrics.throttles[t.limit as usize].inc();
-                let counter = &pool.metrics.invocations[Outcome::Throttled.index()];
-                return self.refuse(
-                    counter,
-                    InvokeError::Throttled(t),
-                    body,
-                    &parts.headers,
-                    request_id,
-                );
+                let done = refused(inv.function, inv.qualifier, Some(&pool), Outcome::Throttled);
+                let e = InvokeError::Throttled(t);
+                return self
+                    .refuse(
+                        done,
+                        e,
+                        body,
+                        &parts.headers,
+                        request_id,
+                        origin,
+                        started,
+                        wall,
+                    )
+                    .await;
             }
         };
         // A guard, not inc/dec: hyper drops this future when the client goes away.
         let _in_flight = GaugeGuard::new(&pool.metrics.in_flight);
-        let result = self.invoke(&pool, &parts, body, &request_id).await;
-        if result.is_ok() {
-            pool.limits.record_duration(started.elapsed());
-        }
-        let outcome = match &result {
-            Ok(_) => Outcome::Success,
-            Err((e, _)) => e.outcome(),
-        };
-        pool.metrics.invocations[outcome.index()].inc();
-        pool.metrics
-            .duration
-            .observe(started.elapsed().as_secs_f64());
-        match result {
-            Ok(mut resp) => {
+
+        // 5: the payload.
+        let payload =
+            match body::read(body, &parts.headers, &self.limits, self.scheduler.tasks()).await {
+                Ok(p) => p,
+                Err(e) => {
+                    let done = refused(inv.function, inv.qualifier, Some(&pool), e.outcome());
+                    let resp = error_response(&e, request_id, None);
+                    return self.finish(done, resp, origin, started, wall).await;
+                }
+            };
+        let bytes_in = payload.len() as u64;
+
+        // 6-7: an instance slot, and the call.
+        let result = forward::call(self, &pool, &parts, payload, &request_id).await;
+        let (outcome, ran, resp) = match result {
+            Ok((mut resp, ran)) => {
                 resp.headers_mut().insert(fc::REQUEST_ID, request_id);
-                resp
+                pool.limits.record_duration(started.elapsed());
+                (Outcome::Success, Some(ran), resp)
             }
-            Err((e, instance)) => {
+            Err((e, ran)) => {
                 if let InvokeError::Throttled(t) = &e {
                     pool.metrics.throttles[t.limit as usize].inc();
                 }
-                if outcome != Outcome::ClientError && outcome != Outcome::Throttled {
+                let outcome = e.outcome();
+                if !matches!(outcome, Outcome::ClientError | Outcome::Throttled) {
                     tracing::info!(function = %pool.cfg.name, request_id = ?request_id, error = %e, "invocation failed");
                 }
-                error_response(&e, request_id, instance)
+                let id = ran.as_ref().map(|r| r.instance_id.clone());
+                (outcome, ran, error_response(&e, request_id, id))
             }
-        }
+        };
+        let done = Done {
+            pool: Some(&pool),
+            function: inv.function,
+            qualifier: inv.qualifier,
+            outcome,
+            bytes_in,
+            ran,
+        };
+        self.finish(done, resp, origin, started, wall).await
     }
 
-    /// Answers a request refused from its head (stages 1-4): counts it,
-    /// drains its unread body in the background, renders the error.
-    fn refuse(
+    /// Answers a request refused from its head (stages 1-4): drains its
+    /// unread body in the background and renders the error.
+    #[allow(clippy::too_many_arguments)]
+    async fn refuse(
         &self,
-        counter: &prometheus::IntCounter,
+        done: Done<'_>,
         err: InvokeError,
         body: Incoming,
         headers: &http::HeaderMap,
         request_id: HeaderValue,
+        origin: Origin,
+        started: Instant,
+        wall: SystemTime,
     ) -> Response<ResponseBody> {
-        counter.inc();
         body::discard(body, headers, &self.limits, self.scheduler.tasks());
-        error_response(&err, request_id, None)
+        let resp = error_response(&err, request_id, None);
+        self.finish(done, resp, origin, started, wall).await
     }
 
-    /// Stages 5-7. On error, also returns the instance id when one ran it.
-    async fn invoke(
+    /// Counts the request and writes its usage record: the one place.
+    async fn finish(
         &self,
-        pool: &Arc<FunctionPool>,
-        parts: &http::request::Parts,
-        body: Incoming,
-        request_id: &HeaderValue,
-    ) -> Result<Response<ResponseBody>, (InvokeError, Option<HeaderValue>)> {
-        let payload = body::read(body, &parts.headers, &self.limits, self.scheduler.tasks())
-            .await
-            .map_err(|e| (e, None))?;
-        forward::call(self, pool, parts, payload, request_id).await
+        done: Done<'_>,
+        resp: Response<ResponseBody>,
+        origin: Origin,
+        started: Instant,
+        wall: SystemTime,
+    ) -> Response<ResponseBody> {
+        let elapsed = started.elapsed();
+        let bytes_out = resp.body().size_hint().exact().unwrap_or(0);
+        let net = self.networks.of(&origin);
+        let m = done.pool.map(|p| &p.metrics).unwrap_or(&self.unknown);
+        let by_net = &m.by_network[net];
+        by_net.invocations[done.outcome.index()].inc();
+        by_net.bytes_in.inc_by(done.bytes_in);
+        by_net.bytes_out.inc_by(bytes_out);
+        if done.pool.is_some() {
+            m.duration.observe(elapsed.as_secs_f64());
+        }
+        if done.ran.as_ref().is_some_and(|r| r.cold) {
+            m.cold_starts.inc();
+        }
+        if let Some(usage) = &self.usage {
+            let memory_mb = done.pool.map(|p| p.cfg.memory_mb).unwrap_or(0);
+            let (network, vpc_id) = match origin {
+                Origin::Client(c) => match c.network {
+                    Network::Internet => ("internet", None),
+                    Network::Vpc(v) => ("vpc", Some(self.vpcs.name(v).to_string())),
+                },
+                Origin::Internal => ("internal", None),
+            };
+            let request_id = resp
+                .headers()
+                .get(fc::REQUEST_ID)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string();
+            let record = UsageRecord {
+                request_id,
+                function: done.function.to_string(),
+                qualifier: done.qualifier.map(str::to_string),
+                network: network.into(),
+                vpc_id,
+                bytes_in: done.bytes_in,
+                bytes_out,
+                duration_ms: elapsed.as_secs_f64() * 1000.0,
+                memory_mb,
+                billed_gb_s: if done.ran.is_some() {
+                    billed_gb_s(memory_mb, elapsed)
+                } else {
+                    0.0
+                },
+                instance_id: done
+                    .ran
+                    .as_ref()
+                    .and_then(|r| r.instance_id.to_str().ok())
+                    .map(str::to_string),
+                cold_start: done.ran.as_ref().is_some_and(|r| r.cold),
+                status: resp.status().as_u16(),
+                outcome: done.outcome.as_str().into(),
+                start_unix_ms: unix_ms(wall),
+                end_unix_ms: unix_ms(wall + elapsed),
+            };
+            usage.record(record).await;
+        }
+        resp
     }
 }
 

@@ -35,6 +35,7 @@ pub struct Scheduler {
     functions: HashMap<Arc<str>, Arc<FunctionPool>>,
     limits: GatewayLimits,
     live_gauge: prometheus::IntGauge,
+    worker_memory: prometheus::IntGaugeVec,
     workers: Vec<Arc<Worker>>,
     ids: IdGen,
     start_timeout: Duration,
@@ -174,6 +175,7 @@ impl Scheduler {
         functions: &[Arc<FunctionConfig>],
         workers: Vec<Arc<Worker>>,
         metrics: &Metrics,
+        networks: &crate::metrics::NetworkIndex,
         throttle: &GatewayThrottle,
         start_timeout: Duration,
         max_lifetime: Duration,
@@ -195,7 +197,7 @@ impl Scheduler {
                     freed: Notify::new(),
                     // Validated names are ASCII letters, digits, '_' and '-'.
                     name_header: http::HeaderValue::from_str(&f.name).expect("validated name"),
-                    metrics: metrics.function(&f.name),
+                    metrics: metrics.function(&f.name, networks),
                     instances: Mutex::new(Vec::new()),
                 };
                 (f.name.clone(), Arc::new(pool))
@@ -210,6 +212,7 @@ impl Scheduler {
                 throttle.max_instance_starts_per_minute,
             ),
             live_gauge: metrics.live_instances.clone(),
+            worker_memory: metrics.worker_memory.clone(),
             workers,
             ids: IdGen::new(),
             start_timeout,
@@ -234,6 +237,19 @@ impl Scheduler {
 
     pub fn workers(&self) -> &[Arc<Worker>] {
         &self.workers
+    }
+
+    /// Publishes each worker's memory capacity and reservation (reaper tick).
+    pub fn publish_worker_memory(&self) {
+        for w in &self.workers {
+            let mib = 1024 * 1024;
+            self.worker_memory
+                .with_label_values(&[&w.url, "capacity"])
+                .set((w.memory_mb_total * mib) as i64);
+            self.worker_memory
+                .with_label_values(&[&w.url, "reserved"])
+                .set((w.used_mb() * mib) as i64);
+        }
     }
 
     /// Converts a time on the scheduler's millisecond clock to Unix seconds.
@@ -410,6 +426,7 @@ impl Scheduler {
             .unwrap()
             .retain(|i| !Arc::ptr_eq(i, inst));
         pool.set_phase(inst, Phase::Gone);
+        pool.metrics.released(why);
         self.limits.instance_gone();
         self.live_gauge.set(i64::from(self.limits.live_instances()));
         if let Some(worker) = inst.worker.get().cloned() {

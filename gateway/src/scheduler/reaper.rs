@@ -44,6 +44,7 @@ pub fn spawn(sched: &Arc<Scheduler>) {
             for pool in this.functions() {
                 sweep(&this, pool);
             }
+            this.publish_worker_memory();
             n += 1;
             if n % sync_every == 0 {
                 sync_exits(&this).await;

@@ -5,6 +5,7 @@ mod harness;
 mod ingress;
 mod invoke;
 mod lifecycle;
+mod metering;
 mod scheduling;
 mod throttle;
 mod tls;

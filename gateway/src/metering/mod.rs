@@ -1,0 +1,70 @@
+//! Metering: one [`UsageRecord`] per invocation, refused ones included, and
+//! the counters that sum them.
+//!
+//! What counts (the same on HTTP/1.1 and HTTP/2):
+//! - `bytes_in`: the request **body** bytes. For a request that was read, its
+//!   payload; for one refused from its head (404, 403, 429, 400 over the
+//!   limit), its declared `Content-Length` (those bytes are the caller's
+//!   traffic whether or not the gateway reads them; a refused chunked body
+//!   counts 0).
+//! - `bytes_out`: the response **body** bytes sent (the function's answer or
+//!   the error JSON). Headers and TLS framing are not counted.
+//! - `billed_gb_s`: `memory_mb / 1024 × duration`, with the duration rounded up
+//!   to a whole millisecond, for invocations that reached an instance; 0 otherwise.
+//! - `network`: `internet`, `vpc` (with `vpc_id`), or `internal`.
+//!
+//! Records go to the [`usage_log`] off the hot path.
+
+pub mod summary;
+pub mod usage_log;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct UsageRecord {
+    pub request_id: String,
+    pub function: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qualifier: Option<String>,
+    pub network: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vpc_id: Option<String>,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub duration_ms: f64,
+    pub memory_mb: u32,
+    pub billed_gb_s: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_id: Option<String>,
+    pub cold_start: bool,
+    pub status: u16,
+    pub outcome: String,
+    pub start_unix_ms: u64,
+    pub end_unix_ms: u64,
+}
+
+/// GB-seconds billed for `duration` at `memory_mb` (duration rounded up to 1 ms).
+pub fn billed_gb_s(memory_mb: u32, duration: std::time::Duration) -> f64 {
+    let ms = duration.as_nanos().div_ceil(1_000_000) as f64;
+    f64::from(memory_mb) / 1024.0 * ms / 1000.0
+}
+
+pub fn unix_ms(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn billing_rounds_up_to_the_millisecond() {
+        assert_eq!(billed_gb_s(1024, Duration::from_millis(1000)), 1.0);
+        assert_eq!(billed_gb_s(512, Duration::from_micros(1)), 0.5 * 0.001);
+        assert_eq!(billed_gb_s(128, Duration::from_micros(1500)), 0.125 * 0.002);
+        assert_eq!(billed_gb_s(128, Duration::ZERO), 0.0);
+    }
+}

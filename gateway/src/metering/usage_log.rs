@@ -1,0 +1,204 @@
+//! The durable usage log: JSON lines, appended off the hot path.
+//!
+//! The pipeline hands records to a bounded channel (waiting when it is full:
+//! records are never dropped). One writer thread takes every record available
+//! and writes them with one `write` per batch, so a process crash (even
+//! `kill -9`) loses only what was still in memory: the records of the batch
+//! being formed, under a millisecond's worth in practice. The file is
+//! `fsync`ed at most `sync_interval` after a write, which bounds what a
+//! machine crash can lose. A graceful stop flushes and syncs everything.
+//!
+//! The active file is `path`; once past `rotate_bytes` (checked after each
+//! batch, so a file may exceed it by one batch) it is synced and renamed
+//! `path.<unix_ms>` and a new one started. A torn last line (a crash in the
+//! middle of a write) is terminated with a newline when the log is reopened,
+//! and readers ([`read_records`]) skip lines that do not parse.
+
+use super::UsageRecord;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+
+#[derive(Debug, Clone)]
+pub struct UsageLogConfig {
+    pub path: PathBuf,
+    pub sync_interval: Duration,
+    pub rotate_bytes: u64,
+}
+
+enum Msg {
+    Record(Box<UsageRecord>),
+    Tick,
+    Close(oneshot::Sender<()>),
+}
+
+/// The handle the pipeline writes through.
+#[derive(Clone)]
+pub struct UsageLog {
+    tx: mpsc::Sender<Msg>,
+}
+
+pub struct UsageLogTask {
+    thread: std::thread::JoinHandle<()>,
+    tx: mpsc::Sender<Msg>,
+    ticker: tokio::task::JoinHandle<()>,
+}
+
+const CHANNEL: usize = 65_536;
+const BATCH: usize = 4096;
+
+impl UsageLog {
+    /// Opens (or creates) the log and starts its writer thread.
+    pub fn start(cfg: UsageLogConfig) -> std::io::Result<(UsageLog, UsageLogTask)> {
+        let file = open_append(&cfg.path)?;
+        let (tx, rx) = mpsc::channel(CHANNEL);
+        let thread = std::thread::Builder::new()
+            .name("usage-log".into())
+            .spawn(move || writer(cfg, file, rx))?;
+        // Wakes the writer so an idle log is still synced within the interval.
+        let tick_tx = tx.clone();
+        let ticker = tokio::spawn(async move {
+            let mut t = tokio::time::interval(Duration::from_millis(100));
+            loop {
+                t.tick().await;
+                if tick_tx.send(Msg::Tick).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok((
+            UsageLog { tx: tx.clone() },
+            UsageLogTask { thread, tx, ticker },
+        ))
+    }
+
+    pub async fn record(&self, r: UsageRecord) {
+        let _ = self.tx.send(Msg::Record(Box::new(r))).await;
+    }
+}
+
+impl UsageLogTask {
+    /// Writes and syncs everything recorded so far, then stops the writer.
+    pub async fn close(self) {
+        self.ticker.abort();
+        let (ack, done) = oneshot::channel();
+        if self.tx.send(Msg::Close(ack)).await.is_ok() {
+            let _ = done.await;
+        }
+        let _ = tokio::task::spawn_blocking(move || self.thread.join()).await;
+    }
+}
+
+fn open_append(path: &Path) -> std::io::Result<File> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut f = OpenOptions::new()
+        .create(true)
+        .read(true)
+        .append(true)
+        .open(path)?;
+    // Terminate a torn last line left by a crash, so the next record starts clean.
+    let len = f.metadata()?.len();
+    if len > 0 {
+        let mut last = [0u8; 1];
+        f.seek(SeekFrom::Start(len - 1))?;
+        f.read_exact(&mut last)?;
+        if last[0] != b'\n' {
+            f.write_all(b"\n")?;
+            tracing::warn!(path = %path.display(), "usage log ended in a torn line; it will be skipped");
+        }
+    }
+    Ok(f)
+}
+
+fn writer(cfg: UsageLogConfig, mut file: File, mut rx: mpsc::Receiver<Msg>) {
+    let mut buf = Vec::with_capacity(256 * 1024);
+    let mut size = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut dirty_since: Option<Instant> = None;
+    let mut closing = None;
+    while closing.is_none() {
+        let Some(first) = rx.blocking_recv() else {
+            break;
+        };
+        let mut next = Some(first);
+        let mut n = 0;
+        while let Some(msg) = next.take() {
+            match msg {
+                Msg::Record(r) => {
+                    if serde_json::to_writer(&mut buf, &*r).is_ok() {
+                        buf.push(b'\n');
+                    }
+                    n += 1;
+                }
+                Msg::Tick => {}
+                Msg::Close(ack) => {
+                    closing = Some(ack);
+                    break;
+                }
+            }
+            if n < BATCH {
+                next = rx.try_recv().ok();
+            }
+        }
+        if !buf.is_empty() {
+            if let Err(e) = file.write_all(&buf) {
+                tracing::error!(error = %e, path = %cfg.path.display(), "usage log write failed");
+            }
+            size += buf.len() as u64;
+            buf.clear();
+            dirty_since.get_or_insert_with(Instant::now);
+        }
+        if dirty_since.is_some_and(|t| t.elapsed() >= cfg.sync_interval) {
+            let _ = file.sync_data();
+            dirty_since = None;
+        }
+        if size >= cfg.rotate_bytes {
+            let _ = file.sync_data();
+            dirty_since = None;
+            let rotated = PathBuf::from(format!(
+                "{}.{}",
+                cfg.path.display(),
+                super::unix_ms(std::time::SystemTime::now())
+            ));
+            match std::fs::rename(&cfg.path, &rotated).and_then(|_| open_append(&cfg.path)) {
+                Ok(f) => {
+                    tracing::info!(rotated = %rotated.display(), "usage log rotated");
+                    file = f;
+                    size = 0;
+                }
+                Err(e) => tracing::error!(error = %e, "usage log rotation failed"),
+            }
+        }
+    }
+    let _ = file.sync_data();
+    if let Some(ack) = closing {
+        let _ = ack.send(());
+    }
+}
+
+/// Reads records from usage log files; returns them and how many lines were
+/// skipped (torn or not a record).
+pub fn read_records(paths: &[PathBuf]) -> std::io::Result<(Vec<UsageRecord>, usize)> {
+    let mut out = Vec::new();
+    let mut skipped = 0;
+    for p in paths {
+        let f = File::open(p)?;
+        for line in BufReader::new(f).split(b'\n') {
+            let line = line?;
+            if line.is_empty() {
+                continue;
+            }
+            match serde_json::from_slice::<UsageRecord>(&line) {
+                Ok(r) => out.push(r),
+                Err(_) => skipped += 1,
+            }
+        }
+    }
+    Ok((out, skipped))
+}
+
+#[cfg(test)]
+mod tests;
