@@ -6,6 +6,7 @@ mod ingress;
 mod invoke;
 mod lifecycle;
 mod metering;
+mod observability;
 mod scheduling;
 mod throttle;
 mod tls;

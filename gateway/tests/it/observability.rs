@@ -1,0 +1,246 @@
+//! Observability with the real tools: `promtool check metrics` on both
+//! expositions, and a real Prometheus on loopback scraping a gateway and a
+//! worker, against which every PromQL expression of every dashboard panel is
+//! evaluated after the test has caused what each panel shows.
+//! (`scripts/test.sh` installs Prometheus from Debian's packages.)
+
+use crate::harness::*;
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+fn promtool_check(exposition: &str) {
+    use std::io::Write;
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool is not installed: run the tests with scripts/test.sh, which installs it");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(exposition.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let problems = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && problems.trim().is_empty(),
+        "promtool check metrics: {problems}"
+    );
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+async fn query(prom: SocketAddr, expr: &str) -> serde_json::Value {
+    let (status, body) = plain_get(
+        prom,
+        &format!("/api/v1/query?query={}", percent_encode(expr)),
+    )
+    .await;
+    assert_eq!(status, 200, "{expr}: {body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["status"], "success", "{expr}: {body}");
+    v["data"]["result"].clone()
+}
+
+fn values(result: &serde_json::Value) -> Vec<f64> {
+    result
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["value"][1].as_str().unwrap().parse::<f64>().unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboards_query_real_prometheus_and_every_panel_has_data() {
+    let worker = start_worker(2048);
+    let worker_addr: SocketAddr = worker.url.trim_start_matches("http://").parse().unwrap();
+    let cfg = format!(
+        "[[workers]]\nurl = \"{}\"\n[[networks]]\nvpc_id = \"vpc-a\"\ncidrs = [\"127.0.0.2/32\"]\n{}{}{}",
+        worker.url,
+        echo_fn(
+            "echo",
+            "min_instances = 1\ninstance_concurrency = 4\nvpc_bindings = [\"vpc-a\"]\ncaller_rate_limit = { per_second = 50.0, burst = 20 }"
+        ),
+        echo_fn("brief", "idle_timeout_s = 1"),
+        "[[functions]]\nname = \"broken\"\ncommand = [\"sh\", \"-c\", \"exit 4\"]\n"
+    );
+    let gw = Gateway::start(
+        "trusted_proxies = [\"127.0.0.1/32\"]\n[[gateway.proxy_listeners]]\nlisten = \"127.0.0.1:0\"",
+        &cfg,
+    );
+    gw.until("readyz", Duration::from_secs(30), || async {
+        gw.admin_get("/readyz").await.0 == 200
+    })
+    .await;
+
+    // Both expositions are clean by promtool's rules.
+    promtool_check(&gw.admin_get("/metrics").await.1);
+    promtool_check(&plain_get(worker_addr, "/metrics").await.1);
+
+    // A real Prometheus on loopback, scraping both every second.
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let prom_cfg = format!(
+        "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: gateway\n    static_configs:\n      - targets: [\"{}\"]\n  - job_name: sandbox\n    static_configs:\n      - targets: [\"{}\"]\n",
+        gw.admin, worker_addr
+    );
+    std::fs::write(dir.path().join("prometheus.yml"), prom_cfg).unwrap();
+    let mut cmd = Command::new("prometheus");
+    cmd.arg(format!(
+        "--config.file={}",
+        dir.path().join("prometheus.yml").display()
+    ))
+    .arg(format!(
+        "--storage.tsdb.path={}",
+        dir.path().join("data").display()
+    ))
+    .arg(format!("--web.listen-address=127.0.0.1:{port}"));
+    let prom_proc = Proc::spawn(cmd);
+    let prom: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    prom_proc.wait_line(
+        "Server is ready to receive web requests",
+        Duration::from_secs(60),
+    );
+    // A baseline scrape of both targets before anything happens, so that
+    // rate() sees the increase.
+    gw.until(
+        "Prometheus scraped both targets",
+        Duration::from_secs(30),
+        || async { values(&query(prom, "sum(up)").await).first() == Some(&2.0) },
+    )
+    .await;
+
+    // Cause what the panels show.
+    let mut vpc = gw.client(ClientOpts::from("127.0.0.2")).await;
+    let mut internet = gw.client(ClientOpts::from("127.0.0.1")).await;
+    for i in 0..40 {
+        let r = vpc.invoke("echo", vec![b'v'; 100 * i]).await;
+        assert!(r.status == 200 || r.status == 429);
+    }
+    let h2 = gw
+        .client(ClientOpts {
+            h2: true,
+            ..ClientOpts::from("127.0.0.2")
+        })
+        .await;
+    let mut burst = Vec::new();
+    for _ in 0..60 {
+        let mut c = h2.clone();
+        burst.push(tokio::spawn(
+            async move { c.invoke("echo", "b").await.status },
+        ));
+    }
+    let mut throttled = 0;
+    for b in burst {
+        throttled += usize::from(b.await.unwrap() == 429);
+    }
+    assert!(throttled > 0, "the caller rate limit fired");
+    for _ in 0..5 {
+        assert_eq!(internet.invoke("echo", "x").await.status, 403);
+    }
+    assert_eq!(internet.invoke("brief", "y").await.status, 200);
+    assert_eq!(internet.invoke("broken", "z").await.status, 412);
+    // Let the echo caller's budget refill (the limiter is the subject here:
+    // one cell every 20 ms), then crash an echo instance.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let r = vpc.invoke("echo", "fngate:crash").await;
+    assert_eq!(
+        r.header("x-fc-error-type"),
+        Some("UnhandledInvocationError"),
+        "{}",
+        r.text()
+    );
+    // A failed TLS handshake and a PROXY protocol rejection.
+    for addr in [gw.https, gw.listener("proxy")] {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        let _ = s.read(&mut [0u8; 64]).await;
+    }
+    gw.until(
+        "the idle instance released",
+        Duration::from_secs(15),
+        || async {
+            gw.metric("fngate_instance_releases_total{function=\"brief\",reason=\"idle\"}")
+                .await
+                == 1.0
+        },
+    )
+    .await;
+    // Prometheus has scraped the end state (and a few samples before it).
+    gw.until("Prometheus caught up", Duration::from_secs(30), || async {
+        let v = values(&query(prom, "sum(fngate_instance_releases_total{reason=\"idle\"})").await);
+        let w = values(&query(prom, "sum(fngate_sandbox_instance_crashes_total)").await);
+        v.first().is_some_and(|x| *x >= 1.0) && w.first().is_some_and(|x| *x >= 1.0)
+    })
+    .await;
+    // Two more scrapes, so every rate() window holds the end state.
+    let scrapes = || async {
+        values(&query(prom, "count_over_time(up{job=\"gateway\"}[10m])").await)
+            .first()
+            .copied()
+            .unwrap_or(0.0)
+    };
+    let seen = scrapes().await;
+    gw.until("two more scrapes", Duration::from_secs(30), || async {
+        scrapes().await >= seen + 2.0
+    })
+    .await;
+
+    // Every expression of every panel parses and returns data; every panel
+    // shows something above zero.
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../dashboards");
+    let mut checked = 0;
+    for file in ["fngate-overview.json", "fngate-function.json"] {
+        let d: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(root.join(file)).unwrap()).unwrap();
+        for panel in d["panels"].as_array().unwrap() {
+            let title = panel["title"].as_str().unwrap();
+            let mut best = f64::NEG_INFINITY;
+            for t in panel["targets"].as_array().unwrap() {
+                let expr = t["expr"]
+                    .as_str()
+                    .unwrap()
+                    .replace("$__rate_interval", "1m")
+                    .replace("$function", "echo");
+                let result = query(prom, &expr).await;
+                let vs = values(&result);
+                assert!(!vs.is_empty(), "{file} / {title}: no data for {expr}");
+                best = vs
+                    .iter()
+                    .copied()
+                    .filter(|v| v.is_finite())
+                    .fold(best, f64::max);
+                checked += 1;
+            }
+            assert!(best > 0.0, "{file} / {title}: every series is zero");
+        }
+    }
+    assert!(checked >= 30, "checked {checked} expressions");
+}
