@@ -13,40 +13,39 @@ CONNS=${CONNS:-64}
 OUT=loadtest/results/metering.md
 source loadtest/scripts/lib.sh
 
-config() { # PORT ADMIN_PORT EXTRA
+config() { # PORT ADMIN_PORT NAME
     cat <<EOF
 [gateway]
 listen = "127.0.0.1:$1"
 admin_listen = "127.0.0.1:$2"
-self_signed_cert_path = "$work/ca.pem"
-$3
+self_signed_cert_path = "$work/$3-ca.pem"
 [[functions]]
 name = "echo"
 command = ["$T/fngate-echo"]
 instance_concurrency = 100
 EOF
 }
-config 18443 19464 "" > "$work/off.toml"
-config 18444 19465 "" > "$work/on.toml"
+config 18443 19464 off > "$work/off.toml"
+config 18444 19465 on > "$work/on.toml"
 printf '[usage]\npath = "%s"\nsync_interval_ms = 1000\n' "$work/usage.jsonl" >> "$work/on.toml"
 
 start_gateway "$work/off.toml"; OFF_PID=$GW_PID
 mv "$work/gateway.log" "$work/off.log"
 start_gateway "$work/on.toml"; ON_PID=$GW_PID
 
-run() { # PID PORT
+run() { # PID PORT NAME DURATION
     GW_PID=$1
-    measure --url "https://127.0.0.1:$2/2023-03-30/functions/echo/invocations" --cacert "$work/ca.pem" -c "$CONNS" -d "$3"
+    measure --url "https://127.0.0.1:$2/2023-03-30/functions/echo/invocations" --cacert "$work/$3-ca.pem" -c "$CONNS" -d "$4"
 }
-run "$OFF_PID" 18443 2s >/dev/null; run "$ON_PID" 18444 2s >/dev/null   # warm up
+run "$OFF_PID" 18443 off 2s >/dev/null; run "$ON_PID" 18444 on 2s >/dev/null   # warm up
 off=(); on=()
 for r in $(seq 1 "$ROUNDS"); do
-    off+=("$(run "$OFF_PID" 18443 "$DURATION")")
-    on+=("$(run "$ON_PID" 18444 "$DURATION")")
+    off+=("$(run "$OFF_PID" 18443 off "$DURATION")")
+    on+=("$(run "$ON_PID" 18444 on "$DURATION")")
     echo "round $r: off ${off[-1]}" >&2
     echo "round $r: on ${on[-1]}" >&2
 done
-records=$(wc -l < "$work/usage.jsonl")
+records=$(cat "$work"/usage.jsonl* | wc -l)
 
 python3 - "$OUT" "$ROUNDS" "$DURATION" "$CONNS" "$(nproc)" "$records" \
     "$(printf '%s\n' "${off[@]}")" "$(printf '%s\n' "${on[@]}")" <<'PY'
