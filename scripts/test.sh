@@ -4,15 +4,36 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
 need_apt=()
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
 # A real Prometheus (and promtool) for the observability tests.
 { command -v promtool && command -v prometheus; } >/dev/null 2>&1 || need_apt+=(prometheus)
+# A Docker engine for the image test (no registry is reachable: the image is FROM scratch).
+{ command -v dockerd && command -v docker; } >/dev/null 2>&1 || need_apt+=(docker.io)
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "installing: ${need_apt[*]}"
-    if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
     $SUDO apt-get update -qq
     $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
+fi
+
+# A private Docker engine (its own data root and socket), unless one answers already.
+if [ -z "${DOCKER_HOST:-}" ] || ! docker info >/dev/null 2>&1; then
+    dockdir=${TMPDIR:-/tmp}/fngate-test-docker
+    mkdir -p "$dockdir"
+    export DOCKER_HOST="unix://$dockdir/docker.sock"
+    if ! docker info >/dev/null 2>&1; then
+        ${SUDO:-} dockerd --storage-driver=vfs --iptables=false --bridge=none \
+            --data-root "$dockdir/root" --exec-root "$dockdir/exec" \
+            --host "$DOCKER_HOST" --pidfile "$dockdir/docker.pid" > "$dockdir/dockerd.log" 2>&1 &
+        dockerd_pid=$!
+        trap 'kill "$dockerd_pid" 2>/dev/null || true; wait "$dockerd_pid" 2>/dev/null || true' EXIT
+        for _ in $(seq 1 120); do
+            docker info >/dev/null 2>&1 && break
+            sleep 0.5
+        done
+        docker info >/dev/null 2>&1 || { echo "dockerd did not start:"; tail -20 "$dockdir/dockerd.log"; exit 1; }
+    fi
 fi
 
 cargo fmt --all -- --check
@@ -20,4 +41,6 @@ cargo clippy --workspace --all-targets -- -D warnings
 # Integration tests start the workspace's binaries (gateway, sandbox-runtime,
 # fngate-echo), so build them all first.
 cargo build --workspace --bins
+# The docker test's image is built from the static release binaries.
+bash scripts/build-static.sh
 cargo test --workspace

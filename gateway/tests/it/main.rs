@@ -1,6 +1,7 @@
 //! Integration tests: real `gateway` and `sandbox-runtime` binaries, real
 //! TLS, real function processes. One binary (see ../../ARCHITECTURE.md).
 
+mod docker;
 mod harness;
 mod ingress;
 mod invoke;
