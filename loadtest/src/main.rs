@@ -1,19 +1,30 @@
-//! `loadtest`: closed-loop HTTP(S) load against fngate or any HTTP endpoint.
+//! `loadtest`: HTTP(S) load for fngate (or any HTTP endpoint).
 //!
-//! N connections each send POST requests back to back for D seconds (or
-//! until a request budget is spent) and record every latency in an HDR
-//! histogram; the summary gives requests/s, p50/p90/p99/max and status codes.
+//! - closed loop (`-c N`): N connections, each sending its next request when
+//!   the last is answered;
+//! - open loop (`--rate R`): requests fall due at R/s whatever the answers,
+//!   latency measured from when each was due ([`schedule`]);
+//! - scenario files (`--scenario FILE`, [`scenario`]): function mix by weight,
+//!   payload sizes, caller source addresses, HTTP/1.1 or HTTP/2;
+//! - `--hold`: open N connections and keep them idle (memory measurements).
 //!
-//! Bounded by design: a duration is always set, and targets off the loopback
-//! range are refused unless `--allow-remote` is given.
+//! Output: a summary (and a live progress line on a terminal), or `--json`
+//! ([`report`]). Bounded by design: a duration is always set (at most 1 h), a
+//! request may outlive it by at most 10 s, and targets off loopback are
+//! refused unless `--allow-remote`.
+
+mod report;
+mod scenario;
+mod schedule;
 
 use bytes::Bytes;
 use clap::Parser;
-use hdrhistogram::Histogram;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use std::collections::BTreeMap;
-use std::net::{SocketAddr, ToSocketAddrs};
+use report::Report;
+use scenario::{Dialect, Mode, Scenario};
+use std::io::IsTerminal;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,21 +32,27 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 #[derive(Parser, Debug, Clone)]
-#[command(version, about = "Closed-loop HTTP(S) load generator for fngate")]
+#[command(version, about = "HTTP(S) load generator for fngate")]
 struct Args {
+    /// A scenario file (TOML); the other options then only override it.
+    #[arg(long)]
+    scenario: Option<PathBuf>,
     /// Target URL, e.g. https://127.0.0.1:8443/2023-03-30/functions/echo/invocations
     #[arg(long)]
-    url: String,
+    url: Option<String>,
     /// Concurrent connections (each with one request in flight).
-    #[arg(long, short, default_value_t = 64)]
-    connections: usize,
+    #[arg(long, short)]
+    connections: Option<usize>,
     /// How long to send, e.g. 10s, 500ms.
-    #[arg(long, short, default_value = "10s", value_parser = parse_duration)]
-    duration: Duration,
+    #[arg(long, short, value_parser = scenario::parse_duration)]
+    duration: Option<Duration>,
     /// Warm-up before measuring (requests sent but not recorded).
-    #[arg(long, default_value = "0s", value_parser = parse_duration)]
-    warmup: Duration,
-    /// Stop after this many requests in total (0 = no limit).
+    #[arg(long, value_parser = scenario::parse_duration)]
+    warmup: Option<Duration>,
+    /// Open loop: requests per second in total (latency from the due time).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Stop after this many requests in total (closed loop).
     #[arg(long, default_value_t = 0)]
     requests: u64,
     /// Request body size in bytes (filled with 'x').
@@ -53,55 +70,21 @@ struct Args {
     /// Use HTTP/2 (one stream per connection at a time).
     #[arg(long)]
     http2: bool,
+    /// Local address to send from (e.g. 127.0.0.2, to stand in a VPC).
+    #[arg(long)]
+    source: Option<IpAddr>,
+    /// Open the connections, then hold them idle for the duration.
+    #[arg(long)]
+    hold: bool,
     /// Runtime worker threads.
     #[arg(long, default_value_t = 1)]
     threads: usize,
     /// Print the summary as JSON.
     #[arg(long)]
     json: bool,
-    /// Local address to send from (e.g. 127.0.0.2, to stand in a VPC).
-    #[arg(long)]
-    source: Option<std::net::IpAddr>,
     /// Allow targets outside 127.0.0.0/8 and ::1.
     #[arg(long)]
     allow_remote: bool,
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (num, mul) = if let Some(v) = s.strip_suffix("ms") {
-        (v, 0.001)
-    } else if let Some(v) = s.strip_suffix('s') {
-        (v, 1.0)
-    } else if let Some(v) = s.strip_suffix('m') {
-        (v, 60.0)
-    } else {
-        (s, 1.0)
-    };
-    let n: f64 = num.parse().map_err(|_| format!("bad duration {s:?}"))?;
-    if n < 0.0 || n * mul > 3600.0 {
-        return Err(format!("duration {s:?} must be between 0 and 1h"));
-    }
-    Ok(Duration::from_secs_f64(n * mul))
-}
-
-struct Target {
-    addr: SocketAddr,
-    source: Option<std::net::IpAddr>,
-    tls: Option<(
-        tokio_rustls::TlsConnector,
-        rustls_pki_types::ServerName<'static>,
-    )>,
-    uri: http::Uri,
-    authority: http::HeaderValue,
-}
-
-#[derive(Default)]
-struct Tally {
-    hist: Option<Histogram<u64>>,
-    statuses: BTreeMap<u16, u64>,
-    errors: u64,
-    bytes_out: u64,
-    bytes_in: u64,
 }
 
 fn main() -> std::process::ExitCode {
@@ -120,41 +103,119 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn target(args: &Args) -> Result<Target, String> {
-    let uri: http::Uri = args.url.parse().map_err(|e| format!("--url: {e}"))?;
-    let https = match uri.scheme_str() {
+/// The scenario a run follows: from `--scenario`, or from the flags alone.
+fn scenario_of(args: &Args) -> Result<Scenario, String> {
+    let mut s = match &args.scenario {
+        Some(path) => {
+            let text =
+                std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            Scenario::parse(&text).map_err(|e| format!("{}: {e}", path.display()))?
+        }
+        None => {
+            let url = args.url.clone().ok_or("--url or --scenario is required")?;
+            Scenario {
+                target: url,
+                cacert: None,
+                dialect: Dialect::Raw,
+                duration: Duration::from_secs(10),
+                warmup: Duration::ZERO,
+                mode: Mode::Closed,
+                connections: 64,
+                rate: None,
+                http2: false,
+                allow_remote: false,
+                functions: Vec::new(),
+                sources: Vec::new(),
+            }
+        }
+    };
+    if let Some(u) = &args.url {
+        s.target = u.clone();
+    }
+    if args.scenario.is_none() || args.url.is_some() {
+        // A --url is a complete URL: no function paths are appended.
+        if args.url.is_some() {
+            s.dialect = Dialect::Raw;
+        }
+    }
+    if let Some(c) = args.connections {
+        s.connections = c;
+    }
+    if let Some(d) = args.duration {
+        s.duration = d;
+    }
+    if let Some(w) = args.warmup {
+        s.warmup = w;
+    }
+    if let Some(r) = args.rate {
+        s.rate = Some(r);
+        s.mode = Mode::Open;
+    }
+    if args.cacert.is_some() {
+        s.cacert = args.cacert.clone();
+    }
+    s.http2 |= args.http2;
+    s.allow_remote |= args.allow_remote;
+    if let Some(src) = args.source {
+        s.sources = vec![scenario::Source {
+            address: src,
+            weight: 1,
+        }];
+    }
+    s.validate()?;
+    Ok(s)
+}
+
+struct Target {
+    addr: SocketAddr,
+    tls: Option<(
+        tokio_rustls::TlsConnector,
+        rustls_pki_types::ServerName<'static>,
+    )>,
+    authority: http::HeaderValue,
+    /// One URI (and payload) per function, or one for a raw target.
+    requests: Vec<(http::Uri, Bytes)>,
+    weights: Vec<u32>,
+    sources: Vec<IpAddr>,
+    source_weights: Vec<u32>,
+    h2: bool,
+}
+
+fn target(s: &Scenario, args: &Args) -> Result<Target, String> {
+    let base: http::Uri = s.target.parse().map_err(|e| format!("target: {e}"))?;
+    let https = match base.scheme_str() {
         Some("https") => true,
         Some("http") => false,
-        _ => return Err("--url must be http:// or https://".into()),
+        _ => return Err("target must be http:// or https://".into()),
     };
-    let host = uri
+    let host = base
         .host()
-        .ok_or("--url has no host")?
+        .ok_or("target has no host")?
         .trim_matches(['[', ']'])
         .to_string();
-    let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+    let port = base.port_u16().unwrap_or(if https { 443 } else { 80 });
     let addr = (host.as_str(), port)
         .to_socket_addrs()
         .map_err(|e| format!("cannot resolve {host}: {e}"))?
         .next()
         .ok_or("no address")?;
-    if !addr.ip().is_loopback() && !args.allow_remote {
+    if !addr.ip().is_loopback() && !s.allow_remote {
         return Err(format!(
             "{addr} is not a loopback address; pass --allow-remote to load it"
         ));
     }
     let tls = if https {
         let mut roots = rustls::RootCertStore::empty();
-        let ca = args
+        let ca = s
             .cacert
             .as_ref()
-            .ok_or("--cacert is required for https targets")?;
+            .ok_or("--cacert (or cacert) is required for https targets")?;
         use rustls_pki_types::pem::PemObject;
         for c in rustls_pki_types::CertificateDer::pem_file_iter(ca)
-            .map_err(|e| format!("--cacert: {e}"))?
+            .map_err(|e| format!("cacert: {e}"))?
         {
             roots
-                .add(c.map_err(|e| format!("--cacert: {e}"))?)
+                .add(c.map_err(|e| format!("cacert: {e}"))?)
                 .map_err(|e| e.to_string())?;
         }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -163,13 +224,13 @@ fn target(args: &Args) -> Result<Target, String> {
             .map_err(|e| e.to_string())?
             .with_root_certificates(roots)
             .with_no_client_auth();
-        cfg.alpn_protocols = vec![if args.http2 {
+        cfg.alpn_protocols = vec![if s.http2 {
             b"h2".to_vec()
         } else {
             b"http/1.1".to_vec()
         }];
         let name = args.server_name.clone().unwrap_or_else(|| {
-            if host.parse::<std::net::IpAddr>().is_ok() {
+            if host.parse::<IpAddr>().is_ok() {
                 "localhost".into()
             } else {
                 host.clone()
@@ -181,14 +242,39 @@ fn target(args: &Args) -> Result<Target, String> {
         None
     };
     let authority =
-        http::HeaderValue::from_str(uri.authority().map(|a| a.as_str()).unwrap_or("localhost"))
+        http::HeaderValue::from_str(base.authority().map(|a| a.as_str()).unwrap_or("localhost"))
             .map_err(|e| e.to_string())?;
+    let payload = |n: usize| match &args.body {
+        Some(b) => Bytes::from(b.clone().into_bytes()),
+        None => Bytes::from(vec![b'x'; n]),
+    };
+    let (requests, weights) = match s.dialect {
+        Dialect::Raw => (vec![(base.clone(), payload(args.payload_bytes))], vec![1]),
+        Dialect::Fc => {
+            let origin = format!(
+                "{}://{}",
+                base.scheme_str().unwrap_or("https"),
+                base.authority().map(|a| a.as_str()).unwrap_or("")
+            );
+            let mut r = Vec::new();
+            for f in &s.functions {
+                let uri = format!("{origin}/2023-03-30/functions/{}/invocations", f.name)
+                    .parse()
+                    .map_err(|e| format!("functions: {e}"))?;
+                r.push((uri, payload(f.payload_bytes)));
+            }
+            (r, s.functions.iter().map(|f| f.weight).collect())
+        }
+    };
     Ok(Target {
         addr,
-        source: args.source,
         tls,
-        uri,
         authority,
+        requests,
+        weights,
+        sources: s.sources.iter().map(|x| x.address).collect(),
+        source_weights: s.sources.iter().map(|x| x.weight).collect(),
+        h2: s.http2,
     })
 }
 
@@ -197,23 +283,23 @@ enum Conn {
     H2(hyper::client::conn::http2::SendRequest<Full<Bytes>>),
 }
 
-async fn connect(t: &Target, h2: bool) -> Result<Conn, String> {
+async fn connect(t: &Target, source: Option<IpAddr>) -> Result<Conn, String> {
     let socket = if t.addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()
     } else {
         tokio::net::TcpSocket::new_v6()
     }
     .map_err(|e| e.to_string())?;
-    if let Some(src) = t.source {
+    if let Some(src) = source {
         socket
             .bind(SocketAddr::new(src, 0))
-            .map_err(|e| format!("--source {src}: {e}"))?;
+            .map_err(|e| format!("source {src}: {e}"))?;
     }
     let tcp = socket.connect(t.addr).await.map_err(|e| e.to_string())?;
     let _ = tcp.set_nodelay(true);
     macro_rules! handshake {
         ($io:expr) => {
-            if h2 {
+            if t.h2 {
                 let (s, c) = hyper::client::conn::http2::handshake(TokioExecutor::new(), $io)
                     .await
                     .map_err(|e| e.to_string())?;
@@ -240,168 +326,183 @@ async fn connect(t: &Target, h2: bool) -> Result<Conn, String> {
     })
 }
 
+/// Sends one request; returns (status, body bytes, cold start).
+async fn send(
+    conn: &mut Conn,
+    t: &Target,
+    uri: &http::Uri,
+    payload: &Bytes,
+) -> Result<(u16, u64, bool), hyper::Error> {
+    let mut req = http::Request::new(Full::new(payload.clone()));
+    *req.method_mut() = http::Method::POST;
+    *req.uri_mut() = uri.clone();
+    req.headers_mut()
+        .insert(http::header::HOST, t.authority.clone());
+    let resp = match conn {
+        Conn::H1(s) => {
+            s.ready().await?;
+            s.send_request(req).await?
+        }
+        Conn::H2(s) => {
+            s.ready().await?;
+            s.send_request(req).await?
+        }
+    };
+    let status = resp.status().as_u16();
+    let cold = resp.headers().contains_key("x-fngate-cold-start");
+    let body = resp.into_body().collect().await?.to_bytes();
+    Ok((status, body.len() as u64, cold))
+}
+
+/// A small, fast PRNG for the function mix (xorshift64*).
+struct Rng(u64);
+
+impl Rng {
+    fn unit(&mut self) -> f64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        (self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
 async fn run(args: Args) -> Result<(), String> {
-    let t = Arc::new(target(&args)?);
-    let payload = Bytes::from(match &args.body {
-        Some(b) => b.clone().into_bytes(),
-        None => vec![b'x'; args.payload_bytes],
-    });
+    let s = scenario_of(&args)?;
+    let t = Arc::new(target(&s, &args)?);
+    if args.hold {
+        return hold(&s, &t).await;
+    }
     let start = Instant::now();
-    let measure_from = start + args.warmup;
-    let end = measure_from + args.duration;
+    let measure_from = start + s.warmup;
+    let end = measure_from + s.duration;
     let budget = Arc::new(AtomicU64::new(if args.requests == 0 {
         u64::MAX
     } else {
         args.requests
     }));
     let done = Arc::new(AtomicU64::new(0));
+    let progress = (std::io::stderr().is_terminal() && !args.json).then(|| {
+        let done = done.clone();
+        tokio::spawn(async move {
+            let mut last = 0;
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let n = done.load(Ordering::Relaxed);
+                eprint!(
+                    "\r  {:>6.1} s  {:>9} requests  {:>8} req/s   ",
+                    start.elapsed().as_secs_f64(),
+                    n,
+                    n - last
+                );
+                last = n;
+            }
+        })
+    });
 
     let mut tasks = Vec::new();
-    for _ in 0..args.connections.max(1) {
+    for i in 0..s.connections {
         let t = t.clone();
-        let payload = payload.clone();
         let budget = budget.clone();
         let done = done.clone();
-        let h2 = args.http2;
+        let (mode, rate, n) = (s.mode, s.rate.unwrap_or(1.0), s.connections);
+        let source = (!t.sources.is_empty()).then(|| {
+            t.sources[scenario::pick_weighted(&t.source_weights, (i as f64 + 0.5) / n as f64)]
+        });
         tasks.push(tokio::spawn(async move {
-            let mut tally = Tally {
-                hist: Some(Histogram::new_with_bounds(1, 60_000_000, 3).unwrap()),
-                ..Default::default()
-            };
+            let mut rep = Report::default();
+            let mut rng =
+                Rng(0x9E37_79B9_7F4A_7C15 ^ (i as u64 + 1).wrapping_mul(0xBF58_476D_1CE4_E5B9));
+            let mut sched = schedule::Schedule::new(start, rate, n, i);
             let mut conn = None;
-            while Instant::now() < end {
-                if budget
-                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| b.checked_sub(1))
-                    .is_err()
+            loop {
+                // When this request is due: now (closed loop) or on schedule (open loop).
+                let due = match mode {
+                    Mode::Closed => Instant::now(),
+                    Mode::Open => {
+                        let due = sched.next_due();
+                        tokio::time::sleep_until(due).await;
+                        due
+                    }
+                };
+                if due >= end
+                    || budget
+                        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| b.checked_sub(1))
+                        .is_err()
                 {
                     break;
                 }
+                let recorded = due >= measure_from;
                 if conn.is_none() {
-                    match tokio::time::timeout_at(end, connect(&t, h2)).await {
+                    match tokio::time::timeout_at(end, connect(&t, source)).await {
                         Ok(Ok(c)) => conn = Some(c),
                         _ => {
-                            tally.errors += 1;
+                            rep.connection_errors += u64::from(recorded);
                             tokio::time::sleep(Duration::from_millis(10)).await;
                             continue;
                         }
                     }
                 }
-                let mut req = http::Request::new(Full::new(payload.clone()));
-                *req.method_mut() = http::Method::POST;
-                *req.uri_mut() = t.uri.clone();
-                req.headers_mut()
-                    .insert(http::header::HOST, t.authority.clone());
-                let sent = Instant::now();
-                let result = async {
-                    let resp = match conn.as_mut().unwrap() {
-                        Conn::H1(s) => {
-                            s.ready().await?;
-                            s.send_request(req).await?
-                        }
-                        Conn::H2(s) => {
-                            s.ready().await?;
-                            s.send_request(req).await?
-                        }
-                    };
-                    let status = resp.status().as_u16();
-                    let body = resp.into_body().collect().await?.to_bytes();
-                    Ok::<_, hyper::Error>((status, body.len()))
-                };
-                // Bounded: a request may not outlive the run by more than 10 s.
-                let result = tokio::time::timeout_at(end + Duration::from_secs(10), result).await;
-                let recorded = sent >= measure_from;
+                let (uri, payload) = &t.requests[scenario::pick_weighted(&t.weights, rng.unit())];
+                let result = tokio::time::timeout_at(
+                    end + Duration::from_secs(10),
+                    send(conn.as_mut().unwrap(), &t, uri, payload),
+                )
+                .await;
                 match result {
-                    Ok(Ok((status, len))) => {
+                    Ok(Ok((status, received, cold))) => {
                         if recorded {
-                            let us = sent.elapsed().as_micros().max(1) as u64;
-                            let _ = tally.hist.as_mut().unwrap().record(us.min(60_000_000));
-                            *tally.statuses.entry(status).or_default() += 1;
-                            tally.bytes_in += len as u64;
-                            tally.bytes_out += payload.len() as u64;
+                            let us = schedule::latency(due, Instant::now()).as_micros() as u64;
+                            rep.record(us, status, payload.len() as u64, received, cold);
                             done.fetch_add(1, Ordering::Relaxed);
                         }
                     }
                     _ => {
-                        if recorded {
-                            tally.errors += 1;
-                        }
+                        rep.connection_errors += u64::from(recorded);
                         conn = None;
                     }
                 }
             }
-            tally
+            rep
         }));
     }
-    let mut total = Tally {
-        hist: Some(Histogram::new_with_bounds(1, 60_000_000, 3).unwrap()),
-        ..Default::default()
-    };
+    let mut total = Report::default();
     for task in tasks {
-        let t = task.await.map_err(|e| e.to_string())?;
-        total
-            .hist
-            .as_mut()
-            .unwrap()
-            .add(t.hist.as_ref().unwrap())
-            .map_err(|e| e.to_string())?;
-        for (k, v) in t.statuses {
-            *total.statuses.entry(k).or_default() += v;
-        }
-        total.errors += t.errors;
-        total.bytes_in += t.bytes_in;
-        total.bytes_out += t.bytes_out;
+        total.merge(&task.await.map_err(|e| e.to_string())?);
     }
-    let elapsed = Instant::now()
+    if let Some(p) = progress {
+        p.abort();
+        eprintln!();
+    }
+    let seconds = Instant::now()
         .saturating_duration_since(measure_from)
-        .min(args.duration)
+        .min(s.duration)
         .as_secs_f64();
-    let h = total.hist.as_ref().unwrap();
-    let n = h.len();
-    let rps = if elapsed > 0.0 {
-        n as f64 / elapsed
-    } else {
-        0.0
-    };
-    let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
     if args.json {
-        let statuses: Vec<String> = total
-            .statuses
-            .iter()
-            .map(|(k, v)| format!("\"{k}\":{v}"))
-            .collect();
-        println!(
-            "{{\"requests\":{n},\"seconds\":{elapsed:.3},\"rps\":{rps:.1},\"p50_ms\":{:.3},\"p90_ms\":{:.3},\"p99_ms\":{:.3},\"p999_ms\":{:.3},\"max_ms\":{:.3},\"errors\":{},\"statuses\":{{{}}},\"bytes_out\":{},\"bytes_in\":{}}}",
-            ms(0.5),
-            ms(0.9),
-            ms(0.99),
-            ms(0.999),
-            h.max() as f64 / 1000.0,
-            total.errors,
-            statuses.join(","),
-            total.bytes_out,
-            total.bytes_in
-        );
+        println!("{}", total.to_json(seconds));
     } else {
-        println!("target      {}", args.url);
-        println!(
-            "requests    {n} in {elapsed:.2} s ({rps:.0} req/s), {} connection errors",
-            total.errors
-        );
-        println!(
-            "latency ms  p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}",
-            ms(0.5),
-            ms(0.9),
-            ms(0.99),
-            ms(0.999),
-            h.max() as f64 / 1000.0
-        );
-        let statuses: Vec<String> = total
-            .statuses
-            .iter()
-            .map(|(k, v)| format!("{k}: {v}"))
-            .collect();
-        println!("statuses    {}", statuses.join(", "));
+        print!("{}", total.to_text(&s.target, seconds));
     }
+    Ok(())
+}
+
+/// Opens `connections` connections (one request each, so they are fully
+/// established), says so, and holds them idle for the duration.
+async fn hold(s: &Scenario, t: &Arc<Target>) -> Result<(), String> {
+    let mut conns = Vec::with_capacity(s.connections);
+    for i in 0..s.connections {
+        let source = (!t.sources.is_empty()).then(|| t.sources[i % t.sources.len()]);
+        let mut c = connect(t, source).await?;
+        let (uri, payload) = &t.requests[0];
+        send(&mut c, t, uri, payload)
+            .await
+            .map_err(|e| e.to_string())?;
+        conns.push(c);
+    }
+    println!("holding {} connections", conns.len());
+    tokio::time::sleep(s.duration).await;
+    drop(conns);
     Ok(())
 }
 
@@ -410,23 +511,38 @@ mod tests {
     use super::*;
 
     #[test]
-    fn durations_parse_and_are_bounded() {
-        assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
-        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
-        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
-        assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
-        assert!(parse_duration("2h").is_err());
-        assert!(parse_duration("abc").is_err());
-        assert!(parse_duration("-1s").is_err());
+    fn remote_targets_are_refused_by_default() {
+        let mut a = Args::parse_from(["loadtest", "--url", "http://192.0.2.1:80/x"]);
+        let s = scenario_of(&a).unwrap();
+        assert!(target(&s, &a).err().unwrap().contains("not a loopback"));
+        a.url = Some("http://127.0.0.1:9/x".into());
+        assert!(target(&scenario_of(&a).unwrap(), &a).is_ok());
+        a.url = Some("https://127.0.0.1:9/x".into());
+        assert!(
+            target(&scenario_of(&a).unwrap(), &a)
+                .err()
+                .unwrap()
+                .contains("cacert")
+        );
     }
 
     #[test]
-    fn remote_targets_are_refused_by_default() {
-        let mut a = Args::parse_from(["loadtest", "--url", "http://192.0.2.1:80/x"]);
-        assert!(target(&a).err().unwrap().contains("not a loopback"));
-        a.url = "http://127.0.0.1:9/x".into();
-        assert!(target(&a).is_ok());
-        a.url = "https://127.0.0.1:9/x".into();
-        assert!(target(&a).err().unwrap().contains("--cacert"));
+    fn flags_override_the_scenario() {
+        let a = Args::parse_from([
+            "loadtest",
+            "--url",
+            "http://127.0.0.1:9/x",
+            "--rate",
+            "500",
+            "-c",
+            "8",
+            "-d",
+            "2s",
+        ]);
+        let s = scenario_of(&a).unwrap();
+        assert_eq!(
+            (s.mode, s.rate, s.connections, s.duration),
+            (Mode::Open, Some(500.0), 8, Duration::from_secs(2))
+        );
     }
 }

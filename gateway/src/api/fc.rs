@@ -2,7 +2,8 @@
 //!
 //! Request: `POST /2023-03-30/functions/{name}/invocations[?qualifier=Q]`,
 //! body = event payload. Response: the function's status, content type and
-//! body, plus `x-fc-request-id` and `x-fc-instance-id`.
+//! body, plus `x-fc-request-id` and `x-fc-instance-id` (and fngate's own
+//! `x-fngate-cold-start: true` when the invocation waited for an instance start).
 //!
 //! Errors: a JSON body `{"Code","Message","RequestId"}` (exactly what the FC
 //! SDK parses) with the status FC uses. Function-side failures are HTTP 200
@@ -21,6 +22,8 @@ pub const PATH_PREFIX: &str = "/2023-03-30/functions/";
 pub const REQUEST_ID: &str = "x-fc-request-id";
 pub const INSTANCE_ID: &str = "x-fc-instance-id";
 pub const ERROR_TYPE: &str = "x-fc-error-type";
+/// fngate's own: set when the invocation waited for its instance to start.
+pub const COLD_START: &str = "x-fngate-cold-start";
 
 /// Decodes the request head. Borrowed: no allocation on the hot path.
 pub fn decode<'a>(method: &Method, uri: &'a http::Uri) -> Result<Invocation<'a>, InvokeError> {

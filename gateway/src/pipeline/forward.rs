@@ -48,8 +48,11 @@ pub async fn call(
         };
         match attempt(p, pool, &slot, parts, payload.clone(), request_id).await {
             Ok(mut resp) => {
-                resp.headers_mut()
-                    .insert(fc::INSTANCE_ID, ran.instance_id.clone());
+                let h = resp.headers_mut();
+                h.insert(fc::INSTANCE_ID, ran.instance_id.clone());
+                if ran.cold {
+                    h.insert(fc::COLD_START, HeaderValue::from_static("true"));
+                }
                 return Ok((resp, ran));
             }
             Err(Attempt::NotSent) if !retried => {

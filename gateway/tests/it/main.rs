@@ -6,6 +6,7 @@ mod harness;
 mod ingress;
 mod invoke;
 mod lifecycle;
+mod loadtest;
 mod metering;
 mod observability;
 mod scheduling;

@@ -112,9 +112,21 @@ async fn concurrent_cold_requests_share_one_starting_instance() {
     for t in tasks {
         let r = t.await.unwrap();
         assert_eq!(r.status, 200);
+        assert_eq!(
+            r.header("x-fngate-cold-start"),
+            Some("true"),
+            "all waited for the start"
+        );
         ids.insert(r.header("x-fc-instance-id").unwrap().to_string());
     }
     assert_eq!(ids.len(), 1, "requests arriving during a start wait for it");
+    let mut c = client.clone();
+    let warm = c.invoke("cold", "warm").await;
+    assert_eq!(
+        warm.header("x-fngate-cold-start"),
+        None,
+        "a warm invocation is not marked"
+    );
     assert_eq!(
         gw.metric("fngate_instance_starts_total{function=\"cold\",result=\"ok\"}")
             .await,
