@@ -124,10 +124,21 @@ impl InstanceLimit {
     pub fn install(&self, cmd: &mut tokio::process::Command) {
         let fd = self.procs_fd.as_ref().map(|f| f.as_raw_fd());
         let rlimit_bytes = (self.kind == MemoryLimit::Rlimit).then_some(self.bytes);
+        // Not "parent is init": in a container the worker itself is PID 1.
+        let worker = std::process::id() as libc::pid_t;
         // SAFETY: the closure only makes async-signal-safe syscalls
-        // (write, setrlimit) on values computed before the fork.
+        // (prctl, getppid, write, setrlimit) on values computed before the fork.
         unsafe {
             cmd.pre_exec(move || {
+                // An instance dies with the worker that started it, even when
+                // the worker is killed outright (no orphans keep ports or memory).
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                if libc::getppid() != worker {
+                    // The worker died between fork and prctl.
+                    return Err(io::Error::other("worker exited"));
+                }
                 if let Some(fd) = fd
                     && libc::write(fd, b"0".as_ptr().cast(), 1) != 1
                 {

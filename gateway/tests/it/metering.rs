@@ -200,12 +200,25 @@ async fn usage_log_survives_sigkill_within_its_bound_and_sigterm_loses_nothing()
             >= 300.0
     })
     .await;
+    let instance_pid = gw.h1().await.invoke("echo", "fngate:whoami").await.json()["pid"]
+        .as_i64()
+        .unwrap() as i32;
     let killed_at = tokio::time::Instant::now();
     gw.proc.signal(libc::SIGKILL);
     let acks_1 = load.await.unwrap();
     let acked_1 = acks_1.len() as u64;
     let _ = stop_tx.send(true);
     drop(gw);
+    // Its instances die with it (PR_SET_PDEATHSIG), not orphaned.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    // SAFETY: signal 0 only checks whether the process exists.
+    while unsafe { libc::kill(instance_pid, 0) } == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "instance {instance_pid} outlived its killed worker"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let (rows, skipped) = summarize(&[&log]);
     assert!(skipped <= 1, "at most one torn line, got {skipped}");
     let logged_1 = rows[&("echo".to_string(), "internet".to_string())]["invocations"]

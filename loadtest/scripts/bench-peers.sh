@@ -1,0 +1,253 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark: the same native echo function behind
+#   direct  - nothing (the client calls it: the machine's limit),
+#   nginx   - TLS, a CIDR allow-list on a VPC-only path, limit_req on a
+#             throttled path, keep-alive upstream pool,
+#   haproxy - the same job,
+#   fngate  - the equivalent config (a VPC-bound function, a rate-limited one).
+# Paths: allowed (200), VPC-only from outside (403), throttled (429), each over
+# HTTP/1.1 and HTTP/2; alternating rounds (direct nginx haproxy fngate ...);
+# server side pinned to core 1 with one worker each, client to core 0; the
+# same ECDSA P-256 certificate everywhere. Also: each server's resident memory
+# with 1,000 idle TLS connections. Installs nginx, haproxy and openssl from
+# Debian when missing. Writes loadtest/RESULTS.md. Loopback only.
+#
+# Env: ROUNDS (3), DURATION (5s), CONNS (64).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-5s}
+CONNS=${CONNS:-64}
+OUT=loadtest/RESULTS.md
+
+missing=()
+command -v nginx >/dev/null || missing+=(nginx)
+command -v haproxy >/dev/null || missing+=(haproxy)
+command -v openssl >/dev/null || missing+=(openssl)
+if [ ${#missing[@]} -gt 0 ]; then
+    apt-get update -qq
+    env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+ulimit -n "$(ulimit -Hn)"   # 1,000 held connections need more than the usual 1024
+source loadtest/scripts/lib.sh
+
+# One certificate for all.
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 \
+    -keyout "$work/key.pem" -out "$work/cert.pem" -subj "/CN=localhost" \
+    -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" 2>/dev/null
+cat "$work/cert.pem" "$work/key.pem" > "$work/combined.pem"
+
+ECHO=127.0.0.1:18081
+"${CORE1[@]}" "$T/fngate-echo" --standalone "$ECHO" 2>/dev/null &
+pids+=($!)
+
+F=/2023-03-30/functions
+mkdir -p "$work/nginx/tmp"
+cat > "$work/nginx/nginx.conf" <<EOF
+worker_processes 1;
+worker_rlimit_nofile 65536;
+daemon off;
+pid $work/nginx/nginx.pid;
+error_log $work/nginx/error.log warn;
+events { worker_connections 16384; }
+http {
+    access_log off;
+    client_body_temp_path $work/nginx/tmp/body;
+    proxy_temp_path $work/nginx/tmp/proxy;
+    fastcgi_temp_path $work/nginx/tmp/fastcgi;
+    uwsgi_temp_path $work/nginx/tmp/uwsgi;
+    scgi_temp_path $work/nginx/tmp/scgi;
+    limit_req_zone \$binary_remote_addr zone=thr:10m rate=100r/s;
+    upstream echo { server $ECHO; keepalive 64; }
+    server {
+        listen 127.0.0.1:18444 ssl http2;
+        ssl_certificate $work/cert.pem;
+        ssl_certificate_key $work/key.pem;
+        ssl_protocols TLSv1.2 TLSv1.3;
+        keepalive_requests 100000000;
+        proxy_http_version 1.1;
+        proxy_set_header Connection "";
+        location = $F/echo/invocations { proxy_pass http://echo/invoke; }
+        location = $F/private/invocations { allow 127.0.0.2; deny all; proxy_pass http://echo/invoke; }
+        location = $F/throttled/invocations {
+            limit_req zone=thr burst=20 nodelay;
+            limit_req_status 429;
+            proxy_pass http://echo/invoke;
+        }
+    }
+}
+EOF
+cat > "$work/haproxy.cfg" <<EOF
+global
+    nbthread 1
+    maxconn 20000
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+    option http-keep-alive
+    option http-buffer-request
+frontend fe
+    bind 127.0.0.1:18445 ssl crt $work/combined.pem alpn h2,http/1.1 ssl-min-ver TLSv1.2
+    stick-table type ip size 100k expire 30s store http_req_rate(1s)
+    acl p_private path $F/private/invocations
+    acl p_thr path $F/throttled/invocations
+    acl vpc src 127.0.0.2
+    http-request deny deny_status 403 if p_private !vpc
+    http-request track-sc0 src if p_thr
+    http-request deny deny_status 429 if p_thr { sc_http_req_rate(0) gt 100 }
+    http-request set-path /invoke
+    default_backend echo
+backend echo
+    http-reuse always
+    server e1 $ECHO maxconn 256
+EOF
+cat > "$work/fngate.toml" <<EOF
+[gateway]
+listen = "127.0.0.1:18443"
+admin_listen = "127.0.0.1:19464"
+tls_cert = "$work/cert.pem"
+tls_key = "$work/key.pem"
+[[networks]]
+vpc_id = "vpc-a"
+cidrs = ["127.0.0.2/32"]
+[[functions]]
+name = "echo"
+command = ["$T/fngate-echo"]
+instance_concurrency = 200
+[[functions]]
+name = "private"
+command = ["$T/fngate-echo"]
+vpc_bindings = ["vpc-a"]
+[[functions]]
+name = "throttled"
+command = ["$T/fngate-echo"]
+instance_concurrency = 200
+rate_limit = { per_second = 100.0, burst = 20 }
+EOF
+
+"${CORE1[@]}" nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" &
+pids+=($!); NGINX_MASTER=$!
+"${CORE1[@]}" haproxy -f "$work/haproxy.cfg" -db 2> "$work/haproxy.log" &
+pids+=($!); HAPROXY_PID=$!
+start_gateway "$work/fngate.toml"; FNGATE_PID=$GW_PID
+for _ in $(seq 1 100); do [ -n "$(pgrep -P "$NGINX_MASTER" || true)" ] && break; sleep 0.05; done
+NGINX_WORKER=$(pgrep -P "$NGINX_MASTER" | head -1)
+
+declare -A PORT=([nginx]=18444 [haproxy]=18445 [fngate]=18443)
+declare -A PID=([nginx]=$NGINX_WORKER [haproxy]=$HAPROXY_PID [fngate]=$FNGATE_PID [direct]=$(pgrep -f "fngate-echo --standalone $ECHO" | head -1))
+# run TARGET PATH PROTO: one measured round, as JSON with the server's CPU per request.
+run() {
+    local target=$1 path=$2 proto=$3 url
+    local fn=echo; [ "$path" = 403 ] && fn=private; [ "$path" = 429 ] && fn=throttled
+    local extra=(); [ "$proto" = h2 ] && extra=(--http2)
+    if [ "$target" = direct ]; then
+        url="http://$ECHO/invoke"
+    else
+        url="https://127.0.0.1:${PORT[$target]}$F/$fn/invocations"; extra+=(--cacert "$work/cert.pem")
+    fi
+    GW_PID=${PID[$target]}
+    measure --url "$url" -c "$CONNS" -d "$DURATION" --source 127.0.0.1 "${extra[@]}"
+}
+# Warm up every path once (starts fngate's instances).
+for t in nginx haproxy fngate; do for p in allowed 403 429; do run $t $p h1 >/dev/null; done; done
+run direct allowed h1 >/dev/null
+
+results="$work/results.jsonl"
+: > "$results"
+for r in $(seq 1 "$ROUNDS"); do
+    for path in allowed 403 429; do
+        for proto in h1 h2; do
+            for target in direct nginx haproxy fngate; do
+                [ "$target" = direct ] && { [ "$path" != allowed ] || [ "$proto" = h2 ]; } && continue
+                line=$(run "$target" "$path" "$proto")
+                echo "{\"round\":$r,\"target\":\"$target\",\"path\":\"$path\",\"proto\":\"$proto\",\"r\":$line}" >> "$results"
+                echo "round $r $path $proto $target: $line" >&2
+            done
+        done
+    done
+done
+
+# Resident memory with 1,000 idle TLS connections (server processes only).
+rss_kb() { local t=0; for p in "$@"; do t=$((t + $(awk '/VmRSS/{print $2}' "/proc/$p/status"))); done; echo $t; }
+mem="$work/memory.jsonl"
+: > "$mem"
+for target in nginx haproxy fngate; do
+    case $target in
+        nginx) procs=("$NGINX_MASTER" $(pgrep -P "$NGINX_MASTER")) ;;
+        haproxy) procs=("$HAPROXY_PID") ;;
+        fngate) procs=("$FNGATE_PID") ;;
+    esac
+    idle=$(rss_kb "${procs[@]}")
+    fifo="$work/hold-$target"
+    mkfifo "$fifo"
+    "${LT[@]}" --hold -c 1000 -d 20s --url "https://127.0.0.1:${PORT[$target]}$F/echo/invocations" --cacert "$work/cert.pem" > "$fifo" &
+    holder=$!
+    read -r line < "$fifo"
+    held=$(rss_kb "${procs[@]}")
+    kill "$holder" 2>/dev/null || true; wait "$holder" 2>/dev/null || true
+    echo "{\"target\":\"$target\",\"idle_kb\":$idle,\"held_kb\":$held,\"line\":\"$line\"}" >> "$mem"
+    echo "memory $target: $idle kB idle, $held kB with 1000 connections" >&2
+done
+
+python3 - "$OUT" "$results" "$mem" "$ROUNDS" "$DURATION" "$CONNS" "$(nproc)" "$(nginx -v 2>&1 | sed 's/.*\///')" "$(haproxy -v | head -1 | awk '{print $3}')" <<'PY'
+import json, statistics, sys, datetime, collections
+out, results, mem, rounds, duration, conns, cores, nginx_v, haproxy_v = sys.argv[1:]
+rows = [json.loads(l) for l in open(results)]
+by = collections.defaultdict(list)
+for x in rows:
+    by[(x["target"], x["path"], x["proto"])].append(x["r"])
+want = {"allowed": "200", "403": "403", "429": "429"}
+def med(rs, k): return statistics.median(r[k] for r in rs)
+def rng(rs, k, f): return f"{min(r[k] for r in rs):{f}}-{max(r[k] for r in rs):{f}}"
+lines = [
+    "# fngate vs nginx vs HAProxy",
+    "",
+    f"Produced by `bash loadtest/scripts/bench-peers.sh` on {datetime.date.today()} ({cores} cores; nginx {nginx_v}, HAProxy {haproxy_v}).",
+    f"Closed loop with `loadtest`, {conns} keep-alive connections, {duration} per run, {rounds} alternating rounds",
+    "(direct, nginx, HAProxy, fngate for each path and protocol); medians with min-max.",
+    "Client pinned to core 0 (1 thread); each server with one worker pinned to core 1, and its echo upstream on core 1 too.",
+    "TLS 1.3 with the same ECDSA P-256 certificate on every proxy. CPU is the server process's own (nginx: its worker;",
+    "fngate: the gateway process, not its echo instance), from /proc before and after each run.",
+    "",
+    "Paths: **allowed** (`echo`, proxied to the function), **403** (`private`, a VPC-only path called from outside),",
+    "**429** (`throttled`, limited to 100 requests/s with a burst of 20: nearly all answered 429).",
+    "",
+]
+for path in ["allowed", "403", "429"]:
+    for proto in ["h1", "h2"]:
+        lines += [f"## {path} path, {'HTTP/1.1' if proto == 'h1' else 'HTTP/2'}", "",
+                  "| target | requests/s | p50 ms | p99 ms | server CPU µs/request | share of the expected status |",
+                  "|---|---|---|---|---|---|"]
+        base = by.get(("direct", path, proto)) or by.get(("direct", "allowed", "h1"))
+        ng = by.get(("nginx", path, proto))
+        for t in ["direct", "nginx", "haproxy", "fngate"]:
+            rs = by.get((t, path, proto))
+            if not rs:
+                continue
+            ok = statistics.median(r["statuses"].get(want[path], 0) / max(r["requests"], 1) for r in rs)
+            lines.append(f"| {t} | {med(rs,'rps'):.0f} ({rng(rs,'rps','.0f')}) | {med(rs,'p50_ms'):.2f} | {med(rs,'p99_ms'):.2f} ({rng(rs,'p99_ms','.2f')}) | {med(rs,'gw_cpu_us'):.1f} | {ok:.3f} |")
+        lines.append("")
+        ratios = []
+        for t in ["nginx", "haproxy", "fngate"]:
+            rs = by.get((t, path, proto))
+            if rs and base:
+                ratios.append(f"{t}/direct {med(rs,'rps')/med(base,'rps'):.2f}x")
+        fg = by.get(("fngate", path, proto))
+        if fg and ng:
+            ratios.append(f"**fngate/nginx: requests/s {med(fg,'rps')/med(ng,'rps'):.2f}x, p99 {med(fg,'p99_ms')/med(ng,'p99_ms'):.2f}x, CPU/request {med(fg,'gw_cpu_us')/med(ng,'gw_cpu_us'):.2f}x**")
+        lines += ["Ratios (requests/s): " + "; ".join(ratios) + ".", ""]
+lines += ["## Resident memory with 1,000 idle TLS connections", "",
+          "| target | idle | with 1,000 connections |", "|---|---|---|"]
+for l in open(mem):
+    m = json.loads(l)
+    lines.append(f"| {m['target']} | {m['idle_kb']/1024:.1f} MiB | {m['held_kb']/1024:.1f} MiB |")
+lines += ["", "nginx counts master and worker; HAProxy its one process; fngate its gateway process (with the embedded worker),",
+          "not the echo instance (as nginx's and HAProxy's upstream is not counted either).", "",
+          "## Commands", "", "```sh", "bash loadtest/scripts/bench-peers.sh            # ROUNDS=3 DURATION=5s CONNS=64",
+          "# each run:", "taskset -c 0 target/release/loadtest --threads 1 --url URL -c 64 -d 5s --source 127.0.0.1 [--http2] --cacert cert.pem --json",
+          "# memory:", "target/release/loadtest --hold -c 1000 -d 20s --url URL --cacert cert.pem", "```", ""]
+open(out, "w").write("\n".join(lines))
+print("\n".join(lines))
+PY
