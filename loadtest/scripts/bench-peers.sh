@@ -34,7 +34,8 @@ source loadtest/scripts/lib.sh
 # One certificate for all.
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 \
     -keyout "$work/key.pem" -out "$work/cert.pem" -subj "/CN=localhost" \
-    -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" 2>/dev/null
+    -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+    -addext "basicConstraints=critical,CA:FALSE" -addext "extendedKeyUsage=serverAuth" 2>/dev/null
 cat "$work/cert.pem" "$work/key.pem" > "$work/combined.pem"
 
 ECHO=127.0.0.1:18081
@@ -80,7 +81,7 @@ EOF
 cat > "$work/haproxy.cfg" <<EOF
 global
     nbthread 1
-    maxconn 20000
+    maxconn 8000   # ~2 fds per connection must fit the hard limit (20000 here)
 defaults
     mode http
     timeout connect 5s
@@ -150,8 +151,14 @@ run() {
     GW_PID=${PID[$target]}
     measure --url "$url" -c "$CONNS" -d "$DURATION" --source 127.0.0.1 "${extra[@]}"
 }
-# Warm up every path once (starts fngate's instances).
-for t in nginx haproxy fngate; do for p in allowed 403 429; do run $t $p h1 >/dev/null; done; done
+# Warm up every path once (starts fngate's instances); stop if a target is broken.
+for t in nginx haproxy fngate; do
+    for p in allowed 403 429; do
+        w=$(run $t $p h1)
+        python3 -c "import json,sys; r=json.loads(sys.argv[1]); sys.exit(0 if r['requests'] > 0 else 1)" "$w" \
+            || { echo "warm-up of $t $p failed: $w" >&2; exit 1; }
+    done
+done
 run direct allowed h1 >/dev/null
 
 results="$work/results.jsonl"

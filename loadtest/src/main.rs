@@ -336,10 +336,12 @@ async fn send(
     let mut req = http::Request::new(Full::new(payload.clone()));
     *req.method_mut() = http::Method::POST;
     *req.uri_mut() = uri.clone();
-    req.headers_mut()
-        .insert(http::header::HOST, t.authority.clone());
     let resp = match conn {
         Conn::H1(s) => {
+            // HTTP/2 carries the authority in :authority (from the URI); a
+            // `host` header beside it is a duplicate that nginx refuses.
+            req.headers_mut()
+                .insert(http::header::HOST, t.authority.clone());
             s.ready().await?;
             s.send_request(req).await?
         }
