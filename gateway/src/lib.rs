@@ -24,6 +24,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod scheduler;
 pub mod throttle;
+pub mod upstream;
 pub mod workers;
 
 use config::Config;

@@ -76,6 +76,13 @@ enum Attempt {
     Failed(InvokeError),
 }
 
+/// How a call to an instance went wrong.
+enum CallError {
+    /// Could not connect: nothing was sent.
+    NotSent,
+    Broken(Box<dyn std::error::Error + Send + Sync>),
+}
+
 async fn attempt(
     p: &Pipeline,
     pool: &Arc<FunctionPool>,
@@ -85,14 +92,16 @@ async fn attempt(
     request_id: &HeaderValue,
 ) -> Result<Response<ResponseBody>, Attempt> {
     let inst = &slot.instance;
-    let uri = inst
-        .invoke_uri()
+    let host = inst
+        .host_header()
         .cloned()
         .ok_or_else(|| Attempt::Failed(InvokeError::internal("instance has no address")))?;
     let mut req = http::Request::new(Full::new(payload));
     *req.method_mut() = http::Method::POST;
-    *req.uri_mut() = uri;
+    // Origin form, as servers expect on a direct connection.
+    *req.uri_mut() = http::Uri::from_static("/invoke");
     let h = req.headers_mut();
+    h.insert(http::header::HOST, host);
     h.insert(fc::REQUEST_ID, request_id.clone());
     h.insert("x-fc-function-name", pool.name_header.clone());
     if let Some(ct) = parts.headers.get(http::header::CONTENT_TYPE) {
@@ -102,10 +111,38 @@ async fn attempt(
     let timeout = pool.cfg.timeout;
     let max = p.limits.max_response_bytes as usize;
     let call = async {
-        let resp = p.client.request(req).await?;
-        let (parts, body) = resp.into_parts();
-        let body = Limited::new(body, max).collect().await?.to_bytes();
-        Ok::<_, Box<dyn std::error::Error + Send + Sync>>((parts, body))
+        // A pooled connection the instance closed meanwhile fails before the
+        // request is written (`is_canceled`): nothing was sent, use a new one.
+        let mut req = Some(req);
+        loop {
+            let mut conn = inst.upstream.get().await.map_err(|_| CallError::NotSent)?;
+            if let Err(e) = conn.sender.ready().await {
+                if conn.reused {
+                    continue;
+                }
+                return Err(CallError::Broken(e.into()));
+            }
+            let r = req.take().expect("a request is sent once");
+            let resp = match conn.sender.try_send_request(r).await {
+                Ok(resp) => resp,
+                Err(mut e) => match e.take_message() {
+                    // Not written: safe to send again on a new connection.
+                    Some(unsent) if conn.reused => {
+                        req = Some(unsent);
+                        continue;
+                    }
+                    _ => return Err(CallError::Broken(e.into_error().into())),
+                },
+            };
+            let (parts, body) = resp.into_parts();
+            let body = Limited::new(body, max)
+                .collect()
+                .await
+                .map_err(CallError::Broken)?
+                .to_bytes();
+            inst.upstream.put(conn.sender);
+            return Ok::<_, CallError>((parts, body));
+        }
     };
     let (parts, body) = match tokio::time::timeout(timeout, call).await {
         Err(_) => {
@@ -113,12 +150,8 @@ async fn attempt(
             return Err(Attempt::Failed(InvokeError::FunctionTimeout(timeout)));
         }
         Ok(Ok(r)) => r,
-        Ok(Err(e)) => {
-            if let Some(he) = e.downcast_ref::<hyper_util::client::legacy::Error>()
-                && he.is_connect()
-            {
-                return Err(Attempt::NotSent);
-            }
+        Ok(Err(CallError::NotSent)) => return Err(Attempt::NotSent),
+        Ok(Err(CallError::Broken(e))) => {
             if e.is::<http_body_util::LengthLimitError>() {
                 return Err(Attempt::Failed(InvokeError::BadFunctionResponse {
                     detail: format!("response body exceeds {max} bytes").into(),

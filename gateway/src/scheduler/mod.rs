@@ -68,7 +68,8 @@ pub struct Instance {
     pub created: Instant,
     pub created_unix: u64,
     worker: OnceLock<Arc<Worker>>,
-    invoke_uri: OnceLock<http::Uri>,
+    host_header: OnceLock<http::HeaderValue>,
+    pub upstream: crate::upstream::UpstreamPool,
     phase: AtomicU8,
     in_flight: AtomicU32,
     last_used_ms: AtomicU64,
@@ -130,8 +131,9 @@ impl Instance {
     pub fn in_flight(&self) -> u32 {
         self.in_flight.load(Ordering::Acquire)
     }
-    pub fn invoke_uri(&self) -> Option<&http::Uri> {
-        self.invoke_uri.get()
+    /// `host:port` of the instance, for the `Host` header of calls to it.
+    pub fn host_header(&self) -> Option<&http::HeaderValue> {
+        self.host_header.get()
     }
     pub fn worker(&self) -> Option<&Arc<Worker>> {
         self.worker.get()
@@ -362,7 +364,8 @@ impl Scheduler {
             created: Instant::now(),
             created_unix: sandbox_runtime::instance::unix_now(),
             worker: OnceLock::new(),
-            invoke_uri: OnceLock::new(),
+            host_header: OnceLock::new(),
+            upstream: Default::default(),
             phase: AtomicU8::new(phase_to(Phase::Starting)),
             in_flight: AtomicU32::new(0),
             last_used_ms: AtomicU64::new(self.now_ms()),
@@ -380,10 +383,16 @@ impl Scheduler {
             match placement::start_on_best_fit(&this, &pool.cfg, &inst).await {
                 Ok((worker, info)) => {
                     let _ = inst.worker.set(worker);
-                    let uri = format!("http://{}/invoke", info.address).parse();
-                    match uri {
-                        Ok(uri) => {
-                            let _ = inst.invoke_uri.set(uri);
+                    match info.address.parse() {
+                        Ok(addr) => inst.upstream.set_addr(addr),
+                        Err(e) => {
+                            this.fail_start(&pool, &inst, InvokeError::internal(e));
+                            return;
+                        }
+                    }
+                    match http::HeaderValue::from_str(&info.address) {
+                        Ok(h) => {
+                            let _ = inst.host_header.set(h);
                         }
                         Err(e) => {
                             this.fail_start(&pool, &inst, InvokeError::internal(e));
