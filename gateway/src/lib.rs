@@ -8,7 +8,7 @@
 //!    and renders answers and [`error::InvokeError`]s.
 //! 4. [`scheduler`]: bin-pack routing, best-fit placement, instance lifecycle.
 //! 5. [`workers`]: the sandbox worker API client; invocations then go straight
-//!    to the instance.
+//!    to the instance over [`upstream`] connections.
 //!
 //! Beside the path: [`config`], [`metrics`], [`admin`], [`ids`].
 
@@ -124,7 +124,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     };
     let pipeline = Arc::new(pipeline::Pipeline::new(
         scheduler.clone(),
-        client,
         g.limits.clone(),
         config.ingress.vpcs.clone(),
         &metrics,

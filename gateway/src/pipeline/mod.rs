@@ -27,7 +27,6 @@ use crate::metering::usage_log::UsageLog;
 use crate::metering::{UsageRecord, billed_gb_s, unix_ms};
 use crate::metrics::{FunctionMetrics, Metrics, NetworkIndex};
 use crate::scheduler::{FunctionPool, Scheduler};
-use crate::workers::HttpClient;
 use bytes::Bytes;
 use forward::Ran;
 use http::{HeaderValue, Request, Response};
@@ -41,7 +40,6 @@ pub type ResponseBody = Full<Bytes>;
 
 pub struct Pipeline {
     pub scheduler: Arc<Scheduler>,
-    pub client: HttpClient,
     pub limits: Limits,
     pub ids: IdGen,
     pub vpcs: VpcTable,
@@ -63,7 +61,6 @@ struct Done<'a> {
 impl Pipeline {
     pub fn new(
         scheduler: Arc<Scheduler>,
-        client: HttpClient,
         limits: Limits,
         vpcs: VpcTable,
         metrics: &Metrics,
@@ -74,7 +71,6 @@ impl Pipeline {
             unknown: metrics.function("(unknown)", &networks),
             networks,
             scheduler,
-            client,
             limits,
             ids: IdGen::new(),
             vpcs,
