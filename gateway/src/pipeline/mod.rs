@@ -48,6 +48,15 @@ pub struct Pipeline {
     usage: Option<UsageLog>,
 }
 
+/// What every stage's answer needs about the request itself.
+struct Ctx<'a> {
+    headers: &'a http::HeaderMap,
+    request_id: HeaderValue,
+    origin: Origin,
+    started: Instant,
+    wall: SystemTime,
+}
+
 /// What [`Pipeline::finish`] needs to know about how a request went.
 struct Done<'a> {
     pool: Option<&'a Arc<FunctionPool>>,
@@ -79,10 +88,14 @@ impl Pipeline {
     }
 
     pub async fn handle(&self, req: Request<Incoming>, origin: Origin) -> Response<ResponseBody> {
-        let started = Instant::now();
-        let wall = SystemTime::now();
-        let request_id = self.ids.request_id();
         let (parts, body) = req.into_parts();
+        let ctx = Ctx {
+            headers: &parts.headers,
+            request_id: self.ids.request_id(),
+            origin,
+            started: Instant::now(),
+            wall: SystemTime::now(),
+        };
         let declared = body::declared_length(&parts.headers);
         let refused = |function, qualifier, pool, outcome| Done {
             pool,
@@ -102,61 +115,28 @@ impl Pipeline {
                         name: inv.function.to_string(),
                     };
                     let done = refused(inv.function, inv.qualifier, None, e.outcome());
-                    return self
-                        .refuse(
-                            done,
-                            e,
-                            body,
-                            &parts.headers,
-                            request_id,
-                            origin,
-                            started,
-                            wall,
-                        )
-                        .await;
+                    return self.refuse(&ctx, done, e, body).await;
                 }
             },
             Err(e) => {
                 let done = refused("(unknown)", None, None, e.outcome());
-                return self
-                    .refuse(
-                        done,
-                        e,
-                        body,
-                        &parts.headers,
-                        request_id,
-                        origin,
-                        started,
-                        wall,
-                    )
-                    .await;
+                return self.refuse(&ctx, done, e, body).await;
             }
         };
 
         // 3: ingress policy, from the head and the connection alone.
-        if let Err(denial) = pool.cfg.ingress.check(&origin, &self.vpcs) {
+        if let Err(denial) = pool.cfg.ingress.check(&ctx.origin, &self.vpcs) {
             match &denial {
                 Denial::VpcBinding { .. } => pool.metrics.denied_vpc_binding.inc(),
                 Denial::Rule { .. } | Denial::ImplicitDeny => pool.metrics.denied_access_rule.inc(),
             }
             let done = refused(inv.function, inv.qualifier, Some(&pool), Outcome::Denied);
             let e = InvokeError::AccessDenied(denial);
-            return self
-                .refuse(
-                    done,
-                    e,
-                    body,
-                    &parts.headers,
-                    request_id,
-                    origin,
-                    started,
-                    wall,
-                )
-                .await;
+            return self.refuse(&ctx, done, e, body).await;
         }
 
         // 4: throttling, still from the head.
-        let caller = match &origin {
+        let caller = match &ctx.origin {
             Origin::Client(c) => Some(c),
             Origin::Internal => None,
         };
@@ -170,18 +150,7 @@ impl Pipeline {
                 pool.metrics.throttles[t.limit as usize].inc();
                 let done = refused(inv.function, inv.qualifier, Some(&pool), Outcome::Throttled);
                 let e = InvokeError::Throttled(t);
-                return self
-                    .refuse(
-                        done,
-                        e,
-                        body,
-                        &parts.headers,
-                        request_id,
-                        origin,
-                        started,
-                        wall,
-                    )
-                    .await;
+                return self.refuse(&ctx, done, e, body).await;
             }
         };
         // A guard, not inc/dec: hyper drops this future when the client goes away.
@@ -193,18 +162,19 @@ impl Pipeline {
                 Ok(p) => p,
                 Err(e) => {
                     let done = refused(inv.function, inv.qualifier, Some(&pool), e.outcome());
-                    let resp = error_response(&e, request_id, None);
-                    return self.finish(done, resp, origin, started, wall).await;
+                    let resp = error_response(&e, ctx.request_id.clone(), None);
+                    return self.finish(&ctx, done, resp).await;
                 }
             };
         let bytes_in = payload.len() as u64;
 
         // 6-7: an instance slot, and the call.
-        let result = forward::call(self, &pool, &parts, payload, &request_id).await;
+        let result = forward::call(self, &pool, &parts, payload, &ctx.request_id).await;
         let (outcome, ran, resp) = match result {
             Ok((mut resp, ran)) => {
-                resp.headers_mut().insert(fc::REQUEST_ID, request_id);
-                pool.limits.record_duration(started.elapsed());
+                resp.headers_mut()
+                    .insert(fc::REQUEST_ID, ctx.request_id.clone());
+                pool.limits.record_duration(ctx.started.elapsed());
                 (Outcome::Success, Some(ran), resp)
             }
             Err((e, ran)) => {
@@ -213,10 +183,10 @@ impl Pipeline {
                 }
                 let outcome = e.outcome();
                 if !matches!(outcome, Outcome::ClientError | Outcome::Throttled) {
-                    tracing::info!(function = %pool.cfg.name, request_id = ?request_id, error = %e, "invocation failed");
+                    tracing::info!(function = %pool.cfg.name, request_id = ?ctx.request_id, error = %e, "invocation failed");
                 }
                 let id = ran.as_ref().map(|r| r.instance_id.clone());
-                (outcome, ran, error_response(&e, request_id, id))
+                (outcome, ran, error_response(&e, ctx.request_id.clone(), id))
             }
         };
         let done = Done {
@@ -227,38 +197,32 @@ impl Pipeline {
             bytes_in,
             ran,
         };
-        self.finish(done, resp, origin, started, wall).await
+        self.finish(&ctx, done, resp).await
     }
 
     /// Answers a request refused from its head (stages 1-4): drains its
     /// unread body in the background and renders the error.
-    #[allow(clippy::too_many_arguments)]
     async fn refuse(
         &self,
+        ctx: &Ctx<'_>,
         done: Done<'_>,
         err: InvokeError,
         body: Incoming,
-        headers: &http::HeaderMap,
-        request_id: HeaderValue,
-        origin: Origin,
-        started: Instant,
-        wall: SystemTime,
     ) -> Response<ResponseBody> {
-        body::discard(body, headers, &self.limits, self.scheduler.tasks());
-        let resp = error_response(&err, request_id, None);
-        self.finish(done, resp, origin, started, wall).await
+        body::discard(body, ctx.headers, &self.limits, self.scheduler.tasks());
+        let resp = error_response(&err, ctx.request_id.clone(), None);
+        self.finish(ctx, done, resp).await
     }
 
     /// Counts the request and writes its usage record: the one place.
     async fn finish(
         &self,
+        ctx: &Ctx<'_>,
         done: Done<'_>,
         resp: Response<ResponseBody>,
-        origin: Origin,
-        started: Instant,
-        wall: SystemTime,
     ) -> Response<ResponseBody> {
-        let elapsed = started.elapsed();
+        let (origin, wall) = (ctx.origin, ctx.wall);
+        let elapsed = ctx.started.elapsed();
         let bytes_out = resp.body().size_hint().exact().unwrap_or(0);
         let net = self.networks.of(&origin);
         let m = done.pool.map(|p| &p.metrics).unwrap_or(&self.unknown);
