@@ -112,7 +112,9 @@ async fn attempt(
     let max = p.limits.max_response_bytes as usize;
     let call = async {
         // A pooled connection the instance closed meanwhile fails before the
-        // request is written (`is_canceled`): nothing was sent, use a new one.
+        // request is written (hyper hands the request back): nothing was
+        // sent, so try the next connection. Each retry takes a different idle
+        // connection, so the loop ends on a new one at the latest.
         let mut req = Some(req);
         loop {
             let mut conn = inst.upstream.get().await.map_err(|_| CallError::NotSent)?;

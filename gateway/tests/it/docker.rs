@@ -144,16 +144,12 @@ fn compose_file_agrees_with_the_repository() {
     }
 
     // The gateway config in the image is valid, and the ports agree.
-    let out = Command::new(env!("CARGO_BIN_EXE_gateway"))
-        .args(["--check", "--config"])
-        .arg(repo().join(config_in_image))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let config_path = repo().join(config_in_image);
+    gateway_cli([
+        std::ffi::OsStr::new("--check"),
+        "--config".as_ref(),
+        config_path.as_os_str(),
+    ]);
     let gw: toml::Value =
         toml::from_str(&std::fs::read_to_string(repo().join(config_in_image)).unwrap()).unwrap();
     let worker_listen = flag_value(&worker_args, "--listen");

@@ -525,3 +525,21 @@ pub fn assert_config_error(config: &str, key: &str) {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(key), "stderr should name {key:?}: {err}");
 }
+
+/// Runs the `gateway` binary with `args`; it must succeed. Returns stdout.
+pub fn gateway_cli<I, S>(args: I) -> Vec<u8>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let out = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}

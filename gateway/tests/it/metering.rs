@@ -18,17 +18,11 @@ const NETWORKS: &str = "[[networks]]\nvpc_id = \"vpc-a\"\ncidrs = [\"127.0.0.2/3
 
 /// `gateway usage summarize --json` over `files`: (function, network) → totals.
 fn summarize(files: &[&Path]) -> (HashMap<(String, String), serde_json::Value>, u64) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
-        .args(["usage", "summarize", "--json"])
-        .args(files)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut args: Vec<&std::ffi::OsStr> =
+        vec!["usage".as_ref(), "summarize".as_ref(), "--json".as_ref()];
+    args.extend(files.iter().map(|f| f.as_os_str()));
+    let stdout = gateway_cli(args);
+    let v: serde_json::Value = serde_json::from_slice(&stdout).unwrap();
     let rows = v["rows"]
         .as_array()
         .unwrap()
@@ -177,6 +171,28 @@ async fn drive(
     })
 }
 
+/// Starts `clients` connections of steady traffic on `gw` and returns once
+/// 300 calls have succeeded: a sender that stops it, and its acks.
+async fn steady_traffic(
+    gw: &Gateway,
+    clients: usize,
+) -> (
+    tokio::sync::watch::Sender<bool>,
+    tokio::task::JoinHandle<Vec<tokio::time::Instant>>,
+) {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let load = drive(gw, clients, stop_rx).await;
+    gw.until("some traffic", Duration::from_secs(30), || async {
+        gw.metric(
+            "fngate_invocations_total{function=\"echo\",network=\"internet\",outcome=\"success\"}",
+        )
+        .await
+            >= 300.0
+    })
+    .await;
+    (stop_tx, load)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn usage_log_survives_sigkill_within_its_bound_and_sigterm_loses_nothing() {
     let logdir = tempfile::tempdir().unwrap();
@@ -190,16 +206,7 @@ async fn usage_log_survives_sigkill_within_its_bound_and_sigterm_loses_nothing()
 
     // Run 1: steady traffic, then SIGKILL.
     let gw = Gateway::start("", &cfg);
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let load = drive(&gw, CLIENTS, stop_rx).await;
-    gw.until("some traffic", Duration::from_secs(30), || async {
-        gw.metric(
-            "fngate_invocations_total{function=\"echo\",network=\"internet\",outcome=\"success\"}",
-        )
-        .await
-            >= 300.0
-    })
-    .await;
+    let (stop_tx, load) = steady_traffic(&gw, CLIENTS).await;
     let instance_pid = gw.h1().await.invoke("echo", "fngate:whoami").await.json()["pid"]
         .as_i64()
         .unwrap() as i32;
@@ -244,16 +251,7 @@ async fn usage_log_survives_sigkill_within_its_bound_and_sigterm_loses_nothing()
 
     // Run 2 on the same log: steady traffic, then SIGTERM: nothing lost.
     let mut gw = Gateway::start("", &cfg);
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let load = drive(&gw, CLIENTS, stop_rx).await;
-    gw.until("some traffic", Duration::from_secs(30), || async {
-        gw.metric(
-            "fngate_invocations_total{function=\"echo\",network=\"internet\",outcome=\"success\"}",
-        )
-        .await
-            >= 300.0
-    })
-    .await;
+    let (stop_tx, load) = steady_traffic(&gw, CLIENTS).await;
     let _ = stop_tx.send(true);
     let acked_2 = load.await.unwrap().len() as u64;
     gw.proc.signal(libc::SIGTERM);
