@@ -125,6 +125,7 @@ struct GatewaySection {
     max_instance_lifetime_s: u64,
     instance_start_timeout_ms: u64,
     embedded_worker_memory_mb: u64,
+    threads: Option<u64>,
     trusted_proxies: Vec<String>,
     access_rules: Vec<RuleSection>,
     private_endpoints: Vec<PrivateEndpointSection>,
@@ -157,6 +158,7 @@ impl Default for GatewaySection {
             max_instance_lifetime_s: 36 * 3600,
             instance_start_timeout_ms: 30_000,
             embedded_worker_memory_mb: 4096,
+            threads: None,
             trusted_proxies: Vec::new(),
             access_rules: Vec::new(),
             private_endpoints: Vec::new(),
@@ -280,6 +282,8 @@ pub struct GatewayConfig {
     pub max_instance_lifetime: Duration,
     pub instance_start_timeout: Duration,
     pub embedded_worker_memory_mb: u64,
+    /// Runtime shards (threads serving connections), see [`crate::shards`].
+    pub threads: usize,
     pub throttle: GatewayThrottle,
 }
 
@@ -683,6 +687,11 @@ impl Config {
                     "gateway.embedded_worker_memory_mb",
                     g.embedded_worker_memory_mb,
                 )?,
+                threads: match g.threads {
+                    None => crate::shards::default_count(),
+                    Some(n @ 1..=1024) => n as usize,
+                    Some(_) => return Err(invalid("gateway.threads", "must be 1..=1024")),
+                },
                 throttle: GatewayThrottle {
                     caller_rate: quota("gateway.caller_rate_limit", g.caller_rate_limit)?,
                     caller_key: g.caller_key,

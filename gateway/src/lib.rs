@@ -10,7 +10,8 @@
 //! 5. [`workers`]: the sandbox worker API client; invocations then go straight
 //!    to the instance over [`upstream`] connections.
 //!
-//! Beside the path: [`config`], [`metrics`], [`admin`], [`ids`].
+//! Beside the path: [`shards`] (the runtime threads), [`config`], [`metrics`],
+//! [`admin`], [`ids`].
 
 pub mod admin;
 pub mod api;
@@ -23,6 +24,7 @@ pub mod metering;
 pub mod metrics;
 pub mod pipeline;
 pub mod scheduler;
+pub mod shards;
 pub mod throttle;
 pub mod upstream;
 pub mod workers;
@@ -54,6 +56,8 @@ pub enum RunError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot start the runtime shards: {0}")]
+    Shards(#[source] std::io::Error),
     #[error("worker unreachable: {0}")]
     Worker(#[from] workers::WorkerError),
 }
@@ -66,6 +70,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let metrics = Arc::new(metrics::Metrics::new());
     let client = workers::http_client();
     let stop = CancellationToken::new();
+    // Before anything that pools upstream connections per shard.
+    let shards = shards::Shards::start(g.threads).map_err(RunError::Shards)?;
 
     // Workers: the configured ones, or one embedded in this process.
     let mut embedded = None;
@@ -160,23 +166,23 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     }
 
     let stop_accepting = CancellationToken::new();
-    let graceful = Arc::new(hyper_util::server::graceful::GracefulShutdown::new());
-    let conns = TaskTracker::new();
-    // One connection budget shared by every listener.
-    let permits = Arc::new(tokio::sync::Semaphore::new(
-        g.limits.max_connections as usize,
-    ));
+    let conns = Arc::new(connection::Connections {
+        // One connection budget shared by every listener.
+        permits: Arc::new(tokio::sync::Semaphore::new(
+            g.limits.max_connections as usize,
+        )),
+        graceful: hyper_util::server::graceful::GracefulShutdown::new(),
+        tasks: TaskTracker::new(),
+        shards,
+    });
     let accepts: Vec<_> = listeners
         .into_iter()
         .map(|(l, kind)| {
-            tokio::spawn(server.clone().accept_loop(
-                l,
-                kind,
-                permits.clone(),
-                stop_accepting.clone(),
-                graceful.clone(),
-                conns.clone(),
-            ))
+            tokio::spawn(
+                server
+                    .clone()
+                    .accept_loop(l, kind, stop_accepting.clone(), conns.clone()),
+            )
         })
         .collect();
     let admin = Arc::new(admin::Admin {
@@ -193,6 +199,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         https = %https_addr.map(|a| a.to_string()).unwrap_or_default(),
         admin = %admin_addr.map(|a| a.to_string()).unwrap_or_default(),
         functions = config.functions.len(),
+        threads = g.threads,
         "fngate listening"
     );
 
@@ -203,13 +210,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     for a in accepts {
         let _ = a.await;
     }
-    conns.close();
+    // The accept loops have ended: theirs were the other references.
+    let conns = Arc::into_inner(conns).expect("accept loops have ended");
+    conns.tasks.close();
     let drained = tokio::time::timeout(g.drain_timeout, async {
-        // The accept loop has ended, so this is the last reference.
-        if let Ok(graceful) = Arc::try_unwrap(graceful) {
-            graceful.shutdown().await;
-        }
-        conns.wait().await;
+        conns.graceful.shutdown().await;
+        conns.tasks.wait().await;
     })
     .await;
     if drained.is_err() {
@@ -227,6 +233,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     if let Some(w) = embedded {
         let _ = w.await;
     }
+    conns.shards.stop().await;
     tracing::info!("stopped");
     Ok(())
 }

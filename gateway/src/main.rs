@@ -67,7 +67,8 @@ fn main() -> std::process::ExitCode {
         println!("configuration ok: {} functions", config.functions.len());
         return std::process::ExitCode::SUCCESS;
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread()
+    // Shard 0 (see fngate::shards): the gateway starts the other shards itself.
+    let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {

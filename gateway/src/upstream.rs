@@ -2,6 +2,10 @@
 //! and pooled per instance, so no lock is shared across instances and a call
 //! costs no pool-wide bookkeeping (hyper-util's legacy client did: a client
 //! clone, a connect future and a global pool checkout per call).
+//!
+//! Within an instance's pool, idle connections are kept per runtime shard
+//! ([`crate::shards`]): a connection's socket and its driving task belong to
+//! the shard that opened it, so a call never waits on another thread.
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -16,11 +20,22 @@ pub type Sender = SendRequest<Full<Bytes>>;
 const MAX_IDLE: usize = 256;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-#[derive(Default)]
 pub struct UpstreamPool {
     addr: OnceLock<SocketAddr>,
-    // Per instance; held only to push or pop, never across an await.
-    idle: Mutex<Vec<Sender>>,
+    // One list per shard; a lock is held only to push or pop, never across
+    // an await, and only the shard's own thread takes it.
+    idle: Box<[Mutex<Vec<Sender>>]>,
+}
+
+impl Default for UpstreamPool {
+    fn default() -> Self {
+        UpstreamPool {
+            addr: OnceLock::new(),
+            idle: (0..crate::shards::count())
+                .map(|_| Mutex::default())
+                .collect(),
+        }
+    }
 }
 
 /// A connection to use for one call.
@@ -35,10 +50,14 @@ impl UpstreamPool {
         let _ = self.addr.set(addr);
     }
 
+    fn idle(&self) -> &Mutex<Vec<Sender>> {
+        &self.idle[crate::shards::current() % self.idle.len()]
+    }
+
     /// An idle connection, or a new one. `Err` means nothing could be sent.
     pub async fn get(&self) -> std::io::Result<Conn> {
         loop {
-            let idle = self.idle.lock().unwrap().pop();
+            let idle = self.idle().lock().unwrap().pop();
             match idle {
                 Some(s) if !s.is_closed() => {
                     return Ok(Conn {
@@ -77,7 +96,7 @@ impl UpstreamPool {
         if sender.is_closed() {
             return;
         }
-        let mut idle = self.idle.lock().unwrap();
+        let mut idle = self.idle().lock().unwrap();
         if idle.len() < MAX_IDLE {
             idle.push(sender);
         }

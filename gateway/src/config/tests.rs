@@ -61,6 +61,7 @@ fn invalid_configs_name_the_key() {
         ("[gateway]\nbogus = 1\n", "bogus"),
         ("[gateway]\ntls_cert = \"c.pem\"\n", "gateway.tls_key"),
         ("[gateway]\nmax_body_bytes = 0\n", "gateway.max_body_bytes"),
+        ("[gateway]\nthreads = 0\n", "gateway.threads"),
         (
             "[gateway]\nmax_header_bytes = 100\n",
             "gateway.max_header_bytes",

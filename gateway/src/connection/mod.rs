@@ -15,6 +15,7 @@ use crate::config::{IngressConfig, Limits};
 use crate::ingress::{Caller, Network, Origin, VpcId};
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
+use crate::shards::Shards;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use std::convert::Infallible;
@@ -25,6 +26,15 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+/// The client connections of every listener: one budget (`max_connections`),
+/// tracked for drain, dealt to the runtime shards.
+pub struct Connections {
+    pub permits: Arc<Semaphore>,
+    pub graceful: GracefulShutdown,
+    pub tasks: TaskTracker,
+    pub shards: Shards,
+}
 
 /// What a listener says about the callers arriving on it.
 #[derive(Debug, Clone, Copy)]
@@ -77,17 +87,20 @@ impl Server {
         })
     }
 
-    /// Accepts until `stop` is cancelled. Connections are tracked in `tasks`
-    /// and watched by `graceful` for drain.
+    /// Accepts until `stop` is cancelled, into `conns`.
     pub async fn accept_loop(
         self: Arc<Self>,
         listener: TcpListener,
         kind: ListenerKind,
-        permits: Arc<Semaphore>,
         stop: CancellationToken,
-        graceful: Arc<GracefulShutdown>,
-        tasks: TaskTracker,
+        conns: Arc<Connections>,
     ) {
+        let Connections {
+            permits,
+            graceful,
+            tasks,
+            shards,
+        } = &*conns;
         loop {
             let permit = tokio::select! {
                 _ = stop.cancelled() => return,
@@ -108,12 +121,34 @@ impl Server {
             let _ = stream.set_nodelay(true);
             let this = self.clone();
             let watcher = graceful.watcher();
-            tasks.spawn(async move {
-                this.metrics.open_connections.inc();
-                this.serve_one(stream, peer, kind, watcher).await;
+            this.metrics.open_connections.inc();
+            let (shard, handle) = shards.pick();
+            if shard == crate::shards::current() {
+                tasks.spawn(async move {
+                    this.serve_one(stream, peer, kind, watcher).await;
+                    this.metrics.open_connections.dec();
+                    drop(permit);
+                });
+                continue;
+            }
+            // The socket moves to the other shard's reactor.
+            let stream = match stream.into_std() {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot hand a connection to its shard");
+                    self.metrics.open_connections.dec();
+                    continue;
+                }
+            };
+            let serve = async move {
+                match tokio::net::TcpStream::from_std(stream) {
+                    Ok(stream) => this.serve_one(stream, peer, kind, watcher).await,
+                    Err(e) => tracing::warn!(error = %e, "cannot register a connection"),
+                }
                 this.metrics.open_connections.dec();
                 drop(permit);
-            });
+            };
+            tasks.spawn_on(serve, handle);
         }
     }
 
@@ -167,48 +202,66 @@ impl Server {
         }
     }
 
-    async fn serve_one(
+    /// Where the caller stands, then TLS; `None` when the connection ends here.
+    async fn handshake(
         &self,
         mut stream: tokio::net::TcpStream,
         peer: std::net::SocketAddr,
         kind: ListenerKind,
-        watcher: Watcher,
-    ) {
+    ) -> Option<(
+        Caller,
+        tokio_rustls::server::TlsStream<proxy::Rewind<tokio::net::TcpStream>>,
+    )> {
         let (caller, rest) = match self.resolve(&mut stream, peer, kind).await {
             Ok(r) => r,
             Err(reject) => {
                 self.metrics.proxy_rejections[reject as usize].inc();
                 tracing::debug!(%peer, reason = reject.as_str(), "PROXY protocol rejection; closing");
-                return;
+                return None;
             }
         };
         let stream = proxy::Rewind::new(stream, rest);
-        let tls =
-            match tokio::time::timeout(self.limits.tls_handshake_timeout, self.tls.accept(stream))
-                .await
-            {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    self.metrics.tls_handshake_failures.inc();
-                    tracing::debug!(error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    self.metrics.tls_handshake_failures.inc();
-                    tracing::debug!("TLS handshake timed out");
-                    return;
-                }
-            };
+        match tokio::time::timeout(self.limits.tls_handshake_timeout, self.tls.accept(stream)).await
+        {
+            Ok(Ok(s)) => Some((caller, s)),
+            Ok(Err(e)) => {
+                self.metrics.tls_handshake_failures.inc();
+                tracing::debug!(error = %e, "TLS handshake failed");
+                None
+            }
+            Err(_) => {
+                self.metrics.tls_handshake_failures.inc();
+                tracing::debug!("TLS handshake timed out");
+                None
+            }
+        }
+    }
+
+    async fn serve_one(
+        &self,
+        stream: tokio::net::TcpStream,
+        peer: std::net::SocketAddr,
+        kind: ListenerKind,
+        watcher: Watcher,
+    ) {
+        // Boxed, and HTTP/2 below: the connection's task then holds only
+        // what an idle HTTP/1.1 connection needs (memory per idle connection).
+        let Some((caller, tls)) = Box::pin(self.handshake(stream, peer, kind)).await else {
+            return;
+        };
         let is_h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
         let pipeline = self.pipeline.clone();
         let origin = Origin::Client(caller);
+        // The request future is boxed: hyper keeps room for one in every
+        // connection, idle or not, and this one is a few KiB. One allocation
+        // per request buys back that much per idle connection.
         let svc = hyper::service::service_fn(move |req| {
             let p = pipeline.clone();
-            async move { Ok::<_, Infallible>(p.handle(req, origin).await) }
+            Box::pin(async move { Ok::<_, Infallible>(p.handle(req, origin).await) })
         });
         let io = TokioIo::new(tls);
         let result = if is_h2 {
-            watcher.watch(self.h2.serve_connection(io, svc)).await
+            Box::pin(watcher.watch(self.h2.serve_connection(io, svc))).await
         } else {
             watcher.watch(self.h1.serve_connection(io, svc)).await
         };
