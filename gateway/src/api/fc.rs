@@ -79,6 +79,16 @@ pub struct Rendered {
     pub retry_after: Option<std::time::Duration>,
 }
 
+/// A JSON body in one allocation, sized for its strings plus the field
+/// names, quotes and a little escaping.
+fn json(body: &impl Serialize, strings_len: usize) -> Bytes {
+    let mut v = Vec::with_capacity(strings_len + 64);
+    match serde_json::to_writer(&mut v, body) {
+        Ok(()) => Bytes::from(v),
+        Err(_) => Bytes::new(),
+    }
+}
+
 /// The one place FC error responses are made. Exhaustive: a new cause must
 /// decide its FC rendering here.
 pub fn render_error(err: &InvokeError, request_id: &str) -> Rendered {
@@ -86,25 +96,25 @@ pub fn render_error(err: &InvokeError, request_id: &str) -> Rendered {
         status,
         error_type: None,
         retry_after: None,
-        body: Bytes::from(
-            serde_json::to_vec(&ErrorBody {
+        body: json(
+            &ErrorBody {
                 code,
                 message,
                 request_id,
-            })
-            .unwrap_or_default(),
+            },
+            code.len() + message.len() + request_id.len(),
         ),
     };
     let function = |error_type: &str, message: &str| Rendered {
         status: StatusCode::OK,
         retry_after: None,
         error_type: Some(HeaderValue::from_static("UnhandledInvocationError")),
-        body: Bytes::from(
-            serde_json::to_vec(&FunctionErrorBody {
+        body: json(
+            &FunctionErrorBody {
                 error_message: message,
                 error_type,
-            })
-            .unwrap_or_default(),
+            },
+            message.len() + error_type.len(),
         ),
     };
     match err {

@@ -77,8 +77,16 @@ impl UsageLog {
         ))
     }
 
-    pub async fn record(&self, r: UsageRecord) {
-        let _ = self.tx.send(Msg::Record(Box::new(r))).await;
+    /// Queues a record; waits only while the writer is behind (never drops).
+    pub async fn record(&self, r: Box<UsageRecord>) {
+        use tokio::sync::mpsc::error::TrySendError;
+        match self.tx.try_send(Msg::Record(r)) {
+            // The wait is rare: boxed, it adds nothing to every caller's future.
+            Err(TrySendError::Full(m)) => {
+                let _ = Box::pin(self.tx.send(m)).await;
+            }
+            Ok(()) | Err(TrySendError::Closed(_)) => {}
+        }
     }
 }
 

@@ -66,6 +66,25 @@ pub fn discard(body: Incoming, headers: &http::HeaderMap, limits: &Limits, tasks
     if declared.is_some_and(|n| n > max) {
         return;
     }
+    // Usually the small body of a refused request has already arrived with
+    // its head: drop it here rather than spawn a task for it.
+    let mut body = body;
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    let mut read = 0u64;
+    loop {
+        match std::pin::Pin::new(&mut body).poll_frame(&mut cx) {
+            std::task::Poll::Ready(Some(Ok(frame))) => {
+                read += frame.data_ref().map_or(0, |d| d.len() as u64);
+                if read > max {
+                    return;
+                }
+            }
+            // The end, or an error: nothing more to drain.
+            std::task::Poll::Ready(_) => return,
+            std::task::Poll::Pending => break,
+        }
+    }
+    let max = max - read;
     let timeout = limits.body_read_timeout;
     tasks.spawn(async move {
         let collect = Limited::new(body, max as usize).collect();

@@ -251,7 +251,8 @@ impl Pipeline {
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or_default()
                 .to_string();
-            let record = UsageRecord {
+            // Built in its box: it travels to the writer thread as is.
+            let record = Box::new(UsageRecord {
                 request_id,
                 function: done.function.to_string(),
                 qualifier: done.qualifier.map(str::to_string),
@@ -276,7 +277,7 @@ impl Pipeline {
                 outcome: done.outcome.as_str().into(),
                 start_unix_ms: unix_ms(wall),
                 end_unix_ms: unix_ms(wall + elapsed),
-            };
+            });
             usage.record(record).await;
         }
         resp

@@ -34,7 +34,7 @@ async fn everything_recorded_is_on_disk_after_close() {
     let dir = tempfile::tempdir().unwrap();
     let (log, task) = UsageLog::start(cfg(dir.path(), u64::MAX)).unwrap();
     for i in 0..10_000 {
-        log.record(rec(i)).await;
+        log.record(Box::new(rec(i))).await;
     }
     task.close().await;
     let (records, skipped) = read_records(&[dir.path().join("usage.jsonl")]).unwrap();
@@ -55,7 +55,7 @@ async fn a_torn_last_line_is_skipped_and_the_log_continues_cleanly() {
     assert_eq!((records.len(), skipped), (1, 1));
     // Reopened after the "crash": new records land on lines of their own.
     let (log, task) = UsageLog::start(cfg(dir.path(), u64::MAX)).unwrap();
-    log.record(rec(3)).await;
+    log.record(Box::new(rec(3))).await;
     task.close().await;
     let (records, skipped) = read_records(&[path]).unwrap();
     assert_eq!(skipped, 1);
@@ -67,7 +67,7 @@ async fn rotation_by_size_keeps_every_record() {
     let dir = tempfile::tempdir().unwrap();
     let (log, task) = UsageLog::start(cfg(dir.path(), 4096)).unwrap();
     for i in 0..500 {
-        log.record(rec(i)).await;
+        log.record(Box::new(rec(i))).await;
     }
     task.close().await;
     let files: Vec<PathBuf> = std::fs::read_dir(dir.path())
