@@ -18,7 +18,6 @@ use crate::pipeline::Pipeline;
 use crate::shards::Shards;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -257,7 +256,7 @@ impl Server {
         // per request buys back that much per idle connection.
         let svc = hyper::service::service_fn(move |req| {
             let p = pipeline.clone();
-            Box::pin(async move { Ok::<_, Infallible>(p.handle(req, origin).await) })
+            Box::pin(p.handle(req, origin))
         });
         let io = TokioIo::new(tls);
         let result = if is_h2 {

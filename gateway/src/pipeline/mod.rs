@@ -87,7 +87,14 @@ impl Pipeline {
         }
     }
 
-    pub async fn handle(&self, req: Request<Incoming>, origin: Origin) -> Response<ResponseBody> {
+    /// One request, start to answer. Shaped as hyper's service future (owns
+    /// its pipeline, never fails) so the connection boxes it without a
+    /// wrapper future and its copy.
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        origin: Origin,
+    ) -> Result<Response<ResponseBody>, std::convert::Infallible> {
         let (parts, body) = req.into_parts();
         let ctx = Ctx {
             headers: &parts.headers,
@@ -115,12 +122,12 @@ impl Pipeline {
                         name: inv.function.to_string(),
                     };
                     let done = refused(inv.function, inv.qualifier, None, e.outcome());
-                    return self.refuse(&ctx, done, e, body).await;
+                    return Ok(self.refuse(&ctx, done, e, body).await);
                 }
             },
             Err(e) => {
                 let done = refused("(unknown)", None, None, e.outcome());
-                return self.refuse(&ctx, done, e, body).await;
+                return Ok(self.refuse(&ctx, done, e, body).await);
             }
         };
 
@@ -132,7 +139,7 @@ impl Pipeline {
             }
             let done = refused(inv.function, inv.qualifier, Some(&pool), Outcome::Denied);
             let e = InvokeError::AccessDenied(denial);
-            return self.refuse(&ctx, done, e, body).await;
+            return Ok(self.refuse(&ctx, done, e, body).await);
         }
 
         // 4: throttling, still from the head.
@@ -150,7 +157,7 @@ impl Pipeline {
                 pool.metrics.throttles[t.limit as usize].inc();
                 let done = refused(inv.function, inv.qualifier, Some(&pool), Outcome::Throttled);
                 let e = InvokeError::Throttled(t);
-                return self.refuse(&ctx, done, e, body).await;
+                return Ok(self.refuse(&ctx, done, e, body).await);
             }
         };
         // A guard, not inc/dec: hyper drops this future when the client goes away.
@@ -163,13 +170,13 @@ impl Pipeline {
                 Err(e) => {
                     let done = refused(inv.function, inv.qualifier, Some(&pool), e.outcome());
                     let resp = error_response(&e, ctx.request_id.clone(), None);
-                    return self.finish(&ctx, done, resp).await;
+                    return Ok(self.finish(&ctx, done, resp).await);
                 }
             };
         let bytes_in = payload.len() as u64;
 
         // 6-7: an instance slot, and the call.
-        let result = forward::call(self, &pool, &parts, payload, &ctx.request_id).await;
+        let result = forward::call(&self, &pool, &parts, payload, &ctx.request_id).await;
         let (outcome, ran, resp) = match result {
             Ok((mut resp, ran)) => {
                 resp.headers_mut()
@@ -197,7 +204,7 @@ impl Pipeline {
             bytes_in,
             ran,
         };
-        self.finish(&ctx, done, resp).await
+        Ok(self.finish(&ctx, done, resp).await)
     }
 
     /// Answers a request refused from its head (stages 1-4): drains its
