@@ -1,0 +1,144 @@
+#!/usr/bin/env bash
+# Before/after benchmark of a gateway change: the gateway built from git
+# revision BASE ("before") against the working tree ("after"), same run,
+# alternating rounds, on the paths of bench-peers.sh: allowed, 403 (a
+# VPC-only function called from outside) and 429 (rate-limited), over
+# HTTP/1.1 and HTTP/2; plus resident memory with 1,000 idle TLS connections.
+# Both gateways run at once (the idle one costs nothing), pinned to core 1
+# with their instances; the client on core 0. Loopback only.
+# Writes loadtest/results/ab.md.
+#
+# Usage: bash loadtest/scripts/bench-ab.sh BASE
+# Env: ROUNDS (3), DURATION (5s), CONNS (64).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+BASE=${1:?usage: bench-ab.sh BASE-REVISION}
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-5s}
+CONNS=${CONNS:-64}
+OUT=loadtest/results/ab.md
+base_rev=$(git rev-parse --short "$BASE")
+after_rev="$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- gateway sandbox-runtime || echo '+changes')"
+ulimit -n "$(ulimit -Hn)"
+source loadtest/scripts/lib.sh   # builds the working tree
+
+# The "before" gateway, built in a worktree into the same target directory
+# (dependencies are shared), then the working tree's again.
+cp "$T/gateway" "$work/gateway-after"
+git worktree add --detach "$work/base" "$BASE" >&2
+(cd "$work/base" && CARGO_TARGET_DIR="$(dirname "$T")" cargo build --release -p gateway >&2)
+cp "$T/gateway" "$work/gateway-before"
+git worktree remove --force "$work/base"
+cargo build --release -p gateway >&2
+
+F=/2023-03-30/functions
+config() { # PORT ADMIN_PORT
+    cat <<TOML
+[gateway]
+listen = "127.0.0.1:$1"
+admin_listen = "127.0.0.1:$2"
+self_signed_cert_path = "$work/ca-$1.pem"
+[[networks]]
+vpc_id = "vpc-a"
+cidrs = ["127.0.0.2/32"]
+[[functions]]
+name = "echo"
+command = ["$T/fngate-echo"]
+instance_concurrency = 200
+[[functions]]
+name = "private"
+command = ["$T/fngate-echo"]
+vpc_bindings = ["vpc-a"]
+[[functions]]
+name = "throttled"
+command = ["$T/fngate-echo"]
+instance_concurrency = 200
+rate_limit = { per_second = 100.0, burst = 20 }
+TOML
+}
+declare -A PORT=([before]=18443 [after]=18444) PID=()
+for v in before after; do
+    config "${PORT[$v]}" $((PORT[$v] + 1000)) > "$work/$v.toml"
+    RUST_LOG=warn,fngate=info "${CORE1[@]}" "$work/gateway-$v" --config "$work/$v.toml" 2> "$work/$v.log" &
+    PID[$v]=$!; pids+=($!)
+    for _ in $(seq 1 200); do grep -q "fngate listening" "$work/$v.log" && break; sleep 0.05; done
+    grep -q "fngate listening" "$work/$v.log" || { cat "$work/$v.log" >&2; exit 1; }
+done
+
+run() { # VERSION PATH PROTO DURATION
+    local fn=echo; [ "$2" = 403 ] && fn=private; [ "$2" = 429 ] && fn=throttled
+    local extra=(); [ "$3" = h2 ] && extra=(--http2)
+    GW_PID=${PID[$1]}
+    measure --url "https://127.0.0.1:${PORT[$1]}$F/$fn/invocations" --cacert "$work/ca-${PORT[$1]}.pem" \
+        -c "$CONNS" -d "$4" --source 127.0.0.1 "${extra[@]}"
+}
+for v in before after; do for p in allowed 403 429; do run $v $p h1 1s >/dev/null; done; done   # warm up
+
+results="$work/results.jsonl"
+: > "$results"
+for r in $(seq 1 "$ROUNDS"); do
+    for path in allowed 403 429; do
+        for proto in h1 h2; do
+            for v in before after; do
+                line=$(run "$v" "$path" "$proto" "$DURATION")
+                echo "{\"v\":\"$v\",\"path\":\"$path\",\"proto\":\"$proto\",\"r\":$line}" >> "$results"
+                echo "round $r $path $proto $v: $line" >&2
+            done
+        done
+    done
+done
+
+mem="$work/memory.jsonl"
+: > "$mem"
+for v in before after; do
+    rss() { awk '/VmRSS/{print $2}' "/proc/${PID[$v]}/status"; }
+    idle=$(rss)
+    fifo="$work/hold-$v"; mkfifo "$fifo"
+    "${LT[@]}" --hold -c 1000 -d 20s --url "https://127.0.0.1:${PORT[$v]}$F/echo/invocations" \
+        --cacert "$work/ca-${PORT[$v]}.pem" > "$fifo" &
+    holder=$!
+    read -r _ < "$fifo"
+    held=$(rss)
+    kill "$holder" 2>/dev/null || true; wait "$holder" 2>/dev/null || true
+    echo "{\"v\":\"$v\",\"idle_kb\":$idle,\"held_kb\":$held}" >> "$mem"
+    echo "memory $v: $idle kB idle, $held kB with 1000 connections" >&2
+done
+
+python3 - "$OUT" "$results" "$mem" "$base_rev" "$after_rev" "$ROUNDS" "$DURATION" "$CONNS" "$(nproc)" <<'PY'
+import collections, datetime, json, sys
+sys.path.insert(0, "loadtest/scripts")
+from summary import cells, med, share
+out, results, mem, base_rev, after_rev, rounds, duration, conns, cores = sys.argv[1:]
+by = collections.defaultdict(list)
+for x in map(json.loads, open(results)):
+    by[(x["v"], x["path"], x["proto"])].append(x["r"])
+want = {"allowed": "200", "403": "403", "429": "429"}
+lines = [
+    "# Before/after: one gateway change, same run",
+    "",
+    f"Produced by `bash loadtest/scripts/bench-ab.sh {base_rev}` on {datetime.date.today()} ({cores} cores):",
+    f"**before** = `{base_rev}`, **after** = `{after_rev}`. Closed loop, {conns} connections, {duration} per run,",
+    f"{rounds} alternating rounds; medians with min-max. Both gateways pinned to core 1 with their echo instances,",
+    "the client to core 0; TLS 1.3. CPU is the gateway process's own, per request.",
+    "",
+    "| path | protocol | version | requests/s | p50 ms | p99 ms | gateway CPU µs/request | expected status |",
+    "|---|---|---|---|---|---|---|---|",
+]
+ratios = []
+for path in ["allowed", "403", "429"]:
+    for proto in ["h1", "h2"]:
+        b, a = by[("before", path, proto)], by[("after", path, proto)]
+        for name, rs in (("before", b), ("after", a)):
+            lines.append(f"| {path} | {proto} | {name} | {cells(rs)} | {share(rs, want[path]):.3f} |")
+        ratios.append(f"- {path} {proto}: requests/s **{med(a,'rps')/med(b,'rps'):.2f}x**, "
+                      f"p99 {med(a,'p99_ms')/med(b,'p99_ms'):.2f}x, CPU/request **{med(a,'gw_cpu_us')/med(b,'gw_cpu_us'):.2f}x**")
+m = {x["v"]: x for x in map(json.loads, open(mem))}
+lines += ["", "After / before:", *ratios, "",
+          "## Resident memory with 1,000 idle TLS connections", "",
+          "| version | idle | with 1,000 connections |", "|---|---|---|"]
+for v in ["before", "after"]:
+    lines.append(f"| {v} | {m[v]['idle_kb']/1024:.1f} MiB | {m[v]['held_kb']/1024:.1f} MiB |")
+lines += ["", f"After / before with 1,000 connections: {m['after']['held_kb']/m['before']['held_kb']:.2f}x.", ""]
+open(out, "w").write("\n".join(lines))
+print("\n".join(lines))
+PY
