@@ -126,6 +126,9 @@ struct GatewaySection {
     instance_start_timeout_ms: u64,
     embedded_worker_memory_mb: u64,
     threads: Option<u64>,
+    max_async_queued: u32,
+    max_async_body_bytes: u64,
+    async_retry_base_ms: u64,
     trusted_proxies: Vec<String>,
     access_rules: Vec<RuleSection>,
     private_endpoints: Vec<PrivateEndpointSection>,
@@ -159,6 +162,9 @@ impl Default for GatewaySection {
             instance_start_timeout_ms: 30_000,
             embedded_worker_memory_mb: 4096,
             threads: None,
+            max_async_queued: 1000,
+            max_async_body_bytes: 128 * 1024,
+            async_retry_base_ms: 1000,
             trusted_proxies: Vec::new(),
             access_rules: Vec::new(),
             private_endpoints: Vec::new(),
@@ -208,10 +214,21 @@ struct FunctionSection {
     queue_timeout_ms: u64,
     #[serde(default = "default_queue_max")]
     queue_max: u32,
+    #[serde(default = "default_async_retries")]
+    async_max_retries: u32,
+    #[serde(default = "default_async_age")]
+    async_max_event_age_s: u64,
 }
 
 fn default_queue_max() -> u32 {
     100
+}
+/// FC: a failed asynchronous invocation is retried up to 3 times.
+fn default_async_retries() -> u32 {
+    3
+}
+fn default_async_age() -> u64 {
+    86400
 }
 
 fn default_memory() -> u32 {
@@ -284,7 +301,18 @@ pub struct GatewayConfig {
     pub embedded_worker_memory_mb: u64,
     /// Runtime shards (threads serving connections), see [`crate::shards`].
     pub threads: usize,
+    pub asynchronous: AsyncLimits,
     pub throttle: GatewayThrottle,
+}
+
+/// Gateway-wide bounds on asynchronous invocations.
+#[derive(Debug, Clone)]
+pub struct AsyncLimits {
+    /// Accepted and not yet done (queued, waiting to retry or running).
+    pub max_queued: u32,
+    pub max_body_bytes: u64,
+    /// The first retry delay; it doubles with each retry.
+    pub retry_base: Duration,
 }
 
 /// Gateway-wide throttling (see [`crate::throttle`]).
@@ -333,6 +361,17 @@ pub struct FunctionConfig {
     pub min_instances: u32,
     pub ingress: Arc<IngressPolicy>,
     pub throttle: FunctionThrottle,
+    pub asynchronous: AsyncPolicy,
+}
+
+/// How a function's asynchronous invocations are retried (see
+/// [`crate::pipeline::asynchronous`]).
+#[derive(Debug, Clone)]
+pub struct AsyncPolicy {
+    /// Retries after a function error (the first attempt is not a retry).
+    pub max_retries: u32,
+    /// An invocation not done this long after it was accepted is dropped.
+    pub max_event_age: Duration,
 }
 
 /// Function Compute's limits on these values.
@@ -634,6 +673,12 @@ impl Config {
             if f.queue_max == 0 {
                 return Err(invalid(key("queue_max"), "must be at least 1"));
             }
+            if f.async_max_retries > 8 {
+                return Err(invalid(key("async_max_retries"), "must be 0..=8"));
+            }
+            if !(1..=86400).contains(&f.async_max_event_age_s) {
+                return Err(invalid(key("async_max_event_age_s"), "must be 1..=86400"));
+            }
             let throttle = FunctionThrottle {
                 rate: quota(&key("rate_limit"), f.rate_limit)?,
                 caller_rate: quota(&key("caller_rate_limit"), f.caller_rate_limit)?,
@@ -665,6 +710,10 @@ impl Config {
                 min_instances: f.min_instances,
                 ingress,
                 throttle,
+                asynchronous: AsyncPolicy {
+                    max_retries: f.async_max_retries,
+                    max_event_age: Duration::from_secs(f.async_max_event_age_s),
+                },
             }));
         }
 
@@ -691,6 +740,18 @@ impl Config {
                     None => crate::shards::default_count(),
                     Some(n @ 1..=1024) => n as usize,
                     Some(_) => return Err(invalid("gateway.threads", "must be 1..=1024")),
+                },
+                asynchronous: AsyncLimits {
+                    max_queued: positive("gateway.max_async_queued", g.max_async_queued.into())?
+                        as u32,
+                    max_body_bytes: positive(
+                        "gateway.max_async_body_bytes",
+                        g.max_async_body_bytes,
+                    )?,
+                    retry_base: ms(positive(
+                        "gateway.async_retry_base_ms",
+                        g.async_retry_base_ms,
+                    )?),
                 },
                 throttle: GatewayThrottle {
                     caller_rate: quota("gateway.caller_rate_limit", g.caller_rate_limit)?,

@@ -16,6 +16,8 @@ pub enum InvokeError {
     MethodNotAllowed { method: http::Method },
     #[error("function {name:?} not found")]
     FunctionNotFound { name: String },
+    #[error("invalid argument: {message}")]
+    InvalidArgument { message: Arc<str> },
     #[error("payload of {size:?} bytes exceeds the limit of {limit} bytes")]
     PayloadTooLarge { limit: u64, size: Option<u64> },
     #[error("request body not received within {0:?}")]
@@ -73,6 +75,7 @@ impl InvokeError {
             InvokeError::RouteNotFound { .. }
             | InvokeError::MethodNotAllowed { .. }
             | InvokeError::FunctionNotFound { .. }
+            | InvokeError::InvalidArgument { .. }
             | InvokeError::PayloadTooLarge { .. }
             | InvokeError::BodyTimeout(_)
             | InvokeError::BodyRead(_) => Outcome::ClientError,
@@ -90,10 +93,13 @@ pub enum Outcome {
     StartFailed,
     GatewayError,
     Denied,
+    /// An asynchronous invocation accepted (202); its runs are counted
+    /// under the `internal` network.
+    Accepted,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 7] = [
+    pub const ALL: [Outcome; 8] = [
         Outcome::Success,
         Outcome::FunctionError,
         Outcome::ClientError,
@@ -101,6 +107,7 @@ impl Outcome {
         Outcome::StartFailed,
         Outcome::GatewayError,
         Outcome::Denied,
+        Outcome::Accepted,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -112,6 +119,7 @@ impl Outcome {
             Outcome::StartFailed => "start_failed",
             Outcome::GatewayError => "gateway_error",
             Outcome::Denied => "denied",
+            Outcome::Accepted => "accepted",
         }
     }
 

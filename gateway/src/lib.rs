@@ -131,12 +131,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let pipeline = Arc::new(pipeline::Pipeline::new(
         scheduler.clone(),
         g.limits.clone(),
+        g.asynchronous.clone(),
         config.ingress.vpcs.clone(),
         &metrics,
         usage_log,
     ));
     let server = connection::Server::new(
-        pipeline,
+        pipeline.clone(),
         config.ingress.clone(),
         tls,
         g.limits.clone(),
@@ -216,6 +217,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let drained = tokio::time::timeout(g.drain_timeout, async {
         conns.graceful.shutdown().await;
         conns.tasks.wait().await;
+        // Running asynchronous attempts finish; waiting retries are dropped.
+        pipeline.asynchronous.drain().await;
     })
     .await;
     if drained.is_err() {

@@ -6,6 +6,7 @@
 //! `network` is `internet`, a configured VPC id, or `internal`.
 
 use crate::error::Outcome;
+use crate::pipeline::asynchronous::{AsyncResult, RetryReason};
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry,
@@ -64,6 +65,9 @@ pub struct Metrics {
     pub live_instances: IntGauge,
     /// Indexed like [`crate::connection::proxy::Reject::ALL`].
     pub proxy_rejections: Vec<IntCounter>,
+    pub async_queued: IntGauge,
+    async_results: IntCounterVec,
+    async_retries: IntCounterVec,
 }
 
 /// Cached handles for one function.
@@ -85,6 +89,10 @@ pub struct FunctionMetrics {
     /// Indexed like [`crate::throttle::LimitKind::ALL`].
     pub throttles: Vec<IntCounter>,
     pub in_flight: IntGauge,
+    /// Indexed like [`AsyncResult::ALL`].
+    pub async_results: Vec<IntCounter>,
+    /// Indexed like [`RetryReason::ALL`].
+    pub async_retries: Vec<IntCounter>,
 }
 
 impl Metrics {
@@ -210,6 +218,27 @@ impl Metrics {
             "Instances counted against gateway.max_instances.",
         )
         .unwrap();
+        let async_queued = IntGauge::new(
+            "fngate_async_queued",
+            "Asynchronous invocations accepted and not yet done (waiting, retrying or running).",
+        )
+        .unwrap();
+        let async_results = IntCounterVec::new(
+            Opts::new(
+                "fngate_async_results_total",
+                "Asynchronous invocations done, by function and result (succeeded, failed, expired, dropped).",
+            ),
+            &["function", "result"],
+        )
+        .unwrap();
+        let async_retries = IntCounterVec::new(
+            Opts::new(
+                "fngate_async_retries_total",
+                "Retries of asynchronous invocations, by function and reason.",
+            ),
+            &["function", "reason"],
+        )
+        .unwrap();
         let proxy_rejections = crate::connection::proxy::Reject::ALL
             .iter()
             .map(|r| proxy.with_label_values(&[r.as_str()]))
@@ -231,6 +260,9 @@ impl Metrics {
             Box::new(cold_start_seconds.clone()),
             Box::new(open_connections.clone()),
             Box::new(tls_handshake_failures.clone()),
+            Box::new(async_queued.clone()),
+            Box::new(async_results.clone()),
+            Box::new(async_retries.clone()),
         ] {
             registry.register(c).unwrap();
         }
@@ -252,6 +284,9 @@ impl Metrics {
             in_flight,
             live_instances,
             proxy_rejections,
+            async_queued,
+            async_results,
+            async_retries,
         }
     }
 
@@ -292,6 +327,20 @@ impl Metrics {
                 .map(|k| self.throttles.with_label_values(&[function, k.as_str()]))
                 .collect(),
             in_flight: self.in_flight.with_label_values(&[function]),
+            async_results: AsyncResult::ALL
+                .iter()
+                .map(|r| {
+                    self.async_results
+                        .with_label_values(&[function, r.as_str()])
+                })
+                .collect(),
+            async_retries: RetryReason::ALL
+                .iter()
+                .map(|r| {
+                    self.async_retries
+                        .with_label_values(&[function, r.as_str()])
+                })
+                .collect(),
         }
     }
 

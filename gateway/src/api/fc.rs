@@ -10,7 +10,7 @@
 //! with `x-fc-error-type: UnhandledInvocationError` and `{"errorMessage": ...}`,
 //! as FC reports an unhandled error inside the function.
 
-use super::Invocation;
+use super::{Invocation, InvocationType};
 use crate::error::InvokeError;
 use crate::ingress::policy::Denial;
 use crate::throttle::LimitKind;
@@ -22,8 +22,26 @@ pub const PATH_PREFIX: &str = "/2023-03-30/functions/";
 pub const REQUEST_ID: &str = "x-fc-request-id";
 pub const INSTANCE_ID: &str = "x-fc-instance-id";
 pub const ERROR_TYPE: &str = "x-fc-error-type";
+/// `Sync` (the default) or `Async`.
+pub const INVOCATION_TYPE: &str = "x-fc-invocation-type";
 /// fngate's own: set when the invocation waited for its instance to start.
 pub const COLD_START: &str = "x-fngate-cold-start";
+
+/// The invocation type header: absent or `Sync`, or `Async` (any case).
+pub fn invocation_type(headers: &http::HeaderMap) -> Result<InvocationType, InvokeError> {
+    match headers.get(INVOCATION_TYPE).map(HeaderValue::as_bytes) {
+        None => Ok(InvocationType::Sync),
+        Some(v) if v.eq_ignore_ascii_case(b"sync") => Ok(InvocationType::Sync),
+        Some(v) if v.eq_ignore_ascii_case(b"async") => Ok(InvocationType::Async),
+        Some(v) => Err(InvokeError::InvalidArgument {
+            message: format!(
+                "{INVOCATION_TYPE} must be Sync or Async, not {:?}",
+                String::from_utf8_lossy(v)
+            )
+            .into(),
+        }),
+    }
+}
 
 /// Decodes the request head. Borrowed: no allocation on the hot path.
 pub fn decode<'a>(method: &Method, uri: &'a http::Uri) -> Result<Invocation<'a>, InvokeError> {
@@ -133,6 +151,9 @@ pub fn render_error(err: &InvokeError, request_id: &str) -> Rendered {
             "FunctionNotFound",
             &format!("function '{name}' does not exist"),
         ),
+        InvokeError::InvalidArgument { message } => {
+            gateway(StatusCode::BAD_REQUEST, "InvalidArgument", message)
+        }
         InvokeError::PayloadTooLarge { limit, size } => gateway(
             StatusCode::BAD_REQUEST,
             "EntityTooLarge",
@@ -183,6 +204,9 @@ pub fn render_error(err: &InvokeError, request_id: &str) -> Rendered {
                 LimitKind::MaxInstances => "the gateway's instance limit (max_instances)",
                 LimitKind::InstanceStartRate => {
                     "the gateway's instance scale-out rate limit (max_instance_starts_per_minute)"
+                }
+                LimitKind::AsyncQueue => {
+                    "the gateway's asynchronous invocation queue (max_async_queued)"
                 }
             };
             let mut r = gateway(

@@ -6,6 +6,15 @@
 
 pub mod fc;
 
+/// Whether the caller waits for the function's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InvocationType {
+    Sync,
+    /// Accepted at once (202); run later, with retries
+    /// ([`crate::pipeline::asynchronous`]).
+    Async,
+}
+
 /// What a caller asked for, independent of the API it used.
 #[derive(Debug)]
 pub struct Invocation<'a> {

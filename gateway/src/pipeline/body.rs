@@ -21,13 +21,14 @@ pub fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
         .and_then(|v| v.parse::<u64>().ok())
 }
 
+/// Reads a payload of at most `limit` bytes.
 pub async fn read(
     body: Incoming,
     headers: &http::HeaderMap,
+    limit: u64,
     limits: &Limits,
     tasks: &TaskTracker,
 ) -> Result<Bytes, InvokeError> {
-    let limit = limits.max_body_bytes;
     let declared = declared_length(headers);
     if let Some(size) = declared
         && size > limit

@@ -35,7 +35,7 @@ type Failed = (InvokeError, Option<Ran>);
 pub async fn call(
     p: &Pipeline,
     pool: &Arc<FunctionPool>,
-    parts: &http::request::Parts,
+    content_type: Option<&HeaderValue>,
     payload: Bytes,
     request_id: &HeaderValue,
 ) -> Result<(Response<ResponseBody>, Ran), Failed> {
@@ -46,7 +46,7 @@ pub async fn call(
             instance_id: slot.instance.id_header.clone(),
             cold: slot.cold,
         };
-        match attempt(p, pool, &slot, parts, payload.clone(), request_id).await {
+        match attempt(p, pool, &slot, content_type, payload.clone(), request_id).await {
             Ok(mut resp) => {
                 let h = resp.headers_mut();
                 h.insert(fc::INSTANCE_ID, ran.instance_id.clone());
@@ -87,7 +87,7 @@ async fn attempt(
     p: &Pipeline,
     pool: &Arc<FunctionPool>,
     slot: &Slot,
-    parts: &http::request::Parts,
+    content_type: Option<&HeaderValue>,
     payload: Bytes,
     request_id: &HeaderValue,
 ) -> Result<Response<ResponseBody>, Attempt> {
@@ -104,7 +104,7 @@ async fn attempt(
     h.insert(http::header::HOST, host);
     h.insert(fc::REQUEST_ID, request_id.clone());
     h.insert("x-fc-function-name", pool.name_header.clone());
-    if let Some(ct) = parts.headers.get(http::header::CONTENT_TYPE) {
+    if let Some(ct) = content_type {
         h.insert(http::header::CONTENT_TYPE, ct.clone());
     }
 

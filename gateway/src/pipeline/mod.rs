@@ -13,12 +13,16 @@
 //!
 //! Stages 1-4 look at the request head only: a request refused there costs
 //! no body read, no instance and no scheduler work.
+//!
+//! An asynchronous invocation leaves after stage 5 with 202; stages 6-7 run
+//! later, with retries ([`asynchronous`]).
 
+pub mod asynchronous;
 pub mod body;
 pub mod forward;
 
-use crate::api::fc;
-use crate::config::Limits;
+use crate::api::{InvocationType, fc};
+use crate::config::{AsyncLimits, Limits};
 use crate::error::{InvokeError, Outcome};
 use crate::ids::IdGen;
 use crate::ingress::policy::Denial;
@@ -46,6 +50,7 @@ pub struct Pipeline {
     networks: NetworkIndex,
     unknown: FunctionMetrics,
     usage: Option<UsageLog>,
+    pub asynchronous: asynchronous::AsyncQueue,
 }
 
 /// What every stage's answer needs about the request itself.
@@ -71,12 +76,14 @@ impl Pipeline {
     pub fn new(
         scheduler: Arc<Scheduler>,
         limits: Limits,
+        async_limits: AsyncLimits,
         vpcs: VpcTable,
         metrics: &Metrics,
         usage: Option<UsageLog>,
     ) -> Self {
         let networks = NetworkIndex::new(&vpcs);
         Pipeline {
+            asynchronous: asynchronous::AsyncQueue::new(async_limits, metrics.async_queued.clone()),
             unknown: metrics.function("(unknown)", &networks),
             networks,
             scheduler,
@@ -142,12 +149,22 @@ impl Pipeline {
             return Ok(self.refuse(&ctx, done, e, body).await);
         }
 
+        let kind = match fc::invocation_type(&parts.headers) {
+            Ok(k) => k,
+            Err(e) => {
+                let done = refused(inv.function, inv.qualifier, Some(&pool), e.outcome());
+                return Ok(self.refuse(&ctx, done, e, body).await);
+            }
+        };
+
         // 4: throttling, still from the head.
         let caller = match &ctx.origin {
             Origin::Client(c) => Some(c),
             Origin::Internal => None,
         };
+        // An asynchronous call meets the concurrency limit when it runs.
         let admitted = match pool.limits.check_rates(self.scheduler.limits(), caller) {
+            Ok(()) if kind == InvocationType::Async => Ok(None),
             Ok(()) => pool.limits.admit().await,
             Err(t) => Err(t),
         };
@@ -164,25 +181,87 @@ impl Pipeline {
         let _in_flight = GaugeGuard::new(&pool.metrics.in_flight);
 
         // 5: the payload.
-        let payload =
-            match body::read(body, &parts.headers, &self.limits, self.scheduler.tasks()).await {
-                Ok(p) => p,
+        let limit = match kind {
+            InvocationType::Sync => self.limits.max_body_bytes,
+            InvocationType::Async => self
+                .limits
+                .max_body_bytes
+                .min(self.asynchronous.limits.max_body_bytes),
+        };
+        let tasks = self.scheduler.tasks();
+        let payload = match body::read(body, &parts.headers, limit, &self.limits, tasks).await {
+            Ok(p) => p,
+            Err(e) => {
+                let done = refused(inv.function, inv.qualifier, Some(&pool), e.outcome());
+                let resp = error_response(&e, ctx.request_id.clone(), None);
+                return Ok(self.finish(&ctx, done, resp).await);
+            }
+        };
+        let bytes_in = payload.len() as u64;
+        let content_type = parts.headers.get(http::header::CONTENT_TYPE);
+        let done = |outcome, ran| Done {
+            pool: Some(&pool),
+            function: inv.function,
+            qualifier: inv.qualifier,
+            outcome,
+            bytes_in,
+            ran,
+        };
+
+        if kind == InvocationType::Async {
+            let job = asynchronous::Job {
+                pool: pool.clone(),
+                payload,
+                content_type: content_type.cloned(),
+                request_id: ctx.request_id.clone(),
+                qualifier: inv.qualifier.map(Arc::from),
+                accepted: ctx.started,
+            };
+            let (outcome, resp) = match self.enqueue(job) {
+                Ok(()) => {
+                    let mut resp = Response::new(Full::new(Bytes::new()));
+                    *resp.status_mut() = http::StatusCode::ACCEPTED;
+                    resp.headers_mut()
+                        .insert(fc::REQUEST_ID, ctx.request_id.clone());
+                    (Outcome::Accepted, resp)
+                }
                 Err(e) => {
-                    let done = refused(inv.function, inv.qualifier, Some(&pool), e.outcome());
-                    let resp = error_response(&e, ctx.request_id.clone(), None);
-                    return Ok(self.finish(&ctx, done, resp).await);
+                    if let InvokeError::Throttled(t) = &e {
+                        pool.metrics.throttles[t.limit as usize].inc();
+                    }
+                    (
+                        e.outcome(),
+                        error_response(&e, ctx.request_id.clone(), None),
+                    )
                 }
             };
-        let bytes_in = payload.len() as u64;
+            return Ok(self.finish(&ctx, done(outcome, None), resp).await);
+        }
 
         // 6-7: an instance slot, and the call.
-        let result = forward::call(&self, &pool, &parts, payload, &ctx.request_id).await;
-        let (outcome, ran, resp) = match result {
+        let result = forward::call(&self, &pool, content_type, payload, &ctx.request_id).await;
+        let (outcome, ran, resp, _) = self.answer(&ctx, &pool, result);
+        Ok(self.finish(&ctx, done(outcome, ran), resp).await)
+    }
+
+    /// The answer to a call that reached stage 6, and its error if it failed.
+    fn answer(
+        &self,
+        ctx: &Ctx<'_>,
+        pool: &FunctionPool,
+        result: Result<(Response<ResponseBody>, Ran), (InvokeError, Option<Ran>)>,
+    ) -> (
+        Outcome,
+        Option<Ran>,
+        Response<ResponseBody>,
+        Option<InvokeError>,
+    ) {
+        match result {
             Ok((mut resp, ran)) => {
                 resp.headers_mut()
                     .insert(fc::REQUEST_ID, ctx.request_id.clone());
                 pool.limits.record_duration(ctx.started.elapsed());
-                (Outcome::Success, Some(ran), resp)
+                (Outcome::Success, Some(ran), resp, None)
             }
             Err((e, ran)) => {
                 if let InvokeError::Throttled(t) = &e {
@@ -193,18 +272,10 @@ impl Pipeline {
                     tracing::info!(function = %pool.cfg.name, request_id = ?ctx.request_id, error = %e, "invocation failed");
                 }
                 let id = ran.as_ref().map(|r| r.instance_id.clone());
-                (outcome, ran, error_response(&e, ctx.request_id.clone(), id))
+                let resp = error_response(&e, ctx.request_id.clone(), id);
+                (outcome, ran, resp, Some(e))
             }
-        };
-        let done = Done {
-            pool: Some(&pool),
-            function: inv.function,
-            qualifier: inv.qualifier,
-            outcome,
-            bytes_in,
-            ran,
-        };
-        Ok(self.finish(&ctx, done, resp).await)
+        }
     }
 
     /// Answers a request refused from its head (stages 1-4): drains its
@@ -230,7 +301,11 @@ impl Pipeline {
     ) -> Response<ResponseBody> {
         let (origin, wall) = (ctx.origin, ctx.wall);
         let elapsed = ctx.started.elapsed();
-        let bytes_out = resp.body().size_hint().exact().unwrap_or(0);
+        // An internal call's answer reaches no client: it is not traffic.
+        let bytes_out = match origin {
+            Origin::Client(_) => resp.body().size_hint().exact().unwrap_or(0),
+            Origin::Internal => 0,
+        };
         let net = self.networks.of(&origin);
         let m = done.pool.map(|p| &p.metrics).unwrap_or(&self.unknown);
         let by_net = &m.by_network[net];

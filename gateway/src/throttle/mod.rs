@@ -37,16 +37,19 @@ pub enum LimitKind {
     FunctionConcurrency,
     MaxInstances,
     InstanceStartRate,
+    /// Asynchronous invocations accepted and not yet done (`max_async_queued`).
+    AsyncQueue,
 }
 
 impl LimitKind {
-    pub const ALL: [LimitKind; 6] = [
+    pub const ALL: [LimitKind; 7] = [
         LimitKind::CallerRate,
         LimitKind::GatewayCallerRate,
         LimitKind::FunctionRate,
         LimitKind::FunctionConcurrency,
         LimitKind::MaxInstances,
         LimitKind::InstanceStartRate,
+        LimitKind::AsyncQueue,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -57,6 +60,7 @@ impl LimitKind {
             LimitKind::FunctionConcurrency => "function_concurrency",
             LimitKind::MaxInstances => "max_instances",
             LimitKind::InstanceStartRate => "instance_start_rate",
+            LimitKind::AsyncQueue => "async_queue",
         }
     }
 }

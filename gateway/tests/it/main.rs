@@ -1,6 +1,7 @@
 //! Integration tests: real `gateway` and `sandbox-runtime` binaries, real
 //! TLS, real function processes. One binary (see ../../ARCHITECTURE.md).
 
+mod asynchronous;
 mod docker;
 mod harness;
 mod ingress;

@@ -1,0 +1,264 @@
+//! Asynchronous invocations (`x-fc-invocation-type: Async`).
+//!
+//! The caller passes stages 1-5 as for a synchronous call (ingress and rate
+//! limits apply when it calls), then gets 202 with its request id at once.
+//! The invocation then runs in its own task, as the gateway's own call
+//! (`Origin::Internal`: counted under the `internal` network, with no traffic,
+//! since no client reads its answer), through the function's concurrency
+//! limit and stages 6-7. As in Function Compute:
+//! - a function error (timeout, crash, invalid answer) is retried up to the
+//!   function's `async_max_retries` times;
+//! - throttling and gateway errors are retried with binary exponential
+//!   backoff, without a count;
+//! - an invocation not done within `async_max_event_age_s` of its acceptance
+//!   is dropped (`expired`).
+//!
+//! Retry delays start at `async_retry_base_ms` and double, up to
+//! [`MAX_DELAY`]. Every attempt is one invocation in the metrics and the usage
+//! log, under the accepted request's id, which the function also receives.
+//!
+//! Bounds: at most `max_async_queued` invocations accepted and not done
+//! (beyond: 429 `ResourceThrottled`), each payload at most
+//! `max_async_body_bytes`. The queue is in memory: a graceful stop lets
+//! running attempts finish and drops waiting retries (`dropped`); a crash
+//! loses what was queued. Durable, at-least-once delivery across gateway
+//! restarts is not built.
+
+use super::{Ctx, Done, Pipeline, error_response};
+use crate::config::AsyncLimits;
+use crate::error::{InvokeError, Outcome};
+use crate::ingress::Origin;
+use crate::scheduler::FunctionPool;
+use crate::throttle::{LimitKind, Throttled};
+use bytes::Bytes;
+use http::HeaderValue;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// The longest wait between two attempts.
+pub const MAX_DELAY: Duration = Duration::from_secs(300);
+
+/// How an accepted invocation ended, as counted in `fngate_async_results_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AsyncResult {
+    Succeeded,
+    /// Still a function error after its last retry.
+    Failed,
+    /// Not done within the function's `async_max_event_age_s`.
+    Expired,
+    /// Waiting for a retry when the gateway stopped.
+    Dropped,
+}
+
+impl AsyncResult {
+    pub const ALL: [AsyncResult; 4] = [
+        AsyncResult::Succeeded,
+        AsyncResult::Failed,
+        AsyncResult::Expired,
+        AsyncResult::Dropped,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AsyncResult::Succeeded => "succeeded",
+            AsyncResult::Failed => "failed",
+            AsyncResult::Expired => "expired",
+            AsyncResult::Dropped => "dropped",
+        }
+    }
+}
+
+/// Why an attempt is retried, as counted in `fngate_async_retries_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryReason {
+    FunctionError,
+    Throttled,
+    Error,
+}
+
+impl RetryReason {
+    pub const ALL: [RetryReason; 3] = [
+        RetryReason::FunctionError,
+        RetryReason::Throttled,
+        RetryReason::Error,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RetryReason::FunctionError => "function_error",
+            RetryReason::Throttled => "throttled",
+            RetryReason::Error => "error",
+        }
+    }
+}
+
+/// What is kept of an accepted invocation until it is done.
+pub struct Job {
+    pub pool: Arc<FunctionPool>,
+    pub payload: Bytes,
+    pub content_type: Option<HeaderValue>,
+    pub request_id: HeaderValue,
+    pub qualifier: Option<Arc<str>>,
+    pub accepted: Instant,
+}
+
+pub struct AsyncQueue {
+    pub limits: AsyncLimits,
+    slots: Arc<Semaphore>,
+    tasks: TaskTracker,
+    stop: CancellationToken,
+    queued: prometheus::IntGauge,
+}
+
+impl AsyncQueue {
+    pub fn new(limits: AsyncLimits, queued: prometheus::IntGauge) -> Self {
+        AsyncQueue {
+            slots: Arc::new(Semaphore::new(limits.max_queued as usize)),
+            limits,
+            tasks: TaskTracker::new(),
+            stop: CancellationToken::new(),
+            queued,
+        }
+    }
+
+    /// On graceful stop: accepts no more, drops waiting retries, and waits
+    /// for running attempts.
+    pub async fn drain(&self) {
+        self.stop.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+}
+
+/// The wait before the attempt after `n` earlier waits of the same kind.
+pub fn backoff(base: Duration, n: u32) -> Duration {
+    base.saturating_mul(1 << n.min(16)).min(MAX_DELAY)
+}
+
+impl Pipeline {
+    /// Queues `job`, or says why not (the queue is full, or the gateway is
+    /// stopping).
+    pub(super) fn enqueue(self: &Arc<Self>, job: Job) -> Result<(), InvokeError> {
+        let q = &self.asynchronous;
+        if q.stop.is_cancelled() {
+            return Err(InvokeError::ShuttingDown);
+        }
+        let Ok(slot) = q.slots.clone().try_acquire_owned() else {
+            return Err(InvokeError::Throttled(Throttled {
+                limit: LimitKind::AsyncQueue,
+                retry_after: job.pool.limits.retry_hint(),
+            }));
+        };
+        q.queued.inc();
+        let p = self.clone();
+        q.tasks.spawn(async move {
+            let result = p.run_async(&job).await;
+            job.pool.metrics.async_results[result as usize].inc();
+            p.asynchronous.queued.dec();
+            drop(slot);
+        });
+        Ok(())
+    }
+
+    async fn run_async(&self, job: &Job) -> AsyncResult {
+        let policy = &job.pool.cfg.asynchronous;
+        let base = self.asynchronous.limits.retry_base;
+        let deadline = job.accepted + policy.max_event_age;
+        let (mut retries, mut backoffs) = (0, 0);
+        loop {
+            let (reason, delay) = match self.attempt_async(job).await {
+                Ok(()) => return AsyncResult::Succeeded,
+                Err(e) => match e.outcome() {
+                    Outcome::FunctionError if retries >= policy.max_retries => {
+                        return AsyncResult::Failed;
+                    }
+                    Outcome::FunctionError => {
+                        retries += 1;
+                        (RetryReason::FunctionError, backoff(base, retries - 1))
+                    }
+                    Outcome::Throttled => {
+                        backoffs += 1;
+                        (RetryReason::Throttled, backoff(base, backoffs - 1))
+                    }
+                    _ if matches!(e, InvokeError::ShuttingDown) => return AsyncResult::Dropped,
+                    _ => {
+                        backoffs += 1;
+                        (RetryReason::Error, backoff(base, backoffs - 1))
+                    }
+                },
+            };
+            if Instant::now() + delay > deadline {
+                return AsyncResult::Expired;
+            }
+            job.pool.metrics.async_retries[reason as usize].inc();
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = self.asynchronous.stop.cancelled() => return AsyncResult::Dropped,
+            }
+        }
+    }
+
+    /// One attempt: the function's concurrency limit, then stages 6-7, then
+    /// [`Pipeline::finish`] like any invocation.
+    async fn attempt_async(&self, job: &Job) -> Result<(), InvokeError> {
+        static NO_HEADERS: std::sync::LazyLock<http::HeaderMap> =
+            std::sync::LazyLock::new(http::HeaderMap::new);
+        let ctx = Ctx {
+            headers: &NO_HEADERS,
+            request_id: job.request_id.clone(),
+            origin: Origin::Internal,
+            started: Instant::now(),
+            wall: SystemTime::now(),
+        };
+        let pool = &job.pool;
+        let done = |outcome, ran| Done {
+            pool: Some(pool),
+            function: &pool.cfg.name,
+            qualifier: job.qualifier.as_deref(),
+            outcome,
+            bytes_in: 0,
+            ran,
+        };
+        let _permit = match pool.limits.admit().await {
+            Ok(p) => p,
+            Err(t) => {
+                pool.metrics.throttles[t.limit as usize].inc();
+                let e = InvokeError::Throttled(t);
+                let resp = error_response(&e, ctx.request_id.clone(), None);
+                self.finish(&ctx, done(Outcome::Throttled, None), resp)
+                    .await;
+                return Err(e);
+            }
+        };
+        let _in_flight = super::GaugeGuard::new(&pool.metrics.in_flight);
+        let result = super::forward::call(
+            self,
+            pool,
+            job.content_type.as_ref(),
+            job.payload.clone(),
+            &ctx.request_id,
+        )
+        .await;
+        let (outcome, ran, resp, err) = self.answer(&ctx, pool, result);
+        self.finish(&ctx, done(outcome, ran), resp).await;
+        err.map_or(Ok(()), Err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_the_base_up_to_the_cap() {
+        let base = Duration::from_secs(1);
+        let waits: Vec<_> = (0..5).map(|n| backoff(base, n).as_secs()).collect();
+        assert_eq!(waits, [1, 2, 4, 8, 16]);
+        assert_eq!(backoff(base, 9), MAX_DELAY);
+        assert_eq!(backoff(base, u32::MAX), MAX_DELAY);
+    }
+}
