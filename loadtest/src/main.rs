@@ -166,6 +166,13 @@ fn scenario_of(args: &Args) -> Result<Scenario, String> {
     Ok(s)
 }
 
+/// What is sent for one function of the mix.
+struct Req {
+    uri: http::Uri,
+    payload: Bytes,
+    asynchronous: bool,
+}
+
 struct Target {
     addr: SocketAddr,
     tls: Option<(
@@ -173,8 +180,8 @@ struct Target {
         rustls_pki_types::ServerName<'static>,
     )>,
     authority: http::HeaderValue,
-    /// One URI (and payload) per function, or one for a raw target.
-    requests: Vec<(http::Uri, Bytes)>,
+    /// One per function, or one for a raw target.
+    requests: Vec<Req>,
     weights: Vec<u32>,
     sources: Vec<IpAddr>,
     source_weights: Vec<u32>,
@@ -249,7 +256,14 @@ fn target(s: &Scenario, args: &Args) -> Result<Target, String> {
         None => Bytes::from(vec![b'x'; n]),
     };
     let (requests, weights) = match s.dialect {
-        Dialect::Raw => (vec![(base.clone(), payload(args.payload_bytes))], vec![1]),
+        Dialect::Raw => {
+            let r = Req {
+                uri: base.clone(),
+                payload: payload(args.payload_bytes),
+                asynchronous: false,
+            };
+            (vec![r], vec![1])
+        }
         Dialect::Fc => {
             let origin = format!(
                 "{}://{}",
@@ -261,7 +275,11 @@ fn target(s: &Scenario, args: &Args) -> Result<Target, String> {
                 let uri = format!("{origin}/2023-03-30/functions/{}/invocations", f.name)
                     .parse()
                     .map_err(|e| format!("functions: {e}"))?;
-                r.push((uri, payload(f.payload_bytes)));
+                r.push(Req {
+                    uri,
+                    payload: payload(f.payload_bytes),
+                    asynchronous: f.invocation == scenario::Invocation::Async,
+                });
             }
             (r, s.functions.iter().map(|f| f.weight).collect())
         }
@@ -327,15 +345,16 @@ async fn connect(t: &Target, source: Option<IpAddr>) -> Result<Conn, String> {
 }
 
 /// Sends one request; returns (status, body bytes, cold start).
-async fn send(
-    conn: &mut Conn,
-    t: &Target,
-    uri: &http::Uri,
-    payload: &Bytes,
-) -> Result<(u16, u64, bool), hyper::Error> {
-    let mut req = http::Request::new(Full::new(payload.clone()));
+async fn send(conn: &mut Conn, t: &Target, r: &Req) -> Result<(u16, u64, bool), hyper::Error> {
+    let mut req = http::Request::new(Full::new(r.payload.clone()));
     *req.method_mut() = http::Method::POST;
-    *req.uri_mut() = uri.clone();
+    *req.uri_mut() = r.uri.clone();
+    if r.asynchronous {
+        req.headers_mut().insert(
+            "x-fc-invocation-type",
+            http::HeaderValue::from_static("Async"),
+        );
+    }
     let resp = match conn {
         Conn::H1(s) => {
             // HTTP/2 carries the authority in :authority (from the URI); a
@@ -446,17 +465,17 @@ async fn run(args: Args) -> Result<(), String> {
                         }
                     }
                 }
-                let (uri, payload) = &t.requests[scenario::pick_weighted(&t.weights, rng.unit())];
+                let r = &t.requests[scenario::pick_weighted(&t.weights, rng.unit())];
                 let result = tokio::time::timeout_at(
                     end + Duration::from_secs(10),
-                    send(conn.as_mut().unwrap(), &t, uri, payload),
+                    send(conn.as_mut().unwrap(), &t, r),
                 )
                 .await;
                 match result {
                     Ok(Ok((status, received, cold))) => {
                         if recorded {
                             let us = schedule::latency(due, Instant::now()).as_micros() as u64;
-                            rep.record(us, status, payload.len() as u64, received, cold);
+                            rep.record(us, status, r.payload.len() as u64, received, cold);
                             done.fetch_add(1, Ordering::Relaxed);
                         }
                     }
@@ -496,8 +515,7 @@ async fn hold(s: &Scenario, t: &Arc<Target>) -> Result<(), String> {
     for i in 0..s.connections {
         let source = (!t.sources.is_empty()).then(|| t.sources[i % t.sources.len()]);
         let mut c = connect(t, source).await?;
-        let (uri, payload) = &t.requests[0];
-        send(&mut c, t, uri, payload)
+        send(&mut c, t, &t.requests[0])
             .await
             .map_err(|e| e.to_string())?;
         conns.push(c);

@@ -15,6 +15,7 @@
 //! name = "echo"
 //! weight = 3
 //! payload_bytes = 64
+//! invocation = "sync"                    # or "async" (202 at once; fc dialect)
 //!
 //! [[sources]]                            # caller addresses, picked per connection by weight
 //! address = "127.0.0.2"
@@ -47,6 +48,16 @@ pub enum Dialect {
     Raw,
 }
 
+/// Whether the caller waits for the function (`x-fc-invocation-type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Invocation {
+    #[default]
+    Sync,
+    /// Answered 202 once accepted; the function runs later.
+    Async,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Function {
@@ -55,6 +66,8 @@ pub struct Function {
     pub weight: u32,
     #[serde(default = "default_payload")]
     pub payload_bytes: usize,
+    #[serde(default)]
+    pub invocation: Invocation,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -208,6 +221,9 @@ name = "echo"
         assert_eq!(s.duration, Duration::from_secs(2));
         assert_eq!((s.mode, s.connections, s.http2), (Mode::Closed, 64, false));
         assert_eq!(s.functions[0].payload_bytes, 64);
+        assert_eq!(s.functions[0].invocation, Invocation::Sync);
+        let s = Scenario::parse(&format!("{OK}invocation = \"async\"\n")).unwrap();
+        assert_eq!(s.functions[0].invocation, Invocation::Async);
     }
 
     /// Every parse error names the key at fault.
@@ -242,6 +258,10 @@ name = "echo"
                 "address",
             ),
             (&format!("{OK}mode = \"sideways\"\n") as &str, "sideways"),
+            (
+                &format!("{OK}invocation = \"later\"\n") as &str,
+                "invocation",
+            ),
         ];
         for (text, key) in cases {
             let err = Scenario::parse(text).expect_err(text);
