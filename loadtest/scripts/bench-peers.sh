@@ -110,6 +110,7 @@ listen = "127.0.0.1:18443"
 admin_listen = "127.0.0.1:19464"
 tls_cert = "$work/cert.pem"
 tls_key = "$work/key.pem"
+threads = 1
 [[networks]]
 vpc_id = "vpc-a"
 cidrs = ["127.0.0.2/32"]
@@ -214,7 +215,8 @@ lines = [
     f"Produced by `bash loadtest/scripts/bench-peers.sh` on {datetime.date.today()} ({cores} cores; nginx {nginx_v}, HAProxy {haproxy_v}).",
     f"Closed loop with `loadtest`, {conns} keep-alive connections, {duration} per run, {rounds} alternating rounds",
     "(direct, nginx, HAProxy, fngate for each path and protocol); medians with min-max.",
-    "Client pinned to core 0 (1 thread); each server with one worker pinned to core 1, and its echo upstream on core 1 too.",
+    "Client pinned to core 0 (1 thread); each server with one worker pinned to core 1 (nginx `worker_processes 1`,",
+    "HAProxy `nbthread 1`, fngate `threads = 1`), and its echo upstream on core 1 too.",
     "TLS 1.3 with the same ECDSA P-256 certificate on every proxy. CPU is the server process's own (nginx: its worker;",
     "fngate: the gateway process, not its echo instance), from /proc before and after each run.",
     "",
