@@ -69,8 +69,8 @@ d = [json.loads(l) for l in d.splitlines()]
 g = [json.loads(l) for l in g.splitlines()]
 cn = [float(x) for x in cn.split()]
 cp = [float(x) for x in cp.split()]
-def med(rs, k): return statistics.median(r[k] for r in rs)
-def rng(rs, k): return f"{min(r[k] for r in rs):.0f}-{max(r[k] for r in rs):.0f}" if k == "rps" else f"{min(r[k] for r in rs):.2f}-{max(r[k] for r in rs):.2f}"
+sys.path.insert(0, "loadtest/scripts")
+from summary import med, rng
 for r in d + g:
     bad = sum(v for k, v in r["statuses"].items() if k != "200") + r["errors"]
     assert bad == 0, f"non-200 answers in a benchmark round: {r}"
@@ -85,8 +85,8 @@ lines = [
     "",
     "| path | requests/s | p50 ms | p99 ms |",
     "|---|---|---|---|",
-    f"| echo called directly (plain HTTP) | {med(d,'rps'):.0f} ({rng(d,'rps')}) | {med(d,'p50_ms'):.2f} | {med(d,'p99_ms'):.2f} ({rng(d,'p99_ms')}) |",
-    f"| echo through fngate (HTTPS, TLS 1.3) | {med(g,'rps'):.0f} ({rng(g,'rps')}) | {med(g,'p50_ms'):.2f} | {med(g,'p99_ms'):.2f} ({rng(g,'p99_ms')}) |",
+    f"| echo called directly (plain HTTP) | {med(d,'rps'):.0f} ({rng(d,'rps','.0f')}) | {med(d,'p50_ms'):.2f} | {med(d,'p99_ms'):.2f} ({rng(d,'p99_ms','.2f')}) |",
+    f"| echo through fngate (HTTPS, TLS 1.3) | {med(g,'rps'):.0f} ({rng(g,'rps','.0f')}) | {med(g,'p50_ms'):.2f} | {med(g,'p99_ms'):.2f} ({rng(g,'p99_ms','.2f')}) |",
     "",
     f"Ratio fngate / direct: requests/s {med(g,'rps')/med(d,'rps'):.2f}x, p99 {med(g,'p99_ms')/med(d,'p99_ms'):.2f}x.",
     "",

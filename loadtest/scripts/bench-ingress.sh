@@ -49,14 +49,14 @@ done
 
 python3 - "$OUT" "$ROUNDS" "$DURATION" "$CONNS" "$(nproc)" \
     "$(printf '%s\n' "${allowed[@]}")" "$(printf '%s\n' "${denied[@]}")" <<'PY'
-import json, statistics, sys, datetime
+import json, sys, datetime
 out, rounds, duration, conns, cores, a, d = sys.argv[1:]
 a = [json.loads(l) for l in a.splitlines()]
 d = [json.loads(l) for l in d.splitlines()]
 for r in a: assert set(r["statuses"]) == {"200"} and r["errors"] == 0, r
 for r in d: assert set(r["statuses"]) == {"403"} and r["errors"] == 0, r
-def med(rs, k): return statistics.median(r[k] for r in rs)
-def rng(rs, k, f): return f"{min(r[k] for r in rs):{f}}-{max(r[k] for r in rs):{f}}"
+sys.path.insert(0, "loadtest/scripts")
+from summary import med, rng
 lines = [
     "# Ingress benchmark (issue 3)",
     "",

@@ -49,14 +49,14 @@ records=$(cat "$work"/usage.jsonl* | wc -l)
 
 python3 - "$OUT" "$ROUNDS" "$DURATION" "$CONNS" "$(nproc)" "$records" \
     "$(printf '%s\n' "${off[@]}")" "$(printf '%s\n' "${on[@]}")" <<'PY'
-import json, statistics, sys, datetime
+import json, sys, datetime
 out, rounds, duration, conns, cores, records, f, n = sys.argv[1:]
 f, n = ([json.loads(x) for x in s.splitlines()] for s in (f, n))
 for r in f + n: assert set(r["statuses"]) == {"200"} and r["errors"] == 0, r
-def med(rs, k): return statistics.median(r[k] for r in rs)
-def rng(rs, k, fmt): return f"{min(r[k] for r in rs):{fmt}}-{max(r[k] for r in rs):{fmt}}"
+sys.path.insert(0, "loadtest/scripts")
+from summary import cells, med
 def row(name, rs):
-    return f"| {name} | {med(rs,'rps'):.0f} ({rng(rs,'rps','.0f')}) | {med(rs,'p50_ms'):.2f} | {med(rs,'p99_ms'):.2f} ({rng(rs,'p99_ms','.2f')}) | {med(rs,'gw_cpu_us'):.1f} ({rng(rs,'gw_cpu_us','.1f')}) |"
+    return f"| {name} | {cells(rs)} |"
 lines = [
     "# Metering benchmark (issue 5)",
     "",

@@ -207,8 +207,8 @@ by = collections.defaultdict(list)
 for x in rows:
     by[(x["target"], x["path"], x["proto"])].append(x["r"])
 want = {"allowed": "200", "403": "403", "429": "429"}
-def med(rs, k): return statistics.median(r[k] for r in rs)
-def rng(rs, k, f): return f"{min(r[k] for r in rs):{f}}-{max(r[k] for r in rs):{f}}"
+sys.path.insert(0, "loadtest/scripts")
+from summary import med, rng
 lines = [
     "# fngate vs nginx vs HAProxy",
     "",

@@ -57,16 +57,16 @@ done
 
 python3 - "$OUT" "$ROUNDS" "$DURATION" "$CONNS" "$(nproc)" \
     "$(printf '%s\n' "${free[@]}")" "$(printf '%s\n' "${limited[@]}")" "$(printf '%s\n' "${throttled[@]}")" <<'PY'
-import json, statistics, sys, datetime
+import json, sys, datetime
 out, rounds, duration, conns, cores, f, l, t = sys.argv[1:]
 f, l, t = ([json.loads(x) for x in s.splitlines()] for s in (f, l, t))
 for r in f + l: assert set(r["statuses"]) == {"200"} and r["errors"] == 0, r
 for r in t:
     assert r["errors"] == 0 and r["statuses"].get("429", 0) >= 0.99 * r["requests"], r
-def med(rs, k): return statistics.median(r[k] for r in rs)
-def rng(rs, k, fmt): return f"{min(r[k] for r in rs):{fmt}}-{max(r[k] for r in rs):{fmt}}"
+sys.path.insert(0, "loadtest/scripts")
+from summary import cells, med
 def row(name, what, rs):
-    return f"| {name} | {what} | {med(rs,'rps'):.0f} ({rng(rs,'rps','.0f')}) | {med(rs,'p50_ms'):.2f} | {med(rs,'p99_ms'):.2f} ({rng(rs,'p99_ms','.2f')}) | {med(rs,'gw_cpu_us'):.1f} ({rng(rs,'gw_cpu_us','.1f')}) |"
+    return f"| {name} | {what} | {cells(rs)} |"
 lines = [
     "# Throttling benchmark (issue 4)",
     "",
