@@ -32,41 +32,17 @@ git worktree remove --force "$work/base"
 cargo build --release -p gateway >&2
 
 F=/2023-03-30/functions
-config() { # PORT ADMIN_PORT
-    cat <<TOML
-[gateway]
-listen = "127.0.0.1:$1"
-admin_listen = "127.0.0.1:$2"
-self_signed_cert_path = "$work/ca-$1.pem"
-[[networks]]
-vpc_id = "vpc-a"
-cidrs = ["127.0.0.2/32"]
-[[functions]]
-name = "echo"
-command = ["$T/fngate-echo"]
-instance_concurrency = 200
-[[functions]]
-name = "private"
-command = ["$T/fngate-echo"]
-vpc_bindings = ["vpc-a"]
-[[functions]]
-name = "throttled"
-command = ["$T/fngate-echo"]
-instance_concurrency = 200
-rate_limit = { per_second = 100.0, burst = 20 }
-TOML
-}
 declare -A PORT=([before]=18443 [after]=18444) PID=()
 for v in before after; do
-    config "${PORT[$v]}" $((PORT[$v] + 1000)) > "$work/$v.toml"
-    RUST_LOG=warn,fngate=info "${CORE1[@]}" "$work/gateway-$v" --config "$work/$v.toml" 2> "$work/$v.log" &
-    PID[$v]=$!; pids+=($!)
-    for _ in $(seq 1 200); do grep -q "fngate listening" "$work/$v.log" && break; sleep 0.05; done
-    grep -q "fngate listening" "$work/$v.log" || { cat "$work/$v.log" >&2; exit 1; }
+    printf '[gateway]\nlisten = "127.0.0.1:%s"\nadmin_listen = "127.0.0.1:%s"\nself_signed_cert_path = "%s"\n' \
+        "${PORT[$v]}" $((PORT[$v] + 1000)) "$work/ca-${PORT[$v]}.pem" > "$work/$v.toml"
+    path_functions_toml >> "$work/$v.toml"
+    start_gateway "$work/$v.toml" "$work/gateway-$v"
+    PID[$v]=$GW_PID
 done
 
 run() { # VERSION PATH PROTO DURATION
-    local fn=echo; [ "$2" = 403 ] && fn=private; [ "$2" = 429 ] && fn=throttled
+    local fn; fn=$(path_function "$2")
     local extra=(); [ "$3" = h2 ] && extra=(--http2)
     GW_PID=${PID[$1]}
     measure --url "https://127.0.0.1:${PORT[$1]}$F/$fn/invocations" --cacert "$work/ca-${PORT[$1]}.pem" \
@@ -91,15 +67,7 @@ done
 mem="$work/memory.jsonl"
 : > "$mem"
 for v in before after; do
-    rss() { awk '/VmRSS/{print $2}' "/proc/${PID[$v]}/status"; }
-    idle=$(rss)
-    fifo="$work/hold-$v"; mkfifo "$fifo"
-    "${LT[@]}" --hold -c 1000 -d 20s --url "https://127.0.0.1:${PORT[$v]}$F/echo/invocations" \
-        --cacert "$work/ca-${PORT[$v]}.pem" > "$fifo" &
-    holder=$!
-    read -r _ < "$fifo"
-    held=$(rss)
-    kill "$holder" 2>/dev/null || true; wait "$holder" 2>/dev/null || true
+    read -r idle held < <(idle_and_held "https://127.0.0.1:${PORT[$v]}$F/echo/invocations" "$work/ca-${PORT[$v]}.pem" "${PID[$v]}")
     echo "{\"v\":\"$v\",\"idle_kb\":$idle,\"held_kb\":$held}" >> "$mem"
     echo "memory $v: $idle kB idle, $held kB with 1000 connections" >&2
 done

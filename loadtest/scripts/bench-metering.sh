@@ -30,7 +30,6 @@ config 18444 19465 on > "$work/on.toml"
 printf '[usage]\npath = "%s"\nsync_interval_ms = 1000\n' "$work/usage.jsonl" >> "$work/on.toml"
 
 start_gateway "$work/off.toml"; OFF_PID=$GW_PID
-mv "$work/gateway.log" "$work/off.log"
 start_gateway "$work/on.toml"; ON_PID=$GW_PID
 
 run() { # PID PORT NAME DURATION

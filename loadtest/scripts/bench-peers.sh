@@ -111,23 +111,8 @@ admin_listen = "127.0.0.1:19464"
 tls_cert = "$work/cert.pem"
 tls_key = "$work/key.pem"
 threads = 1
-[[networks]]
-vpc_id = "vpc-a"
-cidrs = ["127.0.0.2/32"]
-[[functions]]
-name = "echo"
-command = ["$T/fngate-echo"]
-instance_concurrency = 200
-[[functions]]
-name = "private"
-command = ["$T/fngate-echo"]
-vpc_bindings = ["vpc-a"]
-[[functions]]
-name = "throttled"
-command = ["$T/fngate-echo"]
-instance_concurrency = 200
-rate_limit = { per_second = 100.0, burst = 20 }
 EOF
+path_functions_toml >> "$work/fngate.toml"
 
 "${CORE1[@]}" nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" &
 pids+=($!); NGINX_MASTER=$!
@@ -142,7 +127,7 @@ declare -A PID=([nginx]=$NGINX_WORKER [haproxy]=$HAPROXY_PID [fngate]=$FNGATE_PI
 # run TARGET PATH PROTO: one measured round, as JSON with the server's CPU per request.
 run() {
     local target=$1 path=$2 proto=$3 url
-    local fn=echo; [ "$path" = 403 ] && fn=private; [ "$path" = 429 ] && fn=throttled
+    local fn; fn=$(path_function "$path")
     local extra=(); [ "$proto" = h2 ] && extra=(--http2)
     if [ "$target" = direct ]; then
         url="http://$ECHO/invoke"
@@ -178,7 +163,6 @@ for r in $(seq 1 "$ROUNDS"); do
 done
 
 # Resident memory with 1,000 idle TLS connections (server processes only).
-rss_kb() { local t=0; for p in "$@"; do t=$((t + $(awk '/VmRSS/{print $2}' "/proc/$p/status"))); done; echo $t; }
 mem="$work/memory.jsonl"
 : > "$mem"
 for target in nginx haproxy fngate; do
@@ -187,15 +171,8 @@ for target in nginx haproxy fngate; do
         haproxy) procs=("$HAPROXY_PID") ;;
         fngate) procs=("$FNGATE_PID") ;;
     esac
-    idle=$(rss_kb "${procs[@]}")
-    fifo="$work/hold-$target"
-    mkfifo "$fifo"
-    "${LT[@]}" --hold -c 1000 -d 20s --url "https://127.0.0.1:${PORT[$target]}$F/echo/invocations" --cacert "$work/cert.pem" > "$fifo" &
-    holder=$!
-    read -r line < "$fifo"
-    held=$(rss_kb "${procs[@]}")
-    kill "$holder" 2>/dev/null || true; wait "$holder" 2>/dev/null || true
-    echo "{\"target\":\"$target\",\"idle_kb\":$idle,\"held_kb\":$held,\"line\":\"$line\"}" >> "$mem"
+    read -r idle held < <(idle_and_held "https://127.0.0.1:${PORT[$target]}$F/echo/invocations" "$work/cert.pem" "${procs[@]}")
+    echo "{\"target\":\"$target\",\"idle_kb\":$idle,\"held_kb\":$held}" >> "$mem"
     echo "memory $target: $idle kB idle, $held kB with 1000 connections" >&2
 done
 

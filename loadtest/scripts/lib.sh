@@ -18,17 +18,68 @@ trap cleanup EXIT
 if command -v taskset >/dev/null; then CORE0=(taskset -c 0); CORE1=(taskset -c 1); else CORE0=(); CORE1=(); fi
 LT=("${CORE0[@]}" "$T/loadtest" --threads 1)
 
-# start_gateway CONFIG: the gateway on core 1, logging to $work/gateway.log.
+# start_gateway CONFIG.toml [BINARY]: the gateway (default: this build's) on
+# core 1, logging to CONFIG.log; sets GW_PID.
 start_gateway() {
-    RUST_LOG=warn,fngate=info "${CORE1[@]}" "$T/gateway" --config "$1" 2> "$work/gateway.log" &
+    local log="${1%.toml}.log"
+    RUST_LOG=warn,fngate=info "${CORE1[@]}" "${2:-$T/gateway}" --config "$1" 2> "$log" &
     GW_PID=$!
     pids+=($!)
     for _ in $(seq 1 200); do
-        grep -q "fngate listening" "$work/gateway.log" && return 0
+        grep -q "fngate listening" "$log" && return 0
         sleep 0.05
     done
-    cat "$work/gateway.log" >&2
+    cat "$log" >&2
     return 1
+}
+
+# The functions the peer and before/after benchmarks call, one per path:
+# allowed (echo), 403 (private: VPC-only, called from 127.0.0.1) and 429
+# (throttled: 100 requests/s, burst 20). TOML for a gateway config's end.
+path_functions_toml() {
+    cat <<TOML
+[[networks]]
+vpc_id = "vpc-a"
+cidrs = ["127.0.0.2/32"]
+[[functions]]
+name = "echo"
+command = ["$T/fngate-echo"]
+instance_concurrency = 200
+[[functions]]
+name = "private"
+command = ["$T/fngate-echo"]
+vpc_bindings = ["vpc-a"]
+[[functions]]
+name = "throttled"
+command = ["$T/fngate-echo"]
+instance_concurrency = 200
+rate_limit = { per_second = 100.0, burst = 20 }
+TOML
+}
+
+# path_function PATH: the function of path_functions_toml for allowed, 403 or 429.
+path_function() {
+    case $1 in allowed) echo echo ;; 403) echo private ;; 429) echo throttled ;; esac
+}
+
+# rss_kb PID...: their resident memory together, in kB.
+rss_kb() { local t=0; for p in "$@"; do t=$((t + $(awk '/VmRSS/{print $2}' "/proc/$p/status"))); done; echo $t; }
+
+# idle_and_held URL CACERT PID...: prints "IDLE_KB HELD_KB", the processes'
+# resident memory before and while loadtest holds 1,000 idle TLS connections
+# to URL.
+idle_and_held() {
+    local url=$1 ca=$2 idle held holder fifo
+    shift 2
+    idle=$(rss_kb "$@")
+    fifo=$(mktemp -u "$work/hold.XXXXXX")
+    mkfifo "$fifo"
+    "${LT[@]}" --hold -c 1000 -d 20s --url "$url" --cacert "$ca" > "$fifo" &
+    holder=$!
+    read -r _ < "$fifo"
+    held=$(rss_kb "$@")
+    kill "$holder" 2>/dev/null || true; wait "$holder" 2>/dev/null || true
+    echo "$idle $held"
 }
 
 field() { python3 -c "import json,sys; print(json.load(sys.stdin)['$1'])"; }
