@@ -360,6 +360,23 @@ impl FunctionMetrics {
     }
 }
 
+/// Counts something in a gauge while it lasts: a guard, not inc/dec, so a
+/// future dropped midway (a client gone, a task cancelled) still counts down.
+pub struct GaugeGuard<'a>(&'a IntGauge);
+
+impl<'a> GaugeGuard<'a> {
+    pub fn new(g: &'a IntGauge) -> Self {
+        g.inc();
+        GaugeGuard(g)
+    }
+}
+
+impl Drop for GaugeGuard<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()

@@ -13,7 +13,7 @@ pub mod tls;
 
 use crate::config::{IngressConfig, Limits};
 use crate::ingress::{Caller, Network, Origin, VpcId};
-use crate::metrics::Metrics;
+use crate::metrics::{GaugeGuard, Metrics};
 use crate::pipeline::Pipeline;
 use crate::shards::Shards;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -120,12 +120,11 @@ impl Server {
             let _ = stream.set_nodelay(true);
             let this = self.clone();
             let watcher = graceful.watcher();
-            this.metrics.open_connections.inc();
             let (shard, handle) = shards.pick();
             if shard == crate::shards::current() {
                 tasks.spawn(async move {
+                    let _open = GaugeGuard::new(&this.metrics.open_connections);
                     this.serve_one(stream, peer, kind, watcher).await;
-                    this.metrics.open_connections.dec();
                     drop(permit);
                 });
                 continue;
@@ -135,16 +134,15 @@ impl Server {
                 Ok(s) => s,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot hand a connection to its shard");
-                    self.metrics.open_connections.dec();
                     continue;
                 }
             };
             let serve = async move {
+                let _open = GaugeGuard::new(&this.metrics.open_connections);
                 match tokio::net::TcpStream::from_std(stream) {
                     Ok(stream) => this.serve_one(stream, peer, kind, watcher).await,
                     Err(e) => tracing::warn!(error = %e, "cannot register a connection"),
                 }
-                this.metrics.open_connections.dec();
                 drop(permit);
             };
             tasks.spawn_on(serve, handle);

@@ -28,6 +28,7 @@ use super::{Ctx, Done, Pipeline, error_response};
 use crate::config::AsyncLimits;
 use crate::error::{InvokeError, Outcome};
 use crate::ingress::Origin;
+use crate::metrics::GaugeGuard;
 use crate::scheduler::FunctionPool;
 use crate::throttle::{LimitKind, Throttled};
 use bytes::Bytes;
@@ -234,7 +235,7 @@ impl Pipeline {
                 return Err(e);
             }
         };
-        let _in_flight = super::GaugeGuard::new(&pool.metrics.in_flight);
+        let _in_flight = GaugeGuard::new(&pool.metrics.in_flight);
         let result = super::forward::call(
             self,
             pool,

@@ -29,7 +29,7 @@ use crate::ingress::policy::Denial;
 use crate::ingress::{Network, Origin, VpcTable};
 use crate::metering::usage_log::UsageLog;
 use crate::metering::{UsageRecord, billed_gb_s, unix_ms};
-use crate::metrics::{FunctionMetrics, Metrics, NetworkIndex};
+use crate::metrics::{FunctionMetrics, GaugeGuard, Metrics, NetworkIndex};
 use crate::scheduler::{FunctionPool, Scheduler};
 use bytes::Bytes;
 use forward::Ran;
@@ -363,21 +363,6 @@ impl Pipeline {
             usage.record(record).await;
         }
         resp
-    }
-}
-
-struct GaugeGuard<'a>(&'a prometheus::IntGauge);
-
-impl<'a> GaugeGuard<'a> {
-    fn new(g: &'a prometheus::IntGauge) -> Self {
-        g.inc();
-        GaugeGuard(g)
-    }
-}
-
-impl Drop for GaugeGuard<'_> {
-    fn drop(&mut self) {
-        self.0.dec();
     }
 }
 
