@@ -310,6 +310,7 @@ pub struct GatewayConfig {
 pub struct AsyncLimits {
     /// Accepted and not yet done (queued, waiting to retry or running).
     pub max_queued: u32,
+    /// `max_async_body_bytes`, and at most `max_body_bytes`.
     pub max_body_bytes: u64,
     /// The first retry delay; it doubles with each retry.
     pub retry_base: Duration,
@@ -717,6 +718,15 @@ impl Config {
             }));
         }
 
+        let asynchronous = AsyncLimits {
+            max_queued: positive("gateway.max_async_queued", g.max_async_queued.into())? as u32,
+            max_body_bytes: positive("gateway.max_async_body_bytes", g.max_async_body_bytes)?
+                .min(limits.max_body_bytes),
+            retry_base: ms(positive(
+                "gateway.async_retry_base_ms",
+                g.async_retry_base_ms,
+            )?),
+        };
         Ok(Config {
             gateway: GatewayConfig {
                 listen,
@@ -741,18 +751,7 @@ impl Config {
                     Some(n @ 1..=1024) => n as usize,
                     Some(_) => return Err(invalid("gateway.threads", "must be 1..=1024")),
                 },
-                asynchronous: AsyncLimits {
-                    max_queued: positive("gateway.max_async_queued", g.max_async_queued.into())?
-                        as u32,
-                    max_body_bytes: positive(
-                        "gateway.max_async_body_bytes",
-                        g.max_async_body_bytes,
-                    )?,
-                    retry_base: ms(positive(
-                        "gateway.async_retry_base_ms",
-                        g.async_retry_base_ms,
-                    )?),
-                },
+                asynchronous,
                 throttle: GatewayThrottle {
                     caller_rate: quota("gateway.caller_rate_limit", g.caller_rate_limit)?,
                     caller_key: g.caller_key,

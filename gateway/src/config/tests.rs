@@ -34,6 +34,16 @@ fn defaults_apply() {
 }
 
 #[test]
+fn an_async_payload_is_never_larger_than_a_sync_one() {
+    let c = parse(&format!("[gateway]\nmax_body_bytes = 1000\n{FN}")).unwrap();
+    assert_eq!(c.gateway.asynchronous.max_body_bytes, 1000);
+    assert_eq!(
+        parse(FN).unwrap().gateway.asynchronous.max_body_bytes,
+        128 * 1024
+    );
+}
+
+#[test]
 fn placeholders_and_relative_paths_resolve() {
     let c = parse(
         "[gateway]\ntls_cert = \"c.pem\"\ntls_key = \"/abs/k.pem\"\n[[functions]]\nname = \"p\"\ncommand = [\"python3\", \"{config_dir}/f.py\"]\n",

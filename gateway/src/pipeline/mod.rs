@@ -183,10 +183,7 @@ impl Pipeline {
         // 5: the payload.
         let limit = match kind {
             InvocationType::Sync => self.limits.max_body_bytes,
-            InvocationType::Async => self
-                .limits
-                .max_body_bytes
-                .min(self.asynchronous.limits.max_body_bytes),
+            InvocationType::Async => self.asynchronous.limits.max_body_bytes,
         };
         let tasks = self.scheduler.tasks();
         let payload = match body::read(body, &parts.headers, limit, &self.limits, tasks).await {
