@@ -242,10 +242,11 @@ mod tests {
             for (v4, v6, vpc, six) in probes {
                 let mut ip: IpAddr = if six { IpAddr::from(v6.to_be_bytes()) } else { IpAddr::from(v4.to_be_bytes()) };
                 // Half of the probes are taken inside a random rule's prefix.
-                if v4 % 2 == 0 && !rules.is_empty() {
-                    if let Match::Cidr(n) = &rules[(v4 as usize / 2) % rules.len()].matches {
-                        ip = n.network();
-                    }
+                if v4.is_multiple_of(2)
+                    && !rules.is_empty()
+                    && let Match::Cidr(n) = &rules[(v4 as usize / 2) % rules.len()].matches
+                {
+                    ip = n.network();
                 }
                 let network = if vpc == 3 { Network::Internet } else { Network::Vpc(VpcId(vpc)) };
                 let c = Caller { ip, network };

@@ -46,12 +46,12 @@ pub fn spawn(sched: &Arc<Scheduler>) {
             }
             this.publish_worker_memory();
             n += 1;
-            if n % sync_every == 0 {
+            if n.is_multiple_of(sync_every) {
                 sync_exits(&this).await;
             }
             // Forget idle callers now and then, so per-caller limiter memory
             // follows the active caller set, not every address ever seen.
-            if n % (sync_every * 5) == 0 {
+            if n.is_multiple_of(sync_every * 5) {
                 this.limits().evict_idle();
                 for pool in this.functions() {
                     pool.limits.evict_idle();
