@@ -11,10 +11,17 @@
 //! | POST | `/v1/instances` | [`CreateInstance`] | 201 [`InstanceInfo`], or [`ApiError`] |
 //! | GET | `/v1/instances/{id}[?wait_exit_ms=N]` | | [`InstanceInfo`] (after up to N ms waiting for the process to exit), 404 |
 //! | DELETE | `/v1/instances/{id}` | | 200 [`InstanceInfo`] (with its exit), 404 |
+//! | GET | `/v1/instances/{id}/log[?from=N]` | | 200: the instance's output since offset N (its last [`LOG_MAX_BYTES`] at most; nothing without `from`), the offset reached in [`LOG_END_HEADER`]; 404 |
 //! | GET | `/healthz`, `/metrics` | | text |
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+
+/// The offset an instance's output has reached (bytes written to stdout and
+/// stderr since it started), on answers to `GET /v1/instances/{id}/log`.
+pub const LOG_END_HEADER: &str = "x-fngate-log-end";
+/// The most of an instance's recent output a worker keeps and returns.
+pub const LOG_MAX_BYTES: usize = 64 * 1024;
 
 /// Asks a worker to start one function instance.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -4,23 +4,19 @@
 //! Lifecycle: [`Instance::start`] spawns the process and waits until it
 //! accepts on its port (bounded by the start timeout) or exits; a watcher task
 //! records how it ended; [`Instance::release`] kills its process group, removes
-//! its cgroup and deletes its working directory.
+//! its cgroup and deletes its working directory. Its output is captured by
+//! [`crate::output`].
 
 use crate::api::{ExitInfo, InstanceInfo, InstanceState, MemoryLimit};
 use crate::memory::InstanceLimit;
-use std::collections::{BTreeMap, VecDeque};
+use crate::output::Output;
+use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::sync::watch;
-
-/// Lines of stderr kept per instance for error messages.
-const STDERR_TAIL_LINES: usize = 20;
-/// Longest single stderr line kept, in bytes.
-const STDERR_LINE_MAX: usize = 512;
 
 pub struct Spec {
     pub instance_id: String,
@@ -70,8 +66,8 @@ pub struct Instance {
     pub pid: Option<u32>,
     pub created_unix: u64,
     workdir: PathBuf,
-    // Cold-path locks: touched at start, exit and release only, never per invocation.
-    stderr: Arc<Mutex<VecDeque<String>>>,
+    pub output: Arc<Output>,
+    // Cold-path lock: touched at start, exit and release only, never per invocation.
     limit: Mutex<Option<InstanceLimit>>,
     exit: watch::Receiver<Option<ExitInfo>>,
     released: std::sync::atomic::AtomicBool,
@@ -99,6 +95,9 @@ impl Instance {
             .env("FC_FUNCTION_NAME", &spec.function)
             .env("FC_INSTANCE_ID", &spec.instance_id)
             .env("FC_FUNCTION_MEMORY_SIZE", spec.memory_mb.to_string())
+            // Output reaches the log (and an invocation's log tail) as it is
+            // written, not when a buffer fills; a function may override it.
+            .env("PYTHONUNBUFFERED", "1")
             .envs(&spec.env)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -115,14 +114,27 @@ impl Instance {
             }
         };
         let pid = child.id();
-        let stderr = Arc::new(Mutex::new(VecDeque::with_capacity(STDERR_TAIL_LINES)));
-        let stdout_done = pump_lines(child.stdout.take(), &spec.instance_id, "stdout", None);
-        let stderr_done = pump_lines(
-            child.stderr.take(),
-            &spec.instance_id,
-            "stderr",
-            Some(stderr.clone()),
-        );
+        let output = Arc::new(Output::default());
+        let mut pumps = Vec::with_capacity(2);
+        let pipes = [
+            (child.stdout.take().map(|p| p.into_owned_fd()), "stdout"),
+            (child.stderr.take().map(|p| p.into_owned_fd()), "stderr"),
+        ];
+        for (pipe, which) in pipes {
+            let pumped = match pipe {
+                Some(Ok(fd)) => output.pump(fd, &spec.instance_id, which),
+                Some(Err(e)) => Err(e),
+                None => continue,
+            };
+            match pumped {
+                Ok(p) => pumps.push(p),
+                Err(e) => {
+                    let _ = child.start_kill();
+                    let _ = std::fs::remove_dir_all(&spec.workdir);
+                    return Err(StartError::Prepare(e));
+                }
+            }
+        }
 
         let (exit_tx, exit_rx) = watch::channel(None);
         let limit_kind = limit.kind();
@@ -135,7 +147,7 @@ impl Instance {
             pid,
             created_unix: unix_now(),
             workdir: spec.workdir.clone(),
-            stderr,
+            output,
             limit: Mutex::new(Some(limit)),
             exit: exit_rx,
             released: Default::default(),
@@ -145,8 +157,9 @@ impl Instance {
         let watcher = instance.clone();
         tokio::spawn(async move {
             let status = child.wait().await;
-            let _ = stdout_done.await;
-            let _ = stderr_done.await;
+            for p in pumps {
+                let _ = p.await;
+            }
             let oom = watcher
                 .limit
                 .lock()
@@ -194,13 +207,7 @@ impl Instance {
     }
 
     pub fn stderr_tail(&self) -> String {
-        let lines = self.stderr.lock().unwrap();
-        let mut out = String::new();
-        for l in lines.iter() {
-            out.push_str(l);
-            out.push('\n');
-        }
-        out
+        self.output.stderr_tail()
     }
 
     pub fn info(&self) -> InstanceInfo {
@@ -284,37 +291,4 @@ pub fn unix_now() -> u64 {
 fn free_port(host: std::net::IpAddr) -> std::io::Result<u16> {
     let l = std::net::TcpListener::bind((host, 0))?;
     Ok(l.local_addr()?.port())
-}
-
-/// Forwards an instance's output to the worker log, tagged with its id, and
-/// keeps a bounded tail of stderr.
-fn pump_lines(
-    stream: Option<impl AsyncRead + Unpin + Send + 'static>,
-    instance: &str,
-    which: &'static str,
-    tail: Option<Arc<Mutex<VecDeque<String>>>>,
-) -> tokio::task::JoinHandle<()> {
-    let instance = instance.to_string();
-    tokio::spawn(async move {
-        let Some(stream) = stream else { return };
-        let mut lines = BufReader::new(stream).split(b'\n');
-        while let Ok(Some(line)) = lines.next_segment().await {
-            let mut text = String::from_utf8_lossy(&line).into_owned();
-            if text.len() > STDERR_LINE_MAX {
-                let mut cut = STDERR_LINE_MAX;
-                while !text.is_char_boundary(cut) {
-                    cut -= 1;
-                }
-                text.truncate(cut);
-            }
-            tracing::info!(target: "instance", instance = %instance, stream = which, "{text}");
-            if let Some(tail) = &tail {
-                let mut t = tail.lock().unwrap();
-                if t.len() == STDERR_TAIL_LINES {
-                    t.pop_front();
-                }
-                t.push_back(text);
-            }
-        }
-    })
 }

@@ -3,7 +3,9 @@
 //!
 //! - [`api`]: the gateway ↔ worker wire contract (shared with the gateway).
 //! - [`server`]: the HTTP API and [`run`].
-//! - [`instance`]: one instance process: spawn, readiness, logs, exit.
+//! - [`instance`]: one instance process: spawn, readiness, exit.
+//! - [`output`]: an instance's stdout and stderr: the worker log, the stderr
+//!   tail, and the recent output invocations' log tails are cut from.
 //! - [`memory`]: how an instance's memory size is enforced (cgroup v1/v2, rlimit).
 //! - [`metrics`]: the worker's Prometheus metrics.
 //! - [`cli`]: logging and signal handling shared by the fngate binaries.
@@ -13,6 +15,7 @@ pub mod cli;
 pub mod instance;
 pub mod memory;
 pub mod metrics;
+pub mod output;
 pub mod server;
 
 pub use server::{Config, Worker, run};

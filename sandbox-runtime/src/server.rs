@@ -196,6 +196,29 @@ impl Worker {
                 let infos: Vec<_> = infos.iter().map(|i| i.info()).collect();
                 json(StatusCode::OK, &infos)
             }
+            (&Method::GET, p) if p.starts_with("/v1/instances/") && p.ends_with("/log") => {
+                let id = &p["/v1/instances/".len()..p.len() - "/log".len()];
+                let found = self.inner.state.lock().unwrap().instances.get(id).cloned();
+                let from = req
+                    .uri()
+                    .query()
+                    .and_then(|q| q.strip_prefix("from="))
+                    .and_then(|v| v.parse::<u64>().ok());
+                match found {
+                    Some(instance) => {
+                        let (end, text) = instance.output.since(from).await;
+                        let mut r = Response::new(Full::new(Bytes::from(text)));
+                        r.headers_mut()
+                            .insert(crate::api::LOG_END_HEADER, http::HeaderValue::from(end));
+                        r.headers_mut().insert(
+                            http::header::CONTENT_TYPE,
+                            http::HeaderValue::from_static("application/octet-stream"),
+                        );
+                        r
+                    }
+                    None => api_error(ApiErrorCode::NotFound, format!("no instance {id}"), ""),
+                }
+            }
             (&Method::GET, p) if p.starts_with("/v1/instances/") => {
                 let id = &p["/v1/instances/".len()..];
                 let found = self.inner.state.lock().unwrap().instances.get(id).cloned();

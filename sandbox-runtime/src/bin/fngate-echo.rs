@@ -8,7 +8,15 @@
 //! - `fngate:hold:PATH` waits (up to 60 s) until PATH exists, then echoes;
 //! - `fngate:crash` exits with code 3 before answering;
 //! - `fngate:alloc:MB` touches MB MiB of memory, then echoes;
-//! - `fngate:whoami` answers the instance id, pid and working directory.
+//! - `fngate:whoami` answers the instance id, pid and working directory;
+//! - `fngate:print:TEXT` writes TEXT to stdout and `TEXT (stderr)` to stderr
+//!   (what a log tail shows), then echoes.
+//!
+//! HTTP-trigger mode (a request with `x-fngate-trigger: http`, any method and
+//! path): answers JSON describing the request it got (`method`, `path`,
+//! `query`, `headers`, `body`, `requestId`, `function`). The query parameter
+//! `status=N` sets the answer's status and each `header=Name:Value` adds a
+//! header to it; a body starting with `fngate:` is a command as above.
 //!
 //! With `--standalone ADDR` it serves on ADDR instead (the benchmark's direct path).
 
@@ -58,6 +66,13 @@ async fn serve(addr: String) {
 }
 
 async fn invoke(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    if req
+        .headers()
+        .get("x-fngate-trigger")
+        .is_some_and(|v| v == "http")
+    {
+        return Ok(http_trigger(req).await);
+    }
     if req.uri().path() != "/invoke" {
         return Ok(reply(
             StatusCode::NOT_FOUND,
@@ -70,6 +85,78 @@ async fn invoke(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infalli
         Ok(b) => b.to_bytes(),
         Err(_) => return Ok(reply(StatusCode::BAD_REQUEST, Bytes::new(), None)),
     };
+    if let Some(answer) = command(&body).await {
+        return Ok(answer);
+    }
+    Ok(reply(StatusCode::OK, body, ctype))
+}
+
+/// The HTTP-trigger contract: describe the request, shape the answer as asked.
+async fn http_trigger(req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let (parts, body) = req.into_parts();
+    let body = match body.collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => return reply(StatusCode::BAD_REQUEST, Bytes::new(), None),
+    };
+    if let Some(answer) = command(&body).await {
+        return answer;
+    }
+    let mut headers = serde_json::Map::new();
+    for name in parts.headers.keys() {
+        let joined: Vec<&str> = parts
+            .headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        headers.insert(name.as_str().into(), joined.join(", ").into());
+    }
+    let header = |n: &str| parts.headers.get(n).and_then(|v| v.to_str().ok());
+    let described = serde_json::json!({
+        "method": parts.method.as_str(),
+        "path": parts.uri.path(),
+        "query": parts.uri.query(),
+        "headers": headers,
+        "body": String::from_utf8_lossy(&body),
+        "requestId": header("x-fngate-request-id"),
+        "function": header("x-fngate-function-name"),
+    });
+    let mut r = reply(
+        StatusCode::OK,
+        Bytes::from(described.to_string()),
+        Some(http::HeaderValue::from_static("application/json")),
+    );
+    for (k, v) in parts
+        .uri
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+    {
+        match k {
+            "status" => {
+                if let Some(s) = v.parse().ok().and_then(|n| StatusCode::from_u16(n).ok()) {
+                    *r.status_mut() = s;
+                }
+            }
+            "header" => {
+                if let Some((name, value)) = v.split_once(':')
+                    && let (Ok(n), Ok(v)) = (
+                        http::HeaderName::from_bytes(name.as_bytes()),
+                        http::HeaderValue::from_str(value),
+                    )
+                {
+                    r.headers_mut().append(n, v);
+                }
+            }
+            _ => {}
+        }
+    }
+    r
+}
+
+/// A `fngate:` command in `body`: runs it, and answers when it has its own answer.
+async fn command(body: &Bytes) -> Option<Response<Full<Bytes>>> {
     if let Some(cmd) = body.strip_prefix(b"fngate:") {
         let cmd = String::from_utf8_lossy(cmd).trim().to_string();
         let (verb, arg) = cmd.split_once(':').unwrap_or((cmd.as_str(), ""));
@@ -107,12 +194,17 @@ async fn invoke(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infalli
                     std::env::current_dir().unwrap_or_default().display(),
                     std::env::var("FC_FUNCTION_MEMORY_SIZE").unwrap_or_default(),
                 );
-                return Ok(reply(StatusCode::OK, Bytes::from(me), None));
+                return Some(reply(StatusCode::OK, Bytes::from(me), None));
+            }
+            "print" => {
+                // Writes ARG to stdout and stderr (an invocation's log tail).
+                println!("{arg}");
+                eprintln!("{arg} (stderr)");
             }
             _ => {}
         }
     }
-    Ok(reply(StatusCode::OK, body, ctype))
+    None
 }
 
 fn reply(
