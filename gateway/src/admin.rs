@@ -165,6 +165,10 @@ impl Admin {
                     "min_instances": f.min_instances,
                     "queued": p.limits.queued(),
                     "max_concurrency": f.throttle.max_concurrency,
+                    // What each door demands; key values are never shown.
+                    "auth": f.auth,
+                    "auth_level": f.auth_level,
+                    "function_keys": f.function_keys.iter().map(|k| &*k.name).collect::<Vec<_>>(),
                     "ingress": {
                         "vpc_bindings": f.ingress.vpc_bindings.iter().map(|v| vpcs.name(*v)).collect::<Vec<_>>(),
                         "access_rules": rules,

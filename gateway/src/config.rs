@@ -3,7 +3,13 @@
 //! Every error names the key and the reason (`functions[1].memory_mb: ...`),
 //! and the gateway exits non-zero on any of them: a gateway never starts on a
 //! configuration it only half understood (unknown keys are errors too).
+//!
+//! The credential sections live in [`auth`].
 
+mod auth;
+
+use crate::api::lambda;
+use crate::auth::{AuthLevel, AuthMode, GatewayAuth, NamedKey};
 use crate::ingress::networks::NetworkMap;
 use crate::ingress::policy::{IngressPolicy, MAX_VPC_BINDINGS};
 use crate::ingress::rules::{Action, Match, Rule, RuleSet};
@@ -53,6 +59,12 @@ struct File {
     #[serde(default)]
     networks: Vec<NetworkSection>,
     usage: Option<UsageSection>,
+    #[serde(default)]
+    credentials: Vec<auth::CredentialSection>,
+    #[serde(default)]
+    lambda: lambda::Settings,
+    #[serde(default)]
+    azure: auth::AzureSection,
 }
 
 #[derive(Debug, Deserialize)]
@@ -139,6 +151,8 @@ struct GatewaySection {
     caller_key: CallerKeying,
     max_instances: u32,
     max_instance_starts_per_minute: u32,
+    auth: AuthMode,
+    signature_max_skew_s: u64,
 }
 
 impl Default for GatewaySection {
@@ -176,6 +190,9 @@ impl Default for GatewaySection {
             // Function Compute's defaults: 300 burst instances, 300 starts/min.
             max_instances: 300,
             max_instance_starts_per_minute: 300,
+            auth: AuthMode::None,
+            // AWS and Alibaba Cloud both allow 15 minutes.
+            signature_max_skew_s: 900,
         }
     }
 }
@@ -218,6 +235,12 @@ struct FunctionSection {
     async_max_retries: u32,
     #[serde(default = "default_async_age")]
     async_max_event_age_s: u64,
+    /// Absent: the gateway's `auth`.
+    auth: Option<AuthMode>,
+    /// Absent: `function` when signatures are required, else `anonymous`.
+    auth_level: Option<AuthLevel>,
+    #[serde(default)]
+    function_keys: Vec<auth::KeySection>,
 }
 
 fn default_queue_max() -> u32 {
@@ -255,6 +278,8 @@ pub struct Config {
     pub ingress: Arc<IngressConfig>,
     /// The usage log; `None` when `[usage]` is absent.
     pub usage: Option<crate::metering::usage_log::UsageLogConfig>,
+    pub auth: GatewayAuth,
+    pub lambda: lambda::Settings,
 }
 
 /// Where callers stand, compiled at load (see [`crate::ingress`]).
@@ -363,6 +388,11 @@ pub struct FunctionConfig {
     pub ingress: Arc<IngressPolicy>,
     pub throttle: FunctionThrottle,
     pub asynchronous: AsyncPolicy,
+    /// What the FC and Lambda doors demand (see [`crate::auth`]).
+    pub auth: AuthMode,
+    /// What the Azure door demands.
+    pub auth_level: AuthLevel,
+    pub function_keys: Vec<NamedKey>,
 }
 
 /// How a function's asynchronous invocations are retried (see
@@ -582,6 +612,17 @@ impl Config {
             &vpcs,
         )?);
 
+        let gw_auth = auth::gateway(
+            g.auth,
+            g.signature_max_skew_s,
+            &file.credentials,
+            &file.azure,
+            config_dir,
+        )?;
+        file.lambda
+            .validate()
+            .map_err(|(key, reason)| invalid(key, reason))?;
+
         let bin_dir = std::env::current_exe()
             .ok()
             .and_then(|p| p.parent().map(Path::to_path_buf))
@@ -687,6 +728,14 @@ impl Config {
                 queue_timeout: Duration::from_millis(f.queue_timeout_ms),
                 queue_max: f.queue_max as usize,
             };
+            let (auth, auth_level, function_keys) = auth::function(
+                &key,
+                &gw_auth,
+                f.auth,
+                f.auth_level,
+                &f.function_keys,
+                config_dir,
+            )?;
             let ingress = Arc::new(IngressPolicy {
                 vpc_bindings,
                 rules,
@@ -715,6 +764,9 @@ impl Config {
                     max_retries: f.async_max_retries,
                     max_event_age: Duration::from_secs(f.async_max_event_age_s),
                 },
+                auth,
+                auth_level,
+                function_keys,
             }));
         }
 
@@ -765,6 +817,8 @@ impl Config {
             },
             workers,
             functions,
+            auth: gw_auth,
+            lambda: file.lambda,
             usage: match file.usage {
                 None => None,
                 Some(u) => {

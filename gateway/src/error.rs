@@ -2,7 +2,7 @@
 //!
 //! One enum of causes, independent of any cloud's API. Each API dialect
 //! renders it (status, the cloud's code, body) in one exhaustive `match`; see
-//! [`crate::api::fc::render_error`]. `Display` is for logs only.
+//! [`crate::api::Dialect::error`]. `Display` is for logs only.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +24,14 @@ pub enum InvokeError {
     BodyTimeout(Duration),
     #[error("request body could not be read: {0}")]
     BodyRead(Arc<str>),
+    /// A part of the request that must have a given form does not (say, a
+    /// client context that is not base64).
+    #[error("invalid request content: {message}")]
+    InvalidContent { message: Arc<str> },
+
+    // ---- credentials ----
+    #[error("authentication failed: {0}")]
+    Unauthenticated(crate::auth::AuthError),
 
     // ---- ingress policy ----
     #[error("access denied: {0:?}")]
@@ -72,13 +80,15 @@ impl InvokeError {
             InvokeError::InstanceStartFailed { .. } => Outcome::StartFailed,
             InvokeError::Internal(_) | InvokeError::ShuttingDown => Outcome::GatewayError,
             InvokeError::AccessDenied(_) => Outcome::Denied,
+            InvokeError::Unauthenticated(_) => Outcome::Unauthenticated,
             InvokeError::RouteNotFound { .. }
             | InvokeError::MethodNotAllowed { .. }
             | InvokeError::FunctionNotFound { .. }
             | InvokeError::InvalidArgument { .. }
             | InvokeError::PayloadTooLarge { .. }
             | InvokeError::BodyTimeout(_)
-            | InvokeError::BodyRead(_) => Outcome::ClientError,
+            | InvokeError::BodyRead(_)
+            | InvokeError::InvalidContent { .. } => Outcome::ClientError,
         }
     }
 }
@@ -96,10 +106,14 @@ pub enum Outcome {
     /// An asynchronous invocation accepted (202); its runs are counted
     /// under the `internal` network.
     Accepted,
+    /// A dry run passed its checks; nothing ran.
+    DryRun,
+    /// The caller's signature or function key was refused.
+    Unauthenticated,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 8] = [
+    pub const ALL: [Outcome; 10] = [
         Outcome::Success,
         Outcome::FunctionError,
         Outcome::ClientError,
@@ -108,6 +122,8 @@ impl Outcome {
         Outcome::GatewayError,
         Outcome::Denied,
         Outcome::Accepted,
+        Outcome::DryRun,
+        Outcome::Unauthenticated,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -120,6 +136,8 @@ impl Outcome {
             Outcome::GatewayError => "gateway_error",
             Outcome::Denied => "denied",
             Outcome::Accepted => "accepted",
+            Outcome::DryRun => "dry_run",
+            Outcome::Unauthenticated => "unauthenticated",
         }
     }
 

@@ -4,8 +4,10 @@
 //!
 //! 1. [`connection`]: accept, connection limits, TLS (rustls), HTTP/1.1 or HTTP/2.
 //! 2. [`pipeline`]: the ordered stages of one invocation.
-//! 3. [`api`]: the cloud dialect (Function Compute 3.0) that decodes requests
-//!    and renders answers and [`error::InvokeError`]s.
+//! 3. [`api`]: the cloud dialects (Function Compute 3.0, AWS Lambda, Azure
+//!    Functions HTTP triggers) that decode requests and render answers and
+//!    [`error::InvokeError`]s; [`auth`] holds what their request signatures
+//!    and function keys share.
 //! 4. [`scheduler`]: bin-pack routing, best-fit placement, instance lifecycle.
 //! 5. [`workers`]: the sandbox worker API client; invocations then go straight
 //!    to the instance over [`upstream`] connections.
@@ -15,6 +17,7 @@
 
 pub mod admin;
 pub mod api;
+pub mod auth;
 pub mod config;
 pub mod connection;
 pub mod error;
@@ -130,9 +133,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     };
     let pipeline = Arc::new(pipeline::Pipeline::new(
         scheduler.clone(),
-        g.limits.clone(),
-        g.asynchronous.clone(),
-        config.ingress.vpcs.clone(),
+        &config,
         &metrics,
         usage_log,
     ));

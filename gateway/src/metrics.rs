@@ -3,8 +3,11 @@
 //! network (see [`FunctionMetrics`]) so the hot path touches atomics only.
 //!
 //! Label sets are bounded: `function` is a configured name or `(unknown)`;
-//! `network` is `internet`, a configured VPC id, or `internal`.
+//! `network` is `internet`, a configured VPC id, or `internal`; `api` is
+//! `fc`, `lambda` or `azure`.
 
+use crate::api::Api;
+use crate::auth::AuthError;
 use crate::error::Outcome;
 use crate::pipeline::asynchronous::{AsyncResult, RetryReason};
 use prometheus::{
@@ -41,9 +44,31 @@ impl NetworkIndex {
 
 /// One function's counters for callers in one network.
 pub struct NetworkMetrics {
-    pub invocations: [IntCounter; Outcome::ALL.len()],
+    /// Indexed by [`Api::index`]; each door's series are created the first
+    /// time it is used, so unused doors add no series.
+    invocations: [std::sync::OnceLock<[IntCounter; Outcome::ALL.len()]>; Api::ALL.len()],
+    vec: IntCounterVec,
+    function: String,
+    network: String,
     pub bytes_in: IntCounter,
     pub bytes_out: IntCounter,
+}
+
+impl NetworkMetrics {
+    /// `fngate_invocations_total` for this function, network, `api` and `outcome`.
+    pub fn invocations(&self, api: Api, outcome: Outcome) -> &IntCounter {
+        let by_outcome = self.invocations[api.index()].get_or_init(|| {
+            Outcome::ALL.map(|o| {
+                self.vec.with_label_values(&[
+                    &self.function,
+                    &self.network,
+                    api.as_str(),
+                    o.as_str(),
+                ])
+            })
+        });
+        &by_outcome[outcome.index()]
+    }
 }
 
 pub struct Metrics {
@@ -68,6 +93,7 @@ pub struct Metrics {
     pub async_queued: IntGauge,
     async_results: IntCounterVec,
     async_retries: IntCounterVec,
+    auth_failures: IntCounterVec,
 }
 
 /// Cached handles for one function.
@@ -93,6 +119,8 @@ pub struct FunctionMetrics {
     pub async_results: Vec<IntCounter>,
     /// Indexed like [`RetryReason::ALL`].
     pub async_retries: Vec<IntCounter>,
+    /// Indexed by [`Api::index`], then [`AuthError::index`].
+    pub auth_failures: [Vec<IntCounter>; Api::ALL.len()],
 }
 
 impl Metrics {
@@ -101,9 +129,9 @@ impl Metrics {
         let invocations = IntCounterVec::new(
             Opts::new(
                 "fngate_invocations_total",
-                "Invocation requests by function, caller network and outcome.",
+                "Invocation requests by function, caller network, API door and outcome.",
             ),
-            &["function", "network", "outcome"],
+            &["function", "network", "api", "outcome"],
         )
         .unwrap();
         let traffic = IntCounterVec::new(
@@ -239,6 +267,14 @@ impl Metrics {
             &["function", "reason"],
         )
         .unwrap();
+        let auth_failures = IntCounterVec::new(
+            Opts::new(
+                "fngate_auth_failures_total",
+                "Invocations refused for their credentials (signature or function key), by function, API door and reason.",
+            ),
+            &["function", "api", "reason"],
+        )
+        .unwrap();
         let proxy_rejections = crate::connection::proxy::Reject::ALL
             .iter()
             .map(|r| proxy.with_label_values(&[r.as_str()]))
@@ -263,6 +299,7 @@ impl Metrics {
             Box::new(async_queued.clone()),
             Box::new(async_results.clone()),
             Box::new(async_retries.clone()),
+            Box::new(auth_failures.clone()),
         ] {
             registry.register(c).unwrap();
         }
@@ -287,6 +324,7 @@ impl Metrics {
             async_queued,
             async_results,
             async_retries,
+            auth_failures,
         }
     }
 
@@ -297,10 +335,10 @@ impl Metrics {
             .names
             .iter()
             .map(|net| NetworkMetrics {
-                invocations: Outcome::ALL.map(|o| {
-                    self.invocations
-                        .with_label_values(&[function, net, o.as_str()])
-                }),
+                invocations: Default::default(),
+                vec: self.invocations.clone(),
+                function: function.to_string(),
+                network: net.clone(),
                 bytes_in: self.traffic.with_label_values(&[function, net, "in"]),
                 bytes_out: self.traffic.with_label_values(&[function, net, "out"]),
             })
@@ -341,6 +379,15 @@ impl Metrics {
                         .with_label_values(&[function, r.as_str()])
                 })
                 .collect(),
+            auth_failures: Api::ALL.map(|api| {
+                AuthError::REASONS
+                    .iter()
+                    .map(|r| {
+                        self.auth_failures
+                            .with_label_values(&[function, api.as_str(), r])
+                    })
+                    .collect()
+            }),
         }
     }
 

@@ -121,12 +121,45 @@ impl Worker {
         .await
     }
 
+    /// An instance's output since `from` (nothing without it), and the
+    /// offset it has reached.
+    pub async fn log(&self, id: &str, from: Option<u64>) -> Result<(u64, Bytes), WorkerError> {
+        let path = match from {
+            Some(n) => format!("/v1/instances/{id}/log?from={n}"),
+            None => format!("/v1/instances/{id}/log"),
+        };
+        let (headers, body) = self.call_raw(http::Method::GET, &path, None).await?;
+        let end = headers
+            .get(sandbox_runtime::api::LOG_END_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| WorkerError::Transport {
+                url: self.url.clone(),
+                source: "the log answer has no end offset".into(),
+            })?;
+        Ok((end, body))
+    }
+
     async fn call<T: serde::de::DeserializeOwned>(
         &self,
         method: http::Method,
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<T, WorkerError> {
+        let (_, bytes) = self.call_raw(method, path, body).await?;
+        serde_json::from_slice(&bytes).map_err(|e| WorkerError::Transport {
+            url: self.url.clone(),
+            source: e.into(),
+        })
+    }
+
+    /// One API call; its headers and body when it succeeded.
+    async fn call_raw(
+        &self,
+        method: http::Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<(http::HeaderMap, Bytes), WorkerError> {
         let transport = |e: Box<dyn std::error::Error + Send + Sync>| WorkerError::Transport {
             url: self.url.clone(),
             source: e,
@@ -143,8 +176,8 @@ impl Worker {
             .await
             .map_err(|e| transport(e.into()))?;
         let status = resp.status();
-        let bytes = resp
-            .into_body()
+        let (parts, body) = resp.into_parts();
+        let bytes = body
             .collect()
             .await
             .map_err(|e| transport(e.into()))?
@@ -161,6 +194,6 @@ impl Worker {
                 error,
             });
         }
-        serde_json::from_slice(&bytes).map_err(|e| transport(e.into()))
+        Ok((parts.headers, bytes))
     }
 }

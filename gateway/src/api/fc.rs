@@ -1,22 +1,36 @@
 //! Function Compute 3.0 dialect.
 //!
 //! Request: `POST /2023-03-30/functions/{name}/invocations[?qualifier=Q]`,
-//! body = event payload. Response: the function's status, content type and
-//! body, plus `x-fc-request-id` and `x-fc-instance-id` (and fngate's own
-//! `x-fngate-cold-start: true` when the invocation waited for an instance start).
+//! body = event payload; `x-fc-invocation-type: Sync | Async`,
+//! `x-fc-log-type: None | Tail`. Signed requests use ACS3-HMAC-SHA256
+//! ([`acs3`]). Response: the function's status, content type and body, plus
+//! `x-fc-request-id`, `x-fc-instance-id`, and with `Tail` the instance's
+//! output in `x-fc-log-result` (base64, last 4 KB).
 //!
 //! Errors: a JSON body `{"Code","Message","RequestId"}` (exactly what the FC
-//! SDK parses) with the status FC uses. Function-side failures are HTTP 200
-//! with `x-fc-error-type: UnhandledInvocationError` and `{"errorMessage": ...}`,
+//! SDK parses) with the status FC uses; throttling adds `x-acs-retry-after`
+//! (ms, which the SDK turns into a throttling error) and `Retry-After`.
+//! Function-side failures are HTTP 200 with
+//! `x-fc-error-type: UnhandledInvocationError` and `{"errorMessage": ...}`,
 //! as FC reports an unhandled error inside the function.
+//!
+//! This is also the dialect of paths no other dialect claims: they get
+//! `PathNotSupported`.
 
-use super::{Invocation, InvocationType};
+pub mod acs3;
+
+use super::{
+    APPLICATION_JSON, Api, Dialect, FunctionAnswer, Invocation, Kind, Reply, ResponseBody, Trigger,
+    denial_message, json, limit_description, millis_header, query_param, require_post, response,
+    retry_after_header,
+};
+use crate::auth::{AuthError, AuthMode, AuthPolicy, Authn};
 use crate::error::InvokeError;
-use crate::ingress::policy::Denial;
-use crate::throttle::LimitKind;
+use base64::Engine;
 use bytes::Bytes;
-use http::{HeaderValue, Method, StatusCode};
+use http::{HeaderValue, Response, StatusCode};
 use serde::Serialize;
+use std::borrow::Cow;
 
 pub const PATH_PREFIX: &str = "/2023-03-30/functions/";
 pub const REQUEST_ID: &str = "x-fc-request-id";
@@ -24,53 +38,15 @@ pub const INSTANCE_ID: &str = "x-fc-instance-id";
 pub const ERROR_TYPE: &str = "x-fc-error-type";
 /// `Sync` (the default) or `Async`.
 pub const INVOCATION_TYPE: &str = "x-fc-invocation-type";
-/// fngate's own: set when the invocation waited for its instance to start.
-pub const COLD_START: &str = "x-fngate-cold-start";
+/// `None` (the default) or `Tail`.
+pub const LOG_TYPE: &str = "x-fc-log-type";
+pub const LOG_RESULT: &str = "x-fc-log-result";
+pub const RETRY_AFTER_MS: &str = "x-acs-retry-after";
+/// How much of the log `Tail` returns.
+pub const LOG_TAIL_BYTES: usize = 4096;
 
-/// The invocation type header: absent or `Sync`, or `Async` (any case).
-pub fn invocation_type(headers: &http::HeaderMap) -> Result<InvocationType, InvokeError> {
-    match headers.get(INVOCATION_TYPE).map(HeaderValue::as_bytes) {
-        None => Ok(InvocationType::Sync),
-        Some(v) if v.eq_ignore_ascii_case(b"sync") => Ok(InvocationType::Sync),
-        Some(v) if v.eq_ignore_ascii_case(b"async") => Ok(InvocationType::Async),
-        Some(v) => Err(InvokeError::InvalidArgument {
-            message: format!(
-                "{INVOCATION_TYPE} must be Sync or Async, not {:?}",
-                String::from_utf8_lossy(v)
-            )
-            .into(),
-        }),
-    }
-}
-
-/// Decodes the request head. Borrowed: no allocation on the hot path.
-pub fn decode<'a>(method: &Method, uri: &'a http::Uri) -> Result<Invocation<'a>, InvokeError> {
-    let path = uri.path();
-    let Some(name) = path
-        .strip_prefix(PATH_PREFIX)
-        .and_then(|rest| rest.strip_suffix("/invocations"))
-        .filter(|n| !n.is_empty() && !n.contains('/'))
-    else {
-        return Err(InvokeError::RouteNotFound {
-            method: method.clone(),
-            path: path.to_string(),
-        });
-    };
-    if method != Method::POST {
-        return Err(InvokeError::MethodNotAllowed {
-            method: method.clone(),
-        });
-    }
-    let qualifier = uri.query().and_then(|q| {
-        q.split('&')
-            .find_map(|kv| kv.strip_prefix("qualifier="))
-            .filter(|v| !v.is_empty())
-    });
-    Ok(Invocation {
-        function: name,
-        qualifier,
-    })
-}
+#[derive(Debug, Default)]
+pub struct Fc;
 
 #[derive(Serialize)]
 #[serde(rename_all = "PascalCase")]
@@ -87,177 +63,301 @@ struct FunctionErrorBody<'a> {
     error_type: &'a str,
 }
 
-/// A rendered error: status, extra headers, JSON body.
-pub struct Rendered {
-    pub status: StatusCode,
-    pub error_type: Option<HeaderValue>,
-    pub body: Bytes,
-    /// For throttling: `Retry-After` (seconds) and `x-acs-retry-after` (ms,
-    /// which the FC SDK reads as a throttle).
-    pub retry_after: Option<std::time::Duration>,
-}
-
-/// A JSON body in one allocation, sized for its strings plus the field
-/// names, quotes and a little escaping.
-fn json(body: &impl Serialize, strings_len: usize) -> Bytes {
-    let mut v = Vec::with_capacity(strings_len + 64);
-    match serde_json::to_writer(&mut v, body) {
-        Ok(()) => Bytes::from(v),
-        Err(_) => Bytes::new(),
+fn header_is(
+    headers: &http::HeaderMap,
+    name: &str,
+    values: [&str; 2],
+) -> Result<bool, InvokeError> {
+    match headers.get(name).map(HeaderValue::as_bytes) {
+        None => Ok(false),
+        Some(v) if v.eq_ignore_ascii_case(values[0].as_bytes()) => Ok(false),
+        Some(v) if v.eq_ignore_ascii_case(values[1].as_bytes()) => Ok(true),
+        Some(v) => Err(InvokeError::InvalidArgument {
+            message: format!(
+                "{name} must be {} or {}, not {:?}",
+                values[0],
+                values[1],
+                String::from_utf8_lossy(v)
+            )
+            .into(),
+        }),
     }
 }
 
-/// The one place FC error responses are made. Exhaustive: a new cause must
-/// decide its FC rendering here.
-pub fn render_error(err: &InvokeError, request_id: &str) -> Rendered {
-    let gateway = |status: StatusCode, code: &str, message: &str| Rendered {
-        status,
-        error_type: None,
-        retry_after: None,
-        body: json(
-            &ErrorBody {
-                code,
-                message,
-                request_id,
-            },
-            code.len() + message.len() + request_id.len(),
-        ),
-    };
-    let function = |error_type: &str, message: &str| Rendered {
-        status: StatusCode::OK,
-        retry_after: None,
-        error_type: Some(HeaderValue::from_static("UnhandledInvocationError")),
-        body: json(
-            &FunctionErrorBody {
-                error_message: message,
-                error_type,
-            },
-            message.len() + error_type.len(),
-        ),
-    };
-    match err {
-        InvokeError::RouteNotFound { method, path } => gateway(
-            StatusCode::NOT_FOUND,
-            "PathNotSupported",
-            &format!("{method} {path} is not a supported path"),
-        ),
-        InvokeError::MethodNotAllowed { method } => gateway(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "MethodNotAllowed",
-            &format!("method {method} is not allowed; invocations use POST"),
-        ),
-        InvokeError::FunctionNotFound { name } => gateway(
-            StatusCode::NOT_FOUND,
-            "FunctionNotFound",
-            &format!("function '{name}' does not exist"),
-        ),
-        InvokeError::InvalidArgument { message } => {
-            gateway(StatusCode::BAD_REQUEST, "InvalidArgument", message)
+/// `x-fc-log-result`: FC's start and end lines around the instance's output,
+/// its last [`LOG_TAIL_BYTES`], base64.
+fn log_result(log: &[u8], request_id: &str) -> HeaderValue {
+    let mut text = Vec::with_capacity(log.len() + 96);
+    text.extend_from_slice(b"FC Invoke Start RequestId: ");
+    text.extend_from_slice(request_id.as_bytes());
+    text.push(b'\n');
+    text.extend_from_slice(log);
+    if !log.is_empty() && !log.ends_with(b"\n") {
+        text.push(b'\n');
+    }
+    text.extend_from_slice(b"FC Invoke End RequestId: ");
+    text.extend_from_slice(request_id.as_bytes());
+    let tail = &text[text.len().saturating_sub(LOG_TAIL_BYTES)..];
+    let b64 = base64::engine::general_purpose::STANDARD.encode(tail);
+    HeaderValue::try_from(b64).expect("base64 is a valid header value")
+}
+
+impl Fc {
+    fn add_common(&self, resp: &mut Response<ResponseBody>, reply: &Reply<'_>) {
+        let h = resp.headers_mut();
+        if let Some(ran) = reply.ran {
+            h.insert(INSTANCE_ID, ran.instance_id.clone());
+            if let Some(log) = &ran.log {
+                h.insert(
+                    LOG_RESULT,
+                    log_result(log, reply.request_id.to_str().unwrap_or_default()),
+                );
+            }
         }
-        InvokeError::PayloadTooLarge { limit, size } => gateway(
-            StatusCode::BAD_REQUEST,
-            "EntityTooLarge",
-            &match size {
-                Some(size) => {
-                    format!("payload size {size} bytes exceeds the limit of {limit} bytes")
-                }
-                None => format!("payload exceeds the limit of {limit} bytes"),
-            },
-        ),
-        InvokeError::BodyTimeout(t) => gateway(
-            StatusCode::REQUEST_TIMEOUT,
-            "RequestTimeout",
-            &format!("request body was not received within {} ms", t.as_millis()),
-        ),
-        InvokeError::BodyRead(_) => gateway(
-            StatusCode::BAD_REQUEST,
-            "InvalidArgument",
-            "request body could not be read",
-        ),
-        InvokeError::AccessDenied(d) => gateway(
-            StatusCode::FORBIDDEN,
-            "AccessDenied",
-            &match d {
-                Denial::VpcBinding { from } => {
-                    format!("Resource access is bound by VPC: the call came from {from}")
-                }
-                Denial::Rule { name, priority } => format!(
-                    "Access denied by access rule {} (priority {priority})",
-                    name.as_deref()
-                        .map(|n| format!("'{n}'"))
-                        .unwrap_or_else(|| "(unnamed)".into())
-                ),
-                Denial::ImplicitDeny => {
-                    "Access denied by the implicit deny-all rule: no access rule allows this caller"
-                        .into()
-                }
-            },
-        ),
-        InvokeError::Throttled(t) => {
-            let what = match t.limit {
-                LimitKind::CallerRate => "the caller's request rate limit for this function",
-                LimitKind::GatewayCallerRate => "the caller's request rate limit for this gateway",
-                LimitKind::FunctionRate => "the function's request rate limit",
-                LimitKind::FunctionConcurrency => {
-                    "the function's concurrency limit (max_concurrency)"
-                }
-                LimitKind::MaxInstances => "the gateway's instance limit (max_instances)",
-                LimitKind::InstanceStartRate => {
-                    "the gateway's instance scale-out rate limit (max_instance_starts_per_minute)"
-                }
-                LimitKind::AsyncQueue => {
-                    "the gateway's asynchronous invocation queue (max_async_queued)"
-                }
-            };
-            let mut r = gateway(
-                StatusCode::TOO_MANY_REQUESTS,
-                "ResourceThrottled",
-                &format!(
-                    "Request throttled: {what} was exceeded; retry after {} ms",
-                    t.retry_after.as_millis().max(1)
-                ),
-            );
-            r.retry_after = Some(t.retry_after);
-            r
+        h.insert(REQUEST_ID, reply.request_id.clone());
+    }
+}
+
+impl Dialect for Fc {
+    fn api(&self) -> Api {
+        Api::Fc
+    }
+
+    fn decode<'a>(&self, parts: &'a http::request::Parts) -> Result<Invocation<'a>, InvokeError> {
+        let path = parts.uri.path();
+        let Some(name) = path
+            .strip_prefix(PATH_PREFIX)
+            .and_then(|rest| rest.strip_suffix("/invocations"))
+            .filter(|n| !n.is_empty() && !n.contains('/'))
+        else {
+            return Err(InvokeError::RouteNotFound {
+                method: parts.method.clone(),
+                path: path.to_string(),
+            });
+        };
+        require_post(&parts.method)?;
+        let qualifier = query_param(parts.uri.query(), "qualifier").filter(|v| !v.is_empty());
+        let kind = if header_is(&parts.headers, INVOCATION_TYPE, ["Sync", "Async"])? {
+            Kind::Async
+        } else {
+            Kind::Sync
+        };
+        Ok(Invocation {
+            function: Cow::Borrowed(name),
+            qualifier: qualifier.map(Cow::Borrowed),
+            kind,
+            trigger: Trigger::Event,
+            log_tail: header_is(&parts.headers, LOG_TYPE, ["None", "Tail"])?,
+            client_context: None,
+        })
+    }
+
+    fn authenticate(
+        &self,
+        parts: &http::request::Parts,
+        policy: &AuthPolicy<'_>,
+    ) -> Result<Authn, InvokeError> {
+        match policy.mode {
+            AuthMode::None => Ok(Authn::Done(None)),
+            AuthMode::Signature => {
+                acs3::verify(parts, policy).map_err(InvokeError::Unauthenticated)
+            }
         }
-        InvokeError::NoCapacity { memory_mb } => gateway(
-            StatusCode::TOO_MANY_REQUESTS,
-            "ResourceExhausted",
-            &format!("no worker has {memory_mb} MB of memory free for a new instance"),
-        ),
-        InvokeError::InstanceStartFailed {
-            message,
-            stderr_tail,
-        } => gateway(
-            StatusCode::PRECONDITION_FAILED,
-            "CAExited",
-            &format!(
-                "Function instance exited unexpectedly: instance failed to start: {message}. Logs: {}",
-                stderr_tail.trim_end()
+    }
+
+    fn success(&self, answer: FunctionAnswer, reply: &Reply<'_>) -> Response<ResponseBody> {
+        let mut headers = answer.headers;
+        let ct = headers.remove(http::header::CONTENT_TYPE);
+        let mut resp = response(answer.status, ct, answer.body);
+        self.add_common(&mut resp, reply);
+        resp
+    }
+
+    fn accepted(&self, _kind: Kind, reply: &Reply<'_>) -> Response<ResponseBody> {
+        let mut resp = response(StatusCode::ACCEPTED, None, Bytes::new());
+        resp.headers_mut()
+            .insert(REQUEST_ID, reply.request_id.clone());
+        resp
+    }
+
+    fn status(&self, err: &InvokeError) -> StatusCode {
+        match err {
+            InvokeError::RouteNotFound { .. } | InvokeError::FunctionNotFound { .. } => {
+                StatusCode::NOT_FOUND
+            }
+            InvokeError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            InvokeError::InvalidArgument { .. }
+            | InvokeError::InvalidContent { .. }
+            | InvokeError::PayloadTooLarge { .. }
+            | InvokeError::BodyRead(_) => StatusCode::BAD_REQUEST,
+            InvokeError::Unauthenticated(AuthError::Missing) => StatusCode::BAD_REQUEST,
+            InvokeError::Unauthenticated(_) | InvokeError::AccessDenied(_) => StatusCode::FORBIDDEN,
+            InvokeError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            InvokeError::Throttled(_) | InvokeError::NoCapacity { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
+            InvokeError::InstanceStartFailed { .. } => StatusCode::PRECONDITION_FAILED,
+            InvokeError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            InvokeError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            InvokeError::FunctionTimeout(_)
+            | InvokeError::InstanceCrashed { .. }
+            | InvokeError::BadFunctionResponse { .. } => StatusCode::OK,
+        }
+    }
+
+    /// Exhaustive: a new cause must decide its FC rendering here.
+    fn error(&self, err: &InvokeError, reply: &Reply<'_>) -> Response<ResponseBody> {
+        let status = self.status(err);
+        let request_id = reply.request_id.to_str().unwrap_or_default();
+        let gateway = |code: &str, message: &str| {
+            json(
+                &ErrorBody {
+                    code,
+                    message,
+                    request_id,
+                },
+                code.len() + message.len() + request_id.len(),
+            )
+        };
+        let function = |error_type: &str, message: &str| {
+            json(
+                &FunctionErrorBody {
+                    error_message: message,
+                    error_type,
+                },
+                message.len() + error_type.len(),
+            )
+        };
+        let mut retry_after = None;
+        let mut function_error = false;
+        let body = match err {
+            InvokeError::RouteNotFound { method, path } => gateway(
+                "PathNotSupported",
+                &format!("{method} {path} is not a supported path"),
             ),
-        ),
-        InvokeError::ShuttingDown => gateway(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "ServiceUnavailable",
-            "the gateway is shutting down; retry",
-        ),
-        InvokeError::Internal(_) => gateway(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "InternalServerError",
-            "an internal error occurred",
-        ),
-        InvokeError::FunctionTimeout(t) => function(
-            "FunctionTimeout",
-            &format!("Function timed out after {} seconds", t.as_secs()),
-        ),
-        InvokeError::InstanceCrashed { detail } => function(
-            "InstanceExited",
-            &format!("Function instance {detail} during the invocation"),
-        ),
-        InvokeError::BadFunctionResponse { detail } => function(
-            "InvalidResponse",
-            &format!("Function instance returned an invalid response: {detail}"),
-        ),
+            InvokeError::MethodNotAllowed { method } => gateway(
+                "MethodNotAllowed",
+                &format!("method {method} is not allowed; invocations use POST"),
+            ),
+            InvokeError::FunctionNotFound { name } => gateway(
+                "FunctionNotFound",
+                &format!("function '{name}' does not exist"),
+            ),
+            InvokeError::InvalidArgument { message } | InvokeError::InvalidContent { message } => {
+                gateway("InvalidArgument", message)
+            }
+            InvokeError::PayloadTooLarge { limit, size } => gateway(
+                "EntityTooLarge",
+                &match size {
+                    Some(size) => {
+                        format!("payload size {size} bytes exceeds the limit of {limit} bytes")
+                    }
+                    None => format!("payload exceeds the limit of {limit} bytes"),
+                },
+            ),
+            InvokeError::BodyTimeout(t) => gateway(
+                "RequestTimeout",
+                &format!("request body was not received within {} ms", t.as_millis()),
+            ),
+            InvokeError::BodyRead(_) => {
+                gateway("InvalidArgument", "request body could not be read")
+            }
+            InvokeError::Unauthenticated(a) => match a {
+                AuthError::Missing => gateway(
+                    "MissingRequiredHeader",
+                    "required HTTP header Authorization was not specified",
+                ),
+                AuthError::UnknownKey(id) => gateway(
+                    "InvalidAccessKeyID",
+                    &format!("invalid access key ID '{id}'"),
+                ),
+                AuthError::Expired { date } => gateway(
+                    "SignatureNotMatch",
+                    &format!(
+                        "the request time x-acs-date {date} is too far from the server time; check the client clock"
+                    ),
+                ),
+                AuthError::PayloadMismatch => gateway(
+                    "SignatureNotMatch",
+                    "the request body does not match its signed x-acs-content-sha256",
+                ),
+                AuthError::Malformed(why) => gateway(
+                    "SignatureNotMatch",
+                    &format!("the Authorization header cannot be used: {why}"),
+                ),
+                AuthError::BadSignature | AuthError::BadKey => gateway(
+                    "SignatureNotMatch",
+                    "The request signature we calculated does not match the signature you provided. Check your access key and signing method.",
+                ),
+            },
+            InvokeError::AccessDenied(d) => gateway("AccessDenied", &denial_message(d)),
+            InvokeError::Throttled(t) => {
+                retry_after = Some(t.retry_after);
+                gateway(
+                    "ResourceThrottled",
+                    &format!(
+                        "Request throttled: {} was exceeded; retry after {} ms",
+                        limit_description(t.limit),
+                        t.retry_after.as_millis().max(1)
+                    ),
+                )
+            }
+            InvokeError::NoCapacity { memory_mb } => gateway(
+                "ResourceExhausted",
+                &format!("no worker has {memory_mb} MB of memory free for a new instance"),
+            ),
+            InvokeError::InstanceStartFailed {
+                message,
+                stderr_tail,
+            } => gateway(
+                "CAExited",
+                &format!(
+                    "Function instance exited unexpectedly: instance failed to start: {message}. Logs: {}",
+                    stderr_tail.trim_end()
+                ),
+            ),
+            InvokeError::ShuttingDown => {
+                gateway("ServiceUnavailable", "the gateway is shutting down; retry")
+            }
+            InvokeError::Internal(_) => {
+                gateway("InternalServerError", "an internal error occurred")
+            }
+            InvokeError::FunctionTimeout(t) => {
+                function_error = true;
+                function(
+                    "FunctionTimeout",
+                    &format!("Function timed out after {} seconds", t.as_secs()),
+                )
+            }
+            InvokeError::InstanceCrashed { detail } => {
+                function_error = true;
+                function(
+                    "InstanceExited",
+                    &format!("Function instance {detail} during the invocation"),
+                )
+            }
+            InvokeError::BadFunctionResponse { detail } => {
+                function_error = true;
+                function(
+                    "InvalidResponse",
+                    &format!("Function instance returned an invalid response: {detail}"),
+                )
+            }
+        };
+        let mut resp = response(status, Some(APPLICATION_JSON), body);
+        let h = resp.headers_mut();
+        if function_error {
+            h.insert(
+                ERROR_TYPE,
+                HeaderValue::from_static("UnhandledInvocationError"),
+            );
+        }
+        if let Some(wait) = retry_after {
+            h.insert(http::header::RETRY_AFTER, retry_after_header(wait));
+            h.insert(RETRY_AFTER_MS, millis_header(wait));
+        }
+        self.add_common(&mut resp, reply);
+        resp
     }
 }
 

@@ -12,6 +12,8 @@
 //! - `billed_gb_s`: `memory_mb / 1024 × duration`, with the duration rounded up
 //!   to a whole millisecond, for invocations that reached an instance; 0 otherwise.
 //! - `network`: `internet`, `vpc` (with `vpc_id`), or `internal`.
+//! - `api`: the door the call came through (`fc`, `lambda`, `azure`), and
+//!   `access_key_id` when its signature was verified.
 //!
 //! Records go to the [`usage_log`] off the hot path.
 
@@ -26,9 +28,14 @@ pub struct UsageRecord {
     pub function: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub qualifier: Option<String>,
+    /// Records written before there were several doors came through FC's.
+    #[serde(default = "fc")]
+    pub api: String,
     pub network: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vpc_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_key_id: Option<String>,
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub duration_ms: f64,
@@ -41,6 +48,10 @@ pub struct UsageRecord {
     pub outcome: String,
     pub start_unix_ms: u64,
     pub end_unix_ms: u64,
+}
+
+fn fc() -> String {
+    "fc".into()
 }
 
 /// GB-seconds billed for `duration` at `memory_mb` (duration rounded up to 1 ms).

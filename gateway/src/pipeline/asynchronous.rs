@@ -1,7 +1,8 @@
-//! Asynchronous invocations (`x-fc-invocation-type: Async`).
+//! Asynchronous invocations (FC's `Async`, Lambda's `Event`).
 //!
-//! The caller passes stages 1-5 as for a synchronous call (ingress and rate
-//! limits apply when it calls), then gets 202 with its request id at once.
+//! The caller passes stages 1-7 as for a synchronous call (ingress,
+//! credentials and rate limits apply when it calls), then gets 202 with its
+//! request id at once.
 //! The invocation then runs in its own task, as the gateway's own call
 //! (`Origin::Internal`: counted under the `internal` network, with no traffic,
 //! since no client reads its answer), through the function's concurrency
@@ -24,7 +25,8 @@
 //! loses what was queued. Durable, at-least-once delivery across gateway
 //! restarts is not built.
 
-use super::{Ctx, Done, Pipeline, error_response};
+use super::{Ctx, Done, Pipeline};
+use crate::api::Api;
 use crate::config::AsyncLimits;
 use crate::error::{InvokeError, Outcome};
 use crate::ingress::Origin;
@@ -100,6 +102,8 @@ impl RetryReason {
 /// What is kept of an accepted invocation until it is done.
 pub struct Job {
     pub pool: Arc<FunctionPool>,
+    /// The door it came through: its attempts are counted under it.
+    pub api: Api,
     pub payload: Bytes,
     pub content_type: Option<HeaderValue>,
     pub request_id: HeaderValue,
@@ -149,6 +153,7 @@ impl Pipeline {
             return Err(InvokeError::ShuttingDown);
         }
         let Ok(slot) = q.slots.clone().try_acquire_owned() else {
+            job.pool.metrics.throttles[LimitKind::AsyncQueue as usize].inc();
             return Err(InvokeError::Throttled(Throttled {
                 limit: LimitKind::AsyncQueue,
                 retry_after: job.pool.limits.retry_hint(),
@@ -203,13 +208,13 @@ impl Pipeline {
         }
     }
 
-    /// One attempt: the function's concurrency limit, then stages 6-7, then
-    /// [`Pipeline::finish`] like any invocation.
+    /// One attempt: the function's concurrency limit, then stages 8-9, then
+    /// [`Pipeline::account`] like any invocation (with the status the door
+    /// would have answered, though no client reads it).
     async fn attempt_async(&self, job: &Job) -> Result<(), InvokeError> {
-        static NO_HEADERS: std::sync::LazyLock<http::HeaderMap> =
-            std::sync::LazyLock::new(http::HeaderMap::new);
+        let dialect = self.dialects.get(job.api);
         let ctx = Ctx {
-            headers: &NO_HEADERS,
+            dialect,
             request_id: job.request_id.clone(),
             origin: Origin::Internal,
             started: Instant::now(),
@@ -223,29 +228,41 @@ impl Pipeline {
             outcome,
             bytes_in: 0,
             ran,
+            key: None,
         };
-        let _permit = match pool.limits.admit().await {
+        let _permit = match self
+            .throttle(pool, &Origin::Internal, crate::api::Kind::Sync, None)
+            .await
+        {
             Ok(p) => p,
             Err(t) => {
-                pool.metrics.throttles[t.limit as usize].inc();
                 let e = InvokeError::Throttled(t);
-                let resp = error_response(&e, ctx.request_id.clone(), None);
-                self.finish(&ctx, done(Outcome::Throttled, None), resp)
+                let status = dialect.status(&e);
+                self.account(&ctx, job.api, done(Outcome::Throttled, None), status, 0)
                     .await;
                 return Err(e);
             }
         };
         let _in_flight = GaugeGuard::new(&pool.metrics.in_flight);
-        let result = super::forward::call(
-            self,
-            pool,
-            job.content_type.as_ref(),
-            job.payload.clone(),
-            &ctx.request_id,
-        )
-        .await;
-        let (outcome, ran, resp, err) = self.answer(&ctx, pool, result);
-        self.finish(&ctx, done(outcome, ran), resp).await;
+        let call = super::forward::Call::event(job.content_type.as_ref());
+        let result =
+            super::forward::call(self, pool, &call, job.payload.clone(), &ctx.request_id).await;
+        let (outcome, ran, status, err) = match result {
+            Ok((answer, ran)) => {
+                pool.limits.record_duration(ctx.started.elapsed());
+                let status = dialect.success_status(answer.status);
+                (Outcome::Success, Some(ran), status, None)
+            }
+            Err((e, ran)) => {
+                if let InvokeError::Throttled(t) = &e {
+                    pool.metrics.throttles[t.limit as usize].inc();
+                }
+                tracing::info!(function = %pool.cfg.name, request_id = ?ctx.request_id, error = %e, "asynchronous attempt failed");
+                (e.outcome(), ran, dialect.status(&e), Some(e))
+            }
+        };
+        self.account(&ctx, job.api, done(outcome, ran), status, 0)
+            .await;
         err.map_or(Ok(()), Err)
     }
 }

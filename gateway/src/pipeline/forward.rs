@@ -1,8 +1,17 @@
-//! Stage 6-7: reserve a slot on an instance and call it.
+//! Reserve a slot on an instance and call it.
 //!
-//! Contract with the function (see README, "Writing a function"):
-//! `POST /invoke` with the payload as body and headers `x-fc-request-id`,
-//! `x-fc-function-name`; its status, content type and body go back to the caller.
+//! The instance contract (see README, "Writing a function") has two shapes,
+//! chosen by the invocation's [`Trigger`]:
+//! - **event**: `POST /invoke` with the payload as body and headers
+//!   `x-fc-request-id`, `x-fc-function-name` (the names of Function Compute's
+//!   custom runtimes, which fngate's instance contract follows whatever door
+//!   the call came through), the caller's `Content-Type`, and
+//!   `x-fngate-client-context` when the caller sent one; the function's
+//!   status, headers and body are its answer;
+//! - **HTTP trigger**: the caller's method, headers and body at the
+//!   dialect's path and query, plus `x-fngate-trigger: http`,
+//!   `x-fngate-request-id`, `x-fngate-function-name` and `X-Forwarded-*`;
+//!   the function's status, headers and body go back as they are.
 //!
 //! Failure handling:
 //! - cannot connect: the instance died while idle; it is reclaimed and the
@@ -12,22 +21,59 @@
 //! - the connection broke or the answer is not HTTP: the worker is asked
 //!   whether the process ended; if it did, the error says how and the instance
 //!   is reclaimed, otherwise it is an invalid-response error.
+//!
+//! With `log_tail`, the worker is asked for the instance's output offset
+//! before the call and for the output since after it (best effort, bounded).
 
-use super::{Pipeline, ResponseBody};
-use crate::api::fc;
+use super::Pipeline;
+use crate::api::{FunctionAnswer, Ran, Trigger, is_hop_by_hop};
 use crate::error::InvokeError;
 use crate::scheduler::{FunctionPool, Slot};
 use bytes::Bytes;
-use http::{HeaderValue, Response};
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use http_body_util::{BodyExt, Full, Limited};
+use std::net::IpAddr;
 use std::sync::Arc;
 
-/// The instance an invocation ran on, for the answer's headers and metering.
-#[derive(Clone)]
-pub struct Ran {
-    pub instance_id: HeaderValue,
-    /// It waited for its instance to start.
-    pub cold: bool,
+/// Event contract headers (Function Compute's custom-runtime names).
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-fc-request-id");
+pub const FUNCTION_NAME: HeaderName = HeaderName::from_static("x-fc-function-name");
+/// fngate's own context headers; a caller's headers of this prefix are
+/// never forwarded.
+pub const CONTEXT_PREFIX: &str = "x-fngate-";
+pub const CLIENT_CONTEXT: HeaderName = HeaderName::from_static("x-fngate-client-context");
+pub const TRIGGER: HeaderName = HeaderName::from_static("x-fngate-trigger");
+pub const HTTP_REQUEST_ID: HeaderName = HeaderName::from_static("x-fngate-request-id");
+pub const HTTP_FUNCTION_NAME: HeaderName = HeaderName::from_static("x-fngate-function-name");
+
+/// What to send to the instance, besides the payload.
+pub struct Call<'a> {
+    pub trigger: &'a Trigger<'a>,
+    /// The caller's method and headers (HTTP trigger only).
+    pub method: &'a Method,
+    pub headers: &'a HeaderMap,
+    pub content_type: Option<&'a HeaderValue>,
+    pub client_context: Option<&'a HeaderValue>,
+    /// The caller's address, for `X-Forwarded-For` (HTTP trigger only).
+    pub caller_ip: Option<IpAddr>,
+    pub log_tail: bool,
+}
+
+impl Call<'_> {
+    /// An event call with no caller headers (asynchronous attempts).
+    pub fn event(content_type: Option<&HeaderValue>) -> Call<'_> {
+        static NO_HEADERS: std::sync::LazyLock<HeaderMap> =
+            std::sync::LazyLock::new(HeaderMap::new);
+        Call {
+            trigger: &Trigger::Event,
+            method: &Method::POST,
+            headers: &NO_HEADERS,
+            content_type,
+            client_context: None,
+            caller_ip: None,
+            log_tail: false,
+        }
+    }
 }
 
 type Failed = (InvokeError, Option<Ran>);
@@ -35,26 +81,38 @@ type Failed = (InvokeError, Option<Ran>);
 pub async fn call(
     p: &Pipeline,
     pool: &Arc<FunctionPool>,
-    content_type: Option<&HeaderValue>,
+    call: &Call<'_>,
     payload: Bytes,
     request_id: &HeaderValue,
-) -> Result<(Response<ResponseBody>, Ran), Failed> {
+) -> Result<(FunctionAnswer, Ran), Failed> {
     let mut retried = false;
     loop {
         let slot = p.scheduler.acquire(pool).await.map_err(|e| (e, None))?;
-        let ran = Ran {
+        let log_from = match call.log_tail {
+            true => p
+                .scheduler
+                .instance_log(&slot.instance, None)
+                .await
+                .map(|(end, _)| end),
+            false => None,
+        };
+        let mut ran = Ran {
             instance_id: slot.instance.id_header.clone(),
             cold: slot.cold,
+            log: None,
         };
-        match attempt(p, pool, &slot, content_type, payload.clone(), request_id).await {
-            Ok(mut resp) => {
-                let h = resp.headers_mut();
-                h.insert(fc::INSTANCE_ID, ran.instance_id.clone());
-                if ran.cold {
-                    h.insert(fc::COLD_START, HeaderValue::from_static("true"));
-                }
-                return Ok((resp, ran));
-            }
+        let result = attempt(p, pool, &slot, call, payload.clone(), request_id).await;
+        if let Some(from) = log_from
+            && !matches!(result, Err(Attempt::NotSent))
+        {
+            ran.log = p
+                .scheduler
+                .instance_log(&slot.instance, Some(from))
+                .await
+                .map(|(_, log)| log);
+        }
+        match result {
+            Ok(answer) => return Ok((answer, ran)),
             Err(Attempt::NotSent) if !retried => {
                 p.scheduler.reclaim(pool, &slot.instance, "unreachable");
                 retried = true;
@@ -83,34 +141,99 @@ enum CallError {
     Broken(Box<dyn std::error::Error + Send + Sync>),
 }
 
+/// The request to the instance, by the contract of `call.trigger`.
+fn request(
+    pool: &FunctionPool,
+    call: &Call<'_>,
+    host: HeaderValue,
+    payload: Bytes,
+    request_id: &HeaderValue,
+) -> Result<http::Request<Full<Bytes>>, InvokeError> {
+    let mut req = http::Request::new(Full::new(payload));
+    match call.trigger {
+        Trigger::Event => {
+            *req.method_mut() = Method::POST;
+            // Origin form, as servers expect on a direct connection.
+            *req.uri_mut() = http::Uri::from_static("/invoke");
+            let h = req.headers_mut();
+            h.insert(http::header::HOST, host);
+            h.insert(REQUEST_ID, request_id.clone());
+            h.insert(FUNCTION_NAME, pool.name_header.clone());
+            if let Some(ct) = call.content_type {
+                h.insert(http::header::CONTENT_TYPE, ct.clone());
+            }
+            if let Some(cc) = call.client_context {
+                h.insert(CLIENT_CONTEXT, cc.clone());
+            }
+        }
+        Trigger::Http {
+            path,
+            query,
+            consumed_headers,
+        } => {
+            *req.method_mut() = call.method.clone();
+            let uri = match query {
+                Some(q) => format!("{path}?{q}"),
+                None => path.to_string(),
+            };
+            *req.uri_mut() = uri.parse().map_err(|_| InvokeError::InvalidArgument {
+                message: "the request path cannot be forwarded".into(),
+            })?;
+            let h = req.headers_mut();
+            let mut forwarded_host = None;
+            for (name, value) in call.headers {
+                if *name == http::header::HOST {
+                    forwarded_host = Some(value.clone());
+                } else if !is_hop_by_hop(name)
+                    && *name != http::header::EXPECT
+                    && !name.as_str().starts_with(CONTEXT_PREFIX)
+                    && !consumed_headers.contains(&name.as_str())
+                {
+                    h.append(name, value.clone());
+                }
+            }
+            h.insert(http::header::HOST, host);
+            h.insert(TRIGGER, HeaderValue::from_static("http"));
+            h.insert(HTTP_REQUEST_ID, request_id.clone());
+            h.insert(HTTP_FUNCTION_NAME, pool.name_header.clone());
+            h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+            if let Some(fh) = forwarded_host {
+                h.insert("x-forwarded-host", fh);
+            }
+            if let Some(ip) = call.caller_ip {
+                // Appended to the chain the caller sent (informational: the
+                // gateway's own decisions never read it).
+                let chain = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+                    Some(prev) => format!("{prev}, {ip}"),
+                    None => ip.to_string(),
+                };
+                if let Ok(v) = HeaderValue::try_from(chain) {
+                    h.insert("x-forwarded-for", v);
+                }
+            }
+        }
+    }
+    Ok(req)
+}
+
 async fn attempt(
     p: &Pipeline,
     pool: &Arc<FunctionPool>,
     slot: &Slot,
-    content_type: Option<&HeaderValue>,
+    call: &Call<'_>,
     payload: Bytes,
     request_id: &HeaderValue,
-) -> Result<Response<ResponseBody>, Attempt> {
+) -> Result<FunctionAnswer, Attempt> {
     let inst = &slot.instance;
     let host = inst
         .host_header()
         .cloned()
         .ok_or_else(|| Attempt::Failed(InvokeError::internal("instance has no address")))?;
-    let mut req = http::Request::new(Full::new(payload));
-    *req.method_mut() = http::Method::POST;
-    // Origin form, as servers expect on a direct connection.
-    *req.uri_mut() = http::Uri::from_static("/invoke");
-    let h = req.headers_mut();
-    h.insert(http::header::HOST, host);
-    h.insert(fc::REQUEST_ID, request_id.clone());
-    h.insert("x-fc-function-name", pool.name_header.clone());
-    if let Some(ct) = content_type {
-        h.insert(http::header::CONTENT_TYPE, ct.clone());
-    }
+    let req = request(pool, call, host, payload, request_id).map_err(Attempt::Failed)?;
 
     let timeout = pool.cfg.timeout;
     let max = p.limits.max_response_bytes as usize;
-    let call = async {
+    let exchange = async {
         // A pooled connection the instance closed meanwhile fails before the
         // request is written (hyper hands the request back): nothing was
         // sent, so try the next connection. Each retry takes a different idle
@@ -146,7 +269,7 @@ async fn attempt(
             return Ok::<_, CallError>((parts, body));
         }
     };
-    let (parts, body) = match tokio::time::timeout(timeout, call).await {
+    let (parts, body) = match tokio::time::timeout(timeout, exchange).await {
         Err(_) => {
             p.scheduler.reclaim(pool, inst, "timeout");
             return Err(Attempt::Failed(InvokeError::FunctionTimeout(timeout)));
@@ -170,13 +293,11 @@ async fn attempt(
             return Err(Attempt::Failed(e));
         }
     };
-    let mut resp = Response::new(Full::new(body));
-    *resp.status_mut() = parts.status;
-    if let Some(ct) = parts.headers.get(http::header::CONTENT_TYPE) {
-        resp.headers_mut()
-            .insert(http::header::CONTENT_TYPE, ct.clone());
-    }
-    Ok(resp)
+    Ok(FunctionAnswer {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    })
 }
 
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {

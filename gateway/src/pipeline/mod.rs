@@ -1,28 +1,36 @@
-//! The invocation pipeline: every HTTPS request runs these stages, in order.
+//! The invocation pipeline: every HTTPS request runs these stages, in order,
+//! whichever cloud's API it speaks.
 //!
-//! | # | stage | where | rejects with |
+//! | # | stage | where | refuses with (FC door; each dialect renders its own) |
 //! |---|---|---|---|
-//! | 1 | decode the cloud API request head | [`crate::api::fc::decode`] | 404 `PathNotSupported`, 405 |
+//! | 1 | pick the dialect by path prefix; decode the request head | [`crate::api::Dialects::select`], [`crate::api::Dialect::decode`] | 404 `PathNotSupported`, 405, 400 |
 //! | 2 | look up the function | [`Pipeline::handle`] | 404 `FunctionNotFound` |
 //! | 3 | ingress policy: VPC bindings, then access rules | [`crate::ingress::policy::IngressPolicy::check`] | 403 `AccessDenied` |
-//! | 4 | throttling: caller, gateway-caller and function rates, then concurrency (may queue) | [`crate::throttle`] | 429 `ResourceThrottled` |
-//! | 5 | read the payload, bounded in size and time | [`body::read`] | 400 `EntityTooLarge`, 408 |
-//! | 6 | reserve an instance slot (bin-pack; may start one) | [`crate::scheduler::Scheduler::acquire`] | 412 `CAExited`, 429 `ResourceExhausted` |
-//! | 7 | call the instance, bounded by the function timeout | [`forward::call`] | 200 + `x-fc-error-type` |
-//! | 8 | render the answer in the caller's dialect | [`crate::api::fc`] | |
+//! | 4 | credentials: signature or function key, from the head | [`crate::api::Dialect::authenticate`] | 403 `SignatureNotMatch`, ... |
+//! | 5 | throttling: caller, gateway-caller and function rates, then concurrency (may queue) | [`crate::throttle`] | 429 `ResourceThrottled` |
+//! | 6 | read the payload, bounded in size and time (hashed when a signature covers it) | [`body::read`] | 400 `EntityTooLarge`, 408 |
+//! | 7 | the rest of the signature, over the payload's hash | [`crate::auth::Authn::Payload`] | 403 `SignatureNotMatch` |
+//! | 8 | reserve an instance slot (bin-pack; may start one) | [`crate::scheduler::Scheduler::acquire`] | 412 `CAExited`, 429 `ResourceExhausted` |
+//! | 9 | call the instance, bounded by the function timeout | [`forward::call`] | 200 + `x-fc-error-type` |
+//! | 10 | render the answer in the caller's dialect | [`crate::api::Dialect`] | |
 //!
-//! Stages 1-4 look at the request head only: a request refused there costs
-//! no body read, no instance and no scheduler work.
+//! Stages 1-5 look at the request head only: a request refused there costs
+//! no body read, no instance and no scheduler work. One exception keeps a
+//! promise: when callers are keyed by access key and the signature covers
+//! the payload (Lambda's), stage 5 runs after stage 7, so a forged request
+//! never spends a key's budget.
 //!
-//! An asynchronous invocation leaves after stage 5 with 202; stages 6-7 run
-//! later, with retries ([`asynchronous`]).
+//! An asynchronous invocation leaves after stage 7 with 202, and stages 8-9
+//! run later, with retries ([`asynchronous`]); a dry run leaves there too,
+//! having run nothing.
 
 pub mod asynchronous;
 pub mod body;
 pub mod forward;
 
-use crate::api::{InvocationType, fc};
-use crate::config::{AsyncLimits, Limits};
+use crate::api::{Api, Dialect, Dialects, FunctionAnswer, Kind, Ran, Reply, ResponseBody};
+use crate::auth::{AuthPolicy, Authn, GatewayAuth, KeyId, PayloadHasher};
+use crate::config::{Config, Limits};
 use crate::error::{InvokeError, Outcome};
 use crate::ids::IdGen;
 use crate::ingress::policy::Denial;
@@ -31,22 +39,25 @@ use crate::metering::usage_log::UsageLog;
 use crate::metering::{UsageRecord, billed_gb_s, unix_ms};
 use crate::metrics::{FunctionMetrics, GaugeGuard, Metrics, NetworkIndex};
 use crate::scheduler::{FunctionPool, Scheduler};
-use bytes::Bytes;
-use forward::Ran;
-use http::{HeaderValue, Request, Response};
-use http_body_util::Full;
+use crate::throttle::Throttled;
+use forward::Call;
+use http::{HeaderValue, Request, Response, StatusCode};
 use hyper::body::{Body, Incoming};
 use std::sync::Arc;
 use std::time::SystemTime;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
-pub type ResponseBody = Full<Bytes>;
+/// fngate's own answer header: the invocation waited for its instance to start.
+pub const COLD_START: &str = "x-fngate-cold-start";
 
 pub struct Pipeline {
     pub scheduler: Arc<Scheduler>,
     pub limits: Limits,
     pub ids: IdGen,
     pub vpcs: VpcTable,
+    pub dialects: Dialects,
+    pub auth: GatewayAuth,
     networks: NetworkIndex,
     unknown: FunctionMetrics,
     usage: Option<UsageLog>,
@@ -55,7 +66,7 @@ pub struct Pipeline {
 
 /// What every stage's answer needs about the request itself.
 struct Ctx<'a> {
-    headers: &'a http::HeaderMap,
+    dialect: &'a dyn Dialect,
     request_id: HeaderValue,
     origin: Origin,
     started: Instant,
@@ -70,27 +81,57 @@ struct Done<'a> {
     outcome: Outcome,
     bytes_in: u64,
     ran: Option<Ran>,
+    key: Option<KeyId>,
 }
 
 impl Pipeline {
     pub fn new(
         scheduler: Arc<Scheduler>,
-        limits: Limits,
-        async_limits: AsyncLimits,
-        vpcs: VpcTable,
+        config: &Config,
         metrics: &Metrics,
         usage: Option<UsageLog>,
     ) -> Self {
+        let vpcs = config.ingress.vpcs.clone();
         let networks = NetworkIndex::new(&vpcs);
+        let g = &config.gateway;
         Pipeline {
-            asynchronous: asynchronous::AsyncQueue::new(async_limits, metrics.async_queued.clone()),
+            asynchronous: asynchronous::AsyncQueue::new(
+                g.asynchronous.clone(),
+                metrics.async_queued.clone(),
+            ),
             unknown: metrics.function("(unknown)", &networks),
             networks,
             scheduler,
-            limits,
+            limits: g.limits.clone(),
             ids: IdGen::new(),
             vpcs,
+            dialects: Dialects {
+                fc: crate::api::fc::Fc,
+                lambda: crate::api::lambda::Lambda {
+                    settings: config.lambda.clone(),
+                },
+                azure: crate::api::azure::Azure,
+            },
+            auth: config.auth.clone(),
             usage,
+        }
+    }
+
+    /// What `pool`'s function demands of its callers (the gateway's default
+    /// for an unknown function).
+    fn policy<'a>(&'a self, pool: Option<&'a FunctionPool>) -> AuthPolicy<'a> {
+        let (mode, level, function_keys) = match pool {
+            Some(p) => (p.cfg.auth, p.cfg.auth_level, &p.cfg.function_keys[..]),
+            None => (self.auth.mode, crate::auth::AuthLevel::Anonymous, &[][..]),
+        };
+        AuthPolicy {
+            mode,
+            level,
+            credentials: &self.auth.credentials,
+            function_keys,
+            host_keys: &self.auth.host_keys,
+            max_skew: self.auth.max_skew,
+            now: SystemTime::now(),
         }
     }
 
@@ -104,7 +145,7 @@ impl Pipeline {
     ) -> Result<Response<ResponseBody>, std::convert::Infallible> {
         let (parts, body) = req.into_parts();
         let ctx = Ctx {
-            headers: &parts.headers,
+            dialect: self.dialects.select(parts.uri.path()),
             request_id: self.ids.request_id(),
             origin,
             started: Instant::now(),
@@ -118,24 +159,30 @@ impl Pipeline {
             outcome,
             bytes_in: declared.unwrap_or(0),
             ran: None,
+            key: None,
         };
 
-        // 1-2: decode and look up, from the head alone.
-        let (inv, pool) = match fc::decode(&parts.method, &parts.uri) {
-            Ok(inv) => match self.scheduler.function(inv.function) {
-                Some(pool) => (inv, pool.clone()),
-                None => {
-                    let e = InvokeError::FunctionNotFound {
-                        name: inv.function.to_string(),
-                    };
-                    let done = refused(inv.function, inv.qualifier, None, e.outcome());
-                    return Ok(self.refuse(&ctx, done, e, body).await);
-                }
-            },
+        // 1: decode, from the head alone.
+        let inv = match ctx.dialect.decode(&parts) {
+            Ok(inv) => inv,
             Err(e) => {
                 let done = refused("(unknown)", None, None, e.outcome());
-                return Ok(self.refuse(&ctx, done, e, body).await);
+                return Ok(self.refuse(&ctx, done, e, &parts.headers, body).await);
             }
+        };
+        let qualifier = inv.qualifier.as_deref();
+
+        // 2: look up. A gateway that demands signatures checks them (from
+        // the head) before it says whether a function exists.
+        let Some(pool) = self.scheduler.function(&inv.function).cloned() else {
+            let e = match ctx.dialect.authenticate(&parts, &self.policy(None)) {
+                Err(e) => e,
+                Ok(_) => InvokeError::FunctionNotFound {
+                    name: inv.function.to_string(),
+                },
+            };
+            let done = refused(&inv.function, qualifier, None, e.outcome());
+            return Ok(self.refuse(&ctx, done, e, &parts.headers, body).await);
         };
 
         // 3: ingress policy, from the head and the connection alone.
@@ -144,119 +191,225 @@ impl Pipeline {
                 Denial::VpcBinding { .. } => pool.metrics.denied_vpc_binding.inc(),
                 Denial::Rule { .. } | Denial::ImplicitDeny => pool.metrics.denied_access_rule.inc(),
             }
-            let done = refused(inv.function, inv.qualifier, Some(&pool), Outcome::Denied);
+            let done = refused(&inv.function, qualifier, Some(&pool), Outcome::Denied);
             let e = InvokeError::AccessDenied(denial);
-            return Ok(self.refuse(&ctx, done, e, body).await);
+            return Ok(self.refuse(&ctx, done, e, &parts.headers, body).await);
         }
 
-        let kind = match fc::invocation_type(&parts.headers) {
-            Ok(k) => k,
+        // 4: credentials, from the head.
+        let authn = match ctx.dialect.authenticate(&parts, &self.policy(Some(&pool))) {
+            Ok(a) => a,
             Err(e) => {
-                let done = refused(inv.function, inv.qualifier, Some(&pool), e.outcome());
-                return Ok(self.refuse(&ctx, done, e, body).await);
+                if let InvokeError::Unauthenticated(a) = &e {
+                    pool.metrics.auth_failures[ctx.dialect.api().index()][a.index()].inc();
+                }
+                let done = refused(&inv.function, qualifier, Some(&pool), e.outcome());
+                return Ok(self.refuse(&ctx, done, e, &parts.headers, body).await);
             }
         };
+        let head_key = match &authn {
+            Authn::Done(k) => *k,
+            Authn::Payload { .. } => None,
+        };
+        // Keyed by a key that only the payload can confirm: throttle after it.
+        let deferred = authn.needs_payload_hash() && self.scheduler.limits().keying.by_access_key();
 
-        // 4: throttling, still from the head.
-        let caller = match &ctx.origin {
-            Origin::Client(c) => Some(c),
-            Origin::Internal => None,
-        };
-        // An asynchronous call meets the concurrency limit when it runs.
-        let admitted = match pool.limits.check_rates(self.scheduler.limits(), caller) {
-            Ok(()) if kind == InvocationType::Async => Ok(None),
-            Ok(()) => pool.limits.admit().await,
-            Err(t) => Err(t),
-        };
-        let _permit = match admitted {
-            Ok(p) => p,
-            Err(t) => {
-                pool.metrics.throttles[t.limit as usize].inc();
-                let done = refused(inv.function, inv.qualifier, Some(&pool), Outcome::Throttled);
-                let e = InvokeError::Throttled(t);
-                return Ok(self.refuse(&ctx, done, e, body).await);
+        // 5: throttling, still from the head.
+        let mut _permit = None;
+        if !deferred {
+            match self.throttle(&pool, &ctx.origin, inv.kind, head_key).await {
+                Ok(p) => _permit = p,
+                Err(t) => {
+                    let done = refused(&inv.function, qualifier, Some(&pool), Outcome::Throttled);
+                    let e = InvokeError::Throttled(t);
+                    return Ok(self.refuse(&ctx, done, e, &parts.headers, body).await);
+                }
             }
-        };
+        }
         // A guard, not inc/dec: hyper drops this future when the client goes away.
-        let _in_flight = GaugeGuard::new(&pool.metrics.in_flight);
+        let mut _in_flight = (!deferred).then(|| GaugeGuard::new(&pool.metrics.in_flight));
 
-        // 5: the payload.
-        let limit = match kind {
-            InvocationType::Sync => self.limits.max_body_bytes,
-            InvocationType::Async => self.asynchronous.limits.max_body_bytes,
+        // 6: the payload (hashed only when a signature covers it).
+        let limit = match inv.kind {
+            Kind::Async => self.asynchronous.limits.max_body_bytes,
+            Kind::Sync | Kind::DryRun => self.limits.max_body_bytes,
         };
+        let mut hasher = authn.needs_payload_hash().then(PayloadHasher::default);
         let tasks = self.scheduler.tasks();
-        let payload = match body::read(body, &parts.headers, limit, &self.limits, tasks).await {
+        let read = body::read(
+            body,
+            &parts.headers,
+            limit,
+            &self.limits,
+            tasks,
+            hasher.as_mut(),
+        );
+        let payload = match read.await {
             Ok(p) => p,
             Err(e) => {
-                let done = refused(inv.function, inv.qualifier, Some(&pool), e.outcome());
-                let resp = error_response(&e, ctx.request_id.clone(), None);
+                let done = refused(&inv.function, qualifier, Some(&pool), e.outcome());
+                let resp = self.error(&ctx, &done, &e);
                 return Ok(self.finish(&ctx, done, resp).await);
             }
         };
         let bytes_in = payload.len() as u64;
-        let content_type = parts.headers.get(http::header::CONTENT_TYPE);
-        let done = |outcome, ran| Done {
+        let done = |outcome, ran, key| Done {
             pool: Some(&pool),
-            function: inv.function,
-            qualifier: inv.qualifier,
+            function: &inv.function,
+            qualifier,
             outcome,
             bytes_in,
             ran,
+            key,
         };
 
-        if kind == InvocationType::Async {
-            let job = asynchronous::Job {
-                pool: pool.clone(),
-                payload,
-                content_type: content_type.cloned(),
-                request_id: ctx.request_id.clone(),
-                qualifier: inv.qualifier.map(Arc::from),
-                accepted: ctx.started,
-            };
-            let (outcome, resp) = match self.enqueue(job) {
-                Ok(()) => {
-                    let mut resp = Response::new(Full::new(Bytes::new()));
-                    *resp.status_mut() = http::StatusCode::ACCEPTED;
-                    resp.headers_mut()
-                        .insert(fc::REQUEST_ID, ctx.request_id.clone());
-                    (Outcome::Accepted, resp)
-                }
-                Err(e) => {
-                    if let InvokeError::Throttled(t) = &e {
-                        pool.metrics.throttles[t.limit as usize].inc();
+        // 7: the signature's payload part.
+        let key = match authn {
+            Authn::Done(k) => k,
+            Authn::Payload { key, check } => {
+                let hash = hasher.take().map(PayloadHasher::finish).unwrap_or_default();
+                match check(&hash) {
+                    Ok(()) => Some(key),
+                    Err(a) => {
+                        pool.metrics.auth_failures[ctx.dialect.api().index()][a.index()].inc();
+                        let e = InvokeError::Unauthenticated(a);
+                        let done = done(e.outcome(), None, None);
+                        let resp = self.error(&ctx, &done, &e);
+                        return Ok(self.finish(&ctx, done, resp).await);
                     }
-                    (
-                        e.outcome(),
-                        error_response(&e, ctx.request_id.clone(), None),
-                    )
                 }
-            };
-            return Ok(self.finish(&ctx, done(outcome, None), resp).await);
+            }
+        };
+        if deferred {
+            match self.throttle(&pool, &ctx.origin, inv.kind, key).await {
+                Ok(p) => _permit = p,
+                Err(t) => {
+                    let e = InvokeError::Throttled(t);
+                    let done = done(Outcome::Throttled, None, key);
+                    let resp = self.error(&ctx, &done, &e);
+                    return Ok(self.finish(&ctx, done, resp).await);
+                }
+            }
+            _in_flight = Some(GaugeGuard::new(&pool.metrics.in_flight));
         }
 
-        // 6-7: an instance slot, and the call.
-        let result = forward::call(&self, &pool, content_type, payload, &ctx.request_id).await;
-        let (outcome, ran, resp, _) = self.answer(&ctx, &pool, result);
-        Ok(self.finish(&ctx, done(outcome, ran), resp).await)
+        let content_type = parts.headers.get(http::header::CONTENT_TYPE);
+        match inv.kind {
+            Kind::DryRun => {
+                let done = done(Outcome::DryRun, None, key);
+                let resp = ctx.dialect.accepted(Kind::DryRun, &self.reply(&ctx, &done));
+                Ok(self.finish(&ctx, done, resp).await)
+            }
+            Kind::Async => {
+                let job = asynchronous::Job {
+                    pool: pool.clone(),
+                    api: ctx.dialect.api(),
+                    payload,
+                    content_type: content_type.cloned(),
+                    request_id: ctx.request_id.clone(),
+                    qualifier: inv.qualifier.as_deref().map(Arc::from),
+                    accepted: ctx.started,
+                };
+                let (outcome, err) = match self.enqueue(job) {
+                    Ok(()) => (Outcome::Accepted, None),
+                    Err(e) => (e.outcome(), Some(e)),
+                };
+                let done = done(outcome, None, key);
+                let resp = match err {
+                    None => ctx.dialect.accepted(Kind::Async, &self.reply(&ctx, &done)),
+                    Some(e) => self.error(&ctx, &done, &e),
+                };
+                Ok(self.finish(&ctx, done, resp).await)
+            }
+            Kind::Sync => {
+                // 8-9: an instance slot, and the call.
+                let call = Call {
+                    trigger: &inv.trigger,
+                    method: &parts.method,
+                    headers: &parts.headers,
+                    content_type,
+                    client_context: inv.client_context,
+                    caller_ip: match ctx.origin {
+                        Origin::Client(c) => Some(c.ip),
+                        Origin::Internal => None,
+                    },
+                    log_tail: inv.log_tail,
+                };
+                let result = forward::call(&self, &pool, &call, payload, &ctx.request_id).await;
+                let (outcome, ran, resp, _) = self.answer(&ctx, &pool, result);
+                Ok(self.finish(&ctx, done(outcome, ran, key), resp).await)
+            }
+        }
     }
 
-    /// The answer to a call that reached stage 6, and its error if it failed.
+    /// Stage 5: the rate limits, then (for a call that runs now) a
+    /// concurrency permit. An asynchronous call meets the concurrency limit
+    /// when it runs; a dry run never does.
+    async fn throttle(
+        &self,
+        pool: &FunctionPool,
+        origin: &Origin,
+        kind: Kind,
+        key: Option<KeyId>,
+    ) -> Result<Option<OwnedSemaphorePermit>, Throttled> {
+        let caller = match origin {
+            Origin::Client(c) => Some(c),
+            Origin::Internal => None,
+        };
+        let admitted = match pool
+            .limits
+            .check_rates(self.scheduler.limits(), caller, key)
+        {
+            Ok(()) if kind == Kind::Sync => pool.limits.admit().await,
+            Ok(()) => Ok(None),
+            Err(t) => Err(t),
+        };
+        if let Err(t) = &admitted {
+            pool.metrics.throttles[t.limit as usize].inc();
+        }
+        admitted
+    }
+
+    fn reply<'a>(&self, ctx: &'a Ctx<'_>, done: &'a Done<'_>) -> Reply<'a> {
+        Reply {
+            request_id: &ctx.request_id,
+            ran: done.ran.as_ref(),
+            memory_mb: done.pool.map_or(0, |p| p.cfg.memory_mb),
+            elapsed: ctx.started.elapsed(),
+        }
+    }
+
+    fn error(&self, ctx: &Ctx<'_>, done: &Done<'_>, e: &InvokeError) -> Response<ResponseBody> {
+        ctx.dialect.error(e, &self.reply(ctx, done))
+    }
+
+    /// The answer to a call that reached stage 8, and its error if it failed.
     fn answer(
         &self,
         ctx: &Ctx<'_>,
-        pool: &FunctionPool,
-        result: Result<(Response<ResponseBody>, Ran), (InvokeError, Option<Ran>)>,
+        pool: &Arc<FunctionPool>,
+        result: Result<(FunctionAnswer, Ran), (InvokeError, Option<Ran>)>,
     ) -> (
         Outcome,
         Option<Ran>,
         Response<ResponseBody>,
         Option<InvokeError>,
     ) {
+        fn reply<'a>(ctx: &'a Ctx<'_>, pool: &FunctionPool, ran: Option<&'a Ran>) -> Reply<'a> {
+            Reply {
+                request_id: &ctx.request_id,
+                ran,
+                memory_mb: pool.cfg.memory_mb,
+                elapsed: ctx.started.elapsed(),
+            }
+        }
         match result {
-            Ok((mut resp, ran)) => {
-                resp.headers_mut()
-                    .insert(fc::REQUEST_ID, ctx.request_id.clone());
+            Ok((answer, ran)) => {
+                let mut resp = ctx.dialect.success(answer, &reply(ctx, pool, Some(&ran)));
+                if ran.cold {
+                    resp.headers_mut()
+                        .insert(COLD_START, HeaderValue::from_static("true"));
+                }
                 pool.limits.record_duration(ctx.started.elapsed());
                 (Outcome::Success, Some(ran), resp, None)
             }
@@ -268,45 +421,59 @@ impl Pipeline {
                 if !matches!(outcome, Outcome::ClientError | Outcome::Throttled) {
                     tracing::info!(function = %pool.cfg.name, request_id = ?ctx.request_id, error = %e, "invocation failed");
                 }
-                let id = ran.as_ref().map(|r| r.instance_id.clone());
-                let resp = error_response(&e, ctx.request_id.clone(), id);
+                let resp = ctx.dialect.error(&e, &reply(ctx, pool, ran.as_ref()));
                 (outcome, ran, resp, Some(e))
             }
         }
     }
 
-    /// Answers a request refused from its head (stages 1-4): drains its
-    /// unread body in the background and renders the error.
+    /// Answers a request refused from its head (stages 1-5): drops its
+    /// unread body (bounded) and renders the error.
     async fn refuse(
         &self,
         ctx: &Ctx<'_>,
         done: Done<'_>,
         err: InvokeError,
+        headers: &http::HeaderMap,
         body: Incoming,
     ) -> Response<ResponseBody> {
-        body::discard(body, ctx.headers, &self.limits, self.scheduler.tasks());
-        let resp = error_response(&err, ctx.request_id.clone(), None);
+        body::discard(body, headers, &self.limits, self.scheduler.tasks());
+        let resp = self.error(ctx, &done, &err);
         self.finish(ctx, done, resp).await
     }
 
-    /// Counts the request and writes its usage record: the one place.
+    /// Counts a client's request and writes its usage record.
     async fn finish(
         &self,
         ctx: &Ctx<'_>,
         done: Done<'_>,
         resp: Response<ResponseBody>,
     ) -> Response<ResponseBody> {
-        let (origin, wall) = (ctx.origin, ctx.wall);
-        let elapsed = ctx.started.elapsed();
         // An internal call's answer reaches no client: it is not traffic.
-        let bytes_out = match origin {
+        let bytes_out = match ctx.origin {
             Origin::Client(_) => resp.body().size_hint().exact().unwrap_or(0),
             Origin::Internal => 0,
         };
+        self.account(ctx, ctx.dialect.api(), done, resp.status(), bytes_out)
+            .await;
+        resp
+    }
+
+    /// The one place requests are counted and usage records written.
+    async fn account(
+        &self,
+        ctx: &Ctx<'_>,
+        api: Api,
+        done: Done<'_>,
+        status: StatusCode,
+        bytes_out: u64,
+    ) {
+        let (origin, wall) = (ctx.origin, ctx.wall);
+        let elapsed = ctx.started.elapsed();
         let net = self.networks.of(&origin);
         let m = done.pool.map(|p| &p.metrics).unwrap_or(&self.unknown);
         let by_net = &m.by_network[net];
-        by_net.invocations[done.outcome.index()].inc();
+        by_net.invocations(api, done.outcome).inc();
         by_net.bytes_in.inc_by(done.bytes_in);
         by_net.bytes_out.inc_by(bytes_out);
         if done.pool.is_some() {
@@ -315,83 +482,44 @@ impl Pipeline {
         if done.ran.as_ref().is_some_and(|r| r.cold) {
             m.cold_starts.inc();
         }
-        if let Some(usage) = &self.usage {
-            let memory_mb = done.pool.map(|p| p.cfg.memory_mb).unwrap_or(0);
-            let (network, vpc_id) = match origin {
-                Origin::Client(c) => match c.network {
-                    Network::Internet => ("internet", None),
-                    Network::Vpc(v) => ("vpc", Some(self.vpcs.name(v).to_string())),
-                },
-                Origin::Internal => ("internal", None),
-            };
-            let request_id = resp
-                .headers()
-                .get(fc::REQUEST_ID)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default()
-                .to_string();
-            // Built in its box: it travels to the writer thread as is.
-            let record = Box::new(UsageRecord {
-                request_id,
-                function: done.function.to_string(),
-                qualifier: done.qualifier.map(str::to_string),
-                network: network.into(),
-                vpc_id,
-                bytes_in: done.bytes_in,
-                bytes_out,
-                duration_ms: elapsed.as_secs_f64() * 1000.0,
-                memory_mb,
-                billed_gb_s: if done.ran.is_some() {
-                    billed_gb_s(memory_mb, elapsed)
-                } else {
-                    0.0
-                },
-                instance_id: done
-                    .ran
-                    .as_ref()
-                    .and_then(|r| r.instance_id.to_str().ok())
-                    .map(str::to_string),
-                cold_start: done.ran.as_ref().is_some_and(|r| r.cold),
-                status: resp.status().as_u16(),
-                outcome: done.outcome.as_str().into(),
-                start_unix_ms: unix_ms(wall),
-                end_unix_ms: unix_ms(wall + elapsed),
-            });
-            usage.record(record).await;
-        }
-        resp
+        let Some(usage) = &self.usage else { return };
+        let memory_mb = done.pool.map(|p| p.cfg.memory_mb).unwrap_or(0);
+        let (network, vpc_id) = match origin {
+            Origin::Client(c) => match c.network {
+                Network::Internet => ("internet", None),
+                Network::Vpc(v) => ("vpc", Some(self.vpcs.name(v).to_string())),
+            },
+            Origin::Internal => ("internal", None),
+        };
+        // Built in its box: it travels to the writer thread as is.
+        let record = Box::new(UsageRecord {
+            request_id: ctx.request_id.to_str().unwrap_or_default().to_string(),
+            function: done.function.to_string(),
+            qualifier: done.qualifier.map(str::to_string),
+            api: api.as_str().into(),
+            network: network.into(),
+            vpc_id,
+            access_key_id: done.key.map(|k| self.auth.credentials.id(k).to_string()),
+            bytes_in: done.bytes_in,
+            bytes_out,
+            duration_ms: elapsed.as_secs_f64() * 1000.0,
+            memory_mb,
+            billed_gb_s: if done.ran.is_some() {
+                billed_gb_s(memory_mb, elapsed)
+            } else {
+                0.0
+            },
+            instance_id: done
+                .ran
+                .as_ref()
+                .and_then(|r| r.instance_id.to_str().ok())
+                .map(str::to_string),
+            cold_start: done.ran.as_ref().is_some_and(|r| r.cold),
+            status: status.as_u16(),
+            outcome: done.outcome.as_str().into(),
+            start_unix_ms: unix_ms(wall),
+            end_unix_ms: unix_ms(wall + elapsed),
+        });
+        usage.record(record).await;
     }
-}
-
-pub fn error_response(
-    err: &InvokeError,
-    request_id: HeaderValue,
-    instance: Option<HeaderValue>,
-) -> Response<ResponseBody> {
-    let r = fc::render_error(err, request_id.to_str().unwrap_or_default());
-    let mut resp = Response::new(Full::new(r.body));
-    *resp.status_mut() = r.status;
-    let h = resp.headers_mut();
-    h.insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    if let Some(t) = r.error_type {
-        h.insert(fc::ERROR_TYPE, t);
-    }
-    if let Some(i) = instance {
-        h.insert(fc::INSTANCE_ID, i);
-    }
-    if let Some(wait) = r.retry_after {
-        h.insert(
-            http::header::RETRY_AFTER,
-            HeaderValue::from(crate::throttle::retry_after_secs(wait)),
-        );
-        h.insert(
-            "x-acs-retry-after",
-            HeaderValue::from(wait.as_millis().max(1) as u64),
-        );
-    }
-    h.insert(fc::REQUEST_ID, request_id);
-    resp
 }

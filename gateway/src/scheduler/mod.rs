@@ -474,6 +474,26 @@ impl Scheduler {
         }
     }
 
+    /// The instance's output, from its worker: with `from`, what it wrote
+    /// since that offset (the last [`sandbox_runtime::api::LOG_MAX_BYTES`]
+    /// at most), else nothing; and the offset its output has reached. Best
+    /// effort and bounded in time: `None` when the worker cannot say.
+    pub async fn instance_log(
+        &self,
+        inst: &Instance,
+        from: Option<u64>,
+    ) -> Option<(u64, bytes::Bytes)> {
+        let worker = inst.worker.get()?;
+        match tokio::time::timeout(Duration::from_secs(2), worker.log(&inst.id, from)).await {
+            Ok(Ok(log)) => Some(log),
+            Ok(Err(e)) => {
+                tracing::debug!(instance = %inst.id, error = %e, "instance log");
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
     /// Stops starting instances and releases all of them.
     pub async fn shutdown(&self) {
         self.closing.cancel();

@@ -14,8 +14,11 @@
 //!    `gateway.max_instance_starts_per_minute`.
 //!
 //! A caller is keyed by its source address, or by its VPC for VPC callers
-//! when `gateway.caller_key = "network"`.
+//! when `gateway.caller_key = "network"`, or by the access key its request
+//! was verified with when `gateway.caller_key = "access_key"` (callers with
+//! no verified key stay keyed by address).
 
+use crate::auth::KeyId;
 use crate::ingress::{Caller, Network, VpcId};
 use governor::clock::{Clock, DefaultClock, QuantaClock};
 use governor::middleware::NoOpMiddleware;
@@ -102,20 +105,30 @@ pub enum CallerKeying {
     SourceIp,
     /// A VPC is one caller; internet callers are keyed by address.
     Network,
+    /// A verified access key is one caller; unsigned callers are keyed by address.
+    AccessKey,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum CallerKey {
     Ip(IpAddr),
     Vpc(VpcId),
+    AccessKey(KeyId),
 }
 
 impl CallerKeying {
-    pub fn key(self, c: &Caller) -> CallerKey {
-        match (self, c.network) {
-            (CallerKeying::Network, Network::Vpc(v)) => CallerKey::Vpc(v),
+    /// `key` is the access key the request was verified with, if any.
+    pub fn key(self, c: &Caller, key: Option<KeyId>) -> CallerKey {
+        match (self, c.network, key) {
+            (CallerKeying::Network, Network::Vpc(v), _) => CallerKey::Vpc(v),
+            (CallerKeying::AccessKey, _, Some(k)) => CallerKey::AccessKey(k),
             _ => CallerKey::Ip(c.ip),
         }
+    }
+
+    /// Whether a caller's identity depends on its verified access key.
+    pub fn by_access_key(self) -> bool {
+        self == CallerKeying::AccessKey
     }
 }
 
@@ -274,10 +287,11 @@ impl FunctionLimits {
         &self,
         gw: &GatewayLimits,
         caller: Option<&Caller>,
+        access_key: Option<KeyId>,
     ) -> Result<(), Throttled> {
         let throttled = |limit| move |retry_after| Throttled { limit, retry_after };
         if let Some(c) = caller {
-            let key = gw.keying.key(c);
+            let key = gw.keying.key(c, access_key);
             if let Some(l) = &self.caller_rate {
                 l.check(&key).map_err(throttled(LimitKind::CallerRate))?;
             }

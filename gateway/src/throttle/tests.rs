@@ -123,9 +123,16 @@ fn caller_keying() {
         ip: "10.1.2.3".parse().unwrap(),
         network: Network::Internet,
     };
-    assert_eq!(CallerKeying::SourceIp.key(&c), CallerKey::Ip(c.ip));
-    assert_eq!(CallerKeying::Network.key(&c), CallerKey::Vpc(VpcId(4)));
-    assert_eq!(CallerKeying::Network.key(&i), CallerKey::Ip(i.ip));
+    let k = Some(crate::auth::KeyId(2));
+    assert_eq!(CallerKeying::SourceIp.key(&c, k), CallerKey::Ip(c.ip));
+    assert_eq!(CallerKeying::Network.key(&c, k), CallerKey::Vpc(VpcId(4)));
+    assert_eq!(CallerKeying::Network.key(&i, k), CallerKey::Ip(i.ip));
+    // A verified key is the caller; without one, its address is.
+    assert_eq!(
+        CallerKeying::AccessKey.key(&i, k),
+        CallerKey::AccessKey(crate::auth::KeyId(2))
+    );
+    assert_eq!(CallerKeying::AccessKey.key(&c, None), CallerKey::Ip(c.ip));
 }
 
 #[tokio::test]

@@ -72,7 +72,7 @@ async fn an_async_call_is_accepted_at_once_and_runs_later_under_its_request_id()
     let inv = |net: &str, outcome: &str| {
         m(
             "fngate_invocations_total",
-            &format!("function=\"f\",network=\"{net}\",outcome=\"{outcome}\""),
+            &format!("api=\"fc\",function=\"f\",network=\"{net}\",outcome=\"{outcome}\""),
         )
     };
     assert_eq!(gw.metric(&inv("internet", "accepted")).await, 1.0);
@@ -151,7 +151,7 @@ async fn function_errors_are_retried_as_configured_then_fail_or_expire() {
     let runs = |f: &str| {
         m(
             "fngate_invocations_total",
-            &format!("function=\"{f}\",network=\"internal\",outcome=\"function_error\""),
+            &format!("api=\"fc\",function=\"{f}\",network=\"internal\",outcome=\"function_error\""),
         )
     };
     // The first attempt and its two retries.

@@ -76,7 +76,7 @@ async fn timeout_is_a_function_error_and_the_instance_is_replaced() {
     assert!(r.header("x-fc-error-type").is_none());
     assert_ne!(r.header("x-fc-instance-id").unwrap(), timed_out);
     assert_eq!(
-        gw.metric("fngate_invocations_total{function=\"slow\",network=\"internet\",outcome=\"function_error\"}")
+        gw.metric("fngate_invocations_total{api=\"fc\",function=\"slow\",network=\"internet\",outcome=\"function_error\"}")
             .await,
         1.0
     );

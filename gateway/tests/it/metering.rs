@@ -99,7 +99,7 @@ async fn traffic_is_metered_exactly_per_network() {
             "success"
         };
         let inv = format!(
-            "fngate_invocations_total{{function=\"{function}\",network=\"{network}\",outcome=\"{outcome}\"}}"
+            "fngate_invocations_total{{api=\"fc\",function=\"{function}\",network=\"{network}\",outcome=\"{outcome}\"}}"
         );
         assert_eq!(gw.metric(&inv).await, *count as f64);
     }
@@ -184,7 +184,7 @@ async fn steady_traffic(
     let load = drive(gw, clients, stop_rx).await;
     gw.until("some traffic", Duration::from_secs(30), || async {
         gw.metric(
-            "fngate_invocations_total{function=\"echo\",network=\"internet\",outcome=\"success\"}",
+            "fngate_invocations_total{api=\"fc\",function=\"echo\",network=\"internet\",outcome=\"success\"}",
         )
         .await
             >= 300.0

@@ -1,0 +1,390 @@
+//! Who the caller is: request signatures and function keys, in neutral terms.
+//!
+//! A function demands one of two things per door, as [`AuthPolicy`] says:
+//! - `auth = "signature"` (FC and Lambda doors): a request signed with an
+//!   access key from `[[credentials]]`, as the cloud's SDK signs it. Each
+//!   dialect knows its algorithm (`api/fc/acs3.rs`, `api/lambda/sigv4.rs`);
+//!   this module holds what they share: the key store, the HMAC and hash
+//!   helpers, and the outcome ([`Authn`]).
+//! - `auth_level = "function"` (Azure door): a function key or host key.
+//!
+//! A signature that covers the payload's hash cannot be checked from the
+//! head alone: [`Authn::Payload`] carries the rest of the check, run on the
+//! SHA-256 the body reader computes as the bytes arrive (no second pass, no
+//! copy, and no hashing at all when nothing asks for it).
+//!
+//! Secrets are never logged: [`Secret`]'s `Debug` prints a placeholder.
+
+use ring::{digest, hmac};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+/// What the FC and Lambda doors demand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// Anyone may call; a signature, if any, is not checked.
+    #[default]
+    None,
+    /// Requests must be signed with a configured access key.
+    Signature,
+}
+
+/// What the Azure door demands (Azure's `authLevel`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthLevel {
+    Anonymous,
+    /// A function key or a host key.
+    Function,
+}
+
+/// A secret from the configuration (a value, a file or an environment
+/// variable, read once at load).
+#[derive(Clone)]
+pub struct Secret(Arc<[u8]>);
+
+impl Secret {
+    pub fn new(bytes: impl Into<Arc<[u8]>>) -> Self {
+        Secret(bytes.into())
+    }
+
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// Gateway-wide credentials and the default demand on callers.
+#[derive(Debug, Clone, Default)]
+pub struct GatewayAuth {
+    /// `gateway.auth`: what functions without their own `auth` demand, and
+    /// what a request for an unknown function must prove before it learns so.
+    pub mode: AuthMode,
+    pub credentials: Credentials,
+    /// `[azure] host_keys`: accepted for every function with `auth_level = "function"`.
+    pub host_keys: Vec<NamedKey>,
+    /// How far a signed request's date may be from the gateway's clock.
+    pub max_skew: Duration,
+}
+
+/// An access key, as an index into [`Credentials`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct KeyId(pub u16);
+
+/// The access keys from `[[credentials]]`: id → secret.
+#[derive(Debug, Clone, Default)]
+pub struct Credentials {
+    by_id: HashMap<Arc<str>, KeyId>,
+    keys: Vec<(Arc<str>, Secret)>,
+}
+
+impl Credentials {
+    /// Adds a key; `false` if its id is already known.
+    pub fn insert(&mut self, id: &str, secret: Secret) -> bool {
+        if self.by_id.contains_key(id) {
+            return false;
+        }
+        let k = KeyId(self.keys.len() as u16);
+        let id: Arc<str> = id.into();
+        self.by_id.insert(id.clone(), k);
+        self.keys.push((id, secret));
+        true
+    }
+
+    pub fn get(&self, id: &str) -> Option<KeyId> {
+        self.by_id.get(id).copied()
+    }
+
+    pub fn secret(&self, k: KeyId) -> &Secret {
+        &self.keys[k.0 as usize].1
+    }
+
+    pub fn id(&self, k: KeyId) -> &Arc<str> {
+        &self.keys[k.0 as usize].0
+    }
+
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+}
+
+/// A named function key or host key.
+#[derive(Debug, Clone)]
+pub struct NamedKey {
+    pub name: Arc<str>,
+    pub value: Secret,
+}
+
+/// What a request must prove, and what to check it against.
+pub struct AuthPolicy<'a> {
+    pub mode: AuthMode,
+    pub level: AuthLevel,
+    pub credentials: &'a Credentials,
+    /// The function's keys, then the gateway's host keys.
+    pub function_keys: &'a [NamedKey],
+    pub host_keys: &'a [NamedKey],
+    /// How far a signed request's date may be from the gateway's clock.
+    pub max_skew: Duration,
+    pub now: SystemTime,
+}
+
+impl AuthPolicy<'_> {
+    /// The key whose value is `presented`, compared in constant time.
+    pub fn key_named(&self, presented: &[u8]) -> Option<&Arc<str>> {
+        self.function_keys
+            .iter()
+            .chain(self.host_keys)
+            .find(|k| ct_eq(k.value.expose(), presented))
+            .map(|k| &k.name)
+    }
+}
+
+/// The rest of a check that needs the payload's SHA-256.
+pub type PayloadCheck = Box<dyn FnOnce(&[u8; 32]) -> Result<(), AuthError> + Send>;
+
+/// The outcome of checking a request head.
+pub enum Authn {
+    /// Nothing more to check: anonymous (`None`) or verified.
+    Done(Option<KeyId>),
+    /// The head checks out; the payload's hash must too before the caller
+    /// counts as `key`.
+    Payload { key: KeyId, check: PayloadCheck },
+}
+
+impl Authn {
+    pub fn needs_payload_hash(&self) -> bool {
+        matches!(self, Authn::Payload { .. })
+    }
+}
+
+/// Why a caller's credentials were refused (each dialect renders its own code).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("no credentials in the request")]
+    Missing,
+    #[error("malformed credentials: {0}")]
+    Malformed(&'static str),
+    #[error("unknown access key {0:?}")]
+    UnknownKey(Arc<str>),
+    #[error("signature mismatch")]
+    BadSignature,
+    #[error("the payload does not match its signed hash")]
+    PayloadMismatch,
+    /// The signed date is outside the allowed window.
+    #[error("request date {date} is outside the allowed window")]
+    Expired { date: Arc<str> },
+    #[error("wrong function key")]
+    BadKey,
+}
+
+impl AuthError {
+    pub const REASONS: [&'static str; 7] = [
+        "missing",
+        "malformed",
+        "unknown_key",
+        "bad_signature",
+        "payload_mismatch",
+        "expired",
+        "bad_key",
+    ];
+
+    /// The bounded `reason` label of `fngate_auth_failures_total`.
+    pub fn index(&self) -> usize {
+        match self {
+            AuthError::Missing => 0,
+            AuthError::Malformed(_) => 1,
+            AuthError::UnknownKey(_) => 2,
+            AuthError::BadSignature => 3,
+            AuthError::PayloadMismatch => 4,
+            AuthError::Expired { .. } => 5,
+            AuthError::BadKey => 6,
+        }
+    }
+}
+
+// ---- crypto helpers shared by the signature dialects ----
+
+pub fn sha256(data: &[u8]) -> [u8; 32] {
+    let d = digest::digest(&digest::SHA256, data);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+/// An incremental SHA-256, fed by the body reader frame by frame.
+pub struct PayloadHasher(digest::Context);
+
+impl Default for PayloadHasher {
+    fn default() -> Self {
+        PayloadHasher(digest::Context::new(&digest::SHA256))
+    }
+}
+
+impl PayloadHasher {
+    pub fn update(&mut self, data: &[u8]) {
+        self.0.update(data);
+    }
+
+    pub fn finish(self) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        out.copy_from_slice(self.0.finish().as_ref());
+        out
+    }
+}
+
+pub fn hmac_sha256(key: &[u8], data: &[u8]) -> [u8; 32] {
+    let tag = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, key), data);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(tag.as_ref());
+    out
+}
+
+/// Whether `hex_signature` is the HMAC-SHA256 of `data` under `key`, in
+/// constant time.
+pub fn verify_hmac_sha256(key: &[u8], data: &[u8], hex_signature: &str) -> bool {
+    match unhex32(hex_signature) {
+        Some(tag) => hmac::verify(&hmac::Key::new(hmac::HMAC_SHA256, key), data, &tag).is_ok(),
+        None => false,
+    }
+}
+
+/// Lowercase hex.
+pub fn hex(bytes: &[u8]) -> String {
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(char::from(b"0123456789abcdef"[(b >> 4) as usize]));
+        s.push(char::from(b"0123456789abcdef"[(b & 0xf) as usize]));
+    }
+    s
+}
+
+/// 64 hex digits (either case) into 32 bytes.
+pub fn unhex32(s: &str) -> Option<[u8; 32]> {
+    let b = s.as_bytes();
+    if b.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, pair) in b.chunks_exact(2).enumerate() {
+        let hi = (pair[0] as char).to_digit(16)?;
+        let lo = (pair[1] as char).to_digit(16)?;
+        out[i] = (hi * 16 + lo) as u8;
+    }
+    Some(out)
+}
+
+/// Equal in constant time (for equal lengths; the length itself may leak).
+pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// RFC 3986 percent-encoding: everything but `A-Za-z0-9-_.~` (and the bytes
+/// in `keep`) as `%XX` with uppercase hex, appended to `out`.
+pub fn percent_encode_into(out: &mut String, s: &str, keep: &[u8]) {
+    for &b in s.as_bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') || keep.contains(&b)
+        {
+            out.push(b as char);
+        } else {
+            out.push('%');
+            out.push(char::from(b"0123456789ABCDEF"[(b >> 4) as usize]));
+            out.push(char::from(b"0123456789ABCDEF"[(b & 0xf) as usize]));
+        }
+    }
+}
+
+/// The Unix time of a UTC date-time, from its parts; `None` when invalid.
+pub fn unix_time(y: i32, mo: u8, d: u8, h: u8, mi: u8, s: u8) -> Option<i64> {
+    let date = time::Date::from_calendar_date(y, time::Month::try_from(mo).ok()?, d).ok()?;
+    let t = time::Time::from_hms(h, mi, s).ok()?;
+    Some(
+        time::PrimitiveDateTime::new(date, t)
+            .assume_utc()
+            .unix_timestamp(),
+    )
+}
+
+/// Whether `unix` is within `max_skew` of `now`.
+pub fn within(unix: i64, now: SystemTime, max_skew: Duration) -> bool {
+    let now = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    (unix - now).unsigned_abs() <= max_skew.as_secs()
+}
+
+/// A fixed-width run of ASCII digits as a number.
+pub fn digits(s: &str) -> Option<u32> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
+/// A canonical header value: trimmed, inner runs of spaces and tabs as one
+/// space (the SigV4 and ACS3 rule).
+pub fn trim_all(v: &[u8], out: &mut String) {
+    let s = String::from_utf8_lossy(v);
+    let mut first = true;
+    for word in s.split([' ', '\t']).filter(|w| !w.is_empty()) {
+        if !first {
+            out.push(' ');
+        }
+        out.push_str(word);
+        first = false;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn helpers() {
+        assert_eq!(
+            hex(&sha256(b"")),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+        let h = sha256(b"abc");
+        assert_eq!(unhex32(&hex(&h)), Some(h));
+        assert_eq!(unhex32(&hex(&h).to_uppercase()), Some(h));
+        assert_eq!(unhex32("zz"), None);
+        let mut inc = PayloadHasher::default();
+        inc.update(b"a");
+        inc.update(b"bc");
+        assert_eq!(inc.finish(), h);
+        assert!(ct_eq(b"abc", b"abc") && !ct_eq(b"abc", b"abd") && !ct_eq(b"ab", b"abc"));
+        let mut s = String::new();
+        percent_encode_into(&mut s, "a b/c~%:$", b"/");
+        assert_eq!(s, "a%20b/c~%25%3A%24");
+        // RFC 4231 test case 2.
+        assert_eq!(
+            hex(&hmac_sha256(b"Jefe", b"what do ya want for nothing?")),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+        assert!(verify_hmac_sha256(
+            b"Jefe",
+            b"what do ya want for nothing?",
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        ));
+        assert_eq!(unix_time(1970, 1, 1, 0, 0, 0), Some(0));
+        assert_eq!(unix_time(2015, 8, 30, 12, 36, 0), Some(1440938160));
+        assert_eq!(unix_time(2015, 2, 30, 0, 0, 0), None);
+        let mut t = String::new();
+        trim_all(b"  a \t b   c ", &mut t);
+        assert_eq!(t, "a b c");
+        let secret = Secret::new(b"hunter2".to_vec());
+        assert!(!format!("{secret:?}").contains("hunter2"));
+    }
+}
