@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
 need_apt=()
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
+# Debian's python3 creates virtual environments only with python3-venv.
+{ command -v python3 >/dev/null 2>&1 && python3 -c 'import ensurepip, venv' 2>/dev/null; } || need_apt+=(python3-venv)
 # A real Prometheus (and promtool) for the observability tests.
 { command -v promtool && command -v prometheus; } >/dev/null 2>&1 || need_apt+=(prometheus)
 # A Docker engine for the image test (no registry is reachable: the image is FROM scratch).
@@ -35,6 +37,20 @@ if [ -z "${DOCKER_HOST:-}" ] || ! docker info >/dev/null 2>&1; then
         docker info >/dev/null 2>&1 || { echo "dockerd did not start:"; tail -20 "$dockdir/dockerd.log"; exit 1; }
     fi
 fi
+
+# The clouds' real clients (boto3, the AWS CLI, the FC 3.0 SDK) for the SDK
+# tests, in a virtual environment of their exact pins, rebuilt when those change.
+venv=$(realpath -m "${CARGO_TARGET_DIR:-target}")/sdk-venv
+req=gateway/tests/sdk/requirements.txt
+want=$(sha256sum "$req" | cut -d' ' -f1)
+if [ "$(cat "$venv/.requirements.sha256" 2>/dev/null)" != "$want" ]; then
+    echo "creating the SDK virtual environment in $venv"
+    rm -rf "$venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$req"
+    echo "$want" > "$venv/.requirements.sha256"
+fi
+export FNGATE_SDK_VENV="$venv"
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings

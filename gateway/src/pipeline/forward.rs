@@ -51,6 +51,7 @@ pub struct Call<'a> {
     pub trigger: &'a Trigger<'a>,
     /// The caller's method and headers (HTTP trigger only).
     pub method: &'a Method,
+    pub uri: &'a http::Uri,
     pub headers: &'a HeaderMap,
     pub content_type: Option<&'a HeaderValue>,
     pub client_context: Option<&'a HeaderValue>,
@@ -64,9 +65,12 @@ impl Call<'_> {
     pub fn event(content_type: Option<&HeaderValue>) -> Call<'_> {
         static NO_HEADERS: std::sync::LazyLock<HeaderMap> =
             std::sync::LazyLock::new(HeaderMap::new);
+        static ROOT: std::sync::LazyLock<http::Uri> =
+            std::sync::LazyLock::new(|| http::Uri::from_static("/"));
         Call {
             trigger: &Trigger::Event,
             method: &Method::POST,
+            uri: &ROOT,
             headers: &NO_HEADERS,
             content_type,
             client_context: None,
@@ -180,7 +184,11 @@ fn request(
                 message: "the request path cannot be forwarded".into(),
             })?;
             let h = req.headers_mut();
-            let mut forwarded_host = None;
+            // HTTP/2 (and an absolute-form HTTP/1.1 target) carry it in the URI.
+            let mut forwarded_host = call
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok());
             for (name, value) in call.headers {
                 if *name == http::header::HOST {
                     forwarded_host = Some(value.clone());

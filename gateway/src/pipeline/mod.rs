@@ -326,6 +326,7 @@ impl Pipeline {
                 let call = Call {
                     trigger: &inv.trigger,
                     method: &parts.method,
+                    uri: &parts.uri,
                     headers: &parts.headers,
                     content_type,
                     client_context: inv.client_context,

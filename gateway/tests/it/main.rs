@@ -3,6 +3,7 @@
 
 mod asynchronous;
 mod docker;
+mod doors;
 mod harness;
 mod ingress;
 mod invoke;
@@ -11,5 +12,6 @@ mod loadtest;
 mod metering;
 mod observability;
 mod scheduling;
+mod sdk;
 mod throttle;
 mod tls;

@@ -9,6 +9,7 @@
 //! - `fngate:crash` exits with code 3 before answering;
 //! - `fngate:alloc:MB` touches MB MiB of memory, then echoes;
 //! - `fngate:whoami` answers the instance id, pid and working directory;
+//! - `fngate:headers` answers the request's headers as a JSON object;
 //! - `fngate:print:TEXT` writes TEXT to stdout and `TEXT (stderr)` to stderr
 //!   (what a log tail shows), then echoes.
 //!
@@ -81,14 +82,37 @@ async fn invoke(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infalli
         ));
     }
     let ctype = req.headers().get(http::header::CONTENT_TYPE).cloned();
-    let body = match req.into_body().collect().await {
+    let (parts, body) = req.into_parts();
+    let parts_headers = parts.headers;
+    let body = match body.collect().await {
         Ok(b) => b.to_bytes(),
         Err(_) => return Ok(reply(StatusCode::BAD_REQUEST, Bytes::new(), None)),
     };
+    if body.as_ref() == b"fngate:headers" {
+        return Ok(reply(
+            StatusCode::OK,
+            Bytes::from(headers_json(&parts_headers).to_string()),
+            Some(http::HeaderValue::from_static("application/json")),
+        ));
+    }
     if let Some(answer) = command(&body).await {
         return Ok(answer);
     }
     Ok(reply(StatusCode::OK, body, ctype))
+}
+
+/// Header name → its values joined with ", ".
+fn headers_json(h: &http::HeaderMap) -> serde_json::Value {
+    let mut out = serde_json::Map::new();
+    for name in h.keys() {
+        let joined: Vec<&str> = h
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        out.insert(name.as_str().into(), joined.join(", ").into());
+    }
+    out.into()
 }
 
 /// The HTTP-trigger contract: describe the request, shape the answer as asked.
@@ -101,16 +125,7 @@ async fn http_trigger(req: Request<Incoming>) -> Response<Full<Bytes>> {
     if let Some(answer) = command(&body).await {
         return answer;
     }
-    let mut headers = serde_json::Map::new();
-    for name in parts.headers.keys() {
-        let joined: Vec<&str> = parts
-            .headers
-            .get_all(name)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .collect();
-        headers.insert(name.as_str().into(), joined.join(", ").into());
-    }
+    let headers = headers_json(&parts.headers);
     let header = |n: &str| parts.headers.get(n).and_then(|v| v.to_str().ok());
     let described = serde_json::json!({
         "method": parts.method.as_str(),
