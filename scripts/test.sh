@@ -38,18 +38,8 @@ if [ -z "${DOCKER_HOST:-}" ] || ! docker info >/dev/null 2>&1; then
     fi
 fi
 
-# The clouds' real clients (boto3, the AWS CLI, the FC 3.0 SDK) for the SDK
-# tests, in a virtual environment of their exact pins, rebuilt when those change.
-venv=$(realpath -m "${CARGO_TARGET_DIR:-target}")/sdk-venv
-req=gateway/tests/sdk/requirements.txt
-want=$(sha256sum "$req" | cut -d' ' -f1)
-if [ "$(cat "$venv/.requirements.sha256" 2>/dev/null)" != "$want" ]; then
-    echo "creating the SDK virtual environment in $venv"
-    rm -rf "$venv"
-    python3 -m venv "$venv"
-    "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$req"
-    echo "$want" > "$venv/.requirements.sha256"
-fi
+# The clouds' real clients for the SDK tests (a pinned virtual environment).
+venv=$(bash scripts/sdk-venv.sh)
 export FNGATE_SDK_VENV="$venv"
 
 cargo fmt --all -- --check

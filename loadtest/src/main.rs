@@ -85,6 +85,10 @@ struct Args {
     /// Allow targets outside 127.0.0.0/8 and ::1.
     #[arg(long)]
     allow_remote: bool,
+    /// A header sent with every request, `Name: value` (repeatable; e.g. a
+    /// pre-signed request's Authorization and date).
+    #[arg(long = "header", short = 'H')]
+    headers: Vec<String>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -170,7 +174,8 @@ fn scenario_of(args: &Args) -> Result<Scenario, String> {
 struct Req {
     uri: http::Uri,
     payload: Bytes,
-    asynchronous: bool,
+    /// Its door's headers (an asynchronous invocation type) and `--header`s.
+    headers: Vec<(http::HeaderName, http::HeaderValue)>,
 }
 
 struct Target {
@@ -255,16 +260,28 @@ fn target(s: &Scenario, args: &Args) -> Result<Target, String> {
         Some(b) => Bytes::from(b.clone().into_bytes()),
         None => Bytes::from(vec![b'x'; n]),
     };
+    let mut extra = Vec::new();
+    for h in &args.headers {
+        let (name, value) = h
+            .split_once(':')
+            .ok_or_else(|| format!("--header {h:?}: expected Name: value"))?;
+        extra.push((
+            http::HeaderName::from_bytes(name.trim().as_bytes())
+                .map_err(|e| format!("--header {h:?}: {e}"))?,
+            http::HeaderValue::from_str(value.trim())
+                .map_err(|e| format!("--header {h:?}: {e}"))?,
+        ));
+    }
     let (requests, weights) = match s.dialect {
         Dialect::Raw => {
             let r = Req {
                 uri: base.clone(),
                 payload: payload(args.payload_bytes),
-                asynchronous: false,
+                headers: extra,
             };
             (vec![r], vec![1])
         }
-        Dialect::Fc => {
+        Dialect::Fc | Dialect::Lambda | Dialect::Azure => {
             let origin = format!(
                 "{}://{}",
                 base.scheme_str().unwrap_or("https"),
@@ -272,13 +289,32 @@ fn target(s: &Scenario, args: &Args) -> Result<Target, String> {
             );
             let mut r = Vec::new();
             for f in &s.functions {
-                let uri = format!("{origin}/2023-03-30/functions/{}/invocations", f.name)
+                let (path, async_header) = match f.dialect.unwrap_or(s.dialect) {
+                    Dialect::Fc => (
+                        format!("/2023-03-30/functions/{}/invocations", f.name),
+                        ("x-fc-invocation-type", "Async"),
+                    ),
+                    Dialect::Lambda => (
+                        format!("/2015-03-31/functions/{}/invocations", f.name),
+                        ("x-amz-invocation-type", "Event"),
+                    ),
+                    // Validated: no asynchronous Azure calls, no raw functions.
+                    Dialect::Azure | Dialect::Raw => (format!("/api/{}", f.name), ("", "")),
+                };
+                let uri = format!("{origin}{path}")
                     .parse()
                     .map_err(|e| format!("functions: {e}"))?;
+                let mut headers = extra.clone();
+                if f.invocation == scenario::Invocation::Async {
+                    headers.push((
+                        http::HeaderName::from_static(async_header.0),
+                        http::HeaderValue::from_static(async_header.1),
+                    ));
+                }
                 r.push(Req {
                     uri,
                     payload: payload(f.payload_bytes),
-                    asynchronous: f.invocation == scenario::Invocation::Async,
+                    headers,
                 });
             }
             (r, s.functions.iter().map(|f| f.weight).collect())
@@ -349,11 +385,8 @@ async fn send(conn: &mut Conn, t: &Target, r: &Req) -> Result<(u16, u64, bool), 
     let mut req = http::Request::new(Full::new(r.payload.clone()));
     *req.method_mut() = http::Method::POST;
     *req.uri_mut() = r.uri.clone();
-    if r.asynchronous {
-        req.headers_mut().insert(
-            "x-fc-invocation-type",
-            http::HeaderValue::from_static("Async"),
-        );
+    for (name, value) in &r.headers {
+        req.headers_mut().append(name.clone(), value.clone());
     }
     let resp = match conn {
         Conn::H1(s) => {

@@ -3,7 +3,7 @@
 //! ```toml
 //! target = "https://127.0.0.1:8443"     # loopback only unless allow_remote
 //! cacert = "config/fngate-self-signed.pem"
-//! dialect = "fc"                         # the API path shape
+//! dialect = "fc"                         # the API door: fc, lambda or azure (or raw)
 //! duration = "10s"                       # required: every run is bounded
 //! warmup = "1s"
 //! mode = "closed"                        # or "open" (constant arrival rate)
@@ -15,7 +15,8 @@
 //! name = "echo"
 //! weight = 3
 //! payload_bytes = 64
-//! invocation = "sync"                    # or "async" (202 at once; fc dialect)
+//! invocation = "sync"                    # or "async" (202 at once; fc and lambda)
+//! dialect = "lambda"                     # this function's door, if not the scenario's
 //!
 //! [[sources]]                            # caller addresses, picked per connection by weight
 //! address = "127.0.0.2"
@@ -44,6 +45,10 @@ pub enum Dialect {
     /// Function Compute 3.0: `POST /2023-03-30/functions/{name}/invocations`.
     #[default]
     Fc,
+    /// AWS Lambda: `POST /2015-03-31/functions/{name}/invocations`.
+    Lambda,
+    /// Azure Functions HTTP trigger: `POST /api/{name}`.
+    Azure,
     /// The URL's path as given, for non-fngate targets (`target` is a full URL).
     Raw,
 }
@@ -68,6 +73,8 @@ pub struct Function {
     pub payload_bytes: usize,
     #[serde(default)]
     pub invocation: Invocation,
+    /// The door this function is called through (default: the scenario's).
+    pub dialect: Option<Dialect>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -162,15 +169,27 @@ impl Scenario {
             }
             _ => {}
         }
-        if self.dialect == Dialect::Fc && self.functions.is_empty() {
+        if self.dialect != Dialect::Raw && self.functions.is_empty() {
             return key(
                 "functions",
-                "at least one [[functions]] entry is needed for dialect fc",
+                "at least one [[functions]] entry is needed for a function dialect",
             );
         }
         for (i, f) in self.functions.iter().enumerate() {
             if f.name.is_empty() {
                 return key(&format!("functions[{i}].name"), "must not be empty");
+            }
+            match (f.dialect.unwrap_or(self.dialect), f.invocation) {
+                (Dialect::Raw, _) => {
+                    return key(&format!("functions[{i}].dialect"), "raw has no functions");
+                }
+                (Dialect::Azure, Invocation::Async) => {
+                    return key(
+                        &format!("functions[{i}].invocation"),
+                        "azure HTTP triggers are synchronous",
+                    );
+                }
+                _ => {}
             }
             if f.weight == 0 {
                 return key(&format!("functions[{i}].weight"), "must be at least 1");

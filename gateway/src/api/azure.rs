@@ -24,12 +24,12 @@ use super::{
 use crate::auth::{AuthError, AuthLevel, AuthPolicy, Authn};
 use crate::error::InvokeError;
 use bytes::Bytes;
-use http::{Response, StatusCode};
+use http::{HeaderName, Response, StatusCode};
 use serde::Serialize;
 use std::borrow::Cow;
 
 pub const PATH_PREFIX: &str = "/api/";
-pub const REQUEST_ID: &str = "x-ms-request-id";
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-ms-request-id");
 pub const KEY_HEADER: &str = "x-functions-key";
 const KEY_PARAM: &str = "code";
 

@@ -28,20 +28,20 @@ use crate::auth::{AuthError, AuthMode, AuthPolicy, Authn};
 use crate::error::InvokeError;
 use base64::Engine;
 use bytes::Bytes;
-use http::{HeaderValue, Response, StatusCode};
+use http::{HeaderName, HeaderValue, Response, StatusCode};
 use serde::Serialize;
 use std::borrow::Cow;
 
 pub const PATH_PREFIX: &str = "/2023-03-30/functions/";
-pub const REQUEST_ID: &str = "x-fc-request-id";
-pub const INSTANCE_ID: &str = "x-fc-instance-id";
-pub const ERROR_TYPE: &str = "x-fc-error-type";
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-fc-request-id");
+pub const INSTANCE_ID: HeaderName = HeaderName::from_static("x-fc-instance-id");
+pub const ERROR_TYPE: HeaderName = HeaderName::from_static("x-fc-error-type");
 /// `Sync` (the default) or `Async`.
-pub const INVOCATION_TYPE: &str = "x-fc-invocation-type";
+pub const INVOCATION_TYPE: HeaderName = HeaderName::from_static("x-fc-invocation-type");
 /// `None` (the default) or `Tail`.
-pub const LOG_TYPE: &str = "x-fc-log-type";
-pub const LOG_RESULT: &str = "x-fc-log-result";
-pub const RETRY_AFTER_MS: &str = "x-acs-retry-after";
+pub const LOG_TYPE: HeaderName = HeaderName::from_static("x-fc-log-type");
+pub const LOG_RESULT: HeaderName = HeaderName::from_static("x-fc-log-result");
+pub const RETRY_AFTER_MS: HeaderName = HeaderName::from_static("x-acs-retry-after");
 /// How much of the log `Tail` returns.
 pub const LOG_TAIL_BYTES: usize = 4096;
 
@@ -65,10 +65,10 @@ struct FunctionErrorBody<'a> {
 
 fn header_is(
     headers: &http::HeaderMap,
-    name: &str,
+    name: HeaderName,
     values: [&str; 2],
 ) -> Result<bool, InvokeError> {
-    match headers.get(name).map(HeaderValue::as_bytes) {
+    match headers.get(&name).map(HeaderValue::as_bytes) {
         None => Ok(false),
         Some(v) if v.eq_ignore_ascii_case(values[0].as_bytes()) => Ok(false),
         Some(v) if v.eq_ignore_ascii_case(values[1].as_bytes()) => Ok(true),

@@ -35,20 +35,20 @@ use crate::error::InvokeError;
 use crate::throttle::LimitKind;
 use base64::Engine;
 use bytes::Bytes;
-use http::{HeaderValue, Response, StatusCode};
+use http::{HeaderName, HeaderValue, Response, StatusCode};
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 
 pub const PATH_PREFIX: &str = "/2015-03-31/functions/";
-pub const REQUEST_ID: &str = "x-amzn-requestid";
-pub const ERROR_TYPE: &str = "x-amzn-errortype";
-pub const INVOCATION_TYPE: &str = "x-amz-invocation-type";
-pub const LOG_TYPE: &str = "x-amz-log-type";
-pub const LOG_RESULT: &str = "x-amz-log-result";
-pub const CLIENT_CONTEXT: &str = "x-amz-client-context";
-pub const FUNCTION_ERROR: &str = "x-amz-function-error";
-pub const EXECUTED_VERSION: &str = "x-amz-executed-version";
-pub const RETRY_AFTER_MS: &str = "x-amz-retry-after";
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-amzn-requestid");
+pub const ERROR_TYPE: HeaderName = HeaderName::from_static("x-amzn-errortype");
+pub const INVOCATION_TYPE: HeaderName = HeaderName::from_static("x-amz-invocation-type");
+pub const LOG_TYPE: HeaderName = HeaderName::from_static("x-amz-log-type");
+pub const LOG_RESULT: HeaderName = HeaderName::from_static("x-amz-log-result");
+pub const CLIENT_CONTEXT: HeaderName = HeaderName::from_static("x-amz-client-context");
+pub const FUNCTION_ERROR: HeaderName = HeaderName::from_static("x-amz-function-error");
+pub const EXECUTED_VERSION: HeaderName = HeaderName::from_static("x-amz-executed-version");
+pub const RETRY_AFTER_MS: HeaderName = HeaderName::from_static("x-amz-retry-after");
 /// Lambda's bound on `X-Amz-Client-Context`.
 pub const MAX_CLIENT_CONTEXT: usize = 3583;
 /// How much of the log `Tail` returns.
@@ -232,7 +232,7 @@ impl Lambda {
     /// END/REPORT lines, its last [`LOG_TAIL_BYTES`], base64.
     fn log_result(&self, log: &[u8], reply: &Reply<'_>) -> HeaderValue {
         let id = reply.request_id.to_str().unwrap_or_default();
-        let ms = reply.elapsed.as_secs_f64() * 1000.0;
+        let ms = reply.started.elapsed().as_secs_f64() * 1000.0;
         let mut text = Vec::with_capacity(log.len() + 256);
         text.extend_from_slice(format!("START RequestId: {id} Version: $LATEST\n").as_bytes());
         text.extend_from_slice(log);

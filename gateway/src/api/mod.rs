@@ -136,7 +136,8 @@ pub struct Reply<'a> {
     pub ran: Option<&'a Ran>,
     /// The function's memory size (0 when no function was found).
     pub memory_mb: u32,
-    pub elapsed: Duration,
+    /// When the request arrived (only a log tail reads the clock for it).
+    pub started: tokio::time::Instant,
 }
 
 /// One cloud's API shape.

@@ -23,7 +23,7 @@ pub(crate) fn reply(request_id: &HeaderValue) -> Reply<'_> {
         request_id,
         ran: None,
         memory_mb: 128,
-        elapsed: Duration::from_millis(3),
+        started: tokio::time::Instant::now(),
     }
 }
 

@@ -149,3 +149,127 @@ fn invalid_configs_name_the_key() {
         );
     }
 }
+
+const CREDS: &str = "[[credentials]]\naccess_key_id = \"AK1\"\nsecret = \"sekrit-one\"\n";
+
+#[test]
+fn credentials_keys_and_auth_resolve() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("s2"), "from-a-file\n").unwrap();
+    let text = format!(
+        "[gateway]\nauth = \"signature\"\ncaller_key = \"access_key\"\n{CREDS}\
+         [[credentials]]\naccess_key_id = \"AK2\"\nsecret_file = \"s2\"\n\
+         [[credentials]]\naccess_key_id = \"AK3\"\nsecret_env = \"PATH\"\n\
+         [lambda]\naccount_id = \"123456789012\"\n\
+         [azure]\nhost_keys = [{{ name = \"master\", value = \"hk\" }}]\n\
+         {FN}\
+         [[functions]]\nname = \"open\"\ncommand = [\"x\"]\nauth = \"none\"\n\
+         [[functions]]\nname = \"keyed\"\ncommand = [\"x\"]\nauth = \"none\"\nauth_level = \"function\"\nfunction_keys = [{{ name = \"k\", value = \"v\" }}]\n"
+    );
+    let c = Config::parse(&text, dir.path()).unwrap();
+    let creds = &c.auth.credentials;
+    assert_eq!(creds.len(), 3);
+    assert_eq!(
+        creds.secret(creds.get("AK2").unwrap()).expose(),
+        b"from-a-file"
+    );
+    assert_eq!(
+        creds.secret(creds.get("AK3").unwrap()).expose(),
+        std::env::var("PATH").unwrap().as_bytes()
+    );
+    assert_eq!(c.auth.host_keys.len(), 1);
+    assert_eq!(c.lambda.account_id.as_deref(), Some("123456789012"));
+    let f = |name: &str| {
+        c.functions
+            .iter()
+            .find(|f| &*f.name == name)
+            .unwrap()
+            .clone()
+    };
+    // The gateway's mode by default; a key at the Azure door then too.
+    assert_eq!(
+        (f("echo").auth, f("echo").auth_level),
+        (AuthMode::Signature, AuthLevel::Function)
+    );
+    assert_eq!(
+        (f("open").auth, f("open").auth_level),
+        (AuthMode::None, AuthLevel::Anonymous)
+    );
+    assert_eq!(f("keyed").function_keys.len(), 1);
+    // No secret in the configuration's debug output.
+    let debug = format!("{c:?}");
+    for secret in ["sekrit-one", "from-a-file", "\"hk\"", "\"v\""] {
+        assert!(!debug.contains(secret), "{secret}");
+    }
+}
+
+#[test]
+fn credential_errors_name_the_key() {
+    let cases = [
+        (
+            format!("[gateway]\nauth = \"signature\"\n{FN}"),
+            "functions[0].auth",
+        ),
+        (
+            format!("{CREDS}[[credentials]]\naccess_key_id = \"AK1\"\nsecret = \"x\"\n{FN}"),
+            "credentials[1].access_key_id",
+        ),
+        (
+            format!("[[credentials]]\naccess_key_id = \"AK1\"\n{FN}"),
+            "credentials[0]",
+        ),
+        (
+            format!(
+                "[[credentials]]\naccess_key_id = \"AK1\"\nsecret = \"a\"\nsecret_env = \"PATH\"\n{FN}"
+            ),
+            "credentials[0]",
+        ),
+        (
+            format!(
+                "[[credentials]]\naccess_key_id = \"AK1\"\nsecret_file = \"/nonexistent/fngate\"\n{FN}"
+            ),
+            "credentials[0].secret_file",
+        ),
+        (
+            format!(
+                "[[credentials]]\naccess_key_id = \"AK1\"\nsecret_env = \"FNGATE_TEST_UNSET_VARIABLE\"\n{FN}"
+            ),
+            "credentials[0].secret_env",
+        ),
+        (
+            format!("[[credentials]]\naccess_key_id = \"a/b\"\nsecret = \"x\"\n{FN}"),
+            "credentials[0].access_key_id",
+        ),
+        (
+            format!("[gateway]\nauth = \"signature\"\n{CREDS}{FN}auth_level = \"anonymous\"\n"),
+            "functions[0].auth_level",
+        ),
+        (
+            format!("{FN}auth_level = \"function\"\n"),
+            "functions[0].auth_level",
+        ),
+        (
+            format!(
+                "{FN}function_keys = [{{ name = \"a\", value = \"1\" }}, {{ name = \"a\", value = \"2\" }}]\n"
+            ),
+            "functions[0].function_keys[1].name",
+        ),
+        (
+            format!("[gateway]\nsignature_max_skew_s = 0\n{FN}"),
+            "gateway.signature_max_skew_s",
+        ),
+        (
+            format!("[lambda]\naccount_id = \"12\"\n{FN}"),
+            "lambda.account_id",
+        ),
+        (format!("[gateway]\nauth = \"sometimes\"\n{FN}"), "auth"),
+        (
+            format!("[lambda]\naccount = \"123456789012\"\n{FN}"),
+            "account",
+        ),
+    ];
+    for (text, key) in cases {
+        let err = parse(&text).expect_err(&text).to_string();
+        assert!(err.contains(key), "{key}: {err}\n{text}");
+    }
+}

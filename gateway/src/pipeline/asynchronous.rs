@@ -6,7 +6,7 @@
 //! The invocation then runs in its own task, as the gateway's own call
 //! (`Origin::Internal`: counted under the `internal` network, with no traffic,
 //! since no client reads its answer), through the function's concurrency
-//! limit and stages 6-7. As in Function Compute:
+//! limit and stages 8-9. As in Function Compute:
 //! - a function error (timeout, crash, invalid answer) is retried up to the
 //!   function's `async_max_retries` times;
 //! - throttling and gateway errors are retried with binary exponential

@@ -52,7 +52,7 @@ pub struct FunctionPool {
     /// scale-out limit bites; only then do freed slots notify.
     waiting: AtomicUsize,
     freed: Notify,
-    /// `x-fc-function-name` for instance calls, built once.
+    /// The function name as a header value (instance calls), built once.
     pub name_header: http::HeaderValue,
     pub metrics: FunctionMetrics,
     instances: Mutex<Vec<Arc<Instance>>>,
@@ -61,7 +61,7 @@ pub struct FunctionPool {
 /// The gateway's view of one instance.
 pub struct Instance {
     pub id: Arc<str>,
-    /// `x-fc-instance-id`, built once.
+    /// The instance id as a header value, built once.
     pub id_header: http::HeaderValue,
     pub function: Arc<str>,
     pub memory_mb: u32,

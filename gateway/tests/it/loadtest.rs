@@ -24,6 +24,9 @@ async fn a_two_second_scenario_reports_what_the_gateway_counted() {
          [[functions]]\nname = \"private\"\nweight = 2\npayload_bytes = 1000\n\
          [[functions]]\nname = \"throttled\"\nweight = 2\n\
          [[functions]]\nname = \"later\"\nweight = 1\ninvocation = \"async\"\n\
+         [[functions]]\nname = \"echo\"\nweight = 2\ndialect = \"lambda\"\n\
+         [[functions]]\nname = \"later\"\nweight = 1\ninvocation = \"async\"\ndialect = \"lambda\"\n\
+         [[functions]]\nname = \"echo\"\nweight = 2\ndialect = \"azure\"\n\
          [[sources]]\naddress = \"127.0.0.1\"\n[[sources]]\naddress = \"127.0.0.2\"\n",
         gw.https,
         gw.ca.display()
@@ -75,6 +78,16 @@ async fn a_two_second_scenario_reports_what_the_gateway_counted() {
         r["requests"].as_u64().unwrap(),
         sum("fngate_invocations_total{")
     );
+    // Every door served its share of the mix.
+    for api in ["fc", "lambda", "azure"] {
+        let needle = format!("api=\"{api}\",function=\"echo\"");
+        let served = total(&|l: &str| {
+            l.starts_with("fngate_invocations_total{")
+                && l.contains(&needle)
+                && l.contains("outcome=\"success\"")
+        });
+        assert!(served > 0, "{api}");
+    }
     // The client sees the cold starts of synchronous calls only.
     assert_eq!(
         r["cold_starts"].as_u64().unwrap(),

@@ -110,7 +110,7 @@ fn invocation_headers() {
     let l = Lambda::default();
     let p = path("echo");
     let kind = |v| {
-        l.decode(&parts("POST", &p, &[(INVOCATION_TYPE, v)]))
+        l.decode(&parts("POST", &p, &[(INVOCATION_TYPE.as_str(), v)]))
             .map(|i| i.kind)
     };
     assert_eq!(kind("RequestResponse").unwrap(), Kind::Sync);
@@ -120,31 +120,37 @@ fn invocation_headers() {
         kind("Later"),
         Err(InvokeError::InvalidArgument { .. })
     ));
-    let tail = parts("POST", &p, &[(LOG_TYPE, "Tail")]);
+    let tail = parts("POST", &p, &[(LOG_TYPE.as_str(), "Tail")]);
     assert!(l.decode(&tail).unwrap().log_tail);
     // Tail is for synchronous calls only.
     let tail = parts(
         "POST",
         &p,
-        &[(LOG_TYPE, "Tail"), (INVOCATION_TYPE, "Event")],
+        &[
+            (LOG_TYPE.as_str(), "Tail"),
+            (INVOCATION_TYPE.as_str(), "Event"),
+        ],
     );
     assert!(!l.decode(&tail).unwrap().log_tail);
-    assert!(l.decode(&parts("POST", &p, &[(LOG_TYPE, "All")])).is_err());
+    assert!(
+        l.decode(&parts("POST", &p, &[(LOG_TYPE.as_str(), "All")]))
+            .is_err()
+    );
     // {"x":1}
-    let cc = parts("POST", &p, &[(CLIENT_CONTEXT, "eyJ4IjoxfQ==")]);
+    let cc = parts("POST", &p, &[(CLIENT_CONTEXT.as_str(), "eyJ4IjoxfQ==")]);
     assert_eq!(
         l.decode(&cc).unwrap().client_context.unwrap(),
         "eyJ4IjoxfQ=="
     );
     for bad in ["not base64!", "WzFd" /* [1]: not an object */] {
-        let cc = parts("POST", &p, &[(CLIENT_CONTEXT, bad)]);
+        let cc = parts("POST", &p, &[(CLIENT_CONTEXT.as_str(), bad)]);
         assert!(
             matches!(l.decode(&cc), Err(InvokeError::InvalidContent { .. })),
             "{bad}"
         );
     }
     let big = "e30=".repeat(1000);
-    let cc = parts("POST", &p, &[(CLIENT_CONTEXT, &big)]);
+    let cc = parts("POST", &p, &[(CLIENT_CONTEXT.as_str(), &big)]);
     assert!(l.decode(&cc).is_err());
 }
 
@@ -244,7 +250,7 @@ fn answers_and_log_tail() {
     };
     let rep = Reply {
         ran: Some(&ran),
-        elapsed: Duration::from_micros(1500),
+        started: tokio::time::Instant::now() - Duration::from_micros(1500),
         ..reply(&id)
     };
     let answer = |status| FunctionAnswer {
@@ -260,7 +266,8 @@ fn answers_and_log_tail() {
         .decode(r.headers()[LOG_RESULT].as_bytes())
         .unwrap();
     let log = String::from_utf8(log).unwrap();
-    assert!(log.starts_with("START RequestId: req-2 Version: $LATEST\nprinted\nEND RequestId: req-2\nREPORT RequestId: req-2\tDuration: 1.50 ms\tBilled Duration: 2 ms\tMemory Size: 128 MB"), "{log}");
+    assert!(log.starts_with("START RequestId: req-2 Version: $LATEST\nprinted\nEND RequestId: req-2\nREPORT RequestId: req-2\tDuration: "), "{log}");
+    assert!(log.contains(" ms\tMemory Size: 128 MB\t\n"), "{log}");
     let r = l.success(answer(StatusCode::INTERNAL_SERVER_ERROR), &rep);
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()[FUNCTION_ERROR], "Handled");
