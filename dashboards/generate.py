@@ -86,6 +86,11 @@ def overview():
         f'sum by (result) (rate(fngate_sandbox_process_starts_total[{RI}]))',
         f'sum(rate(fngate_sandbox_instance_crashes_total[{RI}]))'], "short", 12, 40,
         legend=["instances", "process starts {{result}}", "crashes/s"]))
+    p.append(panel(13, "Invocations/s by API door", [
+        f'sum by (api) (rate(fngate_invocations_total[{RI}]))'], "reqps", 0, 48, legend=["{{api}}"]))
+    p.append(panel(14, "Credential refusals/s by door and reason", [
+        f'sum by (api, reason) (rate(fngate_auth_failures_total[{RI}]))'], "reqps", 12, 48,
+        legend=["{{api}} {{reason}}"]))
     return dashboard("fngate-overview", "fngate overview", p)
 
 
@@ -124,6 +129,9 @@ def function_drilldown():
         f'sum by (result) (rate(fngate_instance_starts_total{{{f}}}[{RI}]))',
         f'sum by (reason) (rate(fngate_instance_releases_total{{{f}}}[{RI}]))'], "short", 0, 24,
         legend=["start {{result}}", "release {{reason}}"]))
+    p.append(panel(8, "Invocations/s by API door and outcome", [
+        f'sum by (api, outcome) (rate(fngate_invocations_total{{{f}}}[{RI}]))'], "reqps", 12, 24,
+        legend=["{{api}} {{outcome}}"]))
     return dashboard("fngate-function", "fngate function", p, extra_vars=[var])
 
 

@@ -44,12 +44,10 @@ impl NetworkIndex {
 
 /// One function's counters for callers in one network.
 pub struct NetworkMetrics {
-    /// Indexed by [`Api::index`]; each door's series are created the first
-    /// time it is used, so unused doors add no series.
-    invocations: [std::sync::OnceLock<[IntCounter; Outcome::ALL.len()]>; Api::ALL.len()],
-    vec: IntCounterVec,
-    function: String,
-    network: String,
+    /// Indexed by [`Api::index`], then [`Outcome::index`]. Created up front,
+    /// at zero: a series born at its first increment hides that increment
+    /// from Prometheus's `rate()`.
+    invocations: [[IntCounter; Outcome::ALL.len()]; Api::ALL.len()],
     pub bytes_in: IntCounter,
     pub bytes_out: IntCounter,
 }
@@ -57,17 +55,7 @@ pub struct NetworkMetrics {
 impl NetworkMetrics {
     /// `fngate_invocations_total` for this function, network, `api` and `outcome`.
     pub fn invocations(&self, api: Api, outcome: Outcome) -> &IntCounter {
-        let by_outcome = self.invocations[api.index()].get_or_init(|| {
-            Outcome::ALL.map(|o| {
-                self.vec.with_label_values(&[
-                    &self.function,
-                    &self.network,
-                    api.as_str(),
-                    o.as_str(),
-                ])
-            })
-        });
-        &by_outcome[outcome.index()]
+        &self.invocations[api.index()][outcome.index()]
     }
 }
 
@@ -335,10 +323,16 @@ impl Metrics {
             .names
             .iter()
             .map(|net| NetworkMetrics {
-                invocations: Default::default(),
-                vec: self.invocations.clone(),
-                function: function.to_string(),
-                network: net.clone(),
+                invocations: Api::ALL.map(|api| {
+                    Outcome::ALL.map(|o| {
+                        self.invocations.with_label_values(&[
+                            function,
+                            net,
+                            api.as_str(),
+                            o.as_str(),
+                        ])
+                    })
+                }),
                 bytes_in: self.traffic.with_label_values(&[function, net, "in"]),
                 bytes_out: self.traffic.with_label_values(&[function, net, "out"]),
             })

@@ -88,7 +88,11 @@ async fn dashboards_query_real_prometheus_and_every_panel_has_data() {
             "min_instances = 1\ninstance_concurrency = 4\nvpc_bindings = [\"vpc-a\"]\ncaller_rate_limit = { per_second = 50.0, burst = 20 }"
         ),
         echo_fn("brief", "idle_timeout_s = 1"),
-        "[[functions]]\nname = \"broken\"\ncommand = [\"sh\", \"-c\", \"exit 4\"]\n"
+        "[[functions]]\nname = \"broken\"\ncommand = [\"sh\", \"-c\", \"exit 4\"]\n".to_string()
+            + &echo_fn(
+                "keyed",
+                "auth_level = \"function\"\nfunction_keys = [{ name = \"default\", value = \"k\" }]"
+            )
     );
     let gw = Gateway::start(
         "trusted_proxies = [\"127.0.0.1/32\"]\n[[gateway.proxy_listeners]]\nlisten = \"127.0.0.1:0\"",
@@ -169,6 +173,20 @@ async fn dashboards_query_real_prometheus_and_every_panel_has_data() {
     // Let the echo caller's budget refill (the limiter is the subject here:
     // one cell every 20 ms), then crash an echo instance.
     tokio::time::sleep(Duration::from_millis(500)).await;
+    // The other doors: echo through Lambda's and Azure's, and a call
+    // refused for its missing function key.
+    let door = |path: &str| {
+        http::Request::post(format!("https://localhost{path}"))
+            .body(http_body_util::Full::new(bytes::Bytes::from_static(b"d")))
+            .unwrap()
+    };
+    let r = vpc
+        .send(door("/2015-03-31/functions/echo/invocations"))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(vpc.send(door("/api/echo")).await.unwrap().status, 200);
+    assert_eq!(internet.send(door("/api/keyed")).await.unwrap().status, 401);
     let r = vpc.invoke("echo", "fngate:crash").await;
     assert_eq!(
         r.header("x-fc-error-type"),
