@@ -73,7 +73,7 @@ struct Ctx<'a> {
     wall: SystemTime,
 }
 
-/// What [`Pipeline::finish`] needs to know about how a request went.
+/// What [`Pipeline::account`] needs to know about how a request went.
 struct Done<'a> {
     pool: Option<&'a Arc<FunctionPool>>,
     function: &'a str,
