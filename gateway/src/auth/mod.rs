@@ -157,14 +157,33 @@ pub type PayloadCheck = Box<dyn FnOnce(&[u8; 32]) -> Result<(), AuthError> + Sen
 pub enum Authn {
     /// Nothing more to check: anonymous (`None`) or verified.
     Done(Option<KeyId>),
-    /// The head checks out; the payload's hash must too before the caller
-    /// counts as `key`.
-    Payload { key: KeyId, check: PayloadCheck },
+    /// The head checks out; the payload's hash must too before the request
+    /// is accepted. `key_proven`: the head's signature alone proves `key`
+    /// (it covers a declared payload hash, so only the payload's match with
+    /// it is left); otherwise the key is proven only once `check` passes.
+    Payload {
+        key: KeyId,
+        key_proven: bool,
+        check: PayloadCheck,
+    },
 }
 
 impl Authn {
     pub fn needs_payload_hash(&self) -> bool {
         matches!(self, Authn::Payload { .. })
+    }
+
+    /// The caller's key, when the head alone proves it.
+    pub fn proven_key(&self) -> Option<KeyId> {
+        match self {
+            Authn::Done(k) => *k,
+            Authn::Payload {
+                key,
+                key_proven: true,
+                ..
+            } => Some(*key),
+            Authn::Payload { .. } => None,
+        }
     }
 }
 

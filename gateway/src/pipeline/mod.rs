@@ -16,9 +16,11 @@
 //!
 //! Stages 1-5 look at the request head only: a request refused there costs
 //! no body read, no instance and no scheduler work. One exception keeps a
-//! promise: when callers are keyed by access key and the signature covers
-//! the payload (Lambda's), stage 5 runs after stage 7, so a forged request
-//! never spends a key's budget.
+//! promise: when callers are keyed by access key and only the payload can
+//! prove the key (Lambda's signature covers a hash botocore does not send),
+//! stage 5 runs after stage 7, so a forged request never spends a key's
+//! budget. FC's signature covers a declared hash and proves its key from the
+//! head.
 //!
 //! An asynchronous invocation leaves after stage 7 with 202, and stages 8-9
 //! run later, with retries ([`asynchronous`]); a dry run leaves there too,
@@ -270,7 +272,7 @@ impl Pipeline {
         // 7: the signature's payload part.
         let key = match authn {
             Authn::Done(k) => k,
-            Authn::Payload { key, check } => {
+            Authn::Payload { key, check, .. } => {
                 let hash = hasher.take().map(PayloadHasher::finish).unwrap_or_default();
                 match check(&hash) {
                     Ok(()) => Some(key),

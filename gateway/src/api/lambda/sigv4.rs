@@ -237,6 +237,7 @@ pub fn verify(parts: &http::request::Parts, policy: &AuthPolicy<'_>) -> Result<A
             let claimed = claimed.to_ascii_lowercase();
             Ok(Authn::Payload {
                 key,
+                key_proven: true,
                 check: Box::new(move |hash| {
                     if hex(hash) == claimed {
                         Ok(())
@@ -250,6 +251,7 @@ pub fn verify(parts: &http::request::Parts, policy: &AuthPolicy<'_>) -> Result<A
             let signature = a.signature.to_string();
             Ok(Authn::Payload {
                 key,
+                key_proven: false,
                 check: Box::new(move |hash| {
                     let mut canonical = canonical;
                     canonical.push_str(&hex(hash));

@@ -60,8 +60,17 @@ fn check(
         now: SystemTime::UNIX_EPOCH + Duration::from_secs(at),
     };
     match verify(parts, &policy)? {
-        Authn::Payload { key, check } => {
+        Authn::Payload {
+            key,
+            key_proven,
+            check,
+        } => {
             assert_eq!(&**creds.id(key), "LTAItest");
+            // The SDK signs the hash it declares: the head proves the key.
+            assert_eq!(
+                key_proven,
+                parts.headers.contains_key("x-acs-content-sha256")
+            );
             check(&sha256(body))
         }
         Authn::Done(_) => panic!("a signed body must be checked"),
