@@ -88,6 +88,11 @@ fn parse_date(s: &str) -> Option<i64> {
     )
 }
 
+/// A header value as ACS3 canonicalizes it: trimmed.
+fn text(v: &http::HeaderValue) -> &str {
+    std::str::from_utf8(v.as_bytes()).unwrap_or("").trim()
+}
+
 /// Checks the head of a request signed with ACS3-HMAC-SHA256.
 pub fn verify(parts: &http::request::Parts, policy: &AuthPolicy<'_>) -> Result<Authn, AuthError> {
     let Some(h) = parts.headers.get(http::header::AUTHORIZATION) else {
@@ -142,14 +147,18 @@ pub fn verify(parts: &http::request::Parts, policy: &AuthPolicy<'_>) -> Result<A
             // HTTP/2 carries it as :authority.
             canonical.push_str(parts.uri.authority().map(|a| a.as_str()).unwrap_or(""));
         } else {
-            let mut values: Vec<&str> = parts
-                .headers
-                .get_all(*name)
-                .iter()
-                .map(|v| std::str::from_utf8(v.as_bytes()).unwrap_or("").trim())
-                .collect();
-            values.sort_unstable();
-            canonical.push_str(&values.join(","));
+            let all = parts.headers.get_all(*name);
+            let mut values = all.iter();
+            match (values.next(), values.next()) {
+                (None, _) => {}
+                // The usual case: one value, no list to sort.
+                (Some(v), None) => canonical.push_str(text(v)),
+                (Some(_), Some(_)) => {
+                    let mut sorted: Vec<&str> = all.iter().map(text).collect();
+                    sorted.sort_unstable();
+                    canonical.push_str(&sorted.join(","));
+                }
+            }
         }
         canonical.push('\n');
     }
