@@ -21,12 +21,11 @@ pub mod acs3;
 
 use super::{
     APPLICATION_JSON, Api, Dialect, FunctionAnswer, Invocation, Kind, Reply, ResponseBody, Trigger,
-    denial_message, json, limit_description, millis_header, query_param, require_post, response,
-    retry_after_header,
+    denial_message, json, limit_description, log_tail_header, millis_header, query_param,
+    require_post, response, retry_after_header, signature_or_none,
 };
-use crate::auth::{AuthError, AuthMode, AuthPolicy, Authn};
+use crate::auth::{AuthError, AuthPolicy, Authn};
 use crate::error::InvokeError;
-use base64::Engine;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Response, StatusCode};
 use serde::Serialize;
@@ -42,8 +41,6 @@ pub const INVOCATION_TYPE: HeaderName = HeaderName::from_static("x-fc-invocation
 pub const LOG_TYPE: HeaderName = HeaderName::from_static("x-fc-log-type");
 pub const LOG_RESULT: HeaderName = HeaderName::from_static("x-fc-log-result");
 pub const RETRY_AFTER_MS: HeaderName = HeaderName::from_static("x-acs-retry-after");
-/// How much of the log `Tail` returns.
-pub const LOG_TAIL_BYTES: usize = 4096;
 
 #[derive(Debug, Default)]
 pub struct Fc;
@@ -85,7 +82,7 @@ fn header_is(
 }
 
 /// `x-fc-log-result`: FC's start and end lines around the instance's output,
-/// its last [`LOG_TAIL_BYTES`], base64.
+/// its last [`super::LOG_TAIL_BYTES`], base64.
 fn log_result(log: &[u8], request_id: &str) -> HeaderValue {
     let mut text = Vec::with_capacity(log.len() + 96);
     text.extend_from_slice(b"FC Invoke Start RequestId: ");
@@ -97,9 +94,7 @@ fn log_result(log: &[u8], request_id: &str) -> HeaderValue {
     }
     text.extend_from_slice(b"FC Invoke End RequestId: ");
     text.extend_from_slice(request_id.as_bytes());
-    let tail = &text[text.len().saturating_sub(LOG_TAIL_BYTES)..];
-    let b64 = base64::engine::general_purpose::STANDARD.encode(tail);
-    HeaderValue::try_from(b64).expect("base64 is a valid header value")
+    log_tail_header(&text)
 }
 
 impl Fc {
@@ -157,12 +152,7 @@ impl Dialect for Fc {
         parts: &http::request::Parts,
         policy: &AuthPolicy<'_>,
     ) -> Result<Authn, InvokeError> {
-        match policy.mode {
-            AuthMode::None => Ok(Authn::Done(None)),
-            AuthMode::Signature => {
-                acs3::verify(parts, policy).map_err(InvokeError::Unauthenticated)
-            }
-        }
+        signature_or_none(policy, || acs3::verify(parts, policy))
     }
 
     fn success(&self, answer: FunctionAnswer, reply: &Reply<'_>) -> Response<ResponseBody> {

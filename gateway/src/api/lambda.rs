@@ -27,10 +27,10 @@ pub mod sigv4;
 
 use super::{
     APPLICATION_JSON, Api, Dialect, FunctionAnswer, Invocation, Kind, Reply, ResponseBody, Trigger,
-    denial_message, json, limit_description, millis_header, percent_decode, query_param,
-    require_post, response, retry_after_header,
+    denial_message, json, limit_description, log_tail_header, millis_header, percent_decode,
+    query_param, require_post, response, retry_after_header, signature_or_none,
 };
-use crate::auth::{AuthError, AuthMode, AuthPolicy, Authn};
+use crate::auth::{AuthError, AuthPolicy, Authn};
 use crate::error::InvokeError;
 use crate::throttle::LimitKind;
 use base64::Engine;
@@ -51,8 +51,6 @@ pub const EXECUTED_VERSION: HeaderName = HeaderName::from_static("x-amz-executed
 pub const RETRY_AFTER_MS: HeaderName = HeaderName::from_static("x-amz-retry-after");
 /// Lambda's bound on `X-Amz-Client-Context`.
 pub const MAX_CLIENT_CONTEXT: usize = 3583;
-/// How much of the log `Tail` returns.
-pub const LOG_TAIL_BYTES: usize = 4096;
 /// fngate runs one version of each function: the one configured.
 const VERSION: HeaderValue = HeaderValue::from_static("$LATEST");
 
@@ -229,7 +227,7 @@ impl Lambda {
     }
 
     /// `X-Amz-Log-Result`: the instance's output between Lambda's START and
-    /// END/REPORT lines, its last [`LOG_TAIL_BYTES`], base64.
+    /// END/REPORT lines, its last [`super::LOG_TAIL_BYTES`], base64.
     fn log_result(&self, log: &[u8], reply: &Reply<'_>) -> HeaderValue {
         let id = reply.request_id.to_str().unwrap_or_default();
         let ms = reply.started.elapsed().as_secs_f64() * 1000.0;
@@ -247,9 +245,7 @@ impl Lambda {
             )
             .as_bytes(),
         );
-        let tail = &text[text.len().saturating_sub(LOG_TAIL_BYTES)..];
-        let b64 = base64::engine::general_purpose::STANDARD.encode(tail);
-        HeaderValue::try_from(b64).expect("base64 is a valid header value")
+        log_tail_header(&text)
     }
 
     fn add_common(&self, resp: &mut Response<ResponseBody>, reply: &Reply<'_>) {
@@ -382,12 +378,7 @@ impl Dialect for Lambda {
         parts: &http::request::Parts,
         policy: &AuthPolicy<'_>,
     ) -> Result<Authn, InvokeError> {
-        match policy.mode {
-            AuthMode::None => Ok(Authn::Done(None)),
-            AuthMode::Signature => {
-                sigv4::verify(parts, policy).map_err(InvokeError::Unauthenticated)
-            }
-        }
+        signature_or_none(policy, || sigv4::verify(parts, policy))
     }
 
     fn success(&self, answer: FunctionAnswer, reply: &Reply<'_>) -> Response<ResponseBody> {

@@ -370,6 +370,28 @@ pub(crate) fn limit_description(limit: LimitKind) -> &'static str {
     }
 }
 
+/// How much of a log both clouds' `Tail` return.
+pub(crate) const LOG_TAIL_BYTES: usize = 4096;
+
+/// A log tail header: the last [`LOG_TAIL_BYTES`] of `text`, base64.
+pub(crate) fn log_tail_header(text: &[u8]) -> HeaderValue {
+    use base64::Engine;
+    let tail = &text[text.len().saturating_sub(LOG_TAIL_BYTES)..];
+    let b64 = base64::engine::general_purpose::STANDARD.encode(tail);
+    HeaderValue::try_from(b64).expect("base64 is a valid header value")
+}
+
+/// The signature-based doors' credentials check: none, or `verify`'s.
+pub(crate) fn signature_or_none(
+    policy: &AuthPolicy<'_>,
+    verify: impl FnOnce() -> Result<Authn, crate::auth::AuthError>,
+) -> Result<Authn, InvokeError> {
+    match policy.mode {
+        crate::auth::AuthMode::None => Ok(Authn::Done(None)),
+        crate::auth::AuthMode::Signature => verify().map_err(InvokeError::Unauthenticated),
+    }
+}
+
 /// Whether `m` is POST, the method of every event invocation API.
 pub(crate) fn require_post(m: &Method) -> Result<(), InvokeError> {
     if m == Method::POST {

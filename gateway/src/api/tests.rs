@@ -27,6 +27,29 @@ pub(crate) fn reply(request_id: &HeaderValue) -> Reply<'_> {
     }
 }
 
+/// A request head.
+pub(crate) fn parts(method: &str, uri: &str, headers: &[(&str, &str)]) -> http::request::Parts {
+    let mut b = http::Request::builder().method(method).uri(uri);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    b.body(()).unwrap().into_parts().0
+}
+
+/// A policy that demands signatures from `creds`, at Unix time `at`, 15
+/// minutes either way.
+pub(crate) fn signature_policy(creds: &crate::auth::Credentials, at: u64) -> AuthPolicy<'_> {
+    AuthPolicy {
+        mode: crate::auth::AuthMode::Signature,
+        level: crate::auth::AuthLevel::Anonymous,
+        credentials: creds,
+        function_keys: &[],
+        host_keys: &[],
+        max_skew: Duration::from_secs(900),
+        now: std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(at),
+    }
+}
+
 /// One of every cause.
 pub(crate) fn every_error() -> Vec<InvokeError> {
     vec![

@@ -232,6 +232,147 @@ impl AuthError {
     }
 }
 
+// ---- the parts of a request signature both clouds' schemes share ----
+
+/// The fields of an `Authorization: <algorithm> Credential=...,
+/// SignedHeaders=..., Signature=...` header (ACS3 and SigV4 share the form;
+/// SigV4 separates the fields with ", ", ACS3 with ",").
+pub struct SignedRequest<'a> {
+    pub credential: &'a str,
+    pub signed_headers: &'a str,
+    pub signature: &'a str,
+}
+
+impl<'a> SignedRequest<'a> {
+    /// The request's `Authorization` header, which must use `algorithm`.
+    pub fn parse(
+        headers: &'a http::HeaderMap,
+        algorithm: &str,
+    ) -> Result<SignedRequest<'a>, AuthError> {
+        let h = headers
+            .get(http::header::AUTHORIZATION)
+            .ok_or(AuthError::Missing)?
+            .to_str()
+            .map_err(|_| AuthError::Malformed("Authorization is not text"))?;
+        let rest = h
+            .strip_prefix(algorithm)
+            .and_then(|r| r.strip_prefix(' '))
+            .ok_or(AuthError::Malformed(
+                "Authorization names another signature algorithm",
+            ))?;
+        let (mut credential, mut signed_headers, mut signature) = (None, None, None);
+        for part in rest.split(',').map(str::trim) {
+            if let Some(v) = part.strip_prefix("Credential=") {
+                credential = Some(v);
+            } else if let Some(v) = part.strip_prefix("SignedHeaders=") {
+                signed_headers = Some(v);
+            } else if let Some(v) = part.strip_prefix("Signature=") {
+                signature = Some(v);
+            }
+        }
+        match (credential, signed_headers, signature) {
+            (Some(credential), Some(signed_headers), Some(signature)) if !credential.is_empty() => {
+                Ok(SignedRequest {
+                    credential,
+                    signed_headers,
+                    signature,
+                })
+            }
+            _ => Err(AuthError::Malformed(
+                "Credential, SignedHeaders and Signature are required",
+            )),
+        }
+    }
+
+    /// The signed header names; `host` and `date` must be among them.
+    pub fn signed(&self, date: &str) -> Result<Vec<&'a str>, AuthError> {
+        let signed: Vec<&str> = self.signed_headers.split(';').collect();
+        if signed.contains(&"host") && signed.contains(&date) {
+            Ok(signed)
+        } else {
+            Err(AuthError::Malformed(
+                "the host and date headers must be signed",
+            ))
+        }
+    }
+}
+
+/// The request's signed date header `name`: present, in the scheme's format
+/// (`parse` gives its Unix time), within the policy's skew of the clock.
+pub fn signed_date<'a>(
+    headers: &'a http::HeaderMap,
+    name: &str,
+    parse: fn(&str) -> Option<i64>,
+    policy: &AuthPolicy<'_>,
+) -> Result<&'a str, AuthError> {
+    let date = headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .ok_or(AuthError::Malformed("the signed date header is missing"))?;
+    let when = parse(date).ok_or(AuthError::Malformed(
+        "the signed date header is not in the scheme's format",
+    ))?;
+    if within(when, policy.now, policy.max_skew) {
+        Ok(date)
+    } else {
+        Err(AuthError::Expired { date: date.into() })
+    }
+}
+
+/// The `host` value a client signed: the Host header, or HTTP/2's `:authority`.
+pub fn signed_host(parts: &http::request::Parts) -> Option<&str> {
+    match parts.headers.get(http::header::HOST) {
+        Some(h) => h.to_str().ok(),
+        None => parts.uri.authority().map(|a| a.as_str()),
+    }
+}
+
+/// Ends a canonical request (everything but the payload hash, in
+/// `canonical`) and checks it with `signature_ok`. With a `declared` payload
+/// hash (signed), the signature is checked now and the payload need only
+/// match the declaration, so the head proves the key; otherwise the check
+/// waits for the payload's hash.
+pub fn finish_canonical(
+    key: KeyId,
+    mut canonical: String,
+    declared: Option<&str>,
+    signature_ok: impl Fn(&str) -> bool + Send + 'static,
+) -> Result<Authn, AuthError> {
+    match declared {
+        Some(claimed) => {
+            canonical.push_str(claimed);
+            if !signature_ok(&canonical) {
+                return Err(AuthError::BadSignature);
+            }
+            let claimed = claimed.to_ascii_lowercase();
+            Ok(Authn::Payload {
+                key,
+                key_proven: true,
+                check: Box::new(move |hash| {
+                    if hex(hash) == claimed {
+                        Ok(())
+                    } else {
+                        Err(AuthError::PayloadMismatch)
+                    }
+                }),
+            })
+        }
+        None => Ok(Authn::Payload {
+            key,
+            key_proven: false,
+            check: Box::new(move |hash| {
+                let mut canonical = canonical;
+                canonical.push_str(&hex(hash));
+                if signature_ok(&canonical) {
+                    Ok(())
+                } else {
+                    Err(AuthError::BadSignature)
+                }
+            }),
+        }),
+    }
+}
+
 // ---- crypto helpers shared by the signature dialects ----
 
 pub fn sha256(data: &[u8]) -> [u8; 32] {

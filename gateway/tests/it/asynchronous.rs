@@ -89,11 +89,7 @@ async fn an_async_call_is_accepted_at_once_and_runs_later_under_its_request_id()
 
     gw.proc.signal(libc::SIGTERM);
     assert_eq!(gw.proc.wait_exit(Duration::from_secs(30)), Some(0));
-    let records: Vec<serde_json::Value> = std::fs::read_to_string(&log)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let records = usage_records(&log);
     assert_eq!(records.len(), 2, "{records:?}");
     let accepted = &records[0];
     assert_eq!(accepted["request_id"], id.as_str());

@@ -6,17 +6,9 @@
 //! sets DOCKER_HOST.)
 
 use crate::harness::*;
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 use yaml_rust2::{Yaml, YamlLoader};
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
 
 fn yaml(path: &str) -> Yaml {
     let text = std::fs::read_to_string(repo().join(path)).unwrap();

@@ -504,11 +504,7 @@ async fn one_pipeline_behind_every_door() {
     let mut gw = gw;
     gw.proc.signal(libc::SIGTERM);
     assert_eq!(gw.proc.wait_exit(Duration::from_secs(30)), Some(0));
-    let records: Vec<serde_json::Value> = std::fs::read_to_string(&log)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let records = usage_records(&log);
     let shared: Vec<_> = records
         .iter()
         .filter(|r| r["function"] == "shared")

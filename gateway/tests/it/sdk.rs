@@ -10,13 +10,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
 fn venv_bin(name: &str) -> PathBuf {
     let dir = std::env::var_os("FNGATE_SDK_VENV")
         .map(PathBuf::from)
@@ -219,11 +212,7 @@ async fn signatures_at_both_doors_and_one_budget_per_access_key() {
     // The usage log names the verified key of each signed call.
     gw.proc.signal(libc::SIGTERM);
     assert_eq!(gw.proc.wait_exit(Duration::from_secs(30)), Some(0));
-    let records: Vec<serde_json::Value> = std::fs::read_to_string(&log)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let records = usage_records(&log);
     let signed_ok = |api: &str, key: &str| {
         records
             .iter()

@@ -1,16 +1,8 @@
 use super::*;
-use crate::api::tests::{body_of, every_error, reply};
+use crate::api::tests::{body_of, every_error, parts, reply};
 use crate::auth::{AuthMode, Credentials, NamedKey, Secret};
 use http::HeaderValue;
 use std::time::{Duration, SystemTime};
-
-fn parts(method: &str, uri: &str, headers: &[(&str, &str)]) -> http::request::Parts {
-    let mut b = http::Request::builder().method(method).uri(uri);
-    for (k, v) in headers {
-        b = b.header(*k, *v);
-    }
-    b.body(()).unwrap().into_parts().0
-}
 
 #[test]
 fn routes_keep_the_rest_of_the_path_and_drop_the_key() {

@@ -19,50 +19,13 @@
 
 use crate::api::query_pairs;
 use crate::auth::{
-    AuthError, AuthPolicy, Authn, Secret, digits, hex, percent_encode_into, sha256, unix_time,
-    verify_hmac_sha256, within,
+    AuthError, AuthPolicy, Authn, SignedRequest, digits, finish_canonical, hex,
+    percent_encode_into, sha256, signed_date, signed_host, unix_time, verify_hmac_sha256,
 };
 
 pub const ALGORITHM: &str = "ACS3-HMAC-SHA256";
 const DATE: &str = "x-acs-date";
 const CONTENT_SHA256: &str = "x-acs-content-sha256";
-
-struct Authorization<'a> {
-    key_id: &'a str,
-    signed_headers: &'a str,
-    signature: &'a str,
-}
-
-fn parse(h: &str) -> Result<Authorization<'_>, AuthError> {
-    let rest = h
-        .strip_prefix(ALGORITHM)
-        .and_then(|r| r.strip_prefix(' '))
-        .ok_or(AuthError::Malformed(
-            "the algorithm is not ACS3-HMAC-SHA256",
-        ))?;
-    let (mut key_id, mut signed_headers, mut signature) = (None, None, None);
-    for part in rest.split(',').map(str::trim) {
-        if let Some(v) = part.strip_prefix("Credential=") {
-            key_id = Some(v);
-        } else if let Some(v) = part.strip_prefix("SignedHeaders=") {
-            signed_headers = Some(v);
-        } else if let Some(v) = part.strip_prefix("Signature=") {
-            signature = Some(v);
-        }
-    }
-    match (key_id, signed_headers, signature) {
-        (Some(key_id), Some(signed_headers), Some(signature)) if !key_id.is_empty() => {
-            Ok(Authorization {
-                key_id,
-                signed_headers,
-                signature,
-            })
-        }
-        _ => Err(AuthError::Malformed(
-            "Credential, SignedHeaders and Signature are required",
-        )),
-    }
-}
 
 /// `2026-12-02T03:04:05Z` as Unix time.
 fn parse_date(s: &str) -> Option<i64> {
@@ -95,32 +58,13 @@ fn text(v: &http::HeaderValue) -> &str {
 
 /// Checks the head of a request signed with ACS3-HMAC-SHA256.
 pub fn verify(parts: &http::request::Parts, policy: &AuthPolicy<'_>) -> Result<Authn, AuthError> {
-    let Some(h) = parts.headers.get(http::header::AUTHORIZATION) else {
-        return Err(AuthError::Missing);
-    };
-    let a = parse(
-        h.to_str()
-            .map_err(|_| AuthError::Malformed("Authorization is not text"))?,
-    )?;
+    let a = SignedRequest::parse(&parts.headers, ALGORITHM)?;
     let key = policy
         .credentials
-        .get(a.key_id)
-        .ok_or_else(|| AuthError::UnknownKey(a.key_id.into()))?;
-    let signed: Vec<&str> = a.signed_headers.split(';').collect();
-    if !signed.contains(&"host") || !signed.contains(&DATE) {
-        return Err(AuthError::Malformed("host and x-acs-date must be signed"));
-    }
-    let date = parts
-        .headers
-        .get(DATE)
-        .and_then(|v| v.to_str().ok())
-        .ok_or(AuthError::Malformed("x-acs-date is missing"))?;
-    let when = parse_date(date).ok_or(AuthError::Malformed(
-        "x-acs-date is not an ISO 8601 UTC time",
-    ))?;
-    if !within(when, policy.now, policy.max_skew) {
-        return Err(AuthError::Expired { date: date.into() });
-    }
+        .get(a.credential)
+        .ok_or_else(|| AuthError::UnknownKey(a.credential.into()))?;
+    let signed = a.signed(DATE)?;
+    signed_date(&parts.headers, DATE, parse_date, policy)?;
 
     let mut canonical = String::with_capacity(1024);
     canonical.push_str(parts.method.as_str());
@@ -143,9 +87,8 @@ pub fn verify(parts: &http::request::Parts, policy: &AuthPolicy<'_>) -> Result<A
     for name in &signed {
         canonical.push_str(name);
         canonical.push(':');
-        if *name == "host" && !parts.headers.contains_key(http::header::HOST) {
-            // HTTP/2 carries it as :authority.
-            canonical.push_str(parts.uri.authority().map(|a| a.as_str()).unwrap_or(""));
+        if *name == "host" {
+            canonical.push_str(signed_host(parts).unwrap_or(""));
         } else {
             let all = parts.headers.get_all(*name);
             let mut values = all.iter();
@@ -166,56 +109,24 @@ pub fn verify(parts: &http::request::Parts, policy: &AuthPolicy<'_>) -> Result<A
     canonical.push_str(a.signed_headers);
     canonical.push('\n');
 
-    let secret = policy.credentials.secret(key).clone();
-    let claimed = signed
+    let declared = signed
         .contains(&CONTENT_SHA256)
         .then(|| parts.headers.get(CONTENT_SHA256))
         .flatten()
         .and_then(|v| v.to_str().ok());
-    match claimed {
-        Some(claimed) => {
-            canonical.push_str(claimed);
-            if !signature_ok(&secret, &canonical, a.signature) {
-                return Err(AuthError::BadSignature);
-            }
-            let claimed = claimed.to_ascii_lowercase();
-            Ok(Authn::Payload {
-                key,
-                key_proven: true,
-                check: Box::new(move |hash| {
-                    if hex(hash) == claimed {
-                        Ok(())
-                    } else {
-                        Err(AuthError::PayloadMismatch)
-                    }
-                }),
-            })
-        }
-        None => {
-            let signature = a.signature.to_string();
-            Ok(Authn::Payload {
-                key,
-                key_proven: false,
-                check: Box::new(move |hash| {
-                    let mut canonical = canonical;
-                    canonical.push_str(&hex(hash));
-                    if signature_ok(&secret, &canonical, &signature) {
-                        Ok(())
-                    } else {
-                        Err(AuthError::BadSignature)
-                    }
-                }),
-            })
-        }
-    }
+    let secret = policy.credentials.secret(key).clone();
+    let signature = a.signature.to_string();
+    finish_canonical(key, canonical, declared, move |c| {
+        signature_ok(secret.expose(), c, &signature)
+    })
 }
 
-fn signature_ok(secret: &Secret, canonical: &str, signature: &str) -> bool {
+fn signature_ok(secret: &[u8], canonical: &str, signature: &str) -> bool {
     let mut sts = String::with_capacity(ALGORITHM.len() + 65);
     sts.push_str(ALGORITHM);
     sts.push('\n');
     sts.push_str(&hex(&sha256(canonical.as_bytes())));
-    verify_hmac_sha256(secret.expose(), sts.as_bytes(), signature)
+    verify_hmac_sha256(secret, sts.as_bytes(), signature)
 }
 
 #[cfg(test)]

@@ -1,15 +1,9 @@
 use super::*;
-use crate::api::tests::{body_of, every_error, reply};
+use crate::api::LOG_TAIL_BYTES;
+use crate::api::tests::{body_of, every_error, parts, reply};
 use crate::ingress::policy::Denial;
+use base64::Engine;
 use std::time::Duration;
-
-fn parts(method: &str, uri: &str, headers: &[(&str, &str)]) -> http::request::Parts {
-    let mut b = http::Request::builder().method(method).uri(uri);
-    for (k, v) in headers {
-        b = b.header(*k, *v);
-    }
-    b.body(()).unwrap().into_parts().0
-}
 
 fn decode(p: &http::request::Parts) -> Result<Invocation<'_>, InvokeError> {
     Fc.decode(p)

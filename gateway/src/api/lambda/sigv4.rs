@@ -25,8 +25,9 @@
 
 use crate::api::query_pairs;
 use crate::auth::{
-    AuthError, AuthPolicy, Authn, Secret, digits, hex, hmac_sha256, percent_encode_into, sha256,
-    trim_all, unix_time, verify_hmac_sha256, within,
+    AuthError, AuthPolicy, Authn, Secret, SignedRequest, digits, finish_canonical, hex,
+    hmac_sha256, percent_encode_into, sha256, signed_date, signed_host, trim_all, unix_time,
+    verify_hmac_sha256,
 };
 
 pub const ALGORITHM: &str = "AWS4-HMAC-SHA256";
@@ -35,63 +36,38 @@ const DATE: &str = "x-amz-date";
 const CONTENT_SHA256: &str = "x-amz-content-sha256";
 const UNSIGNED_PAYLOAD: &str = "UNSIGNED-PAYLOAD";
 
-struct Authorization<'a> {
+/// A SigV4 credential: `<key>/<yyyymmdd>/<region>/<service>/aws4_request`.
+struct Scope<'a> {
     key_id: &'a str,
     day: &'a str,
     region: &'a str,
     service: &'a str,
-    signed_headers: &'a str,
-    signature: &'a str,
 }
 
-fn parse(h: &str) -> Result<Authorization<'_>, AuthError> {
-    let rest = h
-        .strip_prefix(ALGORITHM)
-        .and_then(|r| r.strip_prefix(' '))
-        .ok_or(AuthError::Malformed(
-            "the algorithm is not AWS4-HMAC-SHA256",
-        ))?;
-    let (mut credential, mut signed_headers, mut signature) = (None, None, None);
-    for part in rest.split(',').map(str::trim) {
-        if let Some(v) = part.strip_prefix("Credential=") {
-            credential = Some(v);
-        } else if let Some(v) = part.strip_prefix("SignedHeaders=") {
-            signed_headers = Some(v);
-        } else if let Some(v) = part.strip_prefix("Signature=") {
-            signature = Some(v);
-        }
-    }
-    let (Some(credential), Some(signed_headers), Some(signature)) =
-        (credential, signed_headers, signature)
-    else {
-        return Err(AuthError::Malformed(
-            "Credential, SignedHeaders and Signature are required",
-        ));
-    };
+fn scope(credential: &str) -> Result<Scope<'_>, AuthError> {
     // The key id may itself contain '/': the scope is the last four parts.
-    let mut scope = credential.rsplitn(5, '/');
-    let (Some("aws4_request"), Some(service), Some(region), Some(day), Some(key_id)) = (
-        scope.next(),
-        scope.next(),
-        scope.next(),
-        scope.next(),
-        scope.next(),
-    ) else {
-        return Err(AuthError::Malformed(
+    let mut parts = credential.rsplitn(5, '/');
+    match (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) {
+        (Some("aws4_request"), Some(service), Some(region), Some(day), Some(key_id))
+            if !key_id.is_empty() =>
+        {
+            Ok(Scope {
+                key_id,
+                day,
+                region,
+                service,
+            })
+        }
+        _ => Err(AuthError::Malformed(
             "Credential must be <key>/<date>/<region>/<service>/aws4_request",
-        ));
-    };
-    if key_id.is_empty() {
-        return Err(AuthError::Malformed("the access key id is empty"));
+        )),
     }
-    Ok(Authorization {
-        key_id,
-        day,
-        region,
-        service,
-        signed_headers,
-        signature,
-    })
 }
 
 /// `20261202T031230Z` as Unix time.
@@ -134,40 +110,23 @@ fn remove_dot_segments(path: &str) -> String {
 
 /// Checks the head of a request signed with SigV4.
 pub fn verify(parts: &http::request::Parts, policy: &AuthPolicy<'_>) -> Result<Authn, AuthError> {
-    let Some(h) = parts.headers.get(http::header::AUTHORIZATION) else {
-        return Err(AuthError::Missing);
-    };
-    let a = parse(
-        h.to_str()
-            .map_err(|_| AuthError::Malformed("Authorization is not text"))?,
-    )?;
-    if a.service != SERVICE {
+    let a = SignedRequest::parse(&parts.headers, ALGORITHM)?;
+    let scope = scope(a.credential)?;
+    if scope.service != SERVICE {
         return Err(AuthError::Malformed(
             "the credential scope's service must be lambda",
         ));
     }
     let key = policy
         .credentials
-        .get(a.key_id)
-        .ok_or_else(|| AuthError::UnknownKey(a.key_id.into()))?;
-    let signed: Vec<&str> = a.signed_headers.split(';').collect();
-    if !signed.contains(&"host") || !signed.contains(&DATE) {
-        return Err(AuthError::Malformed("host and x-amz-date must be signed"));
-    }
-    let date = parts
-        .headers
-        .get(DATE)
-        .and_then(|v| v.to_str().ok())
-        .ok_or(AuthError::Malformed("X-Amz-Date is missing"))?;
-    let when =
-        parse_date(date).ok_or(AuthError::Malformed("X-Amz-Date is not yyyymmddThhmmssZ"))?;
-    if date[..8] != *a.day {
+        .get(scope.key_id)
+        .ok_or_else(|| AuthError::UnknownKey(scope.key_id.into()))?;
+    let signed = a.signed(DATE)?;
+    let date = signed_date(&parts.headers, DATE, parse_date, policy)?;
+    if date[..8] != *scope.day {
         return Err(AuthError::Malformed(
             "the credential scope's date is not X-Amz-Date's",
         ));
-    }
-    if !within(when, policy.now, policy.max_skew) {
-        return Err(AuthError::Expired { date: date.into() });
     }
 
     let mut canonical = String::with_capacity(1024);
@@ -200,9 +159,8 @@ pub fn verify(parts: &http::request::Parts, policy: &AuthPolicy<'_>) -> Result<A
     for name in &signed {
         canonical.push_str(name);
         canonical.push(':');
-        if *name == "host" && !parts.headers.contains_key(http::header::HOST) {
-            // HTTP/2 carries it as :authority.
-            canonical.push_str(parts.uri.authority().map(|a| a.as_str()).unwrap_or(""));
+        if *name == "host" {
+            trim_all(signed_host(parts).unwrap_or("").as_bytes(), &mut canonical);
         } else {
             for (i, v) in parts.headers.get_all(*name).iter().enumerate() {
                 if i > 0 {
@@ -217,53 +175,23 @@ pub fn verify(parts: &http::request::Parts, policy: &AuthPolicy<'_>) -> Result<A
     canonical.push_str(a.signed_headers);
     canonical.push('\n');
 
-    let secret = policy.credentials.secret(key);
-    let signing_key = signing_key(secret, a.day, a.region);
-    let scope = format!("{}/{}/{SERVICE}/aws4_request", a.day, a.region);
-    let date = date.to_string();
-    let claimed = parts
+    let signing_key = signing_key(policy.credentials.secret(key), scope.day, scope.region);
+    let scope = format!("{}/{}/{SERVICE}/aws4_request", scope.day, scope.region);
+    let (date, signature) = (date.to_string(), a.signature.to_string());
+    let signature_ok = move |c: &str| signature_ok(&signing_key, &date, &scope, c, &signature);
+    let declared = parts
         .headers
         .get(CONTENT_SHA256)
         .and_then(|v| v.to_str().ok());
-    match claimed {
-        Some(claimed) => {
-            canonical.push_str(claimed);
-            if !signature_ok(&signing_key, &date, &scope, &canonical, a.signature) {
-                return Err(AuthError::BadSignature);
-            }
-            if claimed == UNSIGNED_PAYLOAD {
-                return Ok(Authn::Done(Some(key)));
-            }
-            let claimed = claimed.to_ascii_lowercase();
-            Ok(Authn::Payload {
-                key,
-                key_proven: true,
-                check: Box::new(move |hash| {
-                    if hex(hash) == claimed {
-                        Ok(())
-                    } else {
-                        Err(AuthError::PayloadMismatch)
-                    }
-                }),
-            })
-        }
-        None => {
-            let signature = a.signature.to_string();
-            Ok(Authn::Payload {
-                key,
-                key_proven: false,
-                check: Box::new(move |hash| {
-                    let mut canonical = canonical;
-                    canonical.push_str(&hex(hash));
-                    if signature_ok(&signing_key, &date, &scope, &canonical, &signature) {
-                        Ok(())
-                    } else {
-                        Err(AuthError::BadSignature)
-                    }
-                }),
-            })
-        }
+    if declared == Some(UNSIGNED_PAYLOAD) {
+        // The client chose not to sign the payload: the head is all there is.
+        canonical.push_str(UNSIGNED_PAYLOAD);
+        return match signature_ok(&canonical) {
+            true => Ok(Authn::Done(Some(key))),
+            false => Err(AuthError::BadSignature),
+        };
     }
+    finish_canonical(key, canonical, declared, signature_ok)
 }
 
 fn signing_key(secret: &Secret, day: &str, region: &str) -> [u8; 32] {

@@ -1,14 +1,6 @@
 use super::*;
-use crate::api::tests::{body_of, every_error, reply};
+use crate::api::tests::{body_of, every_error, parts, reply};
 use std::time::Duration;
-
-fn parts(method: &str, uri: &str, headers: &[(&str, &str)]) -> http::request::Parts {
-    let mut b = http::Request::builder().method(method).uri(uri);
-    for (k, v) in headers {
-        b = b.header(*k, *v);
-    }
-    b.body(()).unwrap().into_parts().0
-}
 
 fn path(name: &str) -> String {
     format!("/2015-03-31/functions/{name}/invocations")

@@ -2,8 +2,7 @@
 //! alibabacloud-tea-openapi 0.4.6), captured before sending.
 
 use super::*;
-use crate::auth::{AuthLevel, AuthMode, Credentials, Secret};
-use std::time::{Duration, SystemTime};
+use crate::auth::{Credentials, Secret};
 
 const AUTH: &str = "ACS3-HMAC-SHA256 Credential=LTAItest,SignedHeaders=accept;content-type;host;user-agent;x-acs-action;x-acs-content-sha256;x-acs-credentials-provider;x-acs-date;x-acs-signature-nonce;x-acs-version;x-fc-invocation-type;x-fc-log-type,Signature=11b811ccc38483d19d3b261ba3d284310921dfa6001b85cdc3d95b1c675cc460";
 const BODY: &[u8] = br#"{"a":1}"#;
@@ -50,15 +49,7 @@ fn check(
 ) -> Result<(), AuthError> {
     let mut creds = Credentials::default();
     creds.insert("LTAItest", Secret::new(secret.as_bytes().to_vec()));
-    let policy = AuthPolicy {
-        mode: AuthMode::Signature,
-        level: AuthLevel::Anonymous,
-        credentials: &creds,
-        function_keys: &[],
-        host_keys: &[],
-        max_skew: Duration::from_secs(900),
-        now: SystemTime::UNIX_EPOCH + Duration::from_secs(at),
-    };
+    let policy = crate::api::tests::signature_policy(&creds, at);
     match verify(parts, &policy)? {
         Authn::Payload {
             key,

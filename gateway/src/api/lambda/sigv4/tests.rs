@@ -3,8 +3,7 @@
 //! key derivation.
 
 use super::*;
-use crate::auth::{AuthLevel, AuthMode, Credentials, Secret};
-use std::time::{Duration, SystemTime};
+use crate::auth::{Credentials, Secret};
 
 const SIGNED_AT: u64 = 1796181150;
 const BODY: &[u8] = br#"{"a":1}"#;
@@ -53,15 +52,7 @@ fn check(
 ) -> Result<(), AuthError> {
     let mut creds = Credentials::default();
     creds.insert("AKIDTEST", Secret::new(secret.as_bytes().to_vec()));
-    let policy = AuthPolicy {
-        mode: AuthMode::Signature,
-        level: AuthLevel::Anonymous,
-        credentials: &creds,
-        function_keys: &[],
-        host_keys: &[],
-        max_skew: Duration::from_secs(900),
-        now: SystemTime::UNIX_EPOCH + Duration::from_secs(at),
-    };
+    let policy = crate::api::tests::signature_policy(&creds, at);
     match verify(parts, &policy)? {
         Authn::Payload {
             key_proven, check, ..
@@ -152,15 +143,7 @@ fn a_declared_payload_hash_is_checked_from_the_head_and_against_the_body() {
         PLAIN,
         &[("x-amz-content-sha256", &hex(&sha256(BODY)))],
     );
-    let policy = AuthPolicy {
-        mode: AuthMode::Signature,
-        level: AuthLevel::Anonymous,
-        credentials: &creds,
-        function_keys: &[],
-        host_keys: &[],
-        max_skew: Duration::from_secs(900),
-        now: SystemTime::UNIX_EPOCH + Duration::from_secs(SIGNED_AT),
-    };
+    let policy = crate::api::tests::signature_policy(&creds, SIGNED_AT);
     // The declared hash replaces the computed one in the canonical request,
     // which is exactly botocore's canonical request here: it verifies.
     match verify(&parts, &policy).unwrap() {
