@@ -147,6 +147,7 @@ struct GatewaySection {
     proxy_listeners: Vec<ProxyListenerSection>,
     proxy_header_timeout_ms: u64,
     max_refused_body_drain_bytes: u64,
+    refused_body_drain_timeout_ms: u64,
     caller_rate_limit: Option<Rate>,
     caller_key: CallerKeying,
     max_instances: u32,
@@ -184,7 +185,11 @@ impl Default for GatewaySection {
             private_endpoints: Vec::new(),
             proxy_listeners: Vec::new(),
             proxy_header_timeout_ms: 5_000,
-            max_refused_body_drain_bytes: 4 * 1024 * 1024,
+            // Twice the default payload limit: a client that sent a payload a
+            // little over it still reads its answer.
+            max_refused_body_drain_bytes: 64 * 1024 * 1024,
+            // nginx's lingering_time.
+            refused_body_drain_timeout_ms: 30_000,
             caller_rate_limit: None,
             caller_key: CallerKeying::SourceIp,
             // Function Compute's defaults: 300 burst instances, 300 starts/min.
@@ -371,8 +376,10 @@ pub struct Limits {
     pub tls_handshake_timeout: Duration,
     pub max_connections: u32,
     /// A refused request's unread body up to this size is read and dropped
-    /// (see [`crate::pipeline::body::discard`]); larger ones close the connection.
+    /// (see [`crate::pipeline::body::unread`]); larger ones close the connection.
     pub max_refused_body_drain_bytes: u64,
+    /// How long such a body may take to arrive in full.
+    pub refused_body_drain_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -505,6 +512,10 @@ impl Config {
             )?),
             max_connections: positive("gateway.max_connections", g.max_connections.into())? as u32,
             max_refused_body_drain_bytes: g.max_refused_body_drain_bytes,
+            refused_body_drain_timeout: ms(positive(
+                "gateway.refused_body_drain_timeout_ms",
+                g.refused_body_drain_timeout_ms,
+            )?),
         };
         if limits.max_header_bytes < 8192 {
             // hyper's HTTP/1 reader cannot go lower than its minimum buffer.

@@ -82,6 +82,7 @@ pub struct Metrics {
     async_results: IntCounterVec,
     async_retries: IntCounterVec,
     auth_failures: IntCounterVec,
+    pub refused_body: crate::pipeline::body::DrainMetrics,
 }
 
 /// Cached handles for one function.
@@ -263,6 +264,26 @@ impl Metrics {
             &["function", "api", "reason"],
         )
         .unwrap();
+        let drains = IntCounterVec::new(
+            Opts::new(
+                "fngate_refused_body_drains_total",
+                "Unread bodies of refused requests, by how they ended (complete: read and dropped, the connection kept; too_large, timeout: the HTTP/1.1 connection closed, or the HTTP/2 stream reset with NO_ERROR, after the answer; not_sent: an Expect: 100-continue client never sent it).",
+            ),
+            &["result"],
+        )
+        .unwrap();
+        let drained_bytes = IntCounter::new(
+            "fngate_refused_body_drained_bytes_total",
+            "Bytes of refused requests' bodies read and dropped so their clients get the answer.",
+        )
+        .unwrap();
+        let refused_body = crate::pipeline::body::DrainMetrics {
+            drains: crate::pipeline::body::Drain::ALL
+                .iter()
+                .map(|d| drains.with_label_values(&[d.as_str()]))
+                .collect(),
+            bytes: drained_bytes.clone(),
+        };
         let proxy_rejections = crate::connection::proxy::Reject::ALL
             .iter()
             .map(|r| proxy.with_label_values(&[r.as_str()]))
@@ -288,6 +309,8 @@ impl Metrics {
             Box::new(async_results.clone()),
             Box::new(async_retries.clone()),
             Box::new(auth_failures.clone()),
+            Box::new(drains),
+            Box::new(drained_bytes),
         ] {
             registry.register(c).unwrap();
         }
@@ -313,6 +336,7 @@ impl Metrics {
             async_results,
             async_retries,
             auth_failures,
+            refused_body,
         }
     }
 

@@ -22,12 +22,11 @@ use crate::ingress::policy::Denial;
 use crate::throttle::LimitKind;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
-use http_body_util::Full;
 use serde::Serialize;
 use std::borrow::Cow;
 use std::time::Duration;
 
-pub type ResponseBody = Full<Bytes>;
+pub use crate::pipeline::body::ResponseBody;
 
 /// The door a request came through: the bounded `api` label of metrics and
 /// usage records.
@@ -222,7 +221,7 @@ pub(crate) fn response(
     content_type: Option<HeaderValue>,
     body: Bytes,
 ) -> Response<ResponseBody> {
-    let mut resp = Response::new(Full::new(body));
+    let mut resp = Response::new(ResponseBody::new(body));
     *resp.status_mut() = status;
     if let Some(ct) = content_type {
         resp.headers_mut().insert(http::header::CONTENT_TYPE, ct);

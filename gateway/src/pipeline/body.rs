@@ -1,21 +1,43 @@
-//! Read the invocation payload, bounded in size and in time.
+//! Request payloads (read bounded in size and time), what becomes of the
+//! bodies of refused requests, and the answers' bodies.
 //!
 //! A declared `Content-Length` over the limit is refused before a byte of
 //! the body is read; a chunked body is counted as it arrives and refused the
 //! moment it crosses the limit. Nothing is forwarded until the whole payload
 //! is in, so a refused payload never reaches an instance. hyper does not
-//! bound a slow upload by itself; [`Limits::body_read_timeout`] does.
+//! bound a slow upload by itself; [`Limits::body_read_timeout`] does. When a
+//! signature covers the payload, its SHA-256 is computed frame by frame as
+//! the bytes arrive (no second pass, no copy); otherwise nothing is hashed.
 //!
-//! When a signature covers the payload, its SHA-256 is computed frame by
-//! frame as the bytes arrive (no second pass, no copy); otherwise nothing is
-//! hashed.
+//! A refused request's unread body must not cost the client its answer.
+//! Many clients (Python's `http.client`, so `requests` and boto3) write the
+//! whole body before they read, and one that meets a closed connection
+//! mid-write never sees the answer. So ([`unread`]):
+//! - HTTP/1.1: the rest of the body is read and dropped in the background,
+//!   bounded by `max_refused_body_drain_bytes` and
+//!   `refused_body_drain_timeout_ms` (nginx's lingering close), while the
+//!   answer goes out; the connection stays usable when the drain completes.
+//!   A body declared larger than the bound is not read at all and the
+//!   connection closes after the answer; an `Expect: 100-continue` client is
+//!   never asked for its body.
+//! - HTTP/2: the body is held by the answer until its last frame is sent,
+//!   then drained the same way, so the client finishes its upload and reads
+//!   the answer with no reset at all (as nginx does; curl before 8.x fails a
+//!   transfer on any reset, even after a complete answer). Past the bounds
+//!   the body is dropped: the stream, and only it, is then reset with
+//!   `NO_ERROR`, RFC 9113 8.1's way of saying "stop sending, the answer is
+//!   complete", and the connection carries on.
 
 use crate::auth::PayloadHasher;
 use crate::config::Limits;
 use crate::error::InvokeError;
-use bytes::{Buf, Bytes};
-use http_body_util::{BodyExt, Limited};
-use hyper::body::{Body, Incoming};
+use bytes::{Buf, Bytes, BytesMut};
+use http::Version;
+use http_body_util::BodyExt;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use tokio_util::task::TaskTracker;
 
 /// The request's declared `Content-Length`, if any.
@@ -26,113 +48,286 @@ pub fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
         .and_then(|v| v.parse::<u64>().ok())
 }
 
+/// A payload that could not be read, and the part of its body left unread
+/// (for [`unread`]) when the refusal came before its end.
+pub type ReadError = (InvokeError, Option<Incoming>);
+
 /// Reads a payload of at most `limit` bytes, feeding `hasher` when given.
 pub async fn read(
     body: Incoming,
     headers: &http::HeaderMap,
     limit: u64,
-    limits: &Limits,
-    tasks: &TaskTracker,
-    hasher: Option<&mut PayloadHasher>,
-) -> Result<Bytes, InvokeError> {
-    let declared = declared_length(headers);
-    if let Some(size) = declared
+    timeout: std::time::Duration,
+    mut hasher: Option<&mut PayloadHasher>,
+) -> Result<Bytes, ReadError> {
+    if let Some(size) = declared_length(headers)
         && size > limit
     {
-        discard(body, headers, limits, tasks);
-        return Err(InvokeError::PayloadTooLarge {
+        let e = InvokeError::PayloadTooLarge {
             limit,
             size: Some(size),
-        });
-    }
-    let body = Limited::new(body, limit as usize);
-    let read = async {
-        match hasher {
-            None => body.collect().await.map(|c| c.to_bytes()),
-            Some(h) => hashed(body, h).await,
-        }
-    };
-    match tokio::time::timeout(limits.body_read_timeout, read).await {
-        Err(_) => Err(InvokeError::BodyTimeout(limits.body_read_timeout)),
-        Ok(Ok(b)) => Ok(b),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-            Err(InvokeError::PayloadTooLarge { limit, size: None })
-        }
-        Ok(Err(e)) => Err(InvokeError::BodyRead(e.to_string().into())),
-    }
-}
-
-/// Collects `body` as `collect` does, hashing each data frame as it arrives.
-async fn hashed(
-    mut body: Limited<Incoming>,
-    h: &mut PayloadHasher,
-) -> Result<Bytes, Box<dyn std::error::Error + Send + Sync>> {
-    let mut first: Option<Bytes> = None;
-    let mut rest: Option<bytes::BytesMut> = None;
-    while let Some(frame) = body.frame().await {
-        let Ok(data) = frame?.into_data() else {
-            continue;
         };
-        h.update(data.chunk());
+        return Err((e, Some(body)));
+    }
+    let mut body = body;
+    let read = async {
         // One frame (the usual small payload) stays as it came; more are
         // joined once, as `collect` would.
-        match (&mut first, &mut rest) {
-            (None, _) => first = Some(data),
-            (Some(f), None) => {
-                let mut joined = bytes::BytesMut::with_capacity(f.len() + data.len());
-                joined.extend_from_slice(f);
-                joined.extend_from_slice(&data);
-                rest = Some(joined);
+        let mut first: Option<Bytes> = None;
+        let mut joined: Option<BytesMut> = None;
+        let mut len = 0u64;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| InvokeError::BodyRead(e.to_string().into()))?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            len += data.len() as u64;
+            if len > limit {
+                return Err(InvokeError::PayloadTooLarge { limit, size: None });
             }
-            (Some(_), Some(joined)) => joined.extend_from_slice(&data),
+            if let Some(h) = hasher.as_deref_mut() {
+                h.update(data.chunk());
+            }
+            match (&first, &mut joined) {
+                (None, _) => first = Some(data),
+                (Some(f), None) => {
+                    let mut j = BytesMut::with_capacity(f.len() + data.len());
+                    j.extend_from_slice(f);
+                    j.extend_from_slice(&data);
+                    joined = Some(j);
+                }
+                (Some(_), Some(j)) => j.extend_from_slice(&data),
+            }
         }
+        Ok(match (first, joined) {
+            (_, Some(j)) => j.freeze(),
+            (Some(f), None) => f,
+            (None, None) => Bytes::new(),
+        })
+    };
+    match tokio::time::timeout(timeout, read).await {
+        Err(_) => Err((InvokeError::BodyTimeout(timeout), None)),
+        Ok(Ok(payload)) => Ok(payload),
+        Ok(Err(e @ InvokeError::PayloadTooLarge { .. })) => Err((e, Some(body))),
+        Ok(Err(e)) => Err((e, None)),
     }
-    Ok(match (first, rest) {
-        (_, Some(joined)) => joined.freeze(),
-        (Some(f), None) => f,
-        (None, None) => Bytes::new(),
-    })
 }
 
-/// After an answer given from the head alone (denied, unknown function,
-/// declared size over the limit), reads and drops the unread body in the
-/// background, bounded by `max_refused_body_drain_bytes` and the body read
-/// timeout. Like nginx's lingering close: the client finishes its upload and
-/// reads the answer instead of meeting a reset, and an HTTP/1.1 connection
-/// stays usable for its next request. A body declared larger than the bound is
-/// not read at all: hyper then closes the connection after the answer (HTTP/2
-/// resets just that stream). Nothing read here goes anywhere.
-pub fn discard(body: Incoming, headers: &http::HeaderMap, limits: &Limits, tasks: &TaskTracker) {
-    if body.is_end_stream() {
-        return;
+/// How the unread body of a refused request ended, as counted in
+/// `fngate_refused_body_drains_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drain {
+    /// Read to its end: the client got its answer, the connection lives on.
+    Complete,
+    /// Declared, or grown, past `max_refused_body_drain_bytes`: the HTTP/1.1
+    /// connection closes after the answer; the HTTP/2 stream is reset
+    /// (`NO_ERROR`).
+    TooLarge,
+    /// Not done within `refused_body_drain_timeout_ms` (likewise).
+    Timeout,
+    /// `Expect: 100-continue`: the client sends nothing unless asked.
+    NotSent,
+}
+
+impl Drain {
+    pub const ALL: [Drain; 4] = [
+        Drain::Complete,
+        Drain::TooLarge,
+        Drain::Timeout,
+        Drain::NotSent,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Drain::Complete => "complete",
+            Drain::TooLarge => "too_large",
+            Drain::Timeout => "timeout",
+            Drain::NotSent => "not_sent",
+        }
     }
-    let max = limits.max_refused_body_drain_bytes;
-    let declared = declared_length(headers);
-    if declared.is_some_and(|n| n > max) {
-        return;
+}
+
+/// The counters of [`unread`].
+#[derive(Clone)]
+pub struct DrainMetrics {
+    /// Indexed like [`Drain::ALL`].
+    pub drains: Vec<prometheus::IntCounter>,
+    pub bytes: prometheus::IntCounter,
+}
+
+/// Everything a drain needs, to run later from where the body is dropped.
+struct Drainer {
+    max: u64,
+    timeout: std::time::Duration,
+    tasks: TaskTracker,
+    metrics: DrainMetrics,
+}
+
+impl Drainer {
+    fn count(&self, d: Drain) {
+        self.metrics.drains[d as usize].inc();
+    }
+
+    /// Reads and drops what is left of `body` (`read` bytes of it gone
+    /// already) in a task of its own, bounded; chunks are dropped as they
+    /// come, so draining holds no memory.
+    fn spawn(self, mut body: Incoming, mut read: u64) {
+        let tracker = self.tasks.clone();
+        tracker.spawn(async move {
+            let drain = async {
+                while let Some(frame) = body.frame().await {
+                    let Ok(frame) = frame else {
+                        return Drain::Complete;
+                    };
+                    let n = frame.data_ref().map_or(0, |d| d.len() as u64);
+                    self.metrics.bytes.inc_by(n);
+                    read += n;
+                    if read > self.max {
+                        return Drain::TooLarge;
+                    }
+                }
+                Drain::Complete
+            };
+            let how = tokio::time::timeout(self.timeout, drain)
+                .await
+                .unwrap_or(Drain::Timeout);
+            self.count(how);
+        });
+    }
+}
+
+/// A refused request's unread body, held by its answer (HTTP/2): drained
+/// once the answer has been sent (see [`unread`]).
+pub struct Held {
+    body: Option<Incoming>,
+    drainer: Option<Drainer>,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let (Some(body), Some(d)) = (self.body.take(), self.drainer.take()) {
+            d.spawn(body, 0);
+        }
+    }
+}
+
+/// Deals with the unread rest of a refused request's body (see the module
+/// docs). Returns what the answer must hold (HTTP/2).
+pub fn unread(
+    body: Incoming,
+    headers: &http::HeaderMap,
+    version: Version,
+    limits: &Limits,
+    tasks: &TaskTracker,
+    metrics: &DrainMetrics,
+) -> Option<Held> {
+    if body.is_end_stream() {
+        return None;
+    }
+    let drainer = Drainer {
+        max: limits.max_refused_body_drain_bytes,
+        timeout: limits.refused_body_drain_timeout,
+        tasks: tasks.clone(),
+        metrics: metrics.clone(),
+    };
+    if headers
+        .get(http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+    {
+        drainer.count(Drain::NotSent);
+        return None;
+    }
+    if declared_length(headers).is_some_and(|n| n > drainer.max) {
+        // Too much to wait for. HTTP/2 still holds it, so that the reset
+        // comes after the complete answer (NO_ERROR).
+        drainer.count(Drain::TooLarge);
+        return (version == Version::HTTP_2).then_some(Held {
+            body: Some(body),
+            drainer: None,
+        });
+    }
+    if version == Version::HTTP_2 {
+        return Some(Held {
+            body: Some(body),
+            drainer: Some(drainer),
+        });
     }
     // Usually the small body of a refused request has already arrived with
     // its head: drop it here rather than spawn a task for it.
     let mut body = body;
-    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    let mut cx = Context::from_waker(std::task::Waker::noop());
     let mut read = 0u64;
     loop {
-        match std::pin::Pin::new(&mut body).poll_frame(&mut cx) {
-            std::task::Poll::Ready(Some(Ok(frame))) => {
+        match Pin::new(&mut body).poll_frame(&mut cx) {
+            Poll::Ready(Some(Ok(frame))) => {
                 read += frame.data_ref().map_or(0, |d| d.len() as u64);
-                if read > max {
-                    return;
+                if read > drainer.max {
+                    metrics.bytes.inc_by(read);
+                    drainer.count(Drain::TooLarge);
+                    return None;
                 }
             }
             // The end, or an error: nothing more to drain.
-            std::task::Poll::Ready(_) => return,
-            std::task::Poll::Pending => break,
+            Poll::Ready(_) => {
+                metrics.bytes.inc_by(read);
+                drainer.count(Drain::Complete);
+                return None;
+            }
+            Poll::Pending => break,
         }
     }
-    let max = max - read;
-    let timeout = limits.body_read_timeout;
-    tasks.spawn(async move {
-        let collect = Limited::new(body, max as usize).collect();
-        let _ = tokio::time::timeout(timeout, collect).await;
-    });
+    metrics.bytes.inc_by(read);
+    drainer.spawn(body, read);
+    None
+}
+
+/// An answer's body: one buffer, sent as one frame. It may hold a refused
+/// request's unread body until the answer has been sent in full (HTTP/2, see
+/// [`unread`]).
+pub struct ResponseBody {
+    data: Option<Bytes>,
+    held: Option<Held>,
+}
+
+impl ResponseBody {
+    pub fn new(data: Bytes) -> Self {
+        ResponseBody {
+            data: (!data.is_empty()).then_some(data),
+            held: None,
+        }
+    }
+
+    /// Keeps a refused request's body until this body is dropped, after
+    /// its last frame has been sent.
+    pub fn hold(&mut self, request: Held) {
+        self.held = Some(request);
+    }
+
+    pub fn len(&self) -> u64 {
+        self.data.as_ref().map_or(0, |d| d.len() as u64)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.data.is_none()
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        Poll::Ready(self.get_mut().data.take().map(|d| Ok(Frame::data(d))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.data.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.len())
+    }
 }

@@ -44,7 +44,7 @@ use crate::scheduler::{FunctionPool, Scheduler};
 use crate::throttle::Throttled;
 use forward::Call;
 use http::{HeaderValue, Request, Response, StatusCode};
-use hyper::body::{Body, Incoming};
+use hyper::body::Incoming;
 use std::sync::Arc;
 use std::time::SystemTime;
 use tokio::sync::OwnedSemaphorePermit;
@@ -63,6 +63,7 @@ pub struct Pipeline {
     networks: NetworkIndex,
     unknown: FunctionMetrics,
     usage: Option<UsageLog>,
+    drains: body::DrainMetrics,
     pub asynchronous: asynchronous::AsyncQueue,
 }
 
@@ -116,6 +117,7 @@ impl Pipeline {
             },
             auth: config.auth.clone(),
             usage,
+            drains: metrics.refused_body.clone(),
         }
     }
 
@@ -173,7 +175,7 @@ impl Pipeline {
             Ok(inv) => inv,
             Err(e) => {
                 let done = refused("(unknown)", None, None, e.outcome());
-                return Ok(self.refuse(&ctx, done, e, &parts.headers, body).await);
+                return Ok(self.refuse(&ctx, done, e, &parts, body).await);
             }
         };
         let qualifier = inv.qualifier.as_deref();
@@ -188,7 +190,7 @@ impl Pipeline {
                 },
             };
             let done = refused(&inv.function, qualifier, None, e.outcome());
-            return Ok(self.refuse(&ctx, done, e, &parts.headers, body).await);
+            return Ok(self.refuse(&ctx, done, e, &parts, body).await);
         };
 
         // 3: ingress policy, from the head and the connection alone.
@@ -199,7 +201,7 @@ impl Pipeline {
             }
             let done = refused(&inv.function, qualifier, Some(&pool), Outcome::Denied);
             let e = InvokeError::AccessDenied(denial);
-            return Ok(self.refuse(&ctx, done, e, &parts.headers, body).await);
+            return Ok(self.refuse(&ctx, done, e, &parts, body).await);
         }
 
         // 4: credentials, from the head.
@@ -210,7 +212,7 @@ impl Pipeline {
                     pool.metrics.auth_failures[ctx.dialect.api().index()][a.index()].inc();
                 }
                 let done = refused(&inv.function, qualifier, Some(&pool), e.outcome());
-                return Ok(self.refuse(&ctx, done, e, &parts.headers, body).await);
+                return Ok(self.refuse(&ctx, done, e, &parts, body).await);
             }
         };
         let head_key = match &authn {
@@ -228,7 +230,7 @@ impl Pipeline {
                 Err(t) => {
                     let done = refused(&inv.function, qualifier, Some(&pool), Outcome::Throttled);
                     let e = InvokeError::Throttled(t);
-                    return Ok(self.refuse(&ctx, done, e, &parts.headers, body).await);
+                    return Ok(self.refuse(&ctx, done, e, &parts, body).await);
                 }
             }
         }
@@ -241,20 +243,16 @@ impl Pipeline {
             Kind::Sync | Kind::DryRun => self.limits.max_body_bytes,
         };
         let mut hasher = authn.needs_payload_hash().then(PayloadHasher::default);
-        let tasks = self.scheduler.tasks();
-        let read = body::read(
-            body,
-            &parts.headers,
-            limit,
-            &self.limits,
-            tasks,
-            hasher.as_mut(),
-        );
+        let timeout = self.limits.body_read_timeout;
+        let read = body::read(body, &parts.headers, limit, timeout, hasher.as_mut());
         let payload = match read.await {
             Ok(p) => p,
-            Err(e) => {
+            Err((e, rest)) => {
                 let done = refused(&inv.function, qualifier, Some(&pool), e.outcome());
-                let resp = self.error(&ctx, &done, &e);
+                let mut resp = self.error(&ctx, &done, &e);
+                if let Some(rest) = rest {
+                    self.unread(rest, &parts, &mut resp);
+                }
                 return Ok(self.finish(&ctx, done, resp).await);
             }
         };
@@ -434,19 +432,41 @@ impl Pipeline {
         }
     }
 
-    /// Answers a request refused from its head (stages 1-5): drops its
-    /// unread body (bounded) and renders the error.
+    /// Answers a request refused from its head (stages 1-5): renders the
+    /// error, and deals with the unread body so the client gets it.
     async fn refuse(
         &self,
         ctx: &Ctx<'_>,
         done: Done<'_>,
         err: InvokeError,
-        headers: &http::HeaderMap,
+        parts: &http::request::Parts,
         body: Incoming,
     ) -> Response<ResponseBody> {
-        body::discard(body, headers, &self.limits, self.scheduler.tasks());
-        let resp = self.error(ctx, &done, &err);
+        let mut resp = self.error(ctx, &done, &err);
+        self.unread(body, parts, &mut resp);
         self.finish(ctx, done, resp).await
+    }
+
+    /// The unread rest of a refused request's body: drained (HTTP/1.1) or
+    /// held by the answer (HTTP/2), see [`body::unread`].
+    fn unread(
+        &self,
+        body: Incoming,
+        parts: &http::request::Parts,
+        resp: &mut Response<ResponseBody>,
+    ) {
+        let tasks = self.scheduler.tasks();
+        let held = body::unread(
+            body,
+            &parts.headers,
+            parts.version,
+            &self.limits,
+            tasks,
+            &self.drains,
+        );
+        if let Some(b) = held {
+            resp.body_mut().hold(b);
+        }
     }
 
     /// Counts a client's request and writes its usage record.
@@ -458,7 +478,7 @@ impl Pipeline {
     ) -> Response<ResponseBody> {
         // An internal call's answer reaches no client: it is not traffic.
         let bytes_out = match ctx.origin {
-            Origin::Client(_) => resp.body().size_hint().exact().unwrap_or(0),
+            Origin::Client(_) => resp.body().len(),
             Origin::Internal => 0,
         };
         self.account(ctx, ctx.dialect.api(), done, resp.status(), bytes_out)

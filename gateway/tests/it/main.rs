@@ -4,6 +4,7 @@
 mod asynchronous;
 mod docker;
 mod doors;
+mod hardening;
 mod harness;
 mod ingress;
 mod invoke;

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-fn venv_bin(name: &str) -> PathBuf {
+pub fn venv_bin(name: &str) -> PathBuf {
     let dir = std::env::var_os("FNGATE_SDK_VENV")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo().join("target/sdk-venv"));
@@ -25,7 +25,7 @@ fn venv_bin(name: &str) -> PathBuf {
 
 /// A command that sees no AWS or Alibaba Cloud settings of this machine and
 /// talks to nothing but the gateway.
-fn isolated(program: PathBuf, home: &Path) -> Command {
+pub fn isolated(program: PathBuf, home: &Path) -> Command {
     let mut cmd = Command::new(program);
     for (k, _) in std::env::vars() {
         if k.starts_with("AWS_")
@@ -49,7 +49,7 @@ fn endpoint(gw: &Gateway) -> String {
 }
 
 /// Runs one of the SDK scripts against `gw`; it must end with "all ok".
-async fn run_script(gw: &Gateway, script: &str) -> String {
+pub async fn run_script(gw: &Gateway, script: &str) -> String {
     let home = tempfile::tempdir().unwrap();
     let mut cmd = isolated(venv_bin("python"), home.path());
     cmd.arg(script).arg(endpoint(gw)).arg(&gw.ca);
