@@ -136,6 +136,7 @@ struct GatewaySection {
     drain_timeout_s: u64,
     max_instance_lifetime_s: u64,
     instance_start_timeout_ms: u64,
+    worker_timeout_ms: u64,
     embedded_worker_memory_mb: u64,
     threads: Option<u64>,
     max_async_queued: u32,
@@ -175,6 +176,7 @@ impl Default for GatewaySection {
             drain_timeout_s: 30,
             max_instance_lifetime_s: 36 * 3600,
             instance_start_timeout_ms: 30_000,
+            worker_timeout_ms: 5_000,
             embedded_worker_memory_mb: 4096,
             threads: None,
             max_async_queued: 1000,
@@ -328,6 +330,8 @@ pub struct GatewayConfig {
     pub drain_timeout: Duration,
     pub max_instance_lifetime: Duration,
     pub instance_start_timeout: Duration,
+    /// How long a worker may take to answer an API call (see [`crate::workers`]).
+    pub worker_timeout: Duration,
     pub embedded_worker_memory_mb: u64,
     /// Runtime shards (threads serving connections), see [`crate::shards`].
     pub threads: usize,
@@ -805,6 +809,7 @@ impl Config {
                     "gateway.instance_start_timeout_ms",
                     g.instance_start_timeout_ms,
                 )?),
+                worker_timeout: ms(positive("gateway.worker_timeout_ms", g.worker_timeout_ms)?),
                 embedded_worker_memory_mb: positive(
                     "gateway.embedded_worker_memory_mb",
                     g.embedded_worker_memory_mb,

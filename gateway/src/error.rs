@@ -51,6 +51,9 @@ pub enum InvokeError {
     },
     #[error("gateway is shutting down")]
     ShuttingDown,
+    /// No sandbox worker answered in time to start an instance.
+    #[error("no sandbox worker answered in time")]
+    WorkerUnavailable,
 
     // ---- the function failed (rendered as the function's error, HTTP 200 in FC) ----
     #[error("function timed out after {0:?}")]
@@ -78,7 +81,9 @@ impl InvokeError {
             | InvokeError::BadFunctionResponse { .. } => Outcome::FunctionError,
             InvokeError::NoCapacity { .. } | InvokeError::Throttled(_) => Outcome::Throttled,
             InvokeError::InstanceStartFailed { .. } => Outcome::StartFailed,
-            InvokeError::Internal(_) | InvokeError::ShuttingDown => Outcome::GatewayError,
+            InvokeError::Internal(_)
+            | InvokeError::ShuttingDown
+            | InvokeError::WorkerUnavailable => Outcome::GatewayError,
             InvokeError::AccessDenied(_) => Outcome::Denied,
             InvokeError::Unauthenticated(_) => Outcome::Unauthenticated,
             InvokeError::RouteNotFound { .. }

@@ -99,9 +99,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         }));
         tracing::info!(%addr, "started the embedded sandbox worker");
     }
+    let timeouts = workers::WorkerTimeouts {
+        call: g.worker_timeout,
+        start: g.instance_start_timeout,
+    };
     let mut workers = Vec::new();
     for url in urls {
-        workers.push(Arc::new(connect_worker(url, client.clone()).await?));
+        workers.push(Arc::new(
+            connect_worker(url, client.clone(), timeouts).await?,
+        ));
     }
 
     let networks = metrics::NetworkIndex::new(&config.ingress.vpcs);
@@ -111,8 +117,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         &metrics,
         &networks,
         &g.throttle,
-        g.instance_start_timeout,
-        g.max_instance_lifetime,
+        scheduler::Times {
+            start_timeout: g.instance_start_timeout,
+            worker_timeout: g.worker_timeout,
+            max_lifetime: g.max_instance_lifetime,
+        },
     );
     scheduler::reaper::spawn(&scheduler);
 
@@ -246,10 +255,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 async fn connect_worker(
     url: String,
     client: workers::HttpClient,
+    timeouts: workers::WorkerTimeouts,
 ) -> Result<workers::Worker, workers::WorkerError> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        match workers::Worker::connect(url.clone(), client.clone()).await {
+        match workers::Worker::connect(url.clone(), client.clone(), timeouts).await {
             Ok(w) => return Ok(w),
             Err(e) if tokio::time::Instant::now() < deadline => {
                 tracing::warn!(error = %e, "worker not reachable yet; retrying");

@@ -150,9 +150,9 @@ impl Dialect for Azure {
             InvokeError::Throttled(_) | InvokeError::NoCapacity { .. } => {
                 StatusCode::TOO_MANY_REQUESTS
             }
-            InvokeError::InstanceStartFailed { .. } | InvokeError::ShuttingDown => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            InvokeError::InstanceStartFailed { .. }
+            | InvokeError::ShuttingDown
+            | InvokeError::WorkerUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             InvokeError::Internal(_)
             | InvokeError::FunctionTimeout(_)
             | InvokeError::InstanceCrashed { .. }
@@ -220,6 +220,10 @@ impl Dialect for Azure {
             InvokeError::ShuttingDown => {
                 body("ServiceUnavailable", "the gateway is shutting down; retry")
             }
+            InvokeError::WorkerUnavailable => body(
+                "ServiceUnavailable",
+                "no sandbox worker could start an instance in time; retry",
+            ),
             // As Azure: a failed function is a bare 500, its cause stays in the logs.
             InvokeError::Internal(_)
             | InvokeError::FunctionTimeout(_)

@@ -187,7 +187,9 @@ impl Dialect for Fc {
                 StatusCode::TOO_MANY_REQUESTS
             }
             InvokeError::InstanceStartFailed { .. } => StatusCode::PRECONDITION_FAILED,
-            InvokeError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            InvokeError::ShuttingDown | InvokeError::WorkerUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             InvokeError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             InvokeError::FunctionTimeout(_)
             | InvokeError::InstanceCrashed { .. }
@@ -309,6 +311,10 @@ impl Dialect for Fc {
             InvokeError::ShuttingDown => {
                 gateway("ServiceUnavailable", "the gateway is shutting down; retry")
             }
+            InvokeError::WorkerUnavailable => gateway(
+                "ServiceUnavailable",
+                "no sandbox worker could start an instance in time; retry",
+            ),
             InvokeError::Internal(_) => {
                 gateway("InternalServerError", "an internal error occurred")
             }

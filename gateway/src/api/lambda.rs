@@ -422,7 +422,9 @@ impl Dialect for Lambda {
             InvokeError::Unauthenticated(_) | InvokeError::AccessDenied(_) => StatusCode::FORBIDDEN,
             InvokeError::Throttled(_) => StatusCode::TOO_MANY_REQUESTS,
             InvokeError::NoCapacity { .. } => StatusCode::BAD_GATEWAY,
-            InvokeError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            InvokeError::ShuttingDown | InvokeError::WorkerUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             InvokeError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             InvokeError::InstanceStartFailed { .. }
             | InvokeError::FunctionTimeout(_)
@@ -551,6 +553,12 @@ impl Dialect for Lambda {
                 "EC2ThrottledException",
                 "Service",
                 format!("Lambda was unable to scale: no worker has {memory_mb} MB of memory free for a new instance.").into(),
+                None,
+            ),
+            InvokeError::WorkerUnavailable => gateway(
+                "ServiceException",
+                "Service",
+                "No sandbox worker could start an instance in time; retry.".into(),
                 None,
             ),
             InvokeError::ShuttingDown => gateway(

@@ -95,6 +95,7 @@ pub(crate) fn every_error() -> Vec<InvokeError> {
             stderr_tail: "boom\n".into(),
         },
         InvokeError::ShuttingDown,
+        InvokeError::WorkerUnavailable,
         InvokeError::internal("secret detail"),
         InvokeError::FunctionTimeout(Duration::from_secs(3)),
         InvokeError::InstanceCrashed {

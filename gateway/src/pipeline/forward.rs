@@ -16,8 +16,9 @@
 //! Failure handling:
 //! - cannot connect: the instance died while idle; it is reclaimed and the
 //!   invocation retried once on another (nothing was sent, so it is safe);
-//! - no answer within `timeout_s`: timeout error, the instance is reclaimed
-//!   (killed) and a fresh one starts on demand;
+//! - no answer within `timeout_s`: timeout error; the instance takes no more
+//!   work and is reclaimed (killed) once its other invocations in flight end
+//!   (at once when it has none); a fresh one starts on demand;
 //! - the connection broke or the answer is not HTTP: the worker is asked
 //!   whether the process ended; if it did, the error says how and the instance
 //!   is reclaimed, otherwise it is an invalid-response error.
@@ -240,6 +241,7 @@ async fn attempt(
     let req = request(pool, call, host, payload, request_id).map_err(Attempt::Failed)?;
 
     let timeout = pool.cfg.timeout;
+    let deadline = tokio::time::Instant::now() + timeout;
     let max = p.limits.max_response_bytes as usize;
     let exchange = async {
         // A pooled connection the instance closed meanwhile fails before the
@@ -277,9 +279,9 @@ async fn attempt(
             return Ok::<_, CallError>((parts, body));
         }
     };
-    let (parts, body) = match tokio::time::timeout(timeout, exchange).await {
+    let (parts, body) = match tokio::time::timeout_at(deadline, exchange).await {
         Err(_) => {
-            p.scheduler.reclaim(pool, inst, "timeout");
+            p.scheduler.timed_out(pool, inst);
             return Err(Attempt::Failed(InvokeError::FunctionTimeout(timeout)));
         }
         Ok(Ok(r)) => r,
@@ -290,7 +292,8 @@ async fn attempt(
                     detail: format!("response body exceeds {max} bytes").into(),
                 }));
             }
-            let e = match p.scheduler.exit_of(pool, inst).await {
+            // Within the invocation's own time: a slow worker cannot stretch it.
+            let e = match p.scheduler.exit_of(pool, inst, deadline).await {
                 Some(exit) => InvokeError::InstanceCrashed {
                     detail: exit.into(),
                 },

@@ -34,15 +34,41 @@ use tokio_util::task::TaskTracker;
 pub struct Scheduler {
     functions: HashMap<Arc<str>, Arc<FunctionPool>>,
     limits: GatewayLimits,
+    /// Callers of any function waiting while `max_instances` bites; only
+    /// then does a reclaim notify `gone`.
+    gone_waiters: AtomicUsize,
+    gone: Notify,
     live_gauge: prometheus::IntGauge,
     worker_memory: prometheus::IntGaugeVec,
     workers: Vec<Arc<Worker>>,
     ids: IdGen,
     start_timeout: Duration,
+    worker_timeout: Duration,
     max_lifetime: Duration,
     epoch: Instant,
     closing: CancellationToken,
     tasks: TaskTracker,
+}
+
+/// The scheduler's time bounds.
+#[derive(Debug, Clone, Copy)]
+pub struct Times {
+    /// `instance_start_timeout_ms`.
+    pub start_timeout: Duration,
+    /// `worker_timeout_ms`.
+    pub worker_timeout: Duration,
+    /// `max_instance_lifetime_s`.
+    pub max_lifetime: Duration,
+}
+
+/// When a caller refused a start by `t` looks again, at the latest: the
+/// start-rate limiter knows when the next start may go; for the instance
+/// limit only a release (which wakes it) or its deadline will do.
+fn wake_at(t: &crate::throttle::Throttled, now: Instant, deadline: Instant) -> Instant {
+    match t.limit {
+        crate::throttle::LimitKind::InstanceStartRate => (now + t.retry_after).min(deadline),
+        _ => deadline,
+    }
 }
 
 pub struct FunctionPool {
@@ -179,8 +205,7 @@ impl Scheduler {
         metrics: &Metrics,
         networks: &crate::metrics::NetworkIndex,
         throttle: &GatewayThrottle,
-        start_timeout: Duration,
-        max_lifetime: Duration,
+        times: Times,
     ) -> Arc<Scheduler> {
         let functions = functions
             .iter()
@@ -213,12 +238,15 @@ impl Scheduler {
                 throttle.max_instances,
                 throttle.max_instance_starts_per_minute,
             ),
+            gone_waiters: AtomicUsize::new(0),
+            gone: Notify::new(),
             live_gauge: metrics.live_instances.clone(),
             worker_memory: metrics.worker_memory.clone(),
             workers,
             ids: IdGen::new(),
-            start_timeout,
-            max_lifetime,
+            start_timeout: times.start_timeout,
+            worker_timeout: times.worker_timeout,
+            max_lifetime: times.max_lifetime,
             epoch: Instant::now(),
             closing: CancellationToken::new(),
             tasks: TaskTracker::new(),
@@ -266,16 +294,19 @@ impl Scheduler {
 
     /// Reserves a slot on an instance of `pool`, starting one if needed.
     /// When a scale-out limit forbids a start, waits up to the function's
-    /// `queue_timeout_ms` for a slot to free on an existing instance.
+    /// `queue_timeout_ms` for a way on: a slot freed on one of its instances,
+    /// an instance of any function gone (`max_instances`), or the time the
+    /// start-rate limiter names.
     pub async fn acquire(self: &Arc<Self>, pool: &Arc<FunctionPool>) -> Result<Slot, InvokeError> {
         let deadline = Instant::now() + pool.limits.queue_timeout;
         loop {
             if self.closing.is_cancelled() {
                 return Err(InvokeError::ShuttingDown);
             }
-            // Registered before looking, so a slot freed in between still wakes us.
+            // Registered before looking, so a release in between still wakes us.
             let freed = pool.freed.notified();
-            tokio::pin!(freed);
+            let gone = self.gone.notified();
+            tokio::pin!(freed, gone);
             let throttled = match self.try_acquire(pool) {
                 Ok(slot) => return self.wait_started(slot).await,
                 Err(t) => t,
@@ -284,17 +315,24 @@ impl Scheduler {
                 return Err(InvokeError::Throttled(throttled));
             }
             pool.waiting.fetch_add(1, Ordering::AcqRel);
+            self.gone_waiters.fetch_add(1, Ordering::AcqRel);
             freed.as_mut().enable();
-            // Re-check after enabling: a slot may have freed before we registered.
-            let again = self.try_acquire(pool);
-            let r = match again {
+            gone.as_mut().enable();
+            // Re-check after enabling: something may have freed before we registered.
+            let r = match self.try_acquire(pool) {
                 Ok(slot) => Some(slot),
-                Err(_) => {
-                    let _ = tokio::time::timeout_at(deadline, freed).await;
+                Err(t) => {
+                    let wake = wake_at(&t, Instant::now(), deadline);
+                    tokio::select! {
+                        _ = &mut freed => {}
+                        _ = &mut gone => {}
+                        _ = tokio::time::sleep_until(wake) => {}
+                    }
                     None
                 }
             };
             pool.waiting.fetch_sub(1, Ordering::AcqRel);
+            self.gone_waiters.fetch_sub(1, Ordering::AcqRel);
             if let Some(slot) = r {
                 return self.wait_started(slot).await;
             }
@@ -339,11 +377,15 @@ impl Scheduler {
     async fn wait_started(&self, slot: Slot) -> Result<Slot, InvokeError> {
         if slot.cold {
             let mut rx = slot.instance.started.subscribe();
-            let state = rx
-                .wait_for(|s| !matches!(s, StartState::Pending))
-                .await
-                .map(|s| s.clone())
-                .unwrap_or(StartState::Failed(InvokeError::ShuttingDown));
+            // The start itself is bounded (placement's worker calls); this
+            // bound keeps a caller from waiting past it whatever happens.
+            let bound = self.start_timeout + self.worker_timeout * 2;
+            let wait = rx.wait_for(|s| !matches!(s, StartState::Pending));
+            let state = match tokio::time::timeout(bound, wait).await {
+                Ok(Ok(s)) => s.clone(),
+                Ok(Err(_)) => StartState::Failed(InvokeError::ShuttingDown),
+                Err(_) => StartState::Failed(InvokeError::WorkerUnavailable),
+            };
             if let StartState::Failed(e) = state {
                 return Err(e);
             }
@@ -353,10 +395,9 @@ impl Scheduler {
 
     /// A new instance in `Starting`; the caller has passed `admit_start`.
     fn new_instance(&self, pool: &FunctionPool) -> Arc<Instance> {
-        pool.metrics.starting.inc();
         self.live_gauge.set(i64::from(self.limits.live_instances()));
         let id = self.ids.instance_id();
-        Arc::new(Instance {
+        let inst = Arc::new(Instance {
             id_header: http::HeaderValue::from_str(&id).expect("ids are hex and '-'"),
             id: id.into(),
             function: pool.cfg.name.clone(),
@@ -366,12 +407,15 @@ impl Scheduler {
             worker: OnceLock::new(),
             host_header: OnceLock::new(),
             upstream: Default::default(),
-            phase: AtomicU8::new(phase_to(Phase::Starting)),
+            // Not yet counted: `set_phase` below moves it (and its gauge) on.
+            phase: AtomicU8::new(phase_to(Phase::Gone)),
             in_flight: AtomicU32::new(0),
             last_used_ms: AtomicU64::new(self.now_ms()),
             reclaimed: AtomicBool::new(false),
             started: watch::channel(StartState::Pending).0,
-        })
+        });
+        pool.set_phase(&inst, Phase::Starting);
+        inst
     }
 
     /// Starts `inst` in a task of its own, so that a caller going away does
@@ -438,6 +482,9 @@ impl Scheduler {
         pool.metrics.released(why);
         self.limits.instance_gone();
         self.live_gauge.set(i64::from(self.limits.live_instances()));
+        if self.gone_waiters.load(Ordering::Acquire) > 0 {
+            self.gone.notify_waiters();
+        }
         if let Some(worker) = inst.worker.get().cloned() {
             let id = inst.id.clone();
             let mb = u64::from(inst.memory_mb);
@@ -452,26 +499,91 @@ impl Scheduler {
     }
 
     /// Asks the instance's worker why a call to it failed: `Some(exit)` when
-    /// the process has ended (the instance is then reclaimed).
-    pub async fn exit_of(&self, pool: &FunctionPool, inst: &Arc<Instance>) -> Option<String> {
+    /// the process has ended (the instance is then reclaimed). Bounded by
+    /// `deadline` (the invocation's own): a worker that does not say in time
+    /// leaves the instance to the reaper and the cause unknown (`None`).
+    pub async fn exit_of(
+        &self,
+        pool: &FunctionPool,
+        inst: &Arc<Instance>,
+        deadline: Instant,
+    ) -> Option<String> {
         let worker = inst.worker.get()?.clone();
         // A broken connection usually means the process is exiting right now.
-        let info = worker
-            .instance(&inst.id, Duration::from_millis(500))
-            .await
-            .ok();
+        let ask = worker.instance(&inst.id, Duration::from_millis(500));
+        let info = match tokio::time::timeout_at(deadline, ask).await {
+            Err(_) => return None,
+            Ok(info) => info,
+        };
         match info {
-            Some(info) if info.exit.is_none() => None,
-            Some(info) => {
+            Ok(info) if info.exit.is_none() => None,
+            Ok(info) => {
                 self.reclaim(pool, inst, "exited");
                 info.exit.map(|e| e.to_string())
             }
             // The worker no longer knows it: it is gone.
-            None => {
+            Err(crate::workers::WorkerError::Api { status, .. })
+                if status == http::StatusCode::NOT_FOUND =>
+            {
                 self.reclaim(pool, inst, "unknown to its worker");
                 Some("is no longer running".into())
             }
+            // It did not say (unreachable, timed out): unknown.
+            Err(_) => None,
         }
+    }
+
+    /// After an invocation timed out on `inst`: no more work for it, and it
+    /// is reclaimed now, or when its other invocations in flight end (each
+    /// bounded by its own timeout), so they are not killed with it.
+    pub fn timed_out(&self, pool: &FunctionPool, inst: &Arc<Instance>) {
+        {
+            let _list = pool.instances.lock().unwrap();
+            // The caller's own slot is still held: more than one is someone else.
+            if inst.in_flight() > 1 && inst.phase() != Phase::Gone {
+                pool.set_phase(inst, Phase::Draining);
+                tracing::info!(function = %pool.cfg.name, instance = %inst.id, in_flight = inst.in_flight() - 1, "invocation timed out; draining the instance's other invocations");
+                return;
+            }
+        }
+        self.reclaim(pool, inst, "timeout");
+    }
+
+    /// Reclaims `inst` if it is still idle (`Ready`, nothing in flight), or
+    /// `Draining` with nothing in flight: checked under the function's lock,
+    /// where slots are reserved, so no invocation can be routed to it in
+    /// between. Returns whether it was reclaimed.
+    pub(crate) fn reclaim_if_unused(
+        &self,
+        pool: &FunctionPool,
+        inst: &Arc<Instance>,
+        why: &'static str,
+    ) -> bool {
+        {
+            let _list = pool.instances.lock().unwrap();
+            let unused =
+                matches!(inst.phase(), Phase::Ready | Phase::Draining) && inst.in_flight() == 0;
+            if !unused {
+                return false;
+            }
+            // Pickers see this before the lock is released: none will choose it.
+            pool.set_phase(inst, Phase::Draining);
+        }
+        self.reclaim(pool, inst, why);
+        true
+    }
+
+    /// Takes `inst` out of routing (under the function's lock, so no new
+    /// slot lands on it) and reclaims it at once if nothing is in flight.
+    pub(crate) fn drain(&self, pool: &FunctionPool, inst: &Arc<Instance>, why: &'static str) {
+        {
+            let _list = pool.instances.lock().unwrap();
+            if inst.phase() == Phase::Gone {
+                return;
+            }
+            pool.set_phase(inst, Phase::Draining);
+        }
+        self.reclaim_if_unused(pool, inst, why);
     }
 
     /// The instance's output, from its worker: with `from`, what it wrote
@@ -514,3 +626,6 @@ impl Scheduler {
         &self.tasks
     }
 }
+
+#[cfg(test)]
+mod tests;

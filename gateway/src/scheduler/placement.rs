@@ -3,7 +3,9 @@
 //! Best fit: the worker with the least free memory that still fits the
 //! function's `memory_mb`, so large holes stay free for large functions.
 //! Memory is reserved in the gateway's view before the worker is asked; a
-//! worker that refuses (another gateway took the memory) is skipped.
+//! worker that refuses (another gateway took the memory) or does not answer
+//! in time is skipped. A start the gateway gave up on may still happen on a
+//! slow worker: it is released there in the background.
 
 use super::{Instance, Scheduler};
 use crate::config::FunctionConfig;
@@ -29,6 +31,7 @@ pub(super) async fn start_on_best_fit(
 ) -> Result<(Arc<Worker>, InstanceInfo), InvokeError> {
     let want = u64::from(f.memory_mb);
     let mut skip = vec![false; sched.workers.len()];
+    let mut unanswered = false;
     loop {
         let free = sched
             .workers
@@ -36,8 +39,12 @@ pub(super) async fn start_on_best_fit(
             .zip(&skip)
             .map(|(w, s)| if *s { 0 } else { w.free_mb() });
         let Some(i) = best_fit(free, want) else {
-            return Err(InvokeError::NoCapacity {
-                memory_mb: f.memory_mb,
+            return Err(if unanswered {
+                InvokeError::WorkerUnavailable
+            } else {
+                InvokeError::NoCapacity {
+                    memory_mb: f.memory_mb,
+                }
             });
         };
         let worker = &sched.workers[i];
@@ -63,6 +70,16 @@ pub(super) async fn start_on_best_fit(
                         return Err(InvokeError::InstanceStartFailed {
                             message: api.message.into(),
                             stderr_tail: api.stderr_tail.into(),
+                        });
+                    }
+                    WorkerError::Timeout { .. } | WorkerError::Transport { .. } => {
+                        tracing::warn!(worker = %worker.url, error = %e, "worker did not start an instance; trying another");
+                        unanswered = true;
+                        skip[i] = true;
+                        // It may still start there: release it when it does.
+                        let (w, id) = (worker.clone(), inst.id.clone());
+                        sched.tasks.spawn(async move {
+                            let _ = w.release(&id).await;
                         });
                     }
                     other => {

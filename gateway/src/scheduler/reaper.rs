@@ -8,13 +8,19 @@
 //!   when their last invocation ends) and lets replacements start on demand;
 //! - starts instances up to `min_instances` (provisioned instances);
 //! - every few ticks, asks each worker which instances have exited, so a crash
-//!   is noticed even when no invocation touches the instance;
+//!   is noticed even when no invocation touches the instance (in a task of
+//!   its own, one at a time: a worker that does not answer delays only that);
 //! - every ~10 s, evicts idle per-caller rate-limiter keys.
+//!
+//! Whether an instance is idle is decided under its function's lock
+//! ([`Scheduler::reclaim_if_unused`]), where slots are reserved: an
+//! invocation is never routed to an instance the reaper is taking away.
 
 use super::pick::Phase;
 use super::{FunctionPool, Scheduler};
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 /// How often the reaper looks: a quarter of the shortest idle timeout,
@@ -35,6 +41,7 @@ pub fn spawn(sched: &Arc<Scheduler>) {
         let mut interval = tokio::time::interval(tick);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let sync_every = (Duration::from_secs(2).as_millis() / tick.as_millis()).max(1) as u64;
+        let syncing = Arc::new(AtomicBool::new(false));
         let mut n = 0u64;
         loop {
             tokio::select! {
@@ -46,8 +53,12 @@ pub fn spawn(sched: &Arc<Scheduler>) {
             }
             this.publish_worker_memory();
             n += 1;
-            if n.is_multiple_of(sync_every) {
-                sync_exits(&this).await;
+            if n.is_multiple_of(sync_every) && !syncing.swap(true, Ordering::AcqRel) {
+                let (sched, syncing) = (this.clone(), syncing.clone());
+                this.tasks().spawn(async move {
+                    sync_exits(&sched).await;
+                    syncing.store(false, Ordering::Release);
+                });
             }
             // Forget idle callers now and then, so per-caller limiter memory
             // follows the active caller set, not every address ever seen.
@@ -61,7 +72,7 @@ pub fn spawn(sched: &Arc<Scheduler>) {
     });
 }
 
-fn sweep(sched: &Arc<Scheduler>, pool: &Arc<FunctionPool>) {
+pub(super) fn sweep(sched: &Arc<Scheduler>, pool: &Arc<FunctionPool>) {
     let now = sched.now_ms();
     let idle_ms = pool.cfg.idle_timeout.as_millis() as u64;
     let mut live = 0u32;
@@ -69,26 +80,23 @@ fn sweep(sched: &Arc<Scheduler>, pool: &Arc<FunctionPool>) {
         match inst.phase() {
             Phase::Ready => {
                 if inst.created.elapsed() >= sched.max_lifetime {
-                    pool.set_phase(&inst, Phase::Draining);
                     tracing::info!(function = %pool.cfg.name, instance = %inst.id, "instance reached its maximum lifetime; draining");
-                    if inst.in_flight() == 0 {
-                        sched.reclaim(pool, &inst, "max lifetime");
-                    }
+                    sched.drain(pool, &inst, "max lifetime");
                     continue;
                 }
                 let idle =
                     inst.in_flight() == 0 && now.saturating_sub(inst.last_used_ms()) >= idle_ms;
-                if idle && live >= pool.cfg.min_instances {
-                    sched.reclaim(pool, &inst, "idle");
-                } else {
+                // Re-checked under the lock: a call may have taken it meanwhile.
+                if !(idle
+                    && live >= pool.cfg.min_instances
+                    && sched.reclaim_if_unused(pool, &inst, "idle"))
+                {
                     live += 1;
                 }
             }
             Phase::Starting => live += 1,
             Phase::Draining => {
-                if inst.in_flight() == 0 {
-                    sched.reclaim(pool, &inst, "drained");
-                }
+                sched.reclaim_if_unused(pool, &inst, "drained");
             }
             Phase::Gone => {}
         }
