@@ -1,7 +1,7 @@
 //! The admin listener: plain HTTP, meant for localhost or a private network.
 //!
-//! `/healthz` (the process is up), `/readyz` (listeners bound and every
-//! function's `min_instances` ready), `/metrics` (Prometheus text),
+//! `/healthz` (the process is up), `/readyz` (listeners bound, every
+//! function's `min_instances` ready, and the usage log's writes succeeding), `/metrics` (Prometheus text),
 //! `/admin/instances` and `/admin/functions` (JSON: each function's settings
 //! and its effective ingress policy).
 
@@ -23,6 +23,7 @@ pub struct Admin {
     pub metrics: Arc<Metrics>,
     pub ingress: Arc<crate::config::IngressConfig>,
     pub scheduler: Arc<Scheduler>,
+    pub usage: Option<Arc<crate::metering::usage_log::LogHealth>>,
     pub started: AtomicBool,
 }
 
@@ -42,7 +43,13 @@ impl Admin {
         loop {
             let stream = tokio::select! {
                 _ = stop.cancelled() => return,
-                a = listener.accept() => match a { Ok((s, _)) => s, Err(_) => continue },
+                a = listener.accept() => match a {
+                    Ok((s, _)) => s,
+                    Err(e) => {
+                        crate::connection::accept_failed(&e).await;
+                        continue;
+                    }
+                },
             };
             let this = self.clone();
             let stop = stop.clone();
@@ -61,32 +68,36 @@ impl Admin {
         }
     }
 
-    fn ready(&self) -> bool {
-        self.started.load(Ordering::Acquire)
-            && self.scheduler.functions().all(|p| {
-                let ready = p
-                    .snapshot()
-                    .iter()
-                    .filter(|i| i.phase() == Phase::Ready)
-                    .count();
-                ready >= p.cfg.min_instances as usize
-            })
+    /// Why the gateway is not ready, if it is not.
+    fn not_ready(&self) -> Option<&'static str> {
+        if !self.started.load(Ordering::Acquire) {
+            return Some("starting");
+        }
+        if self.usage.as_ref().is_some_and(|h| h.failing()) {
+            return Some("the usage log cannot be written");
+        }
+        let provisioned = self.scheduler.functions().all(|p| {
+            let ready = p
+                .snapshot()
+                .iter()
+                .filter(|i| i.phase() == Phase::Ready)
+                .count();
+            ready >= p.cfg.min_instances as usize
+        });
+        (!provisioned).then_some("provisioned instances (min_instances) are starting")
     }
 
     fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
         match (req.method(), req.uri().path()) {
             (&Method::GET, "/healthz") => reply(StatusCode::OK, "text/plain", "ok\n".into()),
-            (&Method::GET, "/readyz") => {
-                if self.ready() {
-                    reply(StatusCode::OK, "text/plain", "ready\n".into())
-                } else {
-                    reply(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "text/plain",
-                        "not ready\n".into(),
-                    )
-                }
-            }
+            (&Method::GET, "/readyz") => match self.not_ready() {
+                None => reply(StatusCode::OK, "text/plain", "ready\n".into()),
+                Some(why) => reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    format!("not ready: {why}\n"),
+                ),
+            },
             (&Method::GET, "/metrics") => reply(
                 StatusCode::OK,
                 "text/plain; version=0.0.4",

@@ -130,6 +130,7 @@ struct GatewaySection {
     max_response_bytes: u64,
     max_header_bytes: u32,
     header_read_timeout_ms: u64,
+    http2_idle_timeout_ms: u64,
     body_read_timeout_ms: u64,
     tls_handshake_timeout_ms: u64,
     max_connections: u32,
@@ -170,6 +171,8 @@ impl Default for GatewaySection {
             max_response_bytes: 32 * 1024 * 1024,
             max_header_bytes: 64 * 1024,
             header_read_timeout_ms: 30_000,
+            // HTTP/1.1's idle bound is the header read timeout: the same.
+            http2_idle_timeout_ms: 30_000,
             body_read_timeout_ms: 60_000,
             tls_handshake_timeout_ms: 10_000,
             max_connections: 10_000,
@@ -376,6 +379,8 @@ pub struct Limits {
     pub max_response_bytes: u64,
     pub max_header_bytes: u32,
     pub header_read_timeout: Duration,
+    /// An HTTP/2 connection with no stream in flight this long is closed (GOAWAY).
+    pub http2_idle_timeout: Duration,
     pub body_read_timeout: Duration,
     pub tls_handshake_timeout: Duration,
     pub max_connections: u32,
@@ -505,6 +510,10 @@ impl Config {
             header_read_timeout: ms(positive(
                 "gateway.header_read_timeout_ms",
                 g.header_read_timeout_ms,
+            )?),
+            http2_idle_timeout: ms(positive(
+                "gateway.http2_idle_timeout_ms",
+                g.http2_idle_timeout_ms,
             )?),
             body_read_timeout: ms(positive(
                 "gateway.body_read_timeout_ms",

@@ -128,8 +128,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let tls = tokio_rustls::TlsAcceptor::from(connection::tls::server_config(&g.tls)?);
     let (usage_log, usage_task) = match &config.usage {
         Some(cfg) => {
+            let health = Arc::new(metering::usage_log::LogHealth::new(
+                metrics.usage_log_write_errors.clone(),
+            ));
             let (log, task) =
-                metering::usage_log::UsageLog::start(cfg.clone()).map_err(|source| {
+                metering::usage_log::UsageLog::start(cfg.clone(), health).map_err(|source| {
                     RunError::UsageLog {
                         path: cfg.path.clone(),
                         source,
@@ -140,6 +143,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         }
         None => (None, None),
     };
+    let usage_health = usage_log.as_ref().map(|l| l.health.clone());
     let pipeline = Arc::new(pipeline::Pipeline::new(
         scheduler.clone(),
         &config,
@@ -183,6 +187,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             g.limits.max_connections as usize,
         )),
         graceful: hyper_util::server::graceful::GracefulShutdown::new(),
+        draining: stop_accepting.clone(),
         tasks: TaskTracker::new(),
         shards,
     });
@@ -200,6 +205,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         metrics: metrics.clone(),
         ingress: config.ingress.clone(),
         scheduler: scheduler.clone(),
+        usage: usage_health,
         started: Default::default(),
     });
     let admin_task = tokio::spawn(admin.clone().serve(admin_l, stop.clone()));
@@ -224,20 +230,29 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     // The accept loops have ended: theirs were the other references.
     let conns = Arc::into_inner(conns).expect("accept loops have ended");
     conns.tasks.close();
-    let drained = tokio::time::timeout(g.drain_timeout, async {
+    let deadline = tokio::time::Instant::now() + g.drain_timeout;
+    let connections = tokio::time::timeout_at(deadline, async {
         conns.graceful.shutdown().await;
         conns.tasks.wait().await;
-        // Running asynchronous attempts finish; waiting retries are dropped.
-        pipeline.asynchronous.drain().await;
     })
     .await;
-    if drained.is_err() {
+    // Asynchronous invocations, whatever the connections did: waiting
+    // retries are dropped now, running attempts get what is left of the drain.
+    pipeline.asynchronous.stop();
+    let attempts = tokio::time::timeout_at(deadline, pipeline.asynchronous.wait()).await;
+    if connections.is_err() || attempts.is_err() {
         tracing::warn!(
             timeout_s = g.drain_timeout.as_secs(),
-            "drain timed out; closing the remaining connections"
+            "drain timed out; closing the remaining connections and attempts"
         );
     }
     scheduler.shutdown().await;
+    // Attempts still running have lost their instances: they end now.
+    let _ = tokio::time::timeout(Duration::from_secs(5), pipeline.asynchronous.wait()).await;
+    tracing::info!(
+        dropped = pipeline.asynchronous.dropped(),
+        "asynchronous invocations not done at stop (in memory: lost)"
+    );
     if let Some(task) = usage_task {
         task.close().await;
     }

@@ -83,6 +83,8 @@ pub struct Metrics {
     async_retries: IntCounterVec,
     auth_failures: IntCounterVec,
     pub refused_body: crate::pipeline::body::DrainMetrics,
+    pub usage_log_write_errors: IntCounter,
+    pub http2_idle_closes: IntCounter,
 }
 
 /// Cached handles for one function.
@@ -284,6 +286,16 @@ impl Metrics {
                 .collect(),
             bytes: drained_bytes.clone(),
         };
+        let usage_log_write_errors = IntCounter::new(
+            "fngate_usage_log_write_errors_total",
+            "Failed writes to the usage log (each retried; no record is dropped).",
+        )
+        .unwrap();
+        let http2_idle_closes = IntCounter::new(
+            "fngate_http2_idle_closes_total",
+            "HTTP/2 connections closed (GOAWAY) after http2_idle_timeout_ms with no stream in flight.",
+        )
+        .unwrap();
         let proxy_rejections = crate::connection::proxy::Reject::ALL
             .iter()
             .map(|r| proxy.with_label_values(&[r.as_str()]))
@@ -311,6 +323,8 @@ impl Metrics {
             Box::new(auth_failures.clone()),
             Box::new(drains),
             Box::new(drained_bytes),
+            Box::new(usage_log_write_errors.clone()),
+            Box::new(http2_idle_closes.clone()),
         ] {
             registry.register(c).unwrap();
         }
@@ -337,6 +351,8 @@ impl Metrics {
             async_retries,
             auth_failures,
             refused_body,
+            usage_log_write_errors,
+            http2_idle_closes,
         }
     }
 

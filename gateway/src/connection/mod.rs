@@ -4,8 +4,8 @@
 //! Bounds applied here: `max_connections` (a semaphore taken before
 //! `accept`, so excess clients wait in the kernel backlog instead of costing
 //! memory), the TLS handshake timeout, the header read timeout (for HTTP/1.1
-//! hyper also applies it to the idle wait between keep-alive requests), and
-//! the maximum header size. Body size and time are bounded in
+//! hyper also applies it to the idle wait between keep-alive requests), the
+//! HTTP/2 idle timeout (ours: hyper has none), and the maximum header size. Body size and time are bounded in
 //! [`crate::pipeline::body`].
 
 pub mod proxy;
@@ -26,13 +26,71 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+/// After a failed `accept` (EMFILE, ENFILE, ENOBUFS: the connection waits
+/// in the backlog, so the next `accept` would fail at once): back off
+/// instead of spinning. Every accept loop does this.
+pub async fn accept_failed(e: &std::io::Error) {
+    tracing::warn!(error = %e, "accept failed; backing off");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+}
+
 /// The client connections of every listener: one budget (`max_connections`),
 /// tracked for drain, dealt to the runtime shards.
 pub struct Connections {
     pub permits: Arc<Semaphore>,
+    /// Drains HTTP/1.1 connections (hyper-util's watchers).
     pub graceful: GracefulShutdown,
+    /// Cancelled when the gateway starts to drain: HTTP/2 connections then
+    /// shut down gracefully (GOAWAY) by themselves.
+    pub draining: CancellationToken,
     pub tasks: TaskTracker,
     pub shards: Shards,
+}
+
+/// What an HTTP/2 connection is doing: streams in flight, and since when it
+/// has had none.
+struct Activity {
+    born: tokio::time::Instant,
+    active: std::sync::atomic::AtomicUsize,
+    idle_since_ms: std::sync::atomic::AtomicU64,
+}
+
+/// A stream in flight on an HTTP/2 connection, while it lasts.
+struct Busy(Arc<Activity>);
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            born: tokio::time::Instant::now(),
+            active: Default::default(),
+            idle_since_ms: Default::default(),
+        }
+    }
+
+    fn busy(self: &Arc<Self>) -> Busy {
+        self.active
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        Busy(self.clone())
+    }
+
+    /// How long it has had no stream in flight (zero while it has one).
+    fn idle_for(&self) -> Duration {
+        use std::sync::atomic::Ordering;
+        if self.active.load(Ordering::Acquire) > 0 {
+            return Duration::ZERO;
+        }
+        let since = Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire));
+        self.born.elapsed().saturating_sub(since)
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        use std::sync::atomic::Ordering;
+        let now = self.0.born.elapsed().as_millis() as u64;
+        self.0.idle_since_ms.store(now, Ordering::Release);
+        self.0.active.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// What a listener says about the callers arriving on it.
@@ -97,6 +155,7 @@ impl Server {
         let Connections {
             permits,
             graceful,
+            draining,
             tasks,
             shards,
         } = &*conns;
@@ -110,9 +169,7 @@ impl Server {
                 a = listener.accept() => match a {
                     Ok(a) => a,
                     Err(e) => {
-                        // EMFILE and friends: back off instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        accept_failed(&e).await;
                         continue;
                     }
                 },
@@ -120,11 +177,12 @@ impl Server {
             let _ = stream.set_nodelay(true);
             let this = self.clone();
             let watcher = graceful.watcher();
+            let draining = draining.clone();
             let (shard, handle) = shards.pick();
             if shard == crate::shards::current() {
                 tasks.spawn(async move {
                     let _open = GaugeGuard::new(&this.metrics.open_connections);
-                    this.serve_one(stream, peer, kind, watcher).await;
+                    this.serve_one(stream, peer, kind, watcher, draining).await;
                     drop(permit);
                 });
                 continue;
@@ -140,7 +198,7 @@ impl Server {
             let serve = async move {
                 let _open = GaugeGuard::new(&this.metrics.open_connections);
                 match tokio::net::TcpStream::from_std(stream) {
-                    Ok(stream) => this.serve_one(stream, peer, kind, watcher).await,
+                    Ok(stream) => this.serve_one(stream, peer, kind, watcher, draining).await,
                     Err(e) => tracing::warn!(error = %e, "cannot register a connection"),
                 }
                 drop(permit);
@@ -240,6 +298,7 @@ impl Server {
         peer: std::net::SocketAddr,
         kind: ListenerKind,
         watcher: Watcher,
+        draining: CancellationToken,
     ) {
         // Boxed, and HTTP/2 below: the connection's task then holds only
         // what an idle HTTP/1.1 connection needs (memory per idle connection).
@@ -249,21 +308,66 @@ impl Server {
         let is_h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
         let pipeline = self.pipeline.clone();
         let origin = Origin::Client(caller);
-        // The request future is boxed: hyper keeps room for one in every
-        // connection, idle or not, and this one is a few KiB. One allocation
-        // per request buys back that much per idle connection.
-        let svc = hyper::service::service_fn(move |req| {
-            let p = pipeline.clone();
-            Box::pin(p.handle(req, origin))
-        });
         let io = TokioIo::new(tls);
         let result = if is_h2 {
-            Box::pin(watcher.watch(self.h2.serve_connection(io, svc))).await
+            Box::pin(self.serve_h2(io, pipeline, origin, draining)).await
         } else {
+            // The request future is boxed: hyper keeps room for one in every
+            // connection, idle or not, and this one is a few KiB. One
+            // allocation per request buys back that much per idle connection.
+            let svc = hyper::service::service_fn(move |req| {
+                let p = pipeline.clone();
+                Box::pin(p.handle(req, origin))
+            });
             watcher.watch(self.h1.serve_connection(io, svc)).await
         };
         if let Err(e) = result {
             tracing::debug!(error = %e, "connection ended with an error");
+        }
+    }
+
+    /// An HTTP/2 connection, until it ends: shut down gracefully (GOAWAY)
+    /// when the gateway drains, or when no stream has been in flight for
+    /// `http2_idle_timeout_ms` (hyper has no idle timeout of its own for
+    /// HTTP/2; its pings only find dead peers).
+    async fn serve_h2(
+        &self,
+        io: TokioIo<tokio_rustls::server::TlsStream<proxy::Rewind<tokio::net::TcpStream>>>,
+        pipeline: Arc<Pipeline>,
+        origin: Origin,
+        draining: CancellationToken,
+    ) -> Result<(), hyper::Error> {
+        let activity = Arc::new(Activity::new());
+        let seen = activity.clone();
+        let svc = hyper::service::service_fn(move |req| {
+            let p = pipeline.clone();
+            let busy = seen.busy();
+            Box::pin(async move {
+                let answer = p.handle(req, origin).await;
+                drop(busy);
+                answer
+            })
+        });
+        let mut conn = std::pin::pin!(self.h2.serve_connection(io, svc));
+        let idle_timeout = self.limits.http2_idle_timeout;
+        let mut check = tokio::time::interval((idle_timeout / 4).max(Duration::from_millis(50)));
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut closing = false;
+        loop {
+            tokio::select! {
+                r = conn.as_mut() => return r,
+                _ = draining.cancelled(), if !closing => {
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+                _ = check.tick(), if !closing => {
+                    if activity.idle_for() >= idle_timeout {
+                        self.metrics.http2_idle_closes.inc();
+                        conn.as_mut().graceful_shutdown();
+                        closing = true;
+                    }
+                }
+            }
         }
     }
 }

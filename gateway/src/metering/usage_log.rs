@@ -1,7 +1,13 @@
 //! The durable usage log: JSON lines, appended off the hot path.
 //!
 //! The pipeline hands records to a bounded channel (waiting when it is full:
-//! records are never dropped). One writer thread takes every record available
+//! records are never dropped). A write that fails (a full or broken disk)
+//! is retried with back-off, from the first byte it did not write, for as
+//! long as it takes: meanwhile new records wait in the channel, and once it is
+//! full callers wait for it (back-pressure), `/readyz` fails (so a load
+//! balancer sends traffic elsewhere), and `fngate_usage_log_write_errors_total`
+//! counts the failures. Only a graceful stop on a disk that never recovers
+//! gives up, after [`CLOSE_RETRY`], and says how many bytes it lost. One writer thread takes every record available
 //! and writes them with one `write` per batch, then pauses [`BATCH_DELAY`]
 //! so that records accumulate: one thread wake-up per batch, not per record.
 //! A process crash (even `kill -9`) loses only what was still in memory: at
@@ -19,8 +25,35 @@ use super::UsageRecord;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
+
+/// Whether the log's writes succeed, for readiness and metrics.
+pub struct LogHealth {
+    failing: AtomicBool,
+    errors: prometheus::IntCounter,
+}
+
+impl LogHealth {
+    pub fn new(errors: prometheus::IntCounter) -> Self {
+        LogHealth {
+            failing: AtomicBool::new(false),
+            errors,
+        }
+    }
+
+    /// The last write failed and has not succeeded since.
+    pub fn failing(&self) -> bool {
+        self.failing.load(Ordering::Acquire)
+    }
+}
+
+/// How long a graceful stop keeps retrying a failing write.
+pub const CLOSE_RETRY: Duration = Duration::from_secs(5);
+/// The longest pause between two retries of a failing write.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone)]
 pub struct UsageLogConfig {
@@ -39,6 +72,7 @@ enum Msg {
 #[derive(Clone)]
 pub struct UsageLog {
     tx: mpsc::Sender<Msg>,
+    pub health: Arc<LogHealth>,
 }
 
 pub struct UsageLogTask {
@@ -54,12 +88,16 @@ pub const BATCH_DELAY: Duration = Duration::from_millis(5);
 
 impl UsageLog {
     /// Opens (or creates) the log and starts its writer thread.
-    pub fn start(cfg: UsageLogConfig) -> std::io::Result<(UsageLog, UsageLogTask)> {
+    pub fn start(
+        cfg: UsageLogConfig,
+        health: Arc<LogHealth>,
+    ) -> std::io::Result<(UsageLog, UsageLogTask)> {
         let file = open_append(&cfg.path)?;
         let (tx, rx) = mpsc::channel(CHANNEL);
+        let h = health.clone();
         let thread = std::thread::Builder::new()
             .name("usage-log".into())
-            .spawn(move || writer(cfg, file, rx))?;
+            .spawn(move || writer(cfg, file, rx, &h))?;
         // Wakes the writer so an idle log is still synced within the interval.
         let tick_tx = tx.clone();
         let ticker = tokio::spawn(async move {
@@ -72,7 +110,10 @@ impl UsageLog {
             }
         });
         Ok((
-            UsageLog { tx: tx.clone() },
+            UsageLog {
+                tx: tx.clone(),
+                health,
+            },
             UsageLogTask { thread, tx, ticker },
         ))
     }
@@ -125,7 +166,47 @@ fn open_append(path: &Path) -> std::io::Result<File> {
     Ok(f)
 }
 
-fn writer(cfg: UsageLogConfig, mut file: File, mut rx: mpsc::Receiver<Msg>) {
+/// Writes all of `buf`, retrying from the first unwritten byte with
+/// back-off while writes fail; gives up only at `give_up`. Returns whether
+/// everything was written.
+fn write_retrying(
+    out: &mut impl Write,
+    buf: &mut Vec<u8>,
+    health: &LogHealth,
+    path: &Path,
+    give_up: Option<Instant>,
+) -> bool {
+    let mut delay = Duration::from_millis(10);
+    while !buf.is_empty() {
+        let err = match out.write(buf) {
+            Ok(0) => std::io::Error::from(std::io::ErrorKind::WriteZero),
+            Ok(n) => {
+                buf.drain(..n);
+                delay = Duration::from_millis(10);
+                if health.failing.swap(false, Ordering::AcqRel) {
+                    tracing::info!(path = %path.display(), "usage log writes succeed again");
+                }
+                continue;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => e,
+        };
+        health.errors.inc();
+        if !health.failing.swap(true, Ordering::AcqRel) {
+            tracing::error!(error = %err, path = %path.display(), "usage log write failed; retrying, records are kept");
+        }
+        if give_up.is_some_and(|t| Instant::now() >= t) {
+            tracing::error!(error = %err, path = %path.display(), lost_bytes = buf.len(), "usage log: giving up on the last records at stop");
+            buf.clear();
+            return false;
+        }
+        std::thread::sleep(delay);
+        delay = (delay * 2).min(MAX_RETRY_DELAY);
+    }
+    true
+}
+
+fn writer(cfg: UsageLogConfig, mut file: File, mut rx: mpsc::Receiver<Msg>, health: &LogHealth) {
     let mut buf = Vec::with_capacity(256 * 1024);
     let mut size = file.metadata().map(|m| m.len()).unwrap_or(0);
     let mut dirty_since: Option<Instant> = None;
@@ -155,11 +236,11 @@ fn writer(cfg: UsageLogConfig, mut file: File, mut rx: mpsc::Receiver<Msg>) {
             }
         }
         if !buf.is_empty() {
-            if let Err(e) = file.write_all(&buf) {
-                tracing::error!(error = %e, path = %cfg.path.display(), "usage log write failed");
-            }
             size += buf.len() as u64;
-            buf.clear();
+            // Until it is written, no new record is taken: they wait in the
+            // channel, and callers wait once it is full.
+            let give_up = closing.is_some().then(|| Instant::now() + CLOSE_RETRY);
+            write_retrying(&mut file, &mut buf, health, &cfg.path, give_up);
             dirty_since.get_or_insert_with(Instant::now);
         }
         if dirty_since.is_some_and(|t| t.elapsed() >= cfg.sync_interval) {

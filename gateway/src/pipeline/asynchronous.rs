@@ -114,6 +114,7 @@ pub struct Job {
 pub struct AsyncQueue {
     pub limits: AsyncLimits,
     slots: Arc<Semaphore>,
+    dropped: std::sync::atomic::AtomicU64,
     tasks: TaskTracker,
     stop: CancellationToken,
     queued: prometheus::IntGauge,
@@ -123,6 +124,7 @@ impl AsyncQueue {
     pub fn new(limits: AsyncLimits, queued: prometheus::IntGauge) -> Self {
         AsyncQueue {
             slots: Arc::new(Semaphore::new(limits.max_queued as usize)),
+            dropped: Default::default(),
             limits,
             tasks: TaskTracker::new(),
             stop: CancellationToken::new(),
@@ -130,12 +132,21 @@ impl AsyncQueue {
         }
     }
 
-    /// On graceful stop: accepts no more, drops waiting retries, and waits
-    /// for running attempts.
-    pub async fn drain(&self) {
+    /// On graceful stop: accepts no more and drops waiting retries at once;
+    /// running attempts go on (see [`AsyncQueue::wait`]).
+    pub fn stop(&self) {
         self.stop.cancel();
         self.tasks.close();
+    }
+
+    /// Resolves when every accepted invocation is done (after [`AsyncQueue::stop`]).
+    pub async fn wait(&self) {
         self.tasks.wait().await;
+    }
+
+    /// Invocations that ended dropped (waiting, or stopped with the gateway).
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
@@ -164,6 +175,11 @@ impl Pipeline {
         q.tasks.spawn(async move {
             let result = p.run_async(&job).await;
             job.pool.metrics.async_results[result as usize].inc();
+            if result == AsyncResult::Dropped {
+                p.asynchronous
+                    .dropped
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
             p.asynchronous.queued.dec();
             drop(slot);
         });

@@ -235,3 +235,166 @@ async fn a_timeout_spares_the_other_invocations_on_its_instance() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_http2_connection_is_closed_and_a_busy_one_is_not() {
+    let gw = Gateway::start("http2_idle_timeout_ms = 500", &echo_fn("f", ""));
+    let mut busy = gw.h2().await;
+    // Longer than the idle timeout, but a stream is in flight all along.
+    let r = busy.invoke("f", "fngate:sleep:1500").await;
+    assert_eq!(r.status, 200);
+    let idle = gw.h2().await;
+    assert_eq!(idle.clone().invoke("f", "x").await.status, 200);
+    gw.until(
+        "the idle connection closed",
+        Duration::from_secs(20),
+        || async { idle.is_closed() },
+    )
+    .await;
+    assert!(gw.metric("fngate_http2_idle_closes_total").await >= 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_that_times_out_still_stops_the_async_queue() {
+    let gw = Gateway::start(
+        "drain_timeout_s = 1\nasync_retry_base_ms = 60000",
+        &(echo_fn("held", "") + &echo_fn("flaky", "async_max_retries = 3")),
+    );
+    let mut c = gw.h1().await;
+    // A retry waiting a minute when the gateway stops.
+    let mut req = invoke_request("flaky", Bytes::from_static(b"fngate:crash"));
+    req.headers_mut()
+        .insert("x-fc-invocation-type", "Async".parse().unwrap());
+    assert_eq!(c.send(req).await.unwrap().status, 202);
+    gw.until(
+        "the retry to be scheduled",
+        Duration::from_secs(20),
+        || async {
+            gw.metric("fngate_async_retries_total{function=\"flaky\",reason=\"function_error\"}")
+                .await
+                == 1.0
+        },
+    )
+    .await;
+    // A call the drain cannot wait out.
+    let mut c2 = gw.h1().await;
+    let _held = tokio::spawn(async move {
+        c2.send(invoke_request(
+            "held",
+            Bytes::from_static(b"fngate:hold:/nonexistent/never"),
+        ))
+        .await
+    });
+    gw.until(
+        "the held call in flight",
+        Duration::from_secs(20),
+        || async {
+            gw.metric("fngate_invocations_in_flight{function=\"held\"}")
+                .await
+                == 1.0
+        },
+    )
+    .await;
+    let mut gw = gw;
+    let t0 = std::time::Instant::now();
+    gw.proc.signal(libc::SIGTERM);
+    assert_eq!(gw.proc.wait_exit(Duration::from_secs(30)), Some(0));
+    assert!(t0.elapsed() < Duration::from_secs(20), "{:?}", t0.elapsed());
+    let log = gw.proc.log();
+    assert!(log.contains("drain timed out"), "{log}");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("asynchronous invocations not done at stop")
+                && l.contains("dropped=1")),
+        "{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_usage_log_that_cannot_be_written_keeps_its_records_and_fails_readiness() {
+    // Every write to /dev/full fails (ENOSPC).
+    let gw = Gateway::start("", &(echo_fn("f", "") + "[usage]\npath = \"/dev/full\"\n"));
+    let mut c = gw.h1().await;
+    assert_eq!(c.invoke("f", "x").await.status, 200);
+    gw.until("readiness to fail", Duration::from_secs(20), || async {
+        gw.admin_get("/readyz").await
+            == (503, "not ready: the usage log cannot be written\n".into())
+    })
+    .await;
+    assert!(gw.metric("fngate_usage_log_write_errors_total").await >= 1.0);
+    assert!(
+        gw.proc
+            .log()
+            .contains("usage log write failed; retrying, records are kept")
+    );
+}
+
+/// The gateway's CPU time (user + system) so far.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    // utime and stime: fields 14 and 15 of the full line.
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // SAFETY: sysconf has no side effects.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    Duration::from_millis(ticks * 1000 / hz)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_file_descriptors_the_admin_listener_backs_off() {
+    const LIMIT: u64 = 96;
+    let gw = Gateway::start_with("threads = 1", &echo_fn("f", ""), |cmd| {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: setrlimit in the child before exec, nothing else.
+        unsafe {
+            cmd.pre_exec(|| {
+                let lim = libc::rlimit {
+                    rlim_cur: LIMIT,
+                    rlim_max: LIMIT,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    });
+    let pid = gw.proc.child.id();
+    let open_fds = || {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .count() as u64
+    };
+    // Idle admin connections until the gateway has no descriptor left; the
+    // rest wait in the backlog, where accept fails at once (EMFILE).
+    let mut held = Vec::new();
+    for _ in 0..LIMIT + 20 {
+        held.push(tokio::net::TcpStream::connect(gw.admin).await.unwrap());
+    }
+    gw.until(
+        "the descriptors exhausted",
+        Duration::from_secs(20),
+        || async { open_fds() >= LIMIT - 1 },
+    )
+    .await;
+    let before = cpu_time(pid);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let spent = cpu_time(pid) - before;
+    // A spinning accept loop burns a core (about 2 s here); backing off, nothing.
+    assert!(
+        spent < Duration::from_millis(600),
+        "{spent:?} of CPU in 2 s"
+    );
+    drop(held);
+    gw.until(
+        "the admin listener serves again",
+        Duration::from_secs(20),
+        || async { gw.admin_get("/healthz").await.0 == 200 },
+    )
+    .await;
+}

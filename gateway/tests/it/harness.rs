@@ -174,11 +174,21 @@ pub fn config(extra_gateway: &str, rest: &str, dir: &Path) -> String {
 
 impl Gateway {
     pub fn start(extra_gateway: &str, rest: &str) -> Gateway {
+        Self::start_with(extra_gateway, rest, |_| {})
+    }
+
+    /// Like [`Gateway::start`], with the command adjusted first (limits, env).
+    pub fn start_with(
+        extra_gateway: &str,
+        rest: &str,
+        adjust: impl FnOnce(&mut Command),
+    ) -> Gateway {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("gateway.toml");
         std::fs::write(&path, config(extra_gateway, rest, dir.path())).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_gateway"));
         cmd.arg("--config").arg(&path);
+        adjust(&mut cmd);
         let proc = Proc::spawn(cmd);
         let line = proc.wait_line("fngate listening", Duration::from_secs(30));
         Gateway {
@@ -411,6 +421,14 @@ impl Client {
             tls_version,
             alpn,
         })
+    }
+
+    /// The server closed the connection (or said it would: GOAWAY).
+    pub fn is_closed(&self) -> bool {
+        match &self.sender {
+            Sender::H1(s) => s.is_closed(),
+            Sender::H2(s) => s.is_closed(),
+        }
     }
 
     pub async fn send(&mut self, req: http::Request<Full<Bytes>>) -> Result<Resp, hyper::Error> {
