@@ -107,7 +107,7 @@ impl Write for Flaky {
             return Err(std::io::Error::from_raw_os_error(libc_enospc()));
         }
         // Short writes, and every third call fails midway.
-        if self.calls % 3 == 0 {
+        if self.calls.is_multiple_of(3) {
             return Err(std::io::Error::from_raw_os_error(libc_enospc()));
         }
         let n = buf.len().min(64);
