@@ -7,8 +7,9 @@ cd "$(dirname "$0")/.."
 if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
 need_apt=()
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
-# curl (with HTTP/2) for the early-answer tests.
+# curl (with HTTP/2) for the early-answer tests; testssl.sh for the TLS scan.
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+command -v testssl >/dev/null 2>&1 || need_apt+=(testssl.sh)
 # Debian's python3 creates virtual environments only with python3-venv.
 { command -v python3 >/dev/null 2>&1 && python3 -c 'import ensurepip, venv' 2>/dev/null; } || need_apt+=(python3-venv)
 # A real Prometheus (and promtool) for the observability tests.

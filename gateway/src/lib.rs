@@ -125,7 +125,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     );
     scheduler::reaper::spawn(&scheduler);
 
-    let tls = tokio_rustls::TlsAcceptor::from(connection::tls::server_config(&g.tls)?);
+    let (tls_config, certificates) = connection::tls::server_config(&g.tls)?;
+    let tls = tokio_rustls::TlsAcceptor::from(tls_config);
     let (usage_log, usage_task) = match &config.usage {
         Some(cfg) => {
             let health = Arc::new(metering::usage_log::LogHealth::new(
@@ -209,6 +210,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         started: Default::default(),
     });
     let admin_task = tokio::spawn(admin.clone().serve(admin_l, stop.clone()));
+    let reloads = metrics.tls_reloads.clone();
+    let cert_task = tokio::spawn(certificates.watch(reloads, stop.clone()));
     admin
         .started
         .store(true, std::sync::atomic::Ordering::Release);
@@ -258,6 +261,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     }
     stop.cancel();
     let _ = admin_task.await;
+    let _ = cert_task.await;
     if let Some(w) = embedded {
         let _ = w.await;
     }

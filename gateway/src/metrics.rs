@@ -85,6 +85,8 @@ pub struct Metrics {
     pub refused_body: crate::pipeline::body::DrainMetrics,
     pub usage_log_write_errors: IntCounter,
     pub http2_idle_closes: IntCounter,
+    /// `[ok, error]`.
+    pub tls_reloads: [IntCounter; 2],
 }
 
 /// Cached handles for one function.
@@ -296,6 +298,15 @@ impl Metrics {
             "HTTP/2 connections closed (GOAWAY) after http2_idle_timeout_ms with no stream in flight.",
         )
         .unwrap();
+        let tls_reloads_vec = IntCounterVec::new(
+            Opts::new(
+                "fngate_tls_certificate_reloads_total",
+                "Reloads of the configured TLS certificate (SIGHUP or a file change), by result.",
+            ),
+            &["result"],
+        )
+        .unwrap();
+        let tls_reloads = ["ok", "error"].map(|r| tls_reloads_vec.with_label_values(&[r]));
         let proxy_rejections = crate::connection::proxy::Reject::ALL
             .iter()
             .map(|r| proxy.with_label_values(&[r.as_str()]))
@@ -325,6 +336,7 @@ impl Metrics {
             Box::new(drained_bytes),
             Box::new(usage_log_write_errors.clone()),
             Box::new(http2_idle_closes.clone()),
+            Box::new(tls_reloads_vec),
         ] {
             registry.register(c).unwrap();
         }
@@ -353,6 +365,7 @@ impl Metrics {
             refused_body,
             usage_log_write_errors,
             http2_idle_closes,
+            tls_reloads,
         }
     }
 

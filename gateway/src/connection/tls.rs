@@ -4,13 +4,24 @@
 //! Without a configured certificate, a self-signed one for `localhost`,
 //! `127.0.0.1` and `::1` is generated with an explicit, short validity and
 //! written as PEM where the operator (or `curl --cacert`) can find it.
+//!
+//! Configured certificates rotate without a restart: on SIGHUP, or when
+//! either file's modification time changes (checked every few seconds), the
+//! pair is read again, checked (the key must match the certificate), and
+//! swapped in for the handshakes that follow ([`Certificates`]; lock-free,
+//! `arc-swap`). A pair that does not load leaves the current one in place.
+//! Connections already open keep the certificate they started with.
 
 use crate::config::TlsSource;
+use arc_swap::ArcSwap;
 use rustls::ServerConfig;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -28,23 +39,132 @@ pub enum TlsError {
     Rustls(#[from] rustls::Error),
 }
 
-pub fn server_config(source: &TlsSource) -> Result<Arc<ServerConfig>, TlsError> {
-    let (certs, key) = match source {
-        TlsSource::Files { cert, key } => load_pem(cert, key)?,
+/// The certificate handshakes present, swapped in place on reload.
+#[derive(Debug)]
+pub struct Certificates {
+    current: ArcSwap<CertifiedKey>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    /// The files of a configured pair (none for a self-signed certificate).
+    files: Option<(PathBuf, PathBuf)>,
+}
+
+impl ResolvesServerCert for Certificates {
+    fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.load_full())
+    }
+}
+
+impl Certificates {
+    fn certified(
+        provider: &rustls::crypto::CryptoProvider,
+        certs: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+    ) -> Result<CertifiedKey, TlsError> {
+        let signer = provider.key_provider.load_private_key(key)?;
+        let ck = CertifiedKey::new(certs, signer);
+        ck.keys_match()?;
+        Ok(ck)
+    }
+
+    /// Reads the configured pair again and swaps it in; on error the
+    /// current pair stays.
+    pub fn reload(&self) -> Result<(), TlsError> {
+        let Some((cert, key)) = &self.files else {
+            return Ok(());
+        };
+        let (certs, key) = load_pem(cert, key)?;
+        let ck = Self::certified(&self.provider, certs, key)?;
+        self.current.store(Arc::new(ck));
+        Ok(())
+    }
+
+    /// The configured files' modification times (to notice a change).
+    fn stamp(&self) -> Option<(SystemTime, SystemTime)> {
+        let (cert, key) = self.files.as_ref()?;
+        let m = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+        Some((m(cert)?, m(key)?))
+    }
+
+    /// Reloads on SIGHUP and when the files change, until `stop`; counts
+    /// each reload in `reloads` (`[ok, error]`).
+    pub async fn watch(
+        self: Arc<Self>,
+        reloads: [prometheus::IntCounter; 2],
+        stop: tokio_util::sync::CancellationToken,
+    ) {
+        // Installed even with nothing to reload: SIGHUP's default is to exit.
+        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "no SIGHUP handler: certificates reload on file changes only");
+                return;
+            }
+        };
+        let mut seen = self.stamp();
+        loop {
+            let why = tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = hup.recv() => "SIGHUP",
+                _ = tokio::time::sleep(Duration::from_secs(2)) => {
+                    let now = self.stamp();
+                    if now == seen || now.is_none() {
+                        continue;
+                    }
+                    "the files changed"
+                }
+            };
+            seen = self.stamp();
+            if self.files.is_none() {
+                tracing::info!("SIGHUP: the certificate is self-signed; nothing to reload");
+                continue;
+            }
+            match self.reload() {
+                Ok(()) => {
+                    reloads[0].inc();
+                    tracing::info!(reason = why, "TLS certificate reloaded");
+                }
+                Err(e) => {
+                    reloads[1].inc();
+                    tracing::error!(reason = why, error = %e, "TLS certificate reload failed; keeping the current one");
+                }
+            }
+        }
+    }
+}
+
+/// The server's TLS settings, and the certificates it presents.
+pub fn server_config(
+    source: &TlsSource,
+) -> Result<(Arc<ServerConfig>, Arc<Certificates>), TlsError> {
+    let (certs, key, files) = match source {
+        TlsSource::Files { cert, key } => {
+            let (c, k) = load_pem(cert, key)?;
+            (c, k, Some((cert.clone(), key.clone())))
+        }
         TlsSource::SelfSigned {
             write_to,
             validity_days,
-        } => self_signed(write_to, *validity_days)?,
+        } => {
+            let (c, k) = self_signed(write_to, *validity_days)?;
+            (c, k, None)
+        }
     };
     // Explicit provider: more than one may be linked in, and the implicit
     // default panics then.
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let certificates = Arc::new(Certificates {
+        current: ArcSwap::from_pointee(Certificates::certified(&provider, certs, key)?),
+        provider: provider.clone(),
+        files,
+    });
     let mut cfg = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_no_client_auth()
-        .with_single_cert(certs, key)?;
+        .with_cert_resolver(certificates.clone());
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(cfg))
+    // The server's order (AEAD suites, strongest first), not the client's.
+    cfg.ignore_client_order = true;
+    Ok((Arc::new(cfg), certificates))
 }
 
 fn load_pem(

@@ -50,6 +50,15 @@ use std::time::SystemTime;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
+/// Marks a gateway-made answer's body as not to be sniffed.
+fn nosniff(mut resp: Response<ResponseBody>) -> Response<ResponseBody> {
+    resp.headers_mut().insert(
+        http::header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    resp
+}
+
 /// fngate's own answer header: the invocation waited for its instance to start.
 pub const COLD_START: &str = "x-fngate-cold-start";
 
@@ -384,8 +393,10 @@ impl Pipeline {
         }
     }
 
+    /// A gateway-made error answer, in the door's shape. Its JSON is not to be
+    /// sniffed as anything else (a function's own answers pass untouched).
     fn error(&self, ctx: &Ctx<'_>, done: &Done<'_>, e: &InvokeError) -> Response<ResponseBody> {
-        ctx.dialect.error(e, &self.reply(ctx, done))
+        nosniff(ctx.dialect.error(e, &self.reply(ctx, done)))
     }
 
     /// The answer to a call that reached stage 8, and its error if it failed.
@@ -426,7 +437,7 @@ impl Pipeline {
                 if !matches!(outcome, Outcome::ClientError | Outcome::Throttled) {
                     tracing::info!(function = %pool.cfg.name, request_id = ?ctx.request_id, error = %e, "invocation failed");
                 }
-                let resp = ctx.dialect.error(&e, &reply(ctx, pool, ran.as_ref()));
+                let resp = nosniff(ctx.dialect.error(&e, &reply(ctx, pool, ran.as_ref())));
                 (outcome, ran, resp, Some(e))
             }
         }

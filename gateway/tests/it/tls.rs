@@ -2,6 +2,7 @@
 
 use crate::harness::*;
 use std::io::{Read, Write};
+use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invokes_over_tls12_and_tls13_with_h1_and_h2() {
@@ -109,4 +110,216 @@ async fn tls10_and_tls11_clients_are_refused_at_the_handshake() {
         );
     }
     assert_eq!(gw.metric("fngate_tls_handshake_failures_total").await, 2.0);
+}
+
+/// A certificate for localhost and 127.0.0.1 (90 days), written as PEM:
+/// returns (certificate, key) paths.
+fn pair(dir: &std::path::Path, name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let mut params =
+        rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, format!("fngate test {name}"));
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::hours(1);
+    params.not_after = now + time::Duration::days(90);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    let (c, k) = (
+        dir.join(format!("{name}.crt")),
+        dir.join(format!("{name}.key")),
+    );
+    std::fs::write(&c, cert.pem()).unwrap();
+    std::fs::write(&k, key.serialize_pem()).unwrap();
+    (c, k)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_rotate_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a_crt, a_key) = pair(dir.path(), "a");
+    let (b_crt, b_key) = pair(dir.path(), "b");
+    let (live_crt, live_key) = (dir.path().join("live.crt"), dir.path().join("live.key"));
+    std::fs::copy(&a_crt, &live_crt).unwrap();
+    std::fs::copy(&a_key, &live_key).unwrap();
+    let gw = Gateway::start(
+        &format!(
+            "tls_cert = \"{}\"\ntls_key = \"{}\"",
+            live_crt.display(),
+            live_key.display()
+        ),
+        &echo_fn("echo", ""),
+    );
+    let trusting = |ca: &std::path::Path| {
+        let ca = ca.to_path_buf();
+        async move {
+            Client::try_connect(gw.https, &ca, ClientOpts::default())
+                .await
+                .is_ok()
+        }
+    };
+    let mut before = Client::connect(gw.https, &a_crt, ClientOpts::default()).await;
+    assert!(!trusting(&b_crt).await);
+
+    // Rotate to b and say so.
+    std::fs::copy(&b_crt, &live_crt).unwrap();
+    std::fs::copy(&b_key, &live_key).unwrap();
+    gw.proc.signal(libc::SIGHUP);
+    gw.until("b presented", Duration::from_secs(20), || trusting(&b_crt))
+        .await;
+    assert!(!trusting(&a_crt).await, "a is gone for new handshakes");
+    // A connection made before carries on.
+    assert_eq!(before.invoke("echo", "still").await.text(), "still");
+
+    // A broken pair is refused; b stays.
+    std::fs::write(&live_key, b"not a key").unwrap();
+    gw.proc.signal(libc::SIGHUP);
+    gw.until(
+        "the failed reload counted",
+        Duration::from_secs(20),
+        || async {
+            gw.metric("fngate_tls_certificate_reloads_total{result=\"error\"}")
+                .await
+                == 1.0
+        },
+    )
+    .await;
+    assert!(trusting(&b_crt).await);
+
+    // A change of the files alone is noticed too.
+    std::fs::copy(&a_key, &live_key).unwrap();
+    std::fs::copy(&a_crt, &live_crt).unwrap();
+    gw.until("a presented again", Duration::from_secs(30), || {
+        trusting(&a_crt)
+    })
+    .await;
+    assert!(
+        gw.metric("fngate_tls_certificate_reloads_total{result=\"ok\"}")
+            .await
+            >= 2.0
+    );
+}
+
+/// A CA, and a leaf it signs for localhost and 127.0.0.1 that names a CRL
+/// (as CA-issued certificates do): returns (CA, leaf, key) paths.
+fn ca_and_leaf(
+    dir: &std::path::Path,
+) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let now = time::OffsetDateTime::now_utc();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "fngate test CA");
+    ca.not_before = now - time::Duration::hours(1);
+    ca.not_after = now + time::Duration::days(90);
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let mut leaf =
+        rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .unwrap();
+    leaf.distinguished_name
+        .push(rcgen::DnType::CommonName, "localhost");
+    leaf.not_before = now - time::Duration::hours(1);
+    leaf.not_after = now + time::Duration::days(90);
+    leaf.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    // Never fetched: testssl checks revocation online only with --phone-out.
+    leaf.crl_distribution_points = vec![rcgen::CrlDistributionPoint {
+        uris: vec!["http://127.0.0.1:9/fngate-test.crl".into()],
+    }];
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let leaf_cert = leaf.signed_by(&leaf_key, &issuer).unwrap();
+    let paths = (
+        dir.join("ca.pem"),
+        dir.join("leaf.pem"),
+        dir.join("leaf.key"),
+    );
+    std::fs::write(&paths.0, ca_cert.pem()).unwrap();
+    std::fs::write(&paths.1, leaf_cert.pem()).unwrap();
+    std::fs::write(&paths.2, leaf_key.serialize_pem()).unwrap();
+    paths
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn testssl_finds_nothing_above_low() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, leaf, key) = ca_and_leaf(dir.path());
+    let gw = Gateway::start(
+        &format!(
+            "tls_cert = \"{}\"\ntls_key = \"{}\"",
+            leaf.display(),
+            key.display()
+        ),
+        &echo_fn("echo", ""),
+    );
+    let report = dir.path().join("testssl.json");
+    let mut cmd = std::process::Command::new("testssl");
+    // Loopback only: the gateway's address, no DNS, no revocation lookups.
+    cmd.args([
+        "--quiet",
+        "--color",
+        "0",
+        "--warnings",
+        "off",
+        "--nodns",
+        "none",
+        "--add-ca",
+    ])
+    .arg(&ca)
+    .arg("--jsonfile")
+    .arg(&report)
+    .args(["--ip", "127.0.0.1"])
+    .arg(format!("https://localhost:{}", gw.https.port()));
+    let out = tokio::task::spawn_blocking(move || {
+        cmd.output()
+            .expect("testssl (Debian's testssl.sh; scripts/test.sh installs it)")
+    })
+    .await
+    .unwrap();
+    let findings: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap_or_else(|e| {
+            panic!("no report ({e}): {}", String::from_utf8_lossy(&out.stdout))
+        }))
+        .unwrap();
+    assert!(
+        findings.len() > 50,
+        "a full scan: {} findings",
+        findings.len()
+    );
+    let serious: Vec<String> = findings
+        .iter()
+        .filter(|f| matches!(f["severity"].as_str(), Some("MEDIUM" | "HIGH" | "CRITICAL")))
+        .map(|f| format!("{} {}: {}", f["severity"], f["id"], f["finding"]))
+        .collect();
+    assert!(
+        serious.is_empty(),
+        "testssl findings above LOW:\n{}",
+        serious.join("\n")
+    );
+    // The protocols offered: TLS 1.2 and 1.3, nothing older.
+    let offered = |id: &str| {
+        findings
+            .iter()
+            .find(|f| f["id"] == id)
+            .map(|f| f["finding"].as_str().unwrap_or("").to_string())
+            .unwrap_or_default()
+    };
+    for old in ["SSLv2", "SSLv3", "TLS1", "TLS1_1"] {
+        assert!(
+            offered(old).starts_with("not offered"),
+            "{old}: {}",
+            offered(old)
+        );
+    }
+    assert!(
+        offered("TLS1_2").starts_with("offered"),
+        "{}",
+        offered("TLS1_2")
+    );
+    assert!(
+        offered("TLS1_3").starts_with("offered"),
+        "{}",
+        offered("TLS1_3")
+    );
 }
