@@ -127,10 +127,21 @@ impl Server {
             .header_read_timeout(limits.header_read_timeout)
             .max_buf_size(limits.max_header_bytes as usize)
             .keep_alive(true);
+        // HTTP/2 abuse bounds (tested in tests/it/h2_abuse.rs). Stated, not
+        // left to defaults that may move: a header block (and so CONTINUATION
+        // frames, which h2 counts against it) at most max_header_bytes;
+        // streams reset by the client before they were accepted (rapid
+        // reset) at most 20 at a time, else GOAWAY; streams the server had to
+        // reset for the client's errors at most 1024 per connection; 256
+        // streams at once; 400 KiB queued to send per connection; pings
+        // every 30 s to find dead peers.
         let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
         h2.timer(TokioTimer::new())
             .max_header_list_size(limits.max_header_bytes)
             .max_concurrent_streams(256)
+            .max_pending_accept_reset_streams(20)
+            .max_local_error_reset_streams(1024)
+            .max_send_buf_size(400 * 1024)
             .keep_alive_interval(Some(Duration::from_secs(30)))
             .keep_alive_timeout(Duration::from_secs(10));
         Arc::new(Server {

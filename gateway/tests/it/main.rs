@@ -4,6 +4,7 @@
 mod asynchronous;
 mod docker;
 mod doors;
+mod h2_abuse;
 mod hardening;
 mod harness;
 mod ingress;
