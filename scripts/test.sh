@@ -53,3 +53,5 @@ cargo build --workspace --bins
 # The docker test's image is built from the static release binaries.
 bash scripts/build-static.sh
 cargo test --workspace
+# Coverage-guided fuzzing of the parsers, briefly (longer: bash scripts/fuzz.sh 3600).
+bash scripts/fuzz.sh 20
