@@ -22,6 +22,9 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+#[cfg(test)]
+pub(crate) mod fake;
+
 pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 

@@ -150,6 +150,67 @@ impl AsyncQueue {
     }
 }
 
+/// What an invocation's attempts so far were refused for.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Tally {
+    /// Retries after a function error.
+    pub retries: u32,
+    /// Waits after throttling or a gateway error.
+    pub backoffs: u32,
+}
+
+/// After an attempt: done, or another attempt after a wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    Done(AsyncResult),
+    Retry {
+        reason: RetryReason,
+        after: Duration,
+    },
+}
+
+/// Function Compute's retry rule, pure: after an attempt that ended with
+/// `error` (`None`: success), given what came before (`tally`, updated) and
+/// the time `left` before the event's maximum age.
+/// - a function error is retried up to `max_retries` times;
+/// - throttling and gateway errors are retried with binary exponential
+///   backoff from `base`, without a count;
+/// - a wait that would outlast `left` ends the invocation as expired;
+/// - a stopping gateway ends it as dropped.
+pub fn next(
+    error: Option<&InvokeError>,
+    tally: &mut Tally,
+    policy: &crate::config::AsyncPolicy,
+    base: Duration,
+    left: Duration,
+) -> Next {
+    let Some(e) = error else {
+        return Next::Done(AsyncResult::Succeeded);
+    };
+    let (reason, after) = match e.outcome() {
+        Outcome::FunctionError if tally.retries >= policy.max_retries => {
+            return Next::Done(AsyncResult::Failed);
+        }
+        Outcome::FunctionError => {
+            tally.retries += 1;
+            (RetryReason::FunctionError, backoff(base, tally.retries - 1))
+        }
+        Outcome::Throttled => {
+            tally.backoffs += 1;
+            (RetryReason::Throttled, backoff(base, tally.backoffs - 1))
+        }
+        _ if matches!(e, InvokeError::ShuttingDown) => return Next::Done(AsyncResult::Dropped),
+        _ => {
+            tally.backoffs += 1;
+            (RetryReason::Error, backoff(base, tally.backoffs - 1))
+        }
+    };
+    if after > left {
+        return Next::Done(AsyncResult::Expired);
+    }
+    Next::Retry { reason, after }
+}
+
 /// The wait before the attempt after `n` earlier waits of the same kind.
 pub fn backoff(base: Duration, n: u32) -> Duration {
     base.saturating_mul(1 << n.min(16)).min(MAX_DELAY)
@@ -190,32 +251,15 @@ impl Pipeline {
         let policy = &job.pool.cfg.asynchronous;
         let base = self.asynchronous.limits.retry_base;
         let deadline = job.accepted + policy.max_event_age;
-        let (mut retries, mut backoffs) = (0, 0);
+        let mut tally = Tally::default();
         loop {
-            let (reason, delay) = match self.attempt_async(job).await {
-                Ok(()) => return AsyncResult::Succeeded,
-                Err(e) => match e.outcome() {
-                    Outcome::FunctionError if retries >= policy.max_retries => {
-                        return AsyncResult::Failed;
-                    }
-                    Outcome::FunctionError => {
-                        retries += 1;
-                        (RetryReason::FunctionError, backoff(base, retries - 1))
-                    }
-                    Outcome::Throttled => {
-                        backoffs += 1;
-                        (RetryReason::Throttled, backoff(base, backoffs - 1))
-                    }
-                    _ if matches!(e, InvokeError::ShuttingDown) => return AsyncResult::Dropped,
-                    _ => {
-                        backoffs += 1;
-                        (RetryReason::Error, backoff(base, backoffs - 1))
-                    }
-                },
+            let outcome = self.attempt_async(job).await;
+            let left = deadline.saturating_duration_since(Instant::now());
+            let (reason, delay) = match next(outcome.as_ref().err(), &mut tally, policy, base, left)
+            {
+                Next::Done(result) => return result,
+                Next::Retry { reason, after } => (reason, after),
             };
-            if Instant::now() + delay > deadline {
-                return AsyncResult::Expired;
-            }
             job.pool.metrics.async_retries[reason as usize].inc();
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
@@ -286,6 +330,132 @@ impl Pipeline {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn policy(max_retries: u32) -> crate::config::AsyncPolicy {
+        crate::config::AsyncPolicy {
+            max_retries,
+            max_event_age: Duration::from_secs(3600),
+        }
+    }
+
+    fn crash() -> InvokeError {
+        InvokeError::InstanceCrashed {
+            detail: "exited".into(),
+        }
+    }
+
+    fn throttled() -> InvokeError {
+        InvokeError::Throttled(Throttled {
+            limit: LimitKind::FunctionConcurrency,
+            retry_after: Duration::from_millis(1),
+        })
+    }
+
+    #[test]
+    fn function_errors_are_retried_up_to_the_limit() {
+        let (base, left) = (Duration::from_secs(1), Duration::from_secs(3600));
+        let mut t = Tally::default();
+        let p = policy(3);
+        let waits: Vec<Next> = (0..4)
+            .map(|_| next(Some(&crash()), &mut t, &p, base, left))
+            .collect();
+        assert_eq!(
+            waits,
+            [1, 2, 4]
+                .map(|s| Next::Retry {
+                    reason: RetryReason::FunctionError,
+                    after: Duration::from_secs(s)
+                })
+                .into_iter()
+                .chain([Next::Done(AsyncResult::Failed)])
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(
+            next(None, &mut t, &p, base, left),
+            Next::Done(AsyncResult::Succeeded)
+        );
+        // No retries at all when so configured.
+        let mut t = Tally::default();
+        assert_eq!(
+            next(Some(&crash()), &mut t, &policy(0), base, left),
+            Next::Done(AsyncResult::Failed)
+        );
+    }
+
+    #[test]
+    fn throttling_and_gateway_errors_back_off_until_the_event_ages_out() {
+        let base = Duration::from_secs(1);
+        let mut t = Tally::default();
+        let p = policy(0);
+        // Not counted against max_retries: it is 0 here.
+        let r = next(
+            Some(&throttled()),
+            &mut t,
+            &p,
+            base,
+            Duration::from_secs(100),
+        );
+        assert_eq!(
+            r,
+            Next::Retry {
+                reason: RetryReason::Throttled,
+                after: base
+            }
+        );
+        let r = next(
+            Some(&InvokeError::internal("x")),
+            &mut t,
+            &p,
+            base,
+            Duration::from_secs(100),
+        );
+        assert_eq!(
+            r,
+            Next::Retry {
+                reason: RetryReason::Error,
+                after: 2 * base
+            }
+        );
+        // The next wait (4 s) would outlast what is left of the event's age.
+        let r = next(Some(&throttled()), &mut t, &p, base, Duration::from_secs(3));
+        assert_eq!(r, Next::Done(AsyncResult::Expired));
+        // A function error and a throttle keep separate counts.
+        let mut t = Tally::default();
+        next(
+            Some(&throttled()),
+            &mut t,
+            &policy(2),
+            base,
+            Duration::from_secs(100),
+        );
+        let r = next(
+            Some(&crash()),
+            &mut t,
+            &policy(2),
+            base,
+            Duration::from_secs(100),
+        );
+        assert_eq!(
+            r,
+            Next::Retry {
+                reason: RetryReason::FunctionError,
+                after: base
+            }
+        );
+    }
+
+    #[test]
+    fn a_stopping_gateway_drops_what_is_left() {
+        let mut t = Tally::default();
+        let r = next(
+            Some(&InvokeError::ShuttingDown),
+            &mut t,
+            &policy(3),
+            Duration::from_secs(1),
+            Duration::from_secs(100),
+        );
+        assert_eq!(r, Next::Done(AsyncResult::Dropped));
+    }
 
     #[test]
     fn backoff_doubles_from_the_base_up_to_the_cap() {

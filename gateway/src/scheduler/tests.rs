@@ -4,88 +4,9 @@
 //! woken by any release, a stuck worker's bounded cost, exact gauges.
 
 use super::*;
-use crate::workers::{BoxFuture, WorkerApi, WorkerError, WorkerTimeouts};
-use sandbox_runtime::api::{Capacity, CreateInstance, InstanceInfo, InstanceState, MemoryLimit};
+use crate::workers::WorkerTimeouts;
+use crate::workers::fake::Fake;
 use std::path::Path;
-use std::sync::Mutex as StdMutex;
-use std::sync::atomic::AtomicBool;
-
-/// A worker that starts nothing but answers as if it did. With `hang`, it
-/// accepts and never answers (a stopped or black-holed worker).
-#[derive(Default)]
-struct Fake {
-    hang: AtomicBool,
-    created: StdMutex<Vec<String>>,
-    released: StdMutex<Vec<String>>,
-}
-
-fn info(id: &str) -> InstanceInfo {
-    InstanceInfo {
-        instance_id: id.into(),
-        function: "f".into(),
-        address: "127.0.0.1:9".into(),
-        memory_mb: 128,
-        memory_limit: MemoryLimit::None,
-        state: InstanceState::Running,
-        pid: None,
-        created_unix: 0,
-        exit: None,
-        stderr_tail: String::new(),
-    }
-}
-
-impl WorkerApi for Arc<Fake> {
-    fn capacity(&self) -> BoxFuture<'_, Result<Capacity, WorkerError>> {
-        Box::pin(async {
-            Ok(Capacity {
-                memory_mb_total: 4096,
-                memory_mb_used: 0,
-                instances: 0,
-                memory_limit: MemoryLimit::None,
-            })
-        })
-    }
-    fn create<'a>(
-        &'a self,
-        req: &'a CreateInstance,
-    ) -> BoxFuture<'a, Result<InstanceInfo, WorkerError>> {
-        Box::pin(async move {
-            self.created.lock().unwrap().push(req.instance_id.clone());
-            if self.hang.load(Ordering::Acquire) {
-                std::future::pending::<()>().await;
-            }
-            Ok(info(&req.instance_id))
-        })
-    }
-    fn release<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<InstanceInfo, WorkerError>> {
-        Box::pin(async move {
-            self.released.lock().unwrap().push(id.to_string());
-            Ok(info(id))
-        })
-    }
-    fn instance<'a>(
-        &'a self,
-        id: &'a str,
-        _wait_exit: Duration,
-    ) -> BoxFuture<'a, Result<InstanceInfo, WorkerError>> {
-        Box::pin(async move {
-            if self.hang.load(Ordering::Acquire) {
-                std::future::pending::<()>().await;
-            }
-            Ok(info(id))
-        })
-    }
-    fn list(&self) -> BoxFuture<'_, Result<Vec<InstanceInfo>, WorkerError>> {
-        Box::pin(async { Ok(Vec::new()) })
-    }
-    fn log<'a>(
-        &'a self,
-        _id: &'a str,
-        _from: Option<u64>,
-    ) -> BoxFuture<'a, Result<(u64, bytes::Bytes), WorkerError>> {
-        Box::pin(async { Ok((0, bytes::Bytes::new())) })
-    }
-}
 
 const TIMES: Times = Times {
     start_timeout: Duration::from_secs(30),
@@ -251,8 +172,10 @@ async fn a_stuck_worker_costs_a_bounded_time_and_a_clear_error() {
     );
     // The start's own bound: the worker's start timeout plus a call's.
     assert!(t0.elapsed() <= TIMES.start_timeout + TIMES.worker_timeout * 2);
-    // What it may still start there is released.
-    tokio::time::sleep(Duration::from_millis(1)).await;
+    // What it may still start there is released (in a task of its own).
+    while fake.released.lock().unwrap().is_empty() {
+        tokio::task::yield_now().await;
+    }
     assert_eq!(fake.released.lock().unwrap().len(), 1);
     assert_gauges_exact(&pool);
 }
