@@ -87,6 +87,7 @@ pub struct Metrics {
     pub http2_idle_closes: IntCounter,
     /// `[ok, error]`.
     pub tls_reloads: [IntCounter; 2],
+    pub connections_refused: IntCounter,
 }
 
 /// Cached handles for one function.
@@ -307,6 +308,11 @@ impl Metrics {
         )
         .unwrap();
         let tls_reloads = ["ok", "error"].map(|r| tls_reloads_vec.with_label_values(&[r]));
+        let connections_refused = IntCounter::new(
+            "fngate_connections_refused_total",
+            "Connections refused (reset at once) because max_connections were open.",
+        )
+        .unwrap();
         let proxy_rejections = crate::connection::proxy::Reject::ALL
             .iter()
             .map(|r| proxy.with_label_values(&[r.as_str()]))
@@ -337,6 +343,7 @@ impl Metrics {
             Box::new(usage_log_write_errors.clone()),
             Box::new(http2_idle_closes.clone()),
             Box::new(tls_reloads_vec),
+            Box::new(connections_refused.clone()),
         ] {
             registry.register(c).unwrap();
         }
@@ -366,6 +373,7 @@ impl Metrics {
             usage_log_write_errors,
             http2_idle_closes,
             tls_reloads,
+            connections_refused,
         }
     }
 

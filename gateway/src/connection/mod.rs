@@ -1,9 +1,9 @@
 //! Client connections: accept, bound, terminate TLS, and serve HTTP/1.1 or
 //! HTTP/2 (chosen by ALPN) into the [`crate::pipeline`].
 //!
-//! Bounds applied here: `max_connections` (a semaphore taken before
-//! `accept`, so excess clients wait in the kernel backlog instead of costing
-//! memory), the TLS handshake timeout, the header read timeout (for HTTP/1.1
+//! Bounds applied here: `max_connections` (one budget for every listener:
+//! a connection over it is accepted and reset at once, so its client learns
+//! now and costs nothing, instead of waiting in the listen backlog), the TLS handshake timeout, the header read timeout (for HTTP/1.1
 //! hyper also applies it to the idle wait between keep-alive requests), the
 //! HTTP/2 idle timeout (ours: hyper has none), and the maximum header size. Body size and time are bounded in
 //! [`crate::pipeline::body`].
@@ -171,10 +171,6 @@ impl Server {
             shards,
         } = &*conns;
         loop {
-            let permit = tokio::select! {
-                _ = stop.cancelled() => return,
-                p = permits.clone().acquire_owned() => p.expect("never closed"),
-            };
             let (stream, peer) = tokio::select! {
                 _ = stop.cancelled() => return,
                 a = listener.accept() => match a {
@@ -184,6 +180,14 @@ impl Server {
                         continue;
                     }
                 },
+            };
+            // Over max_connections: refused at once (a reset), so the client
+            // learns now instead of waiting in the listen backlog.
+            let Ok(permit) = permits.clone().try_acquire_owned() else {
+                let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+                drop(stream);
+                self.metrics.connections_refused.inc();
+                continue;
             };
             let _ = stream.set_nodelay(true);
             let this = self.clone();

@@ -13,6 +13,7 @@ mod lifecycle;
 mod loadtest;
 mod metering;
 mod observability;
+mod overload;
 mod scheduling;
 mod sdk;
 mod throttle;
