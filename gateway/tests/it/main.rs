@@ -13,7 +13,6 @@ mod lifecycle;
 mod loadtest;
 mod metering;
 mod observability;
-mod overload;
 mod scheduling;
 mod sdk;
 mod throttle;
