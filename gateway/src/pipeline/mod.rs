@@ -224,12 +224,11 @@ impl Pipeline {
                 return Ok(self.refuse(&ctx, done, e, &parts, body).await);
             }
         };
-        let head_key = match &authn {
-            Authn::Done(k) => *k,
-            Authn::Payload { .. } => None,
-        };
+        let head_key = authn.proven_key();
         // Keyed by a key that only the payload can confirm: throttle after it.
-        let deferred = authn.needs_payload_hash() && self.scheduler.limits().keying.by_access_key();
+        let deferred = head_key.is_none()
+            && authn.needs_payload_hash()
+            && self.scheduler.limits().keying.by_access_key();
 
         // 5: throttling, still from the head.
         let mut _permit = None;

@@ -189,7 +189,7 @@ async fn signatures_at_both_doors_and_one_budget_per_access_key() {
         ("lambda", "expired", 1.0),
         ("lambda", "missing", 1.0),
         ("fc", "bad_signature", 1.0),
-        ("fc", "payload_mismatch", 1.0),
+        ("fc", "payload_mismatch", 1.0), // not the tampered call past its budget: throttled first
         ("fc", "unknown_key", 1.0),
         ("fc", "expired", 1.0),
         ("fc", "missing", 1.0),

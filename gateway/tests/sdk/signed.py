@@ -1,7 +1,8 @@
 """Both SDKs against a gateway with auth = "signature" and caller_key =
 "access_key": signed calls pass at the FC and Lambda doors; a wrong secret,
 an unknown key, a tampered body, a stale date and an unsigned call each fail
-with the cloud's own code; each verified key has its own rate budget.
+with the cloud's own code; each verified key has its own rate budget, which
+an FC call (whose head proves its key) meets before its body is read.
 Usage: signed.py ENDPOINT CA"""
 import datetime
 import http.client
@@ -142,4 +143,14 @@ fc_fails(fc_alpha, "ResourceThrottled", status=429, function="percaller")
 r = fc_invoke(fc_good, "percaller", b"{}")
 assert r.status_code == 200
 ok("caller_key = access_key")
+
+# An FC signature covers the hash it declares, so its head proves the key:
+# past the key's budget, even a body that does not match that hash is refused
+# from the head, throttled, before a byte of it is read or hashed.
+openapi_client.DaraCore.do_action = staticmethod(tampered)
+try:
+    fc_fails(fc_client(endpoint, ca, *BETA), "ResourceThrottled", status=429, function="percaller")
+finally:
+    openapi_client.DaraCore.do_action = real_do_action
+ok("FC: a key proven by the head meets its limit before the body")
 done()
