@@ -85,6 +85,19 @@ struct Ctx<'a> {
     wall: SystemTime,
 }
 
+impl Ctx<'_> {
+    /// What the dialect answers with: the request, the function (`None`: not
+    /// found) and the instance the call ran on, if it did.
+    fn reply<'a>(&'a self, pool: Option<&Arc<FunctionPool>>, ran: Option<&'a Ran>) -> Reply<'a> {
+        Reply {
+            request_id: &self.request_id,
+            ran,
+            memory_mb: pool.map_or(0, |p| p.cfg.memory_mb),
+            started: self.started,
+        }
+    }
+}
+
 /// What [`Pipeline::account`] needs to know about how a request went.
 struct Done<'a> {
     pool: Option<&'a Arc<FunctionPool>>,
@@ -309,7 +322,9 @@ impl Pipeline {
         match inv.kind {
             Kind::DryRun => {
                 let done = done(Outcome::DryRun, None, key);
-                let resp = ctx.dialect.accepted(Kind::DryRun, &self.reply(&ctx, &done));
+                let resp = ctx
+                    .dialect
+                    .accepted(Kind::DryRun, &ctx.reply(done.pool, None));
                 Ok(self.finish(&ctx, done, resp).await)
             }
             Kind::Async => {
@@ -328,7 +343,9 @@ impl Pipeline {
                 };
                 let done = done(outcome, None, key);
                 let resp = match err {
-                    None => ctx.dialect.accepted(Kind::Async, &self.reply(&ctx, &done)),
+                    None => ctx
+                        .dialect
+                        .accepted(Kind::Async, &ctx.reply(done.pool, None)),
                     Some(e) => self.error(&ctx, &done, &e),
                 };
                 Ok(self.finish(&ctx, done, resp).await)
@@ -349,7 +366,7 @@ impl Pipeline {
                     log_tail: inv.log_tail,
                 };
                 let result = forward::call(&self, &pool, &call, payload, &ctx.request_id).await;
-                let (outcome, ran, resp, _) = self.answer(&ctx, &pool, result);
+                let (outcome, ran, resp) = self.answer(&ctx, &pool, result);
                 Ok(self.finish(&ctx, done(outcome, ran, key), resp).await)
             }
         }
@@ -383,50 +400,33 @@ impl Pipeline {
         admitted
     }
 
-    fn reply<'a>(&self, ctx: &'a Ctx<'_>, done: &'a Done<'_>) -> Reply<'a> {
-        Reply {
-            request_id: &ctx.request_id,
-            ran: done.ran.as_ref(),
-            memory_mb: done.pool.map_or(0, |p| p.cfg.memory_mb),
-            started: ctx.started,
-        }
-    }
-
     /// A gateway-made error answer, in the door's shape. Its JSON is not to be
     /// sniffed as anything else (a function's own answers pass untouched).
     fn error(&self, ctx: &Ctx<'_>, done: &Done<'_>, e: &InvokeError) -> Response<ResponseBody> {
-        nosniff(ctx.dialect.error(e, &self.reply(ctx, done)))
+        nosniff(
+            ctx.dialect
+                .error(e, &ctx.reply(done.pool, done.ran.as_ref())),
+        )
     }
 
-    /// The answer to a call that reached stage 8, and its error if it failed.
+    /// The answer to a call that reached stage 8.
     fn answer(
         &self,
         ctx: &Ctx<'_>,
         pool: &Arc<FunctionPool>,
         result: Result<(FunctionAnswer, Ran), (InvokeError, Option<Ran>)>,
-    ) -> (
-        Outcome,
-        Option<Ran>,
-        Response<ResponseBody>,
-        Option<InvokeError>,
-    ) {
-        fn reply<'a>(ctx: &'a Ctx<'_>, pool: &FunctionPool, ran: Option<&'a Ran>) -> Reply<'a> {
-            Reply {
-                request_id: &ctx.request_id,
-                ran,
-                memory_mb: pool.cfg.memory_mb,
-                started: ctx.started,
-            }
-        }
+    ) -> (Outcome, Option<Ran>, Response<ResponseBody>) {
         match result {
             Ok((answer, ran)) => {
-                let mut resp = ctx.dialect.success(answer, &reply(ctx, pool, Some(&ran)));
+                let mut resp = ctx
+                    .dialect
+                    .success(answer, &ctx.reply(Some(pool), Some(&ran)));
                 if ran.cold {
                     resp.headers_mut()
                         .insert(COLD_START, HeaderValue::from_static("true"));
                 }
                 pool.limits.record_duration(ctx.started.elapsed());
-                (Outcome::Success, Some(ran), resp, None)
+                (Outcome::Success, Some(ran), resp)
             }
             Err((e, ran)) => {
                 if let InvokeError::Throttled(t) = &e {
@@ -436,8 +436,8 @@ impl Pipeline {
                 if !matches!(outcome, Outcome::ClientError | Outcome::Throttled) {
                     tracing::info!(function = %pool.cfg.name, request_id = ?ctx.request_id, error = %e, "invocation failed");
                 }
-                let resp = nosniff(ctx.dialect.error(&e, &reply(ctx, pool, ran.as_ref())));
-                (outcome, ran, resp, Some(e))
+                let resp = nosniff(ctx.dialect.error(&e, &ctx.reply(Some(pool), ran.as_ref())));
+                (outcome, ran, resp)
             }
         }
     }
