@@ -21,8 +21,8 @@ pub mod acs3;
 
 use super::{
     APPLICATION_JSON, Api, Dialect, FunctionAnswer, Invocation, Kind, Reply, ResponseBody, Trigger,
-    denial_message, json, limit_description, log_tail_header, millis_header, query_param,
-    require_post, response, retry_after_header, signature_or_none,
+    denial_message, function_error_body, json, limit_description, log_tail_header, millis_header,
+    query_param, require_post, response, retry_after_header, signature_or_none,
 };
 use crate::auth::{AuthError, AuthPolicy, Authn};
 use crate::error::InvokeError;
@@ -51,13 +51,6 @@ struct ErrorBody<'a> {
     code: &'a str,
     message: &'a str,
     request_id: &'a str,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct FunctionErrorBody<'a> {
-    error_message: &'a str,
-    error_type: &'a str,
 }
 
 fn header_is(
@@ -211,15 +204,7 @@ impl Dialect for Fc {
                 code.len() + message.len() + request_id.len(),
             )
         };
-        let function = |error_type: &str, message: &str| {
-            json(
-                &FunctionErrorBody {
-                    error_message: message,
-                    error_type,
-                },
-                message.len() + error_type.len(),
-            )
-        };
+        let function = function_error_body;
         let mut retry_after = None;
         let mut function_error = false;
         let body = match err {

@@ -27,8 +27,8 @@ pub mod sigv4;
 
 use super::{
     APPLICATION_JSON, Api, Dialect, FunctionAnswer, Invocation, Kind, Reply, ResponseBody, Trigger,
-    denial_message, json, limit_description, log_tail_header, millis_header, percent_decode,
-    query_param, require_post, response, retry_after_header, signature_or_none,
+    denial_message, function_error_body, json, limit_description, log_tail_header, millis_header,
+    percent_decode, query_param, require_post, response, retry_after_header, signature_or_none,
 };
 use crate::auth::{AuthError, AuthPolicy, Authn};
 use crate::error::InvokeError;
@@ -100,13 +100,6 @@ struct ErrorBody<'a> {
     reason: Option<&'a str>,
 }
 
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct FunctionErrorBody<'a> {
-    error_message: &'a str,
-    error_type: &'a str,
-}
-
 /// A `FunctionName` split into its parts (all borrowed from it).
 #[derive(Debug, PartialEq, Eq)]
 struct FunctionName<'a> {
@@ -137,8 +130,14 @@ fn parse_function_name(s: &str) -> Option<FunctionName<'_>> {
     if s.len() > 256 {
         return None;
     }
-    let parts: Vec<&str> = s.split(':').collect();
-    let f = match parts.as_slice() {
+    // A full ARN with a qualifier has 8 parts: split on the stack.
+    let mut parts = [""; 8];
+    let mut n = 0;
+    for p in s.split(':') {
+        *parts.get_mut(n)? = p;
+        n += 1;
+    }
+    let f = match &parts[..n] {
         [name] => FunctionName {
             name,
             qualifier: None,
@@ -454,14 +453,7 @@ impl Dialect for Lambda {
         };
         let function = |error_type: &str, message: &str| {
             let message = format!("RequestId: {id} Error: {message}");
-            let body = json(
-                &FunctionErrorBody {
-                    error_message: &message,
-                    error_type,
-                },
-                message.len() + error_type.len(),
-            );
-            (None, body)
+            (None, function_error_body(error_type, &message))
         };
         let user = "User";
         let mut retry_after = None;
@@ -594,24 +586,24 @@ impl Dialect for Lambda {
             ),
         };
         let mut resp = response(status, Some(APPLICATION_JSON), body);
-        let h = resp.headers_mut();
-        match code {
-            Some(code) => {
-                h.insert(ERROR_TYPE, HeaderValue::from_static(code));
-            }
-            None => {
-                h.insert(FUNCTION_ERROR, HeaderValue::from_static("Unhandled"));
-            }
-        }
         if let Some(wait) = retry_after {
+            let h = resp.headers_mut();
             h.insert(http::header::RETRY_AFTER, retry_after_header(wait));
             h.insert(RETRY_AFTER_MS, millis_header(wait));
         }
-        if code.is_none() {
-            self.add_common(&mut resp, reply);
-        } else {
-            resp.headers_mut()
-                .insert(REQUEST_ID, reply.request_id.clone());
+        match code {
+            // A gateway error: Lambda's error type, and only the request id.
+            Some(code) => {
+                let h = resp.headers_mut();
+                h.insert(ERROR_TYPE, HeaderValue::from_static(code));
+                h.insert(REQUEST_ID, reply.request_id.clone());
+            }
+            // The function's error: the headers of any function answer.
+            None => {
+                resp.headers_mut()
+                    .insert(FUNCTION_ERROR, HeaderValue::from_static("Unhandled"));
+                self.add_common(&mut resp, reply);
+            }
         }
         resp
     }

@@ -215,6 +215,25 @@ pub(crate) fn json(body: &impl Serialize, strings_len: usize) -> Bytes {
     }
 }
 
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct FunctionErrorBody<'a> {
+    error_message: &'a str,
+    error_type: &'a str,
+}
+
+/// `{"errorMessage","errorType"}`: how FC and Lambda both report a function
+/// that failed.
+pub(crate) fn function_error_body(error_type: &str, message: &str) -> Bytes {
+    json(
+        &FunctionErrorBody {
+            error_message: message,
+            error_type,
+        },
+        message.len() + error_type.len(),
+    )
+}
+
 /// A response with `status`, `body` and, when given, its content type.
 pub(crate) fn response(
     status: StatusCode,

@@ -42,6 +42,8 @@ fn every_function_name_form() {
         "arn%3Aaws%3Alambda%3Aus-east-1%3A123%3Afunction%3Aecho",
         "has%20space",
         "echo%3Aa%3Ab",
+        // A full ARN with a qualifier and one part more than any form has.
+        "arn%3Aaws%3Alambda%3Aus-east-1%3A123456789012%3Afunction%3Aecho%3A1%3Ax",
         "%zz",
     ] {
         let p = parts("POST", &path(bad), &[]);
