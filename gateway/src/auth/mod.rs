@@ -297,19 +297,19 @@ impl<'a> SignedRequest<'a> {
     }
 }
 
-/// The request's signed date header `name`: present, in the scheme's format
-/// (`parse` gives its Unix time), within the policy's skew of the clock.
+/// The request's signed date header `name`: present, in the scheme's
+/// `format` (see [`parse_utc`]), within the policy's skew of the clock.
 pub fn signed_date<'a>(
     headers: &'a http::HeaderMap,
     name: &str,
-    parse: fn(&str) -> Option<i64>,
+    format: &str,
     policy: &AuthPolicy<'_>,
 ) -> Result<&'a str, AuthError> {
     let date = headers
         .get(name)
         .and_then(|v| v.to_str().ok())
         .ok_or(AuthError::Malformed("the signed date header is missing"))?;
-    let when = parse(date).ok_or(AuthError::Malformed(
+    let when = parse_utc(date, format).ok_or(AuthError::Malformed(
         "the signed date header is not in the scheme's format",
     ))?;
     if within(when, policy.now, policy.max_skew) {
@@ -484,12 +484,33 @@ pub fn within(unix: i64, now: SystemTime, max_skew: Duration) -> bool {
     (unix - now).unsigned_abs() <= max_skew.as_secs()
 }
 
-/// A fixed-width run of ASCII digits as a number.
-pub fn digits(s: &str) -> Option<u32> {
-    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+/// A UTC date-time written in the fixed-width `format` (`YYYY`, `MM`, `DD`,
+/// `hh`, `mm`, `ss` are its digits; any other character stands for itself),
+/// as Unix time; `None` when it does not fit the format or is no valid date.
+pub fn parse_utc(s: &str, format: &str) -> Option<i64> {
+    if s.len() != format.len() {
         return None;
     }
-    s.parse().ok()
+    // Year, month, day, hour, minute, second.
+    let mut f = [0u32; 6];
+    for (c, p) in s.bytes().zip(format.bytes()) {
+        let i = match p {
+            b'Y' => 0,
+            b'M' => 1,
+            b'D' => 2,
+            b'h' => 3,
+            b'm' => 4,
+            b's' => 5,
+            _ if c == p => continue,
+            _ => return None,
+        };
+        if !c.is_ascii_digit() {
+            return None;
+        }
+        f[i] = f[i] * 10 + u32::from(c - b'0');
+    }
+    let [y, mo, d, h, mi, sec] = f;
+    unix_time(y as i32, mo as u8, d as u8, h as u8, mi as u8, sec as u8)
 }
 
 /// A canonical header value: trimmed, inner runs of spaces and tabs as one
@@ -541,6 +562,21 @@ mod tests {
         assert_eq!(unix_time(1970, 1, 1, 0, 0, 0), Some(0));
         assert_eq!(unix_time(2015, 8, 30, 12, 36, 0), Some(1440938160));
         assert_eq!(unix_time(2015, 2, 30, 0, 0, 0), None);
+        const ISO: &str = "YYYY-MM-DDThh:mm:ssZ";
+        const BASIC: &str = "YYYYMMDDThhmmssZ";
+        assert_eq!(parse_utc("2015-08-30T12:36:00Z", ISO), Some(1440938160));
+        assert_eq!(parse_utc("20150830T123600Z", BASIC), Some(1440938160));
+        for (bad, format) in [
+            ("2015-08-30 12:36:00Z", ISO),
+            ("2015-08-30T12:36:00", ISO),
+            ("2015-08-3xT12:36:00Z", ISO),
+            ("2015-02-30T12:36:00Z", ISO),
+            ("20150830T126000Z", BASIC),
+            ("20150830T123600Z", ISO),
+            ("+0150830T123600Z", BASIC),
+        ] {
+            assert_eq!(parse_utc(bad, format), None, "{bad}");
+        }
         let mut t = String::new();
         trim_all(b"  a \t b   c ", &mut t);
         assert_eq!(t, "a b c");

@@ -19,37 +19,15 @@
 
 use crate::api::query_pairs;
 use crate::auth::{
-    AuthError, AuthPolicy, Authn, SignedRequest, digits, finish_canonical, hex,
-    percent_encode_into, sha256, signed_date, signed_host, unix_time, verify_hmac_sha256,
+    AuthError, AuthPolicy, Authn, SignedRequest, finish_canonical, hex, percent_encode_into,
+    sha256, signed_date, signed_host, verify_hmac_sha256,
 };
 
 pub const ALGORITHM: &str = "ACS3-HMAC-SHA256";
 const DATE: &str = "x-acs-date";
 const CONTENT_SHA256: &str = "x-acs-content-sha256";
-
-/// `2026-12-02T03:04:05Z` as Unix time.
-fn parse_date(s: &str) -> Option<i64> {
-    let b = s.as_bytes();
-    if b.len() != 20
-        || b[4] != b'-'
-        || b[7] != b'-'
-        || b[10] != b'T'
-        || b[13] != b':'
-        || b[16] != b':'
-        || b[19] != b'Z'
-    {
-        return None;
-    }
-    let n = |r: std::ops::Range<usize>| digits(&s[r]);
-    unix_time(
-        n(0..4)? as i32,
-        n(5..7)? as u8,
-        n(8..10)? as u8,
-        n(11..13)? as u8,
-        n(14..16)? as u8,
-        n(17..19)? as u8,
-    )
-}
+/// `x-acs-date`: ISO 8601, as `2026-12-02T03:04:05Z`.
+const DATE_FORMAT: &str = "YYYY-MM-DDThh:mm:ssZ";
 
 /// A header value as ACS3 canonicalizes it: trimmed.
 fn text(v: &http::HeaderValue) -> &str {
@@ -64,7 +42,7 @@ pub fn verify(parts: &http::request::Parts, policy: &AuthPolicy<'_>) -> Result<A
         .get(a.credential)
         .ok_or_else(|| AuthError::UnknownKey(a.credential.into()))?;
     let signed = a.signed(DATE)?;
-    signed_date(&parts.headers, DATE, parse_date, policy)?;
+    signed_date(&parts.headers, DATE, DATE_FORMAT, policy)?;
 
     let mut canonical = String::with_capacity(1024);
     canonical.push_str(parts.method.as_str());

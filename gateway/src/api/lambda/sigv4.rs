@@ -25,9 +25,8 @@
 
 use crate::api::query_pairs;
 use crate::auth::{
-    AuthError, AuthPolicy, Authn, Secret, SignedRequest, digits, finish_canonical, hex,
-    hmac_sha256, percent_encode_into, sha256, signed_date, signed_host, trim_all, unix_time,
-    verify_hmac_sha256,
+    AuthError, AuthPolicy, Authn, Secret, SignedRequest, finish_canonical, hex, hmac_sha256,
+    percent_encode_into, sha256, signed_date, signed_host, trim_all, verify_hmac_sha256,
 };
 
 pub const ALGORITHM: &str = "AWS4-HMAC-SHA256";
@@ -35,6 +34,8 @@ pub const SERVICE: &str = "lambda";
 const DATE: &str = "x-amz-date";
 const CONTENT_SHA256: &str = "x-amz-content-sha256";
 const UNSIGNED_PAYLOAD: &str = "UNSIGNED-PAYLOAD";
+/// `X-Amz-Date`: ISO 8601 basic format, as `20261202T031230Z`.
+const DATE_FORMAT: &str = "YYYYMMDDThhmmssZ";
 
 /// A SigV4 credential: `<key>/<yyyymmdd>/<region>/<service>/aws4_request`.
 struct Scope<'a> {
@@ -68,23 +69,6 @@ fn scope(credential: &str) -> Result<Scope<'_>, AuthError> {
             "Credential must be <key>/<date>/<region>/<service>/aws4_request",
         )),
     }
-}
-
-/// `20261202T031230Z` as Unix time.
-fn parse_date(s: &str) -> Option<i64> {
-    let b = s.as_bytes();
-    if b.len() != 16 || b[8] != b'T' || b[15] != b'Z' {
-        return None;
-    }
-    let n = |r: std::ops::Range<usize>| digits(&s[r]);
-    unix_time(
-        n(0..4)? as i32,
-        n(4..6)? as u8,
-        n(6..8)? as u8,
-        n(9..11)? as u8,
-        n(11..13)? as u8,
-        n(13..15)? as u8,
-    )
 }
 
 /// RFC 3986 section 5.2.4, plus the removal of empty segments AWS applies.
@@ -122,7 +106,7 @@ pub fn verify(parts: &http::request::Parts, policy: &AuthPolicy<'_>) -> Result<A
         .get(scope.key_id)
         .ok_or_else(|| AuthError::UnknownKey(scope.key_id.into()))?;
     let signed = a.signed(DATE)?;
-    let date = signed_date(&parts.headers, DATE, parse_date, policy)?;
+    let date = signed_date(&parts.headers, DATE, DATE_FORMAT, policy)?;
     if date[..8] != *scope.day {
         return Err(AuthError::Malformed(
             "the credential scope's date is not X-Amz-Date's",
