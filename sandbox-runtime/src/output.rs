@@ -63,7 +63,7 @@ impl Output {
         let instance = instance.to_string();
         Ok(tokio::spawn(async move {
             let mut buf = vec![0u8; 8192];
-            let mut line = Vec::new();
+            let mut line = Line::default();
             loop {
                 let Ok(mut ready) = fd.readable().await else {
                     break;
@@ -83,22 +83,20 @@ impl Output {
                     Err(_) => continue,
                 };
                 for chunk in buf[..n].split_inclusive(|b| *b == b'\n') {
-                    line.extend_from_slice(chunk);
-                    if line.ends_with(b"\n") {
-                        line.pop();
-                        out.emit(&instance, which, &line);
-                        line.clear();
+                    if line.push(chunk) {
+                        out.emit(&instance, which, &line.0);
+                        line.0.clear();
                     }
                 }
             }
-            if !line.is_empty() {
-                out.emit(&instance, which, &line);
+            if !line.0.is_empty() {
+                out.emit(&instance, which, &line.0);
             }
         }))
     }
 
+    /// `line`: at most [`LINE_MAX`] bytes, as [`Line`] keeps it.
     fn emit(&self, instance: &str, which: &'static str, line: &[u8]) {
-        let line = &line[..line.len().min(LINE_MAX)];
         let text = String::from_utf8_lossy(line);
         tracing::info!(target: "instance", instance = %instance, stream = which, "{text}");
         if which == "stderr" {
@@ -144,6 +142,25 @@ impl Output {
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
+    }
+}
+
+/// The line being read from a pipe, kept to what the log shows of it (its
+/// first [`LINE_MAX`] bytes): a line that never ends costs no memory.
+#[derive(Default)]
+struct Line(Vec<u8>);
+
+impl Line {
+    /// Adds `chunk` (which holds at most one `\n`, at its end); true when
+    /// that ends the line.
+    fn push(&mut self, chunk: &[u8]) -> bool {
+        let (text, ends) = match chunk.strip_suffix(b"\n") {
+            Some(text) => (text, true),
+            None => (chunk, false),
+        };
+        let room = LINE_MAX.saturating_sub(self.0.len());
+        self.0.extend_from_slice(&text[..text.len().min(room)]);
+        ends
     }
 }
 
@@ -210,6 +227,21 @@ mod tests {
         // What fell out of the window is gone; the rest is returned.
         assert_eq!(st.from(0).len(), LOG_MAX_BYTES);
         assert_eq!(st.from(st.end - 3), b"xxx");
+    }
+
+    #[test]
+    fn a_line_without_end_is_held_only_as_far_as_the_log_shows_it() {
+        let mut line = Line::default();
+        for _ in 0..100 {
+            assert!(!line.push(&[b'x'; 8192]));
+        }
+        assert_eq!(line.0.len(), LINE_MAX);
+        assert!(line.push(b"tail\n"));
+        assert_eq!(line.0, vec![b'x'; LINE_MAX]);
+        let mut short = Line::default();
+        assert!(!short.push(b"ab"));
+        assert!(short.push(b"c\n"));
+        assert_eq!(short.0, b"abc");
     }
 
     #[tokio::test]
