@@ -104,11 +104,11 @@ impl Write for Flaky {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         self.calls += 1;
         if self.calls <= self.fail_first {
-            return Err(std::io::Error::from_raw_os_error(libc_enospc()));
+            return Err(std::io::ErrorKind::StorageFull.into());
         }
         // Short writes, and every third call fails midway.
         if self.calls.is_multiple_of(3) {
-            return Err(std::io::Error::from_raw_os_error(libc_enospc()));
+            return Err(std::io::ErrorKind::StorageFull.into());
         }
         let n = buf.len().min(64);
         self.got.extend_from_slice(&buf[..n]);
@@ -117,10 +117,6 @@ impl Write for Flaky {
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
-}
-
-fn libc_enospc() -> i32 {
-    28
 }
 
 #[test]
