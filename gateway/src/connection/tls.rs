@@ -100,35 +100,54 @@ impl Certificates {
                 return;
             }
         };
-        let mut seen = self.stamp();
+        let mut seen = self.off_runtime(Self::stamp).await.ok().flatten();
         loop {
-            let why = tokio::select! {
+            let signalled = tokio::select! {
                 _ = stop.cancelled() => return,
-                _ = hup.recv() => "SIGHUP",
-                _ = tokio::time::sleep(Duration::from_secs(2)) => {
-                    let now = self.stamp();
-                    if now == seen || now.is_none() {
-                        continue;
-                    }
-                    "the files changed"
-                }
+                _ = hup.recv() => true,
+                _ = tokio::time::sleep(Duration::from_secs(2)) => false,
             };
-            seen = self.stamp();
             if self.files.is_none() {
-                tracing::info!("SIGHUP: the certificate is self-signed; nothing to reload");
+                if signalled {
+                    tracing::info!("SIGHUP: the certificate is self-signed; nothing to reload");
+                }
                 continue;
             }
-            match self.reload() {
-                Ok(()) => {
+            let now = self.off_runtime(Self::stamp).await.ok().flatten();
+            if !signalled && (now == seen || now.is_none()) {
+                continue;
+            }
+            seen = now;
+            let why = if signalled {
+                "SIGHUP"
+            } else {
+                "the files changed"
+            };
+            let failed = match self.off_runtime(Self::reload).await {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(e) => Some(e.to_string()),
+            };
+            match failed {
+                None => {
                     reloads[0].inc();
                     tracing::info!(reason = why, "TLS certificate reloaded");
                 }
-                Err(e) => {
+                Some(error) => {
                     reloads[1].inc();
-                    tracing::error!(reason = why, error = %e, "TLS certificate reload failed; keeping the current one");
+                    tracing::error!(reason = why, %error, "TLS certificate reload failed; keeping the current one");
                 }
             }
         }
+    }
+
+    /// Runs `f` (file reads) on the blocking pool, off the runtime's threads.
+    async fn off_runtime<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: fn(&Self) -> T,
+    ) -> Result<T, tokio::task::JoinError> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || f(&this)).await
     }
 }
 
