@@ -278,16 +278,22 @@ pub(crate) fn is_hop_by_hop(name: &http::HeaderName) -> bool {
         || name.as_str() == "proxy-connection"
 }
 
-/// `headers` without hop-by-hop ones, nor those the `Connection` header names.
-pub(crate) fn passthrough_headers(mut headers: HeaderMap) -> HeaderMap {
-    let named: Vec<http::HeaderName> = headers
+/// The headers a message's own `Connection` header names: hop-by-hop for
+/// that message (RFC 9110 7.6.1), so never passed on. Empty (no allocation)
+/// when it names none, as HTTP/2 messages never do.
+pub(crate) fn connection_named(headers: &HeaderMap) -> Vec<http::HeaderName> {
+    headers
         .get_all(http::header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|n| http::HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for n in named {
+        .collect()
+}
+
+/// `headers` without hop-by-hop ones, nor those the `Connection` header names.
+pub(crate) fn passthrough_headers(mut headers: HeaderMap) -> HeaderMap {
+    for n in connection_named(&headers) {
         headers.remove(n);
     }
     let drop: Vec<http::HeaderName> = headers

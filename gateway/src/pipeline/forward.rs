@@ -27,7 +27,7 @@
 //! before the call and for the output since after it (best effort, bounded).
 
 use super::Pipeline;
-use crate::api::{FunctionAnswer, Ran, Trigger, is_hop_by_hop};
+use crate::api::{FunctionAnswer, Ran, Trigger, connection_named, is_hop_by_hop};
 use crate::error::InvokeError;
 use crate::scheduler::{FunctionPool, Slot};
 use bytes::Bytes;
@@ -190,10 +190,12 @@ fn request(
                 .uri
                 .authority()
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok());
+            let named = connection_named(call.headers);
             for (name, value) in call.headers {
                 if *name == http::header::HOST {
                     forwarded_host = Some(value.clone());
                 } else if !is_hop_by_hop(name)
+                    && !named.contains(name)
                     && *name != http::header::EXPECT
                     && !name.as_str().starts_with(CONTEXT_PREFIX)
                     && !consumed_headers.contains(&name.as_str())

@@ -330,6 +330,27 @@ async fn azure_http_trigger_hands_over_the_request_and_returns_the_answer() {
         assert_ne!(h["host"], "localhost");
     }
     let mut c = gw.h1().await;
+    // Headers the caller's Connection header names are for its hop only
+    // (HTTP/1.1; HTTP/2 has no such header).
+    let r = c
+        .send(azure(
+            "POST",
+            "/api/web",
+            &[
+                ("connection", "x-hop-only"),
+                ("x-hop-only", "1"),
+                ("x-kept", "2"),
+            ],
+            "",
+        ))
+        .await
+        .unwrap();
+    let h = &r.json()["headers"];
+    assert!(
+        h.get("x-hop-only").is_none() && h.get("connection").is_none(),
+        "{h}"
+    );
+    assert_eq!(h["x-kept"], "2");
     // No rest of path, no body, another method.
     let r = c.send(azure("GET", "/api/web", &[], "")).await.unwrap();
     assert_eq!(r.status, 200);
