@@ -141,8 +141,14 @@ struct GatewaySection {
     embedded_worker_memory_mb: u64,
     threads: Option<u64>,
     max_async_queued: u32,
+    max_async_queued_bytes: u64,
     max_async_body_bytes: u64,
     async_retry_base_ms: u64,
+    async_store: AsyncStoreKind,
+    async_store_path: PathBuf,
+    async_retention_s: u64,
+    async_destination_max_age_s: u64,
+    async_destination_ca_file: Option<PathBuf>,
     trusted_proxies: Vec<String>,
     access_rules: Vec<RuleSection>,
     private_endpoints: Vec<PrivateEndpointSection>,
@@ -182,9 +188,15 @@ impl Default for GatewaySection {
             worker_timeout_ms: 5_000,
             embedded_worker_memory_mb: 4096,
             threads: None,
-            max_async_queued: 1000,
+            max_async_queued: 100_000,
+            max_async_queued_bytes: 1 << 30,
             max_async_body_bytes: 128 * 1024,
             async_retry_base_ms: 1000,
+            async_store: AsyncStoreKind::Embedded,
+            async_store_path: "fngate-async.redb".into(),
+            async_retention_s: 86400,
+            async_destination_max_age_s: 86400,
+            async_destination_ca_file: None,
             trusted_proxies: Vec::new(),
             access_rules: Vec::new(),
             private_endpoints: Vec::new(),
@@ -245,6 +257,10 @@ struct FunctionSection {
     async_max_retries: u32,
     #[serde(default = "default_async_age")]
     async_max_event_age_s: u64,
+    #[serde(default = "default_async_concurrency")]
+    async_max_concurrency: u32,
+    on_success: Option<String>,
+    on_failure: Option<String>,
     /// Absent: the gateway's `auth`.
     auth: Option<AuthMode>,
     /// Absent: `function` when signatures are required, else `anonymous`.
@@ -262,6 +278,34 @@ fn default_async_retries() -> u32 {
 }
 fn default_async_age() -> u64 {
     86400
+}
+fn default_async_concurrency() -> u32 {
+    10
+}
+
+/// Where asynchronous tasks are kept (`gateway.async_store`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AsyncStoreKind {
+    /// redb, at `async_store_path`: tasks survive restarts and crashes.
+    Embedded,
+    /// In memory: lost with the process (benchmarks, throwaway setups).
+    Memory,
+}
+
+/// A destination URL: absolute, HTTP or HTTPS.
+fn destination(key: &str, v: Option<String>) -> Result<Option<http::Uri>, ConfigError> {
+    let Some(v) = v else { return Ok(None) };
+    let uri: http::Uri = v
+        .parse()
+        .map_err(|_| invalid(key, format!("{v:?} is not a URL")))?;
+    match (uri.scheme_str(), uri.authority()) {
+        (Some("http" | "https"), Some(_)) => Ok(Some(uri)),
+        _ => Err(invalid(
+            key,
+            format!("{v:?} must be an http:// or https:// URL"),
+        )),
+    }
 }
 
 fn default_memory() -> u32 {
@@ -351,6 +395,16 @@ pub struct AsyncLimits {
     pub max_body_bytes: u64,
     /// The first retry delay; it doubles with each retry.
     pub retry_base: Duration,
+    /// Payload bytes of tasks accepted and not yet done.
+    pub max_queued_bytes: u64,
+    pub store: AsyncStoreKind,
+    pub store_path: PathBuf,
+    /// How long a done task stays readable through the task API.
+    pub retention: Duration,
+    /// How long a destination record is retried before it is dropped.
+    pub destination_max_age: Duration,
+    /// Trust anchors for HTTPS destinations beside the system's (PEM).
+    pub destination_ca_file: Option<PathBuf>,
 }
 
 /// Gateway-wide throttling (see [`crate::throttle`]).
@@ -419,6 +473,13 @@ pub struct AsyncPolicy {
     pub max_retries: u32,
     /// An invocation not done this long after it was accepted is dropped.
     pub max_event_age: Duration,
+    /// Attempts of this function's asynchronous invocations running at
+    /// once: a deep queue cannot take every instance from synchronous calls.
+    pub max_concurrency: u32,
+    /// Where the record of a task that succeeded is sent.
+    pub on_success: Option<http::Uri>,
+    /// Where the record of a task that failed or expired is sent.
+    pub on_failure: Option<http::Uri>,
 }
 
 /// Function Compute's limits on these values.
@@ -745,6 +806,11 @@ impl Config {
             if !(1..=86400).contains(&f.async_max_event_age_s) {
                 return Err(invalid(key("async_max_event_age_s"), "must be 1..=86400"));
             }
+            if !(1..=1000).contains(&f.async_max_concurrency) {
+                return Err(invalid(key("async_max_concurrency"), "must be 1..=1000"));
+            }
+            let on_success = destination(&key("on_success"), f.on_success)?;
+            let on_failure = destination(&key("on_failure"), f.on_failure)?;
             let throttle = FunctionThrottle {
                 rate: quota(&key("rate_limit"), f.rate_limit)?,
                 caller_rate: quota(&key("caller_rate_limit"), f.caller_rate_limit)?,
@@ -787,6 +853,9 @@ impl Config {
                 asynchronous: AsyncPolicy {
                     max_retries: f.async_max_retries,
                     max_event_age: Duration::from_secs(f.async_max_event_age_s),
+                    max_concurrency: f.async_max_concurrency,
+                    on_success,
+                    on_failure,
                 },
                 auth,
                 auth_level,
@@ -802,6 +871,15 @@ impl Config {
                 "gateway.async_retry_base_ms",
                 g.async_retry_base_ms,
             )?),
+            max_queued_bytes: positive("gateway.max_async_queued_bytes", g.max_async_queued_bytes)?,
+            store: g.async_store,
+            store_path: resolve(g.async_store_path),
+            retention: Duration::from_secs(g.async_retention_s),
+            destination_max_age: Duration::from_secs(positive(
+                "gateway.async_destination_max_age_s",
+                g.async_destination_max_age_s,
+            )?),
+            destination_ca_file: g.async_destination_ca_file.map(resolve),
         };
         Ok(Config {
             gateway: GatewayConfig {

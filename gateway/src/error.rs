@@ -63,6 +63,13 @@ pub enum InvokeError {
     #[error("invalid response from instance: {detail}")]
     BadFunctionResponse { detail: Arc<str> },
 
+    // ---- asynchronous tasks ----
+    #[error("asynchronous task {id:?} not found")]
+    AsyncTaskNotFound { id: String },
+    /// Stopped through the task API while it ran (or before).
+    #[error("asynchronous task stopped")]
+    AsyncTaskStopped,
+
     // ---- ours ----
     #[error("internal error: {0}")]
     Internal(Arc<str>),
@@ -93,7 +100,9 @@ impl InvokeError {
             | InvokeError::PayloadTooLarge { .. }
             | InvokeError::BodyTimeout(_)
             | InvokeError::BodyRead(_)
-            | InvokeError::InvalidContent { .. } => Outcome::ClientError,
+            | InvokeError::InvalidContent { .. }
+            | InvokeError::AsyncTaskNotFound { .. } => Outcome::ClientError,
+            InvokeError::AsyncTaskStopped => Outcome::Stopped,
         }
     }
 }
@@ -115,10 +124,14 @@ pub enum Outcome {
     DryRun,
     /// The caller's signature or function key was refused.
     Unauthenticated,
+    /// An asynchronous attempt stopped through the task API.
+    Stopped,
+    /// A task API call (get, list, stop) answered.
+    TaskApi,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 10] = [
+    pub const ALL: [Outcome; 12] = [
         Outcome::Success,
         Outcome::FunctionError,
         Outcome::ClientError,
@@ -129,6 +142,8 @@ impl Outcome {
         Outcome::Accepted,
         Outcome::DryRun,
         Outcome::Unauthenticated,
+        Outcome::Stopped,
+        Outcome::TaskApi,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -143,6 +158,8 @@ impl Outcome {
             Outcome::Accepted => "accepted",
             Outcome::DryRun => "dry_run",
             Outcome::Unauthenticated => "unauthenticated",
+            Outcome::Stopped => "stopped",
+            Outcome::TaskApi => "task_api",
         }
     }
 

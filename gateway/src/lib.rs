@@ -17,6 +17,7 @@
 
 pub mod admin;
 pub mod api;
+pub mod asynchronous;
 pub mod auth;
 pub mod config;
 pub mod connection;
@@ -63,6 +64,8 @@ pub enum RunError {
     Shards(#[source] std::io::Error),
     #[error("worker unreachable: {0}")]
     Worker(#[from] workers::WorkerError),
+    #[error("asynchronous task store: {0}")]
+    AsyncStore(#[from] asynchronous::OpenError),
 }
 
 /// Runs the gateway until `shutdown` resolves, then drains: stops accepting,
@@ -145,12 +148,32 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         None => (None, None),
     };
     let usage_health = usage_log.as_ref().map(|l| l.health.clone());
+    let queue = asynchronous::AsyncQueue::open(
+        g.asynchronous.clone(),
+        config
+            .functions
+            .iter()
+            .map(|f| (&f.name, f.asynchronous.max_concurrency)),
+        metrics.asynchronous.clone(),
+    )?;
+    let depth = queue.store.depth();
+    match g.asynchronous.store {
+        config::AsyncStoreKind::Embedded => {
+            tracing::info!(path = %g.asynchronous.store_path.display(), tasks = depth.tasks, destination_records = depth.deliveries, "asynchronous task store open")
+        }
+        config::AsyncStoreKind::Memory => tracing::warn!(
+            "asynchronous task store in memory: accepted tasks are lost if the gateway stops"
+        ),
+    }
     let pipeline = Arc::new(pipeline::Pipeline::new(
         scheduler.clone(),
         &config,
         &metrics,
         usage_log,
+        queue,
     ));
+    let dispatcher = tokio::spawn(asynchronous::AsyncQueue::dispatch(pipeline.clone()));
+    let deliverer = tokio::spawn(asynchronous::AsyncQueue::deliver(pipeline.clone()));
     let server = connection::Server::new(
         pipeline.clone(),
         config.ingress.clone(),
@@ -239,8 +262,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         conns.tasks.wait().await;
     })
     .await;
-    // Asynchronous invocations, whatever the connections did: waiting
-    // retries are dropped now, running attempts get what is left of the drain.
+    // Asynchronous invocations, whatever the connections did: no more
+    // leases; running attempts get what is left of the drain; waiting tasks
+    // stay in the store for the next start.
     pipeline.asynchronous.stop();
     let attempts = tokio::time::timeout_at(deadline, pipeline.asynchronous.wait()).await;
     if connections.is_err() || attempts.is_err() {
@@ -252,9 +276,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     scheduler.shutdown().await;
     // Attempts still running have lost their instances: they end now.
     let _ = tokio::time::timeout(Duration::from_secs(5), pipeline.asynchronous.wait()).await;
+    let _ = dispatcher.await;
+    let _ = deliverer.await;
+    let depth = pipeline.asynchronous.store.depth();
     tracing::info!(
-        dropped = pipeline.asynchronous.dropped(),
-        "asynchronous invocations not done at stop (in memory: lost)"
+        tasks = depth.tasks,
+        still_running = pipeline.asynchronous.running(),
+        destination_records = depth.deliveries,
+        "asynchronous tasks not done at stop are kept in the store for the next start"
     );
     if let Some(task) = usage_task {
         task.close().await;

@@ -7,9 +7,10 @@
 //! `fc`, `lambda` or `azure`.
 
 use crate::api::Api;
+use crate::asynchronous::policy::RetryReason;
+use crate::asynchronous::task::TaskState;
 use crate::auth::AuthError;
 use crate::error::Outcome;
-use crate::pipeline::asynchronous::{AsyncResult, RetryReason};
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry,
@@ -78,7 +79,8 @@ pub struct Metrics {
     pub live_instances: IntGauge,
     /// Indexed like [`crate::connection::proxy::Reject::ALL`].
     pub proxy_rejections: Vec<IntCounter>,
-    pub async_queued: IntGauge,
+    /// The gateway-wide asynchronous queue's metrics.
+    pub asynchronous: AsyncMetrics,
     async_results: IntCounterVec,
     async_retries: IntCounterVec,
     auth_failures: IntCounterVec,
@@ -109,7 +111,7 @@ pub struct FunctionMetrics {
     /// Indexed like [`crate::throttle::LimitKind::ALL`].
     pub throttles: Vec<IntCounter>,
     pub in_flight: IntGauge,
-    /// Indexed like [`AsyncResult::ALL`].
+    /// Indexed like [`TaskState::DONE`].
     pub async_results: Vec<IntCounter>,
     /// Indexed like [`RetryReason::ALL`].
     pub async_retries: Vec<IntCounter>,
@@ -240,15 +242,11 @@ impl Metrics {
             "Instances counted against gateway.max_instances.",
         )
         .unwrap();
-        let async_queued = IntGauge::new(
-            "fngate_async_queued",
-            "Asynchronous invocations accepted and not yet done (waiting, retrying or running).",
-        )
-        .unwrap();
+        let asynchronous = AsyncMetrics::new();
         let async_results = IntCounterVec::new(
             Opts::new(
                 "fngate_async_results_total",
-                "Asynchronous invocations done, by function and result (succeeded, failed, expired, dropped).",
+                "Asynchronous invocations done, by function and result (succeeded, failed, expired, stopped).",
             ),
             &["function", "result"],
         )
@@ -334,7 +332,6 @@ impl Metrics {
             Box::new(cold_start_seconds.clone()),
             Box::new(open_connections.clone()),
             Box::new(tls_handshake_failures.clone()),
-            Box::new(async_queued.clone()),
             Box::new(async_results.clone()),
             Box::new(async_retries.clone()),
             Box::new(auth_failures.clone()),
@@ -347,6 +344,7 @@ impl Metrics {
         ] {
             registry.register(c).unwrap();
         }
+        asynchronous.register(&registry);
         Self {
             registry,
             invocations,
@@ -365,7 +363,7 @@ impl Metrics {
             in_flight,
             live_instances,
             proxy_rejections,
-            async_queued,
+            asynchronous,
             async_results,
             async_retries,
             auth_failures,
@@ -420,11 +418,11 @@ impl Metrics {
                 .map(|k| self.throttles.with_label_values(&[function, k.as_str()]))
                 .collect(),
             in_flight: self.in_flight.with_label_values(&[function]),
-            async_results: AsyncResult::ALL
+            async_results: TaskState::DONE
                 .iter()
                 .map(|r| {
                     self.async_results
-                        .with_label_values(&[function, r.as_str()])
+                        .with_label_values(&[function, r.result_label()])
                 })
                 .collect(),
             async_retries: RetryReason::ALL
@@ -482,5 +480,94 @@ impl Drop for GaugeGuard<'_> {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// The asynchronous queue, gateway-wide (see [`crate::asynchronous`]).
+#[derive(Clone)]
+pub struct AsyncMetrics {
+    pub queued: IntGauge,
+    pub queued_bytes: IntGauge,
+    pub oldest_age: prometheus::Gauge,
+    pub enqueue_seconds: Histogram,
+    pub commit_seconds: Histogram,
+    pub dispatch_delay: Histogram,
+    /// `[delivered, retried, dropped]`.
+    pub destinations: [IntCounter; 3],
+    pub destinations_pending: IntGauge,
+    destinations_vec: IntCounterVec,
+}
+
+impl AsyncMetrics {
+    fn new() -> Self {
+        let gauge = |n: &str, h: &str| IntGauge::new(n, h).unwrap();
+        let hist = |n: &str, h: &str, buckets: Vec<f64>| {
+            Histogram::with_opts(HistogramOpts::new(n, h).buckets(buckets)).unwrap()
+        };
+        let destinations_vec = IntCounterVec::new(
+            Opts::new(
+                "fngate_async_destination_deliveries_total",
+                "Destination records by result: delivered (2xx), retried (a failed attempt), dropped (past async_destination_max_age_s).",
+            ),
+            &["result"],
+        )
+        .unwrap();
+        let fast = vec![
+            0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+        ];
+        AsyncMetrics {
+            queued: gauge(
+                "fngate_async_queued",
+                "Asynchronous invocations accepted and not yet done (waiting, retrying or running), in the task store.",
+            ),
+            queued_bytes: gauge(
+                "fngate_async_queued_bytes",
+                "Payload bytes of the asynchronous invocations not yet done.",
+            ),
+            oldest_age: prometheus::Gauge::new(
+                "fngate_async_oldest_task_age_seconds",
+                "Age of the oldest asynchronous invocation not yet done (0 when none).",
+            )
+            .unwrap(),
+            enqueue_seconds: hist(
+                "fngate_async_enqueue_seconds",
+                "From a 202's request to its task committed in the store (the caller waits for it).",
+                fast.clone(),
+            ),
+            commit_seconds: hist(
+                "fngate_async_store_commit_seconds",
+                "One commit of the task store (a batch of changes).",
+                fast,
+            ),
+            dispatch_delay: hist(
+                "fngate_async_dispatch_delay_seconds",
+                "From a task being due to its attempt starting.",
+                vec![
+                    0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0, 300.0,
+                ],
+            ),
+            destinations: ["delivered", "retried", "dropped"]
+                .map(|r| destinations_vec.with_label_values(&[r])),
+            destinations_pending: gauge(
+                "fngate_async_destination_pending",
+                "Destination records not yet delivered.",
+            ),
+            destinations_vec,
+        }
+    }
+
+    fn register(&self, registry: &Registry) {
+        for c in [
+            Box::new(self.queued.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(self.queued_bytes.clone()),
+            Box::new(self.oldest_age.clone()),
+            Box::new(self.enqueue_seconds.clone()),
+            Box::new(self.commit_seconds.clone()),
+            Box::new(self.dispatch_delay.clone()),
+            Box::new(self.destinations_vec.clone()),
+            Box::new(self.destinations_pending.clone()),
+        ] {
+            registry.register(c).unwrap();
+        }
     }
 }

@@ -92,6 +92,8 @@ impl Dialect for Azure {
             },
             log_tail: false,
             client_context: None,
+            task_id: None,
+            task_op: None,
         })
     }
 
@@ -136,9 +138,10 @@ impl Dialect for Azure {
 
     fn status(&self, err: &InvokeError) -> StatusCode {
         match err {
-            InvokeError::RouteNotFound { .. } | InvokeError::FunctionNotFound { .. } => {
-                StatusCode::NOT_FOUND
-            }
+            InvokeError::RouteNotFound { .. }
+            | InvokeError::FunctionNotFound { .. }
+            | InvokeError::AsyncTaskNotFound { .. } => StatusCode::NOT_FOUND,
+            InvokeError::AsyncTaskStopped => StatusCode::CONFLICT,
             InvokeError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             InvokeError::InvalidArgument { .. }
             | InvokeError::InvalidContent { .. }
@@ -220,6 +223,9 @@ impl Dialect for Azure {
             InvokeError::ShuttingDown => {
                 body("ServiceUnavailable", "the gateway is shutting down; retry")
             }
+            // Azure's door has no asynchronous invocations; exhaustive all the same.
+            InvokeError::AsyncTaskNotFound { .. } => body("NotFound", "no such asynchronous task"),
+            InvokeError::AsyncTaskStopped => body("Conflict", "the asynchronous task was stopped"),
             InvokeError::WorkerUnavailable => body(
                 "ServiceUnavailable",
                 "no sandbox worker could start an instance in time; retry",

@@ -20,10 +20,12 @@
 pub mod acs3;
 
 use super::{
-    APPLICATION_JSON, Api, Dialect, FunctionAnswer, Invocation, Kind, Reply, ResponseBody, Trigger,
-    denial_message, function_error_body, json, limit_description, log_tail_header, millis_header,
-    query_param, require_post, response, retry_after_header, signature_or_none,
+    APPLICATION_JSON, Api, Dialect, FunctionAnswer, Invocation, Kind, Reply, ResponseBody,
+    TaskAnswer, TaskOp, Trigger, denial_message, function_error_body, json, limit_description,
+    log_tail_header, millis_header, query_param, require_post, response, retry_after_header,
+    signature_or_none,
 };
+use crate::asynchronous::task::{TaskRecord, TaskState, valid_task_id};
 use crate::auth::{AuthError, AuthPolicy, Authn};
 use crate::error::InvokeError;
 use bytes::Bytes;
@@ -41,6 +43,9 @@ pub const INVOCATION_TYPE: HeaderName = HeaderName::from_static("x-fc-invocation
 pub const LOG_TYPE: HeaderName = HeaderName::from_static("x-fc-log-type");
 pub const LOG_RESULT: HeaderName = HeaderName::from_static("x-fc-log-result");
 pub const RETRY_AFTER_MS: HeaderName = HeaderName::from_static("x-acs-retry-after");
+/// An asynchronous invocation's caller-chosen task id (and, in the answer,
+/// the id it was accepted under).
+pub const ASYNC_TASK_ID: HeaderName = HeaderName::from_static("x-fc-async-task-id");
 
 #[derive(Debug, Default)]
 pub struct Fc;
@@ -113,22 +118,48 @@ impl Dialect for Fc {
 
     fn decode<'a>(&self, parts: &'a http::request::Parts) -> Result<Invocation<'a>, InvokeError> {
         let path = parts.uri.path();
-        let Some(name) = path
-            .strip_prefix(PATH_PREFIX)
-            .and_then(|rest| rest.strip_suffix("/invocations"))
-            .filter(|n| !n.is_empty() && !n.contains('/'))
-        else {
-            return Err(InvokeError::RouteNotFound {
-                method: parts.method.clone(),
-                path: path.to_string(),
-            });
+        let not_found = || InvokeError::RouteNotFound {
+            method: parts.method.clone(),
+            path: path.to_string(),
         };
+        let Some((name, rest)) = path
+            .strip_prefix(PATH_PREFIX)
+            .and_then(|rest| rest.split_once('/'))
+            .filter(|(n, _)| !n.is_empty())
+        else {
+            return Err(not_found());
+        };
+        let query = parts.uri.query();
+        let qualifier = query_param(query, "qualifier").filter(|v| !v.is_empty());
+        if rest != "invocations" {
+            let op = task_op(rest, &parts.method, query).ok_or_else(not_found)??;
+            return Ok(Invocation {
+                qualifier: qualifier.map(Cow::Borrowed),
+                kind: Kind::TaskApi,
+                task_op: Some(op),
+                ..Invocation::event(name)
+            });
+        }
         require_post(&parts.method)?;
-        let qualifier = query_param(parts.uri.query(), "qualifier").filter(|v| !v.is_empty());
         let kind = if header_is(&parts.headers, INVOCATION_TYPE, ["Sync", "Async"])? {
             Kind::Async
         } else {
             Kind::Sync
+        };
+        let task_id = match parts.headers.get(&ASYNC_TASK_ID) {
+            None => None,
+            Some(v) => match v.to_str() {
+                Ok(id) if valid_task_id(id) => Some(id),
+                _ => {
+                    return Err(InvokeError::InvalidArgument {
+                        message: format!(
+                            "{ASYNC_TASK_ID} must start with a letter or '_' and hold at most 128 letters, digits, '_' or '-', not {:?}",
+                            String::from_utf8_lossy(v.as_bytes())
+                        )
+                        .into(),
+                    });
+                }
+            },
         };
         Ok(Invocation {
             function: Cow::Borrowed(name),
@@ -137,6 +168,8 @@ impl Dialect for Fc {
             trigger: Trigger::Event,
             log_tail: header_is(&parts.headers, LOG_TYPE, ["None", "Tail"])?,
             client_context: None,
+            task_id,
+            task_op: None,
         })
     }
 
@@ -158,21 +191,40 @@ impl Dialect for Fc {
 
     fn accepted(&self, _kind: Kind, reply: &Reply<'_>) -> Response<ResponseBody> {
         let mut resp = response(StatusCode::ACCEPTED, None, Bytes::new());
-        resp.headers_mut()
-            .insert(REQUEST_ID, reply.request_id.clone());
+        let h = resp.headers_mut();
+        h.insert(REQUEST_ID, reply.request_id.clone());
+        if let Some(Ok(id)) = reply.task_id.map(HeaderValue::from_str) {
+            h.insert(ASYNC_TASK_ID, id);
+        }
+        resp
+    }
+
+    fn task(&self, answer: &TaskAnswer<'_>, reply: &Reply<'_>) -> Response<ResponseBody> {
+        let body = match answer {
+            TaskAnswer::One { task, payload } => task_json(task, *payload).to_string(),
+            TaskAnswer::List(tasks) => serde_json::json!({
+                "tasks": tasks.iter().map(|t| task_json(t, None)).collect::<Vec<_>>(),
+            })
+            .to_string(),
+            TaskAnswer::Stopped => String::new(),
+        };
+        let ct = (!body.is_empty()).then_some(APPLICATION_JSON);
+        let mut resp = response(StatusCode::OK, ct, Bytes::from(body));
+        self.add_common(&mut resp, reply);
         resp
     }
 
     fn status(&self, err: &InvokeError) -> StatusCode {
         match err {
-            InvokeError::RouteNotFound { .. } | InvokeError::FunctionNotFound { .. } => {
-                StatusCode::NOT_FOUND
-            }
+            InvokeError::RouteNotFound { .. }
+            | InvokeError::FunctionNotFound { .. }
+            | InvokeError::AsyncTaskNotFound { .. } => StatusCode::NOT_FOUND,
             InvokeError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             InvokeError::InvalidArgument { .. }
             | InvokeError::InvalidContent { .. }
             | InvokeError::PayloadTooLarge { .. }
             | InvokeError::BodyRead(_) => StatusCode::BAD_REQUEST,
+            InvokeError::AsyncTaskStopped => StatusCode::PRECONDITION_FAILED,
             InvokeError::Unauthenticated(AuthError::Missing) => StatusCode::BAD_REQUEST,
             InvokeError::Unauthenticated(_) | InvokeError::AccessDenied(_) => StatusCode::FORBIDDEN,
             InvokeError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
@@ -300,6 +352,14 @@ impl Dialect for Fc {
                 "ServiceUnavailable",
                 "no sandbox worker could start an instance in time; retry",
             ),
+            InvokeError::AsyncTaskNotFound { id } => gateway(
+                "AsyncTaskNotFound",
+                &format!("async task '{id}' does not exist"),
+            ),
+            InvokeError::AsyncTaskStopped => gateway(
+                "AsyncInvocationStopped",
+                "the asynchronous invocation was stopped",
+            ),
             InvokeError::Internal(_) => {
                 gateway("InternalServerError", "an internal error occurred")
             }
@@ -340,6 +400,98 @@ impl Dialect for Fc {
         self.add_common(&mut resp, reply);
         resp
     }
+}
+
+/// `async-tasks[/{id}[/stop]]` after the function's name: `None` for any
+/// other path, `Some(Err)` for a known path with a wrong method or query.
+fn task_op<'a>(
+    rest: &'a str,
+    method: &http::Method,
+    query: Option<&'a str>,
+) -> Option<Result<TaskOp<'a>, InvokeError>> {
+    let rest = rest.strip_prefix("async-tasks")?;
+    let wrong = |m: &http::Method| Some(Err(InvokeError::MethodNotAllowed { method: m.clone() }));
+    let id = |s: &'a str| super::percent_decode(s, false);
+    let (op, want) = match rest.split('/').collect::<Vec<_>>()[..] {
+        [""] => {
+            let state = match query_param(query, "status").filter(|s| !s.is_empty()) {
+                None => None,
+                Some(s) => match TaskState::parse(s) {
+                    Some(t) => Some(t),
+                    None => {
+                        return Some(Err(InvokeError::InvalidArgument {
+                            message: format!("status {s:?} is not a task status").into(),
+                        }));
+                    }
+                },
+            };
+            let limit = match query_param(query, "limit") {
+                None => 20,
+                Some(l) => match l.parse::<usize>() {
+                    Ok(n @ 1..=100) => n,
+                    _ => {
+                        return Some(Err(InvokeError::InvalidArgument {
+                            message: format!("limit must be 1..=100, not {l:?}").into(),
+                        }));
+                    }
+                },
+            };
+            let include_payload = query_param(query, "includePayload").is_some_and(|v| v == "true");
+            let op = TaskOp::List {
+                state,
+                limit,
+                include_payload,
+            };
+            (op, http::Method::GET)
+        }
+        ["", t] if !t.is_empty() => (TaskOp::Get { id: id(t)? }, http::Method::GET),
+        ["", t, "stop"] if !t.is_empty() => (TaskOp::Stop { id: id(t)? }, http::Method::PUT),
+        _ => return None,
+    };
+    if *method != want {
+        return wrong(method);
+    }
+    Some(Ok(op))
+}
+
+/// A task as FC 3.0's `AsyncTask` model names its fields.
+fn task_json(t: &TaskRecord, payload: Option<&[u8]>) -> serde_json::Value {
+    let started = t.started_ms.unwrap_or(t.accepted_ms);
+    let mut v = serde_json::json!({
+        "taskId": t.id,
+        "requestId": t.request_id,
+        "functionArn": t.function,
+        "status": t.state.as_str(),
+        "alreadyRetriedTimes": t.attempts.saturating_sub(1),
+        "startedTime": started,
+        "events": t.events.iter().enumerate().map(|(i, e)| serde_json::json!({
+            "eventId": i,
+            "status": e.status,
+            "timestamp": e.timestamp_ms,
+            "eventDetail": e.detail,
+        })).collect::<Vec<_>>(),
+    });
+    let o = v.as_object_mut().expect("an object");
+    if let Some(q) = &t.qualifier {
+        o.insert("qualifier".into(), q.as_str().into());
+    }
+    if let Some(end) = t.ended_ms {
+        o.insert("endTime".into(), end.into());
+        o.insert("durationMs".into(), end.saturating_sub(started).into());
+    }
+    if let Some(i) = &t.instance_id {
+        o.insert("instanceId".into(), i.as_str().into());
+    }
+    if let Some(e) = &t.error {
+        o.insert("taskErrorMessage".into(), e.as_str().into());
+    }
+    if let Some(p) = payload {
+        o.insert(
+            "taskPayload".into(),
+            String::from_utf8_lossy(p).into_owned().into(),
+        );
+    }
+    v
 }
 
 #[cfg(test)]

@@ -369,6 +369,8 @@ impl Dialect for Lambda {
             trigger: Trigger::Event,
             log_tail,
             client_context,
+            task_id: None,
+            task_op: None,
         })
     }
 
@@ -399,7 +401,7 @@ impl Dialect for Lambda {
     fn accepted(&self, kind: Kind, reply: &Reply<'_>) -> Response<ResponseBody> {
         let status = match kind {
             Kind::DryRun => StatusCode::NO_CONTENT,
-            Kind::Async | Kind::Sync => StatusCode::ACCEPTED,
+            Kind::Async | Kind::Sync | Kind::TaskApi => StatusCode::ACCEPTED,
         };
         let mut resp = response(status, None, Bytes::new());
         resp.headers_mut()
@@ -411,7 +413,11 @@ impl Dialect for Lambda {
         match err {
             InvokeError::RouteNotFound { .. }
             | InvokeError::MethodNotAllowed { .. }
-            | InvokeError::FunctionNotFound { .. } => StatusCode::NOT_FOUND,
+            | InvokeError::FunctionNotFound { .. }
+            | InvokeError::AsyncTaskNotFound { .. } => StatusCode::NOT_FOUND,
+            // Lambda has no task API; an `Event` invocation stopped through
+            // FC's is a conflict with the caller's request.
+            InvokeError::AsyncTaskStopped => StatusCode::CONFLICT,
             InvokeError::InvalidArgument { .. }
             | InvokeError::InvalidContent { .. }
             | InvokeError::BodyRead(_)
@@ -551,6 +557,18 @@ impl Dialect for Lambda {
                 "ServiceException",
                 "Service",
                 "No sandbox worker could start an instance in time; retry.".into(),
+                None,
+            ),
+            InvokeError::AsyncTaskNotFound { id } => gateway(
+                "ResourceNotFoundException",
+                "User",
+                format!("Asynchronous task not found: {id}").into(),
+                None,
+            ),
+            InvokeError::AsyncTaskStopped => gateway(
+                "ResourceConflictException",
+                "User",
+                "The asynchronous invocation was stopped.".into(),
                 None,
             ),
             InvokeError::ShuttingDown => gateway(

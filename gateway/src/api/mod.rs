@@ -58,12 +58,40 @@ impl Api {
 pub enum Kind {
     /// The caller waits for the function's answer.
     Sync,
-    /// Accepted at once (202); run later, with retries
-    /// ([`crate::pipeline::asynchronous`]).
+    /// Accepted at once (202) once durably queued; run later, with retries
+    /// ([`crate::asynchronous`]).
     Async,
     /// Checked (ingress, credentials, rate limits, payload) and answered;
     /// nothing runs.
     DryRun,
+    /// A call of the task API (see [`TaskOp`]): about invocations, not one.
+    TaskApi,
+}
+
+/// What a task API call asks (FC 3.0: `GET|PUT /2023-03-30/functions/{name}/async-tasks...`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TaskOp<'a> {
+    Get {
+        id: Cow<'a, str>,
+    },
+    List {
+        state: Option<crate::asynchronous::task::TaskState>,
+        limit: usize,
+        include_payload: bool,
+    },
+    Stop {
+        id: Cow<'a, str>,
+    },
+}
+
+/// What the task API answers, for the dialect to render.
+pub enum TaskAnswer<'a> {
+    One {
+        task: &'a crate::asynchronous::task::TaskRecord,
+        payload: Option<&'a [u8]>,
+    },
+    List(&'a [crate::asynchronous::task::TaskRecord]),
+    Stopped,
 }
 
 /// What the instance receives (see README, "Writing a function").
@@ -93,6 +121,10 @@ pub struct Invocation<'a> {
     pub log_tail: bool,
     /// Caller context handed to the function as is (Lambda's client context).
     pub client_context: Option<&'a HeaderValue>,
+    /// An asynchronous invocation's caller-chosen task id (checked).
+    pub task_id: Option<&'a str>,
+    /// With [`Kind::TaskApi`]: what is asked.
+    pub task_op: Option<TaskOp<'a>>,
 }
 
 impl<'a> Invocation<'a> {
@@ -105,6 +137,8 @@ impl<'a> Invocation<'a> {
             trigger: Trigger::Event,
             log_tail: false,
             client_context: None,
+            task_id: None,
+            task_op: None,
         }
     }
 }
@@ -137,6 +171,8 @@ pub struct Reply<'a> {
     pub memory_mb: u32,
     /// When the request arrived (only a log tail reads the clock for it).
     pub started: tokio::time::Instant,
+    /// An accepted asynchronous invocation's task id.
+    pub task_id: Option<&'a str>,
 }
 
 /// One cloud's API shape.
@@ -171,6 +207,14 @@ pub trait Dialect: Send + Sync {
     /// The status [`Dialect::success`] answers a function's `status` with.
     fn success_status(&self, status: StatusCode) -> StatusCode {
         status
+    }
+
+    /// A task API answer. Only a dialect that decodes [`Kind::TaskApi`]
+    /// calls gets one.
+    fn task(&self, answer: &TaskAnswer<'_>, reply: &Reply<'_>) -> Response<ResponseBody> {
+        let _ = answer;
+        let e = InvokeError::Internal("no task API at this door".into());
+        self.error(&e, reply)
     }
 }
 

@@ -24,6 +24,7 @@ pub(crate) fn reply(request_id: &HeaderValue) -> Reply<'_> {
         ran: None,
         memory_mb: 128,
         started: tokio::time::Instant::now(),
+        task_id: None,
     }
 }
 

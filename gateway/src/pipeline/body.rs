@@ -310,6 +310,11 @@ impl ResponseBody {
     pub fn is_empty(&self) -> bool {
         self.data.is_none()
     }
+
+    /// The bytes, for an answer no client reads (an asynchronous attempt's).
+    pub fn into_bytes(mut self) -> Bytes {
+        self.data.take().unwrap_or_default()
+    }
 }
 
 impl Body for ResponseBody {

@@ -59,6 +59,9 @@ pub struct Call<'a> {
     /// The caller's address, for `X-Forwarded-For` (HTTP trigger only).
     pub caller_ip: Option<IpAddr>,
     pub log_tail: bool,
+    /// Ends the call early (an asynchronous task stopped): the instance
+    /// running it is reclaimed, as after a timeout.
+    pub stop: Option<&'a tokio_util::sync::CancellationToken>,
 }
 
 impl Call<'_> {
@@ -77,6 +80,7 @@ impl Call<'_> {
             client_context: None,
             caller_ip: None,
             log_tail: false,
+            stop: None,
         }
     }
 }
@@ -281,7 +285,18 @@ async fn attempt(
             return Ok::<_, CallError>((parts, body));
         }
     };
-    let (parts, body) = match tokio::time::timeout_at(deadline, exchange).await {
+    let timed = tokio::time::timeout_at(deadline, exchange);
+    let exchanged = match call.stop {
+        None => timed.await,
+        Some(stop) => tokio::select! {
+            r = timed => r,
+            _ = stop.cancelled() => {
+                p.scheduler.abandon(pool, inst, "stopped");
+                return Err(Attempt::Failed(InvokeError::AsyncTaskStopped));
+            }
+        },
+    };
+    let (parts, body) = match exchanged {
         Err(_) => {
             p.scheduler.timed_out(pool, inst);
             return Err(Attempt::Failed(InvokeError::FunctionTimeout(timeout)));

@@ -22,13 +22,16 @@
 //! budget. FC's signature covers a declared hash and proves its key from the
 //! head.
 //!
-//! An asynchronous invocation leaves after stage 7 with 202, and stages 8-9
-//! run later, with retries ([`asynchronous`]); a dry run leaves there too,
-//! having run nothing.
+//! An asynchronous invocation leaves after stage 7 with 202 once its task
+//! is committed to the store, and stages 8-9 run later, with retries,
+//! through [`Pipeline::attempt`] ([`crate::asynchronous`]); a dry run leaves
+//! there too, having run nothing. A task API call (FC's `async-tasks`)
+//! passes stages 1-4 and is answered from the store: the same ingress
+//! policy and credentials guard it as the function's invocations.
 
-pub mod asynchronous;
 pub mod body;
 pub mod forward;
+mod tasks;
 
 use crate::api::{Api, Dialect, Dialects, FunctionAnswer, Kind, Ran, Reply, ResponseBody};
 use crate::auth::{AuthMode, AuthPolicy, Authn, GatewayAuth, KeyId, PayloadHasher};
@@ -41,7 +44,7 @@ use crate::metering::usage_log::UsageLog;
 use crate::metering::{UsageRecord, billed_gb_s, unix_ms};
 use crate::metrics::{FunctionMetrics, GaugeGuard, Metrics, NetworkIndex};
 use crate::scheduler::{FunctionPool, Scheduler};
-use crate::throttle::Throttled;
+use crate::throttle::{LimitKind, Throttled};
 use forward::Call;
 use http::{HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -73,7 +76,20 @@ pub struct Pipeline {
     unknown: FunctionMetrics,
     usage: Option<UsageLog>,
     drains: body::DrainMetrics,
-    pub asynchronous: asynchronous::AsyncQueue,
+    pub asynchronous: crate::asynchronous::AsyncQueue,
+}
+
+/// How one asynchronous attempt went (see [`Pipeline::attempt`]).
+pub struct AttemptOutcome {
+    /// `None`: the function answered.
+    pub error: Option<InvokeError>,
+    /// What the task's door answers (or would have answered).
+    pub status: u16,
+    /// The function's answer, or its error as the function's error body.
+    pub body: bytes::Bytes,
+    /// `Unhandled` when the function failed.
+    pub function_error: Option<&'static str>,
+    pub instance_id: Option<String>,
 }
 
 /// What every stage's answer needs about the request itself.
@@ -94,6 +110,7 @@ impl Ctx<'_> {
             ran,
             memory_mb: pool.map_or(0, |p| p.cfg.memory_mb),
             started: self.started,
+            task_id: None,
         }
     }
 }
@@ -115,15 +132,13 @@ impl Pipeline {
         config: &Config,
         metrics: &Metrics,
         usage: Option<UsageLog>,
+        asynchronous: crate::asynchronous::AsyncQueue,
     ) -> Self {
         let vpcs = config.ingress.vpcs.clone();
         let networks = NetworkIndex::new(&vpcs);
         let g = &config.gateway;
         Pipeline {
-            asynchronous: asynchronous::AsyncQueue::new(
-                g.asynchronous.clone(),
-                metrics.async_queued.clone(),
-            ),
+            asynchronous,
             unknown: metrics.function("(unknown)", &networks),
             networks,
             scheduler,
@@ -174,7 +189,7 @@ impl Pipeline {
         origin: Origin,
     ) -> Result<Response<ResponseBody>, std::convert::Infallible> {
         let (parts, body) = req.into_parts();
-        let ctx = Ctx {
+        let mut ctx = Ctx {
             dialect: self.dialects.select(parts.uri.path()),
             request_id: self.ids.request_id(),
             origin,
@@ -237,6 +252,11 @@ impl Pipeline {
                 return Ok(self.refuse(&ctx, done, e, &parts, body).await);
             }
         };
+        if inv.kind == Kind::TaskApi {
+            let done = refused(&inv.function, qualifier, Some(&pool), Outcome::TaskApi);
+            let op = inv.task_op.as_ref().expect("decoded with its op");
+            return Ok(self.task_api(&ctx, done, op, &parts, body).await);
+        }
         let head_key = authn.proven_key();
         // Keyed by a key that only the payload can confirm: throttle after it.
         let deferred = head_key.is_none()
@@ -261,7 +281,7 @@ impl Pipeline {
         // 6: the payload (hashed only when a signature covers it).
         let limit = match inv.kind {
             Kind::Async => self.asynchronous.limits.max_body_bytes,
-            Kind::Sync | Kind::DryRun => self.limits.max_body_bytes,
+            Kind::Sync | Kind::DryRun | Kind::TaskApi => self.limits.max_body_bytes,
         };
         let mut hasher = authn.needs_payload_hash().then(PayloadHasher::default);
         let timeout = self.limits.body_read_timeout;
@@ -320,6 +340,7 @@ impl Pipeline {
 
         let content_type = parts.headers.get(http::header::CONTENT_TYPE);
         match inv.kind {
+            Kind::TaskApi => unreachable!("answered after stage 4"),
             Kind::DryRun => {
                 let done = done(Outcome::DryRun, None, key);
                 let resp = ctx
@@ -328,24 +349,42 @@ impl Pipeline {
                 Ok(self.finish(&ctx, done, resp).await)
             }
             Kind::Async => {
-                let job = asynchronous::Job {
-                    pool: pool.clone(),
-                    api: ctx.dialect.api(),
-                    payload,
-                    content_type: content_type.cloned(),
-                    request_id: ctx.request_id.clone(),
-                    qualifier: inv.qualifier.as_deref().map(Arc::from),
-                    accepted: ctx.started,
+                let task = self.task_record(&ctx, &inv, &pool, content_type, key, payload.len());
+                let task_id = inv.task_id.unwrap_or(task.id.as_str()).to_string();
+                let submitted = self.asynchronous.submit(task, payload).await;
+                let err = match submitted {
+                    Ok(crate::asynchronous::Submitted::New) => None,
+                    Ok(crate::asynchronous::Submitted::Known { request_id }) => {
+                        // Answered as the first submission was.
+                        if let Ok(v) = HeaderValue::from_str(&request_id) {
+                            ctx.request_id = v;
+                        }
+                        None
+                    }
+                    Err(crate::asynchronous::store::StoreError::Full(what)) => {
+                        pool.metrics.throttles[LimitKind::AsyncQueue as usize].inc();
+                        tracing::debug!(function = %pool.cfg.name, bound = what, "asynchronous task store full");
+                        Some(InvokeError::Throttled(Throttled {
+                            limit: LimitKind::AsyncQueue,
+                            retry_after: pool.limits.retry_hint(),
+                        }))
+                    }
+                    Err(crate::asynchronous::store::StoreError::Closed) => {
+                        Some(InvokeError::ShuttingDown)
+                    }
+                    Err(e) => {
+                        tracing::error!(function = %pool.cfg.name, error = %e, "asynchronous invocation not stored");
+                        Some(InvokeError::internal(e))
+                    }
                 };
-                let (outcome, err) = match self.enqueue(job) {
-                    Ok(()) => (Outcome::Accepted, None),
-                    Err(e) => (e.outcome(), Some(e)),
-                };
+                let outcome = err.as_ref().map_or(Outcome::Accepted, InvokeError::outcome);
                 let done = done(outcome, None, key);
                 let resp = match err {
-                    None => ctx
-                        .dialect
-                        .accepted(Kind::Async, &ctx.reply(done.pool, None)),
+                    None => {
+                        let mut reply = ctx.reply(done.pool, None);
+                        reply.task_id = Some(&task_id);
+                        ctx.dialect.accepted(Kind::Async, &reply)
+                    }
                     Some(e) => self.error(&ctx, &done, &e),
                 };
                 Ok(self.finish(&ctx, done, resp).await)
@@ -364,6 +403,7 @@ impl Pipeline {
                         Origin::Internal => None,
                     },
                     log_tail: inv.log_tail,
+                    stop: None,
                 };
                 let result = forward::call(&self, &pool, &call, payload, &ctx.request_id).await;
                 let (outcome, ran, resp) = self.answer(&ctx, &pool, result);

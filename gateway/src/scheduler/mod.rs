@@ -537,16 +537,22 @@ impl Scheduler {
     /// is reclaimed now, or when its other invocations in flight end (each
     /// bounded by its own timeout), so they are not killed with it.
     pub fn timed_out(&self, pool: &FunctionPool, inst: &Arc<Instance>) {
+        self.abandon(pool, inst, "timeout");
+    }
+
+    /// Like [`Scheduler::timed_out`], for another reason (an asynchronous
+    /// task stopped while it ran on `inst`).
+    pub fn abandon(&self, pool: &FunctionPool, inst: &Arc<Instance>, why: &'static str) {
         {
             let _list = pool.instances.lock().unwrap();
             // The caller's own slot is still held: more than one is someone else.
             if inst.in_flight() > 1 && inst.phase() != Phase::Gone {
                 pool.set_phase(inst, Phase::Draining);
-                tracing::info!(function = %pool.cfg.name, instance = %inst.id, in_flight = inst.in_flight() - 1, "invocation timed out; draining the instance's other invocations");
+                tracing::info!(function = %pool.cfg.name, instance = %inst.id, in_flight = inst.in_flight() - 1, reason = why, "invocation ended early; draining the instance's other invocations");
                 return;
             }
         }
-        self.reclaim(pool, inst, "timeout");
+        self.reclaim(pool, inst, why);
     }
 
     /// Reclaims `inst` if it is still idle (`Ready`, nothing in flight), or
@@ -616,6 +622,11 @@ impl Scheduler {
         }
         self.tasks.close();
         let _ = tokio::time::timeout(Duration::from_secs(10), self.tasks.wait()).await;
+    }
+
+    /// `instance_start_timeout_ms`.
+    pub fn start_timeout(&self) -> Duration {
+        self.start_timeout
     }
 
     pub fn closing(&self) -> &CancellationToken {

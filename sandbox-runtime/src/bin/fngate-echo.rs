@@ -7,6 +7,9 @@
 //! - `fngate:sleep:MS` sleeps MS milliseconds, then echoes;
 //! - `fngate:hold:PATH` waits (up to 60 s) until PATH exists, then echoes;
 //! - `fngate:crash` exits with code 3 before answering;
+//! - `fngate:append:PATH:TEXT` appends the line TEXT to PATH, then echoes;
+//! - `fngate:fail-first:PATH:N` appends a line to PATH and exits with code 3
+//!   while PATH holds at most N lines (fails N times, then echoes);
 //! - `fngate:alloc:MB` touches MB MiB of memory, then echoes;
 //! - `fngate:whoami` answers the instance id, pid and working directory;
 //! - `fngate:headers` answers the request's headers as a JSON object;
@@ -191,6 +194,32 @@ async fn command(body: &Bytes) -> Option<Response<Full<Bytes>>> {
             "crash" => {
                 eprintln!("fngate-echo: crashing on request");
                 std::process::exit(3);
+            }
+            "append" | "fail-first" => {
+                let (path, text) = arg.rsplit_once(':').unwrap_or((arg, ""));
+                let line = match verb {
+                    "append" => format!("{text}\n"),
+                    _ => "attempt\n".to_string(),
+                };
+                // One write with O_APPEND: lines from concurrent instances do not mix.
+                use std::io::Write;
+                let mut f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .expect("open the file to append to");
+                f.write_all(line.as_bytes()).expect("append");
+                if verb == "fail-first" {
+                    let n: usize = text.parse().unwrap_or(0);
+                    let lines = std::fs::read_to_string(path)
+                        .unwrap_or_default()
+                        .lines()
+                        .count();
+                    if lines <= n {
+                        eprintln!("fngate-echo: failing attempt {lines} of the first {n}");
+                        std::process::exit(3);
+                    }
+                }
             }
             "alloc" => {
                 let mb: usize = arg.parse().unwrap_or(0);

@@ -89,7 +89,21 @@ async fn pipeline(fake: Arc<Fake>, extra: &str) -> (Arc<Pipeline>, Arc<FunctionP
             max_lifetime: Duration::from_secs(3600),
         },
     );
-    let p = Arc::new(Pipeline::new(scheduler.clone(), &cfg, &metrics, None));
+    let mut limits = cfg.gateway.asynchronous.clone();
+    limits.store = crate::config::AsyncStoreKind::Memory;
+    let queue = crate::asynchronous::AsyncQueue::open(
+        limits,
+        std::iter::empty(),
+        metrics.asynchronous.clone(),
+    )
+    .unwrap();
+    let p = Arc::new(Pipeline::new(
+        scheduler.clone(),
+        &cfg,
+        &metrics,
+        None,
+        queue,
+    ));
     let pool = scheduler.function("f").unwrap().clone();
     (p, pool)
 }

@@ -1,0 +1,269 @@
+//! The dispatcher (leases due tasks and runs their attempts) and the
+//! deliverer (sends destination records), both on the gateway's main
+//! runtime, both driven by the store.
+
+use super::destination;
+use super::policy::{self, Next};
+use super::store::{Delivery, Leased};
+use super::task::TaskState;
+use super::{AsyncQueue, now_ms};
+use crate::pipeline::Pipeline;
+use crate::scheduler::FunctionPool;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_util::sync::CancellationToken;
+
+/// The most tasks one lease takes (then the dispatcher looks again at once).
+const LEASE_BATCH: usize = 64;
+/// The dispatcher looks at the store at least this often (metrics, purge,
+/// and leases that expired without a wake-up).
+const IDLE_LOOK: Duration = Duration::from_secs(1);
+/// How often done tasks past their retention are deleted.
+const PURGE_EVERY_MS: u64 = 60_000;
+/// Destination records sent at once.
+const DELIVERY_BATCH: usize = 16;
+
+/// How long a lease lasts: the longest an attempt can take (an instance
+/// start, then the function's timeout), with room to spare. An attempt
+/// that outlives it may run twice: at least once, never lost.
+fn lease_ms(p: &Pipeline, pool: &FunctionPool) -> u64 {
+    let d = p.scheduler.start_timeout() + pool.cfg.timeout + Duration::from_secs(60);
+    d.as_millis() as u64
+}
+
+impl AsyncQueue {
+    /// The dispatcher: until [`AsyncQueue::stop`].
+    pub async fn dispatch(p: Arc<Pipeline>) {
+        let q = &p.asynchronous;
+        match q.store.recover(now_ms()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                tasks = n,
+                "asynchronous tasks leased by the previous process are due again"
+            ),
+            Err(e) => tracing::error!(error = %e, "asynchronous task store: recovery failed"),
+        }
+        let mut last_purge = 0;
+        while !q.stop.is_cancelled() {
+            let now = now_ms();
+            let mut wake_at = now + IDLE_LOOK.as_millis() as u64;
+            for pool in p.scheduler.functions() {
+                let Some(slots) = q.slots.get(&pool.cfg.name) else {
+                    continue;
+                };
+                let free = slots.available_permits().min(LEASE_BATCH);
+                if free == 0 {
+                    // An attempt ending wakes the dispatcher.
+                    continue;
+                }
+                let until = now + lease_ms(&p, pool);
+                let leased = match q.store.lease(&pool.cfg.name, now, free, until).await {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::error!(error = %e, "asynchronous task store: lease failed");
+                        Vec::new()
+                    }
+                };
+                let full = leased.len() == free;
+                for l in leased {
+                    let Ok(permit) = slots.clone().try_acquire_owned() else {
+                        break;
+                    };
+                    let (p2, pool) = (p.clone(), pool.clone());
+                    q.attempts.spawn(run(p2, pool, l, permit));
+                }
+                if full {
+                    wake_at = now;
+                } else if let Ok(Some(due)) = q.store.next_due(&pool.cfg.name).await {
+                    wake_at = wake_at.min(due);
+                }
+            }
+            q.publish_depth();
+            if now.saturating_sub(last_purge) >= PURGE_EVERY_MS {
+                last_purge = now;
+                let before = now.saturating_sub(q.limits.retention.as_millis() as u64);
+                match q.store.purge(before).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::debug!(tasks = n, "purged done asynchronous tasks"),
+                    Err(e) => tracing::warn!(error = %e, "asynchronous task store: purge failed"),
+                }
+            }
+            let wait = Duration::from_millis(wake_at.saturating_sub(now_ms()));
+            if wait.is_zero() {
+                tokio::task::yield_now().await;
+                continue;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = q.wake.notified() => {}
+                _ = q.stop.cancelled() => {}
+            }
+        }
+    }
+
+    /// The deliverer: until [`AsyncQueue::stop`]. Records left then are sent
+    /// after the next start.
+    pub async fn deliver(p: Arc<Pipeline>) {
+        let q = &p.asynchronous;
+        while !q.stop.is_cancelled() {
+            let now = now_ms();
+            let mut wait = IDLE_LOOK;
+            if q.store.depth().deliveries > 0 {
+                let until = now + 2 * destination::DELIVERY_TIMEOUT.as_millis() as u64;
+                match q.store.lease_deliveries(now, DELIVERY_BATCH, until).await {
+                    Ok((batch, next)) => {
+                        let full = batch.len() == DELIVERY_BATCH;
+                        let mut sends = tokio::task::JoinSet::new();
+                        for d in batch {
+                            let p = p.clone();
+                            sends.spawn(async move { p.asynchronous.deliver_one(d).await });
+                        }
+                        sends.join_all().await;
+                        if full {
+                            continue;
+                        }
+                        if let Some(next) = next {
+                            wait = wait.min(Duration::from_millis(next.saturating_sub(now_ms())));
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "asynchronous task store: delivery lease failed")
+                    }
+                }
+            }
+            if wait.is_zero() {
+                continue;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = q.deliveries.notified() => {}
+                _ = q.stop.cancelled() => {}
+            }
+        }
+    }
+
+    async fn deliver_one(&self, mut d: Delivery) {
+        let m = &self.metrics;
+        let result = destination::send(&self.client, &d).await;
+        let now = now_ms();
+        let stored = match result {
+            Ok(()) => {
+                m.destinations[0].inc();
+                self.store.delivered(&d.id).await
+            }
+            Err(e) => {
+                d.attempts += 1;
+                let max_age = self.limits.destination_max_age.as_millis() as u64;
+                if now.saturating_sub(d.created_ms) >= max_age {
+                    m.destinations[2].inc();
+                    tracing::warn!(record = %d.id, url = %d.url, error = %e, "destination record dropped: not delivered within async_destination_max_age_s");
+                    self.store.delivered(&d.id).await
+                } else {
+                    m.destinations[1].inc();
+                    let wait = policy::backoff(self.limits.retry_base, d.attempts - 1);
+                    d.due_ms = now + wait.as_millis() as u64;
+                    tracing::info!(record = %d.id, url = %d.url, error = %e, retry_in_ms = wait.as_millis() as u64, "destination not reached; will retry");
+                    self.store.redeliver(d).await
+                }
+            }
+        };
+        if let Err(e) = stored {
+            // The lease expires and the record is sent again.
+            tracing::error!(error = %e, "asynchronous task store: delivery update failed");
+        }
+    }
+}
+
+/// One attempt of a leased task, and what the rule makes of it.
+async fn run(p: Arc<Pipeline>, pool: Arc<FunctionPool>, l: Leased, permit: OwnedSemaphorePermit) {
+    let q = &p.asynchronous;
+    let Leased {
+        mut task,
+        payload,
+        was_due_ms,
+    } = l;
+    let started = now_ms();
+    q.metrics
+        .dispatch_delay
+        .observe(started.saturating_sub(was_due_ms) as f64 / 1000.0);
+    let kill = CancellationToken::new();
+    q.running
+        .lock()
+        .unwrap()
+        .insert(task.id.clone(), kill.clone());
+    let out = p.attempt(&pool, &task, payload.clone(), &kill).await;
+    q.running.lock().unwrap().remove(&task.id);
+
+    let now = now_ms();
+    task.status = Some(out.status);
+    task.instance_id = out.instance_id.clone();
+    task.error = out.error.as_ref().map(|e| e.to_string());
+    let policy = &pool.cfg.asynchronous;
+    let jitter = policy::jitter(&task.id, task.attempts);
+    let next = policy::next(
+        out.error.as_ref(),
+        &mut task,
+        policy,
+        q.limits.retry_base,
+        now,
+        jitter,
+    );
+    let mut delivery = None;
+    match next {
+        Next::Retry { reason, at_ms } => {
+            pool.metrics.async_retries[reason as usize].inc();
+            task.state = TaskState::Enqueued;
+            task.due_ms = at_ms;
+            let detail = format!(
+                "{}: {}",
+                reason.as_str(),
+                task.error.as_deref().unwrap_or("")
+            );
+            task.event("Retrying", now, detail);
+        }
+        Next::Requeue => {
+            task.state = TaskState::Enqueued;
+            task.due_ms = now;
+            task.event("Enqueued", now, "the gateway was stopping".into());
+        }
+        Next::Done(state) => {
+            task.state = state;
+            task.ended_ms = Some(now);
+            task.event(state.as_str(), now, task.error.clone().unwrap_or_default());
+            if let Some(i) = state.done_index()
+                && state != TaskState::Stopped
+            {
+                pool.metrics.async_results[i].inc();
+            }
+            let url = match state {
+                TaskState::Succeeded => policy.on_success.as_ref(),
+                _ => policy.on_failure.as_ref(),
+            };
+            if let (Some(url), Some(condition)) = (url, state.condition()) {
+                let response = destination::Response {
+                    status: out.status,
+                    function_error: out.function_error,
+                    body: &out.body,
+                };
+                delivery = Some(destination::record(
+                    &task,
+                    condition,
+                    &url.to_string(),
+                    &payload,
+                    &response,
+                    now,
+                ));
+            }
+        }
+    }
+    let has_delivery = delivery.is_some();
+    match q.store.update(task, delivery).await {
+        Ok(true) if has_delivery => q.deliveries.notify_one(),
+        Ok(_) => {}
+        // The lease expires and the task runs again.
+        Err(e) => tracing::error!(error = %e, "asynchronous task store: update failed"),
+    }
+    drop(permit);
+    q.wake.notify_one();
+}

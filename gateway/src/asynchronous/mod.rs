@@ -1,0 +1,207 @@
+//! Asynchronous invocations (FC's `Async`, Lambda's `Event`): accepted
+//! durably, run at least once, retried by Function Compute's rules, and
+//! their outcome sent to a destination.
+//!
+//! ```text
+//! pipeline (stages 1-7) ──submit──▶ TaskStore ◀──lease / update── dispatcher ──▶ Pipeline::attempt (8-9)
+//!        202 after the commit          │                                     
+//!                                      └── destination records ──▶ deliverer ──▶ on_success / on_failure
+//! ```
+//!
+//! - [`task`]: the record of one task, plain serializable data (wall-clock
+//!   times, counters, state, history).
+//! - [`policy`]: the retry rule, pure (`outcome × record → done | retry at`).
+//! - [`store`]: the [`store::TaskStore`] seam; [`embedded`] is the default
+//!   implementation (redb, group commit), in a file or in memory.
+//! - [`dispatch`]: leases due tasks, per function up to its
+//!   `async_max_concurrency`, and runs one attempt each through
+//!   [`crate::pipeline::Pipeline::attempt`]; the deliverer.
+//! - [`destination`]: the destination record and its delivery.
+//!
+//! Promises:
+//! - the caller gets 202 only once its task is committed (fsync'd): a crash
+//!   after that does not lose it;
+//! - a task is attempted at least once: a lease not completed (the gateway
+//!   died, or the attempt outlived its lease) makes it due again, and on
+//!   start every task leased by the previous process is due at once. Every
+//!   attempt carries the accepting request's id, so a function can
+//!   deduplicate;
+//! - a graceful stop lets running attempts finish (within the drain) and
+//!   leaves waiting tasks in the store;
+//! - a caller-chosen task id (`x-fc-async-task-id`) already known is not
+//!   run again: the second submission gets 202 with the first one's
+//!   request id.
+//!
+//! Bounds: `max_async_queued` tasks and `max_async_queued_bytes` payload
+//! bytes not done (beyond: 429 `ResourceThrottled`, limit `async_queue`),
+//! each payload at most `max_async_body_bytes`; done tasks are kept for
+//! `async_retention_s`, then deleted.
+
+pub mod destination;
+pub mod dispatch;
+pub mod embedded;
+pub mod policy;
+pub mod store;
+pub mod task;
+
+use crate::config::{AsyncLimits, AsyncStoreKind};
+use crate::metrics::AsyncMetrics;
+use bytes::Bytes;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::SystemTime;
+use store::{Appended, StoreError, TaskStore};
+use task::TaskRecord;
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Wall-clock milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    crate::metering::unix_ms(SystemTime::now())
+}
+
+/// The asynchronous side of a gateway: its store, and what the dispatcher
+/// shares with the pipeline.
+pub struct AsyncQueue {
+    pub limits: AsyncLimits,
+    pub store: Arc<dyn TaskStore>,
+    pub metrics: AsyncMetrics,
+    /// Something became due or a slot freed: the dispatcher looks again.
+    wake: Notify,
+    /// Destination records were written.
+    deliveries: Notify,
+    /// Graceful stop: no more submissions, no more leases.
+    stop: CancellationToken,
+    attempts: TaskTracker,
+    /// Running attempts by task id, to stop them.
+    running: std::sync::Mutex<HashMap<String, CancellationToken>>,
+    /// Per function: its `async_max_concurrency` slots.
+    slots: HashMap<Arc<str>, Arc<Semaphore>>,
+    client: destination::Client,
+}
+
+/// What a submission did.
+#[derive(Debug)]
+pub enum Submitted {
+    New,
+    /// The task id was known: its first submission's request id.
+    Known {
+        request_id: String,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("async_destination_ca_file {path}: {message}")]
+    CaFile { path: String, message: String },
+}
+
+impl AsyncQueue {
+    pub fn open<'a>(
+        limits: AsyncLimits,
+        functions: impl Iterator<Item = (&'a Arc<str>, u32)>,
+        metrics: AsyncMetrics,
+    ) -> Result<Self, OpenError> {
+        let bounds = embedded::Bounds {
+            max_tasks: limits.max_queued.into(),
+            max_bytes: limits.max_queued_bytes,
+        };
+        let path = match limits.store {
+            AsyncStoreKind::Embedded => Some(limits.store_path.as_path()),
+            AsyncStoreKind::Memory => None,
+        };
+        let store = embedded::Embedded::open(path, bounds, metrics.commit_seconds.clone())?;
+        let ca = match &limits.destination_ca_file {
+            None => None,
+            Some(p) => Some(std::fs::read(p).map_err(|e| OpenError::CaFile {
+                path: p.display().to_string(),
+                message: e.to_string(),
+            })?),
+        };
+        let client = destination::client(ca.as_deref()).map_err(|message| OpenError::CaFile {
+            path: limits
+                .destination_ca_file
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+            message,
+        })?;
+        let q = AsyncQueue {
+            slots: functions
+                .map(|(name, n)| (name.clone(), Arc::new(Semaphore::new(n as usize))))
+                .collect(),
+            limits,
+            store: Arc::new(store),
+            metrics,
+            wake: Notify::new(),
+            deliveries: Notify::new(),
+            stop: CancellationToken::new(),
+            attempts: TaskTracker::new(),
+            running: Default::default(),
+            client,
+        };
+        q.publish_depth();
+        Ok(q)
+    }
+
+    /// Commits `task` (the caller may then be told 202).
+    pub async fn submit(&self, task: TaskRecord, payload: Bytes) -> Result<Submitted, StoreError> {
+        if self.stop.is_cancelled() {
+            return Err(StoreError::Closed);
+        }
+        let started = std::time::Instant::now();
+        let appended = self.store.append(task, payload).await;
+        self.metrics
+            .enqueue_seconds
+            .observe(started.elapsed().as_secs_f64());
+        match appended? {
+            Appended::New => {
+                self.publish_depth();
+                self.wake.notify_one();
+                Ok(Submitted::New)
+            }
+            Appended::Known(t) => Ok(Submitted::Known {
+                request_id: t.request_id,
+            }),
+        }
+    }
+
+    /// Kills the running attempt of task `id`, if there is one here.
+    pub fn kill(&self, id: &str) {
+        if let Some(token) = self.running.lock().unwrap().get(id) {
+            token.cancel();
+        }
+    }
+
+    /// On graceful stop: no more submissions or leases; running attempts
+    /// go on (see [`AsyncQueue::wait`]); waiting tasks stay in the store.
+    pub fn stop(&self) {
+        self.stop.cancel();
+        self.attempts.close();
+    }
+
+    /// Resolves when every running attempt has ended (after [`AsyncQueue::stop`]).
+    pub async fn wait(&self) {
+        self.attempts.wait().await;
+    }
+
+    /// Attempts still running (at the end of a drain: their tasks stay
+    /// leased in the store and run again after the next start).
+    pub fn running(&self) -> usize {
+        self.running.lock().unwrap().len()
+    }
+
+    fn publish_depth(&self) {
+        let d = self.store.depth();
+        self.metrics.queued.set(d.tasks as i64);
+        self.metrics.queued_bytes.set(d.bytes as i64);
+        self.metrics.destinations_pending.set(d.deliveries as i64);
+        let age = d
+            .oldest_accepted_ms
+            .map_or(0.0, |t| now_ms().saturating_sub(t) as f64 / 1000.0);
+        self.metrics.oldest_age.set(age);
+    }
+}

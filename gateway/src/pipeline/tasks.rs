@@ -1,0 +1,261 @@
+//! The pipeline's side of asynchronous invocations: the task record of an
+//! accepted call, the task API, and [`Pipeline::attempt`], the one narrow
+//! entry through which the dispatcher runs stages 8-9.
+
+use super::{AttemptOutcome, Ctx, Done, Pipeline, forward, nosniff};
+use crate::api::{Api, Invocation, Kind, TaskAnswer, TaskOp};
+use crate::asynchronous::now_ms;
+use crate::asynchronous::store::Stop;
+use crate::asynchronous::task::{CallerRecord, TaskRecord, TaskState};
+use crate::auth::KeyId;
+use crate::error::{InvokeError, Outcome};
+use crate::ingress::{Network, Origin};
+use crate::metrics::GaugeGuard;
+use crate::scheduler::FunctionPool;
+use bytes::Bytes;
+use http::{HeaderValue, Response};
+use hyper::body::Incoming;
+use std::sync::Arc;
+use std::time::SystemTime;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+impl Pipeline {
+    /// The record of an asynchronous invocation accepted now.
+    pub(super) fn task_record(
+        &self,
+        ctx: &Ctx<'_>,
+        inv: &Invocation<'_>,
+        pool: &FunctionPool,
+        content_type: Option<&HeaderValue>,
+        key: Option<KeyId>,
+        payload_bytes: usize,
+    ) -> TaskRecord {
+        let now = now_ms();
+        let request_id = ctx.request_id.to_str().unwrap_or_default().to_string();
+        let caller = match ctx.origin {
+            Origin::Client(c) => CallerRecord {
+                network: match c.network {
+                    Network::Internet => "internet".into(),
+                    Network::Vpc(_) => "vpc".into(),
+                },
+                vpc_id: match c.network {
+                    Network::Internet => None,
+                    Network::Vpc(v) => Some(self.vpcs.name(v).to_string()),
+                },
+                ip: Some(c.ip.to_string()),
+                access_key_id: key.map(|k| self.auth.credentials.id(k).to_string()),
+            },
+            Origin::Internal => CallerRecord {
+                network: "internal".into(),
+                ..Default::default()
+            },
+        };
+        let mut t = TaskRecord {
+            id: inv
+                .task_id
+                .map_or_else(|| request_id.clone(), str::to_string),
+            request_id,
+            function: pool.cfg.name.to_string(),
+            qualifier: inv.qualifier.as_deref().map(str::to_string),
+            api: ctx.dialect.api().as_str().into(),
+            content_type: content_type
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
+            caller,
+            payload_bytes: payload_bytes as u64,
+            accepted_ms: now,
+            due_ms: now,
+            state: TaskState::Enqueued,
+            attempts: 0,
+            retries: 0,
+            backoffs: 0,
+            started_ms: None,
+            ended_ms: None,
+            instance_id: None,
+            status: None,
+            error: None,
+            events: Vec::new(),
+        };
+        t.event("Enqueued", now, String::new());
+        t
+    }
+
+    /// A task API call, past stages 1-4: answered from the store.
+    pub(super) async fn task_api(
+        &self,
+        ctx: &Ctx<'_>,
+        mut done: Done<'_>,
+        op: &TaskOp<'_>,
+        parts: &http::request::Parts,
+        body: Incoming,
+    ) -> Response<crate::api::ResponseBody> {
+        let store = &self.asynchronous.store;
+        let function = done.function;
+        let reply = ctx.reply(done.pool, None);
+        let not_found = |id: &str| InvokeError::AsyncTaskNotFound { id: id.to_string() };
+        // A task of another function is not found here.
+        let get = |id: &str| {
+            let f = store.get(id);
+            async move {
+                match f.await {
+                    Ok(Some((t, p))) if t.function == function => Ok(Some((t, p))),
+                    Ok(_) => Ok(None),
+                    Err(e) => Err(InvokeError::internal(e)),
+                }
+            }
+        };
+        let answered = match op {
+            TaskOp::Get { id } => match get(id).await {
+                Ok(Some((task, payload))) => Ok(ctx.dialect.task(
+                    &TaskAnswer::One {
+                        task: &task,
+                        payload: payload.as_deref(),
+                    },
+                    &reply,
+                )),
+                Ok(None) => Err(not_found(id)),
+                Err(e) => Err(e),
+            },
+            TaskOp::List { state, limit, .. } => match store.list(function, *state, *limit).await {
+                Ok(tasks) => Ok(ctx.dialect.task(&TaskAnswer::List(&tasks), &reply)),
+                Err(e) => Err(InvokeError::internal(e)),
+            },
+            TaskOp::Stop { id } => match get(id).await {
+                Ok(None) => Err(not_found(id)),
+                Err(e) => Err(e),
+                Ok(Some(_)) => match store.stop(id, now_ms()).await {
+                    Ok(Stop::NotFound) => Err(not_found(id)),
+                    Ok(Stop::Done(t)) => Err(InvokeError::InvalidArgument {
+                        message: format!("task '{id}' is already {}", t.state.as_str()).into(),
+                    }),
+                    Ok(Stop::Stopped { was_running, .. }) => {
+                        if was_running {
+                            self.asynchronous.kill(id);
+                        }
+                        if let (Some(pool), Some(i)) = (done.pool, TaskState::Stopped.done_index())
+                        {
+                            pool.metrics.async_results[i].inc();
+                        }
+                        Ok(ctx.dialect.task(&TaskAnswer::Stopped, &reply))
+                    }
+                    Err(e) => Err(InvokeError::internal(e)),
+                },
+            },
+        };
+        let mut resp = match answered {
+            Ok(r) => nosniff(r),
+            Err(e) => {
+                done.outcome = e.outcome();
+                self.error(ctx, &done, &e)
+            }
+        };
+        self.unread(body, parts, &mut resp);
+        self.finish(ctx, done, resp).await
+    }
+
+    /// One attempt of an asynchronous task: the function's concurrency
+    /// limit, then stages 8-9, then [`Pipeline::account`] like any
+    /// invocation, as the gateway's own call (`internal` network, no
+    /// traffic: no client reads its answer), under the task's request id
+    /// and the door it came through. `stop` ends it early (the task was
+    /// stopped): the instance running it is reclaimed.
+    pub async fn attempt(
+        &self,
+        pool: &Arc<FunctionPool>,
+        task: &TaskRecord,
+        payload: Bytes,
+        stop: &CancellationToken,
+    ) -> AttemptOutcome {
+        let api = Api::ALL
+            .into_iter()
+            .find(|a| a.as_str() == task.api)
+            .unwrap_or(Api::Fc);
+        let dialect = self.dialects.get(api);
+        let ctx = Ctx {
+            dialect,
+            request_id: HeaderValue::from_str(&task.request_id)
+                .unwrap_or_else(|_| self.ids.request_id()),
+            origin: Origin::Internal,
+            started: Instant::now(),
+            wall: SystemTime::now(),
+        };
+        let done = |outcome, ran| Done {
+            pool: Some(pool),
+            function: &pool.cfg.name,
+            qualifier: task.qualifier.as_deref(),
+            outcome,
+            bytes_in: 0,
+            ran,
+            key: None,
+        };
+        let content_type = task
+            .content_type
+            .as_deref()
+            .and_then(|c| HeaderValue::from_str(c).ok());
+        let permit = tokio::select! {
+            biased;
+            p = self.throttle(pool, &Origin::Internal, Kind::Sync, None) => p.map_err(InvokeError::Throttled),
+            _ = stop.cancelled() => Err(InvokeError::AsyncTaskStopped),
+        };
+        let result = match permit {
+            Err(e) => Err((e, None)),
+            Ok(_permit) => {
+                let _in_flight = GaugeGuard::new(&pool.metrics.in_flight);
+                let mut call = forward::Call::event(content_type.as_ref());
+                call.stop = Some(stop);
+                tokio::select! {
+                    // The call sees the stop first when it holds an instance
+                    // (and reclaims it); before that, this branch ends it.
+                    biased;
+                    r = forward::call(self, pool, &call, payload, &ctx.request_id) => r,
+                    _ = stop.cancelled() => Err((InvokeError::AsyncTaskStopped, None)),
+                }
+            }
+        };
+        match result {
+            Ok((answer, ran)) => {
+                pool.limits.record_duration(ctx.started.elapsed());
+                let status = dialect.success_status(answer.status);
+                let out = AttemptOutcome {
+                    error: None,
+                    status: status.as_u16(),
+                    body: answer.body,
+                    function_error: None,
+                    instance_id: ran.instance_id.to_str().ok().map(str::to_string),
+                };
+                self.account(&ctx, api, done(Outcome::Success, Some(ran)), status, 0)
+                    .await;
+                out
+            }
+            Err((e, ran)) => {
+                if let InvokeError::Throttled(t) = &e {
+                    pool.metrics.throttles[t.limit as usize].inc();
+                }
+                tracing::info!(function = %pool.cfg.name, request_id = ?ctx.request_id, error = %e, "asynchronous attempt failed");
+                let outcome = e.outcome();
+                let status = dialect.status(&e);
+                // The error's body only matters to a destination.
+                let body = match pool.cfg.asynchronous.on_failure {
+                    Some(_) => dialect
+                        .error(&e, &ctx.reply(Some(pool), ran.as_ref()))
+                        .into_body()
+                        .into_bytes(),
+                    None => Bytes::new(),
+                };
+                let out = AttemptOutcome {
+                    status: status.as_u16(),
+                    body,
+                    function_error: (outcome == Outcome::FunctionError).then_some("Unhandled"),
+                    instance_id: ran
+                        .as_ref()
+                        .and_then(|r| r.instance_id.to_str().ok())
+                        .map(str::to_string),
+                    error: Some(e),
+                };
+                self.account(&ctx, api, done(outcome, ran), status, 0).await;
+                out
+            }
+        }
+    }
+}
