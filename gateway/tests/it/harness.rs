@@ -200,6 +200,24 @@ impl Gateway {
         }
     }
 
+    /// Starts the gateway again on the same configuration and files (its
+    /// certificate, its task store) after its process has ended.
+    pub fn respawn(&mut self) {
+        assert!(
+            self.proc.child.try_wait().unwrap().is_some(),
+            "respawn needs the old process to have ended"
+        );
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_gateway"));
+        cmd.arg("--config")
+            .arg(self.dir.path().join("gateway.toml"));
+        self.proc = Proc::spawn(cmd);
+        let line = self
+            .proc
+            .wait_line("fngate listening", Duration::from_secs(30));
+        self.https = field(&line, "https").parse().unwrap();
+        self.admin = field(&line, "admin").parse().unwrap();
+    }
+
     pub async fn client(&self, opts: ClientOpts) -> Client {
         Client::connect(self.https, &self.ca, opts).await
     }
@@ -577,4 +595,93 @@ where
         String::from_utf8_lossy(&out.stderr)
     );
     out.stdout
+}
+
+/// A destination for asynchronous outcomes: a plain HTTP server on
+/// loopback that keeps every JSON record POSTed to it and answers 200.
+pub struct Sink {
+    pub addr: SocketAddr,
+    pub records: Arc<Mutex<Vec<serde_json::Value>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Sink {
+    /// Listens on `addr` (port 0: any).
+    pub async fn start(addr: SocketAddr) -> Sink {
+        let l = tokio::net::TcpListener::bind(addr).await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let records: Arc<Mutex<Vec<serde_json::Value>>> = Default::default();
+        let keep = records.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = l.accept().await else {
+                    return;
+                };
+                let keep = keep.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(
+                        move |req: http::Request<hyper::body::Incoming>| {
+                            let keep = keep.clone();
+                            async move {
+                                let body = req.into_body().collect().await?.to_bytes();
+                                let v = serde_json::from_slice(&body)
+                                    .unwrap_or(serde_json::Value::Null);
+                                keep.lock().unwrap().push(v);
+                                Ok::<_, hyper::Error>(http::Response::new(Full::new(Bytes::new())))
+                            }
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tcp), svc)
+                        .await;
+                });
+            }
+        });
+        Sink {
+            addr,
+            records,
+            task,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/", self.addr)
+    }
+
+    pub fn records(&self) -> Vec<serde_json::Value> {
+        self.records.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// An asynchronous FC invocation, optionally with a caller-chosen task id.
+pub fn async_request(
+    function: &str,
+    payload: impl Into<Bytes>,
+    task_id: Option<&str>,
+) -> http::Request<Full<Bytes>> {
+    let mut req = invoke_request(function, payload.into());
+    req.headers_mut()
+        .insert("x-fc-invocation-type", "Async".parse().unwrap());
+    if let Some(id) = task_id {
+        req.headers_mut()
+            .insert("x-fc-async-task-id", id.parse().unwrap());
+    }
+    req
+}
+
+/// A call of FC's task API: `GET|PUT /2023-03-30/functions/{f}/async-tasks{rest}`.
+pub fn task_request(method: &str, function: &str, rest: &str) -> http::Request<Full<Bytes>> {
+    http::Request::builder()
+        .method(method)
+        .uri(format!(
+            "https://localhost/2023-03-30/functions/{function}/async-tasks{rest}"
+        ))
+        .body(Full::new(Bytes::new()))
+        .unwrap()
 }

@@ -15,5 +15,6 @@ mod metering;
 mod observability;
 mod scheduling;
 mod sdk;
+mod tasks;
 mod throttle;
 mod tls;
