@@ -24,6 +24,7 @@ fn quantile(v: &mut [f64], q: f64) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_times_the_sustainable_rate_for_thirty_seconds() {
+    let _serial = crate::SERIAL.lock().await;
     let logdir = tempfile::tempdir().unwrap();
     let log = logdir.path().join("usage.jsonl");
     // 8 calls at once of 20 ms each: about 400 calls/s sustainable.
