@@ -138,7 +138,7 @@ pub fn record(
         "responsePayload": response_payload,
     });
     Delivery {
-        id: format!("{}/{condition}", task.id),
+        id: format!("{}/{condition}", task.key()),
         function: task.function.clone(),
         url: url.to_string(),
         body: body.to_string(),
@@ -224,7 +224,7 @@ mod tests {
             &resp,
             1_700_000_000_123,
         );
-        assert_eq!(d.id, "t1/RetriesExhausted");
+        assert_eq!(d.id, "f/t1/RetriesExhausted");
         let v: Value = serde_json::from_str(&d.body).unwrap();
         assert_eq!(v["version"], "1.0");
         assert_eq!(v["timestamp"], "2023-11-14T22:13:20.123Z");

@@ -57,6 +57,19 @@ impl AsyncQueue {
                     // An attempt ending wakes the dispatcher.
                     continue;
                 }
+                // A read first: an idle function costs no commit.
+                match q.store.next_due(&pool.cfg.name).await {
+                    Ok(Some(due)) if due <= now => {}
+                    Ok(Some(due)) => {
+                        wake_at = wake_at.min(due);
+                        continue;
+                    }
+                    Ok(None) => continue,
+                    Err(e) => {
+                        tracing::error!(error = %e, "asynchronous task store: read failed");
+                        continue;
+                    }
+                }
                 let until = now + lease_ms(&p, pool);
                 let leased = match q.store.lease(&pool.cfg.name, now, free, until).await {
                     Ok(l) => l,
@@ -188,12 +201,10 @@ async fn run(p: Arc<Pipeline>, pool: Arc<FunctionPool>, l: Leased, permit: Owned
         .dispatch_delay
         .observe(started.saturating_sub(was_due_ms) as f64 / 1000.0);
     let kill = CancellationToken::new();
-    q.running
-        .lock()
-        .unwrap()
-        .insert(task.id.clone(), kill.clone());
+    let key = task.key();
+    q.running.lock().unwrap().insert(key.clone(), kill.clone());
     let out = p.attempt(&pool, &task, payload.clone(), &kill).await;
-    q.running.lock().unwrap().remove(&task.id);
+    q.running.lock().unwrap().remove(&key);
 
     let now = now_ms();
     task.status = Some(out.status);

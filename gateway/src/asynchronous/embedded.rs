@@ -8,17 +8,18 @@
 //! Reads use their own read transactions on the blocking pool, beside the
 //! writer.
 //!
-//! Tables (keys are ids or tuples ordered for the scans that use them):
-//! `tasks` id → record (JSON); `payloads` id → bytes (written once);
+//! Tables (a task's key is `function/id`, see [`task_key`]; index keys
+//! are tuples ordered for the scans that use them):
+//! `tasks` key → record (JSON); `payloads` key → bytes (written once);
 //! `due` (function, due ms, id) for tasks not done (a running task's key is
-//! its lease's end, so an expired lease is simply due); `leased` id → lease
-//! end, for recovery; `pending` (accepted ms, id) → payload bytes, for the
-//! depth and the oldest task; `done` (ended ms, id), for retention;
-//! `by_function` (function, accepted ms, id), for listing; `deliveries`
-//! id → destination record, and `delivery_due` (due ms, id).
+//! its lease's end, so an expired lease is simply due); `leased` key →
+//! lease end, for recovery; `pending` (accepted ms, key) → payload bytes,
+//! for the depth and the oldest task; `done` (ended ms, key), for
+//! retention; `by_function` (function, accepted ms, id), for listing;
+//! `deliveries` id → destination record, and `delivery_due` (due ms, id).
 
 use super::store::{Appended, Delivery, Depth, Leased, Stop, StoreError, StoreFuture, TaskStore};
-use super::task::{TaskRecord, TaskState};
+use super::task::{TaskRecord, TaskState, task_key};
 use bytes::Bytes;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use std::path::Path;
@@ -61,6 +62,7 @@ enum Op {
         reply: Reply<Vec<Leased>>,
     },
     Update(TaskRecord, Option<Delivery>, Reply<bool>),
+    /// A task's key.
     Stop(String, u64, Reply<Stop>),
     Recover(u64, Reply<u64>),
     Purge(u64, Reply<u64>),
@@ -227,13 +229,17 @@ impl TaskStore for Embedded {
         self.send(move |r| Op::Update(task, delivery, r))
     }
 
-    fn stop(&self, id: &str, now_ms: u64) -> StoreFuture<'_, Stop> {
-        let id = id.to_string();
-        self.send(move |r| Op::Stop(id, now_ms, r))
+    fn stop(&self, function: &str, id: &str, now_ms: u64) -> StoreFuture<'_, Stop> {
+        let key = task_key(function, id);
+        self.send(move |r| Op::Stop(key, now_ms, r))
     }
 
-    fn get(&self, id: &str) -> StoreFuture<'_, Option<(TaskRecord, Option<Bytes>)>> {
-        let id = id.to_string();
+    fn get(
+        &self,
+        function: &str,
+        id: &str,
+    ) -> StoreFuture<'_, Option<(TaskRecord, Option<Bytes>)>> {
+        let id = task_key(function, id);
         self.read(move |txn| {
             let tasks = txn.open_table(TASKS).map_err(err)?;
             let Some(rec) = tasks.get(id.as_str()).map_err(err)? else {
@@ -268,7 +274,7 @@ impl TaskStore for Embedded {
             {
                 let (k, _) = e.map_err(err)?;
                 let (_, _, id) = k.value();
-                let Some(rec) = tasks.get(id).map_err(err)? else {
+                let Some(rec) = tasks.get(task_key(f, id).as_str()).map_err(err)? else {
                     continue;
                 };
                 let rec: TaskRecord = decode(rec.value())?;
@@ -423,19 +429,20 @@ impl<'t> Tables<'t> {
 
     /// Removes the index entries `r` implies.
     fn unindex(&mut self, r: &TaskRecord, d: &mut Depth) -> Result<(), StoreError> {
-        let (f, id) = (r.function.as_str(), r.id.as_str());
+        let (f, id, key) = (r.function.as_str(), r.id.as_str(), r.key());
+        let key = key.as_str();
         self.by_function
             .remove((f, r.accepted_ms, id))
             .map_err(err)?;
         if r.state.is_done() {
             self.done
-                .remove((r.ended_ms.unwrap_or(0), id))
+                .remove((r.ended_ms.unwrap_or(0), key))
                 .map_err(err)?;
         } else {
             self.due.remove((f, r.due_ms, id)).map_err(err)?;
             if self
                 .pending
-                .remove((r.accepted_ms, id))
+                .remove((r.accepted_ms, key))
                 .map_err(err)?
                 .is_some()
             {
@@ -443,7 +450,7 @@ impl<'t> Tables<'t> {
                 d.bytes = d.bytes.saturating_sub(r.payload_bytes);
             }
             if r.state == TaskState::Running {
-                self.leased.remove(id).map_err(err)?;
+                self.leased.remove(key).map_err(err)?;
             }
         }
         Ok(())
@@ -451,25 +458,26 @@ impl<'t> Tables<'t> {
 
     /// Writes `r` and the index entries its state implies.
     fn index(&mut self, r: &TaskRecord, d: &mut Depth) -> Result<(), StoreError> {
-        let (f, id) = (r.function.as_str(), r.id.as_str());
+        let (f, id, key) = (r.function.as_str(), r.id.as_str(), r.key());
+        let key = key.as_str();
         let json = serde_json::to_vec(r).map_err(err)?;
-        self.tasks.insert(id, json.as_slice()).map_err(err)?;
+        self.tasks.insert(key, json.as_slice()).map_err(err)?;
         self.by_function
             .insert((f, r.accepted_ms, id), ())
             .map_err(err)?;
         if r.state.is_done() {
             self.done
-                .insert((r.ended_ms.unwrap_or(0), id), ())
+                .insert((r.ended_ms.unwrap_or(0), key), ())
                 .map_err(err)?;
         } else {
             self.due.insert((f, r.due_ms, id), ()).map_err(err)?;
             self.pending
-                .insert((r.accepted_ms, id), r.payload_bytes)
+                .insert((r.accepted_ms, key), r.payload_bytes)
                 .map_err(err)?;
             d.tasks += 1;
             d.bytes += r.payload_bytes;
             if r.state == TaskState::Running {
-                self.leased.insert(id, r.due_ms).map_err(err)?;
+                self.leased.insert(key, r.due_ms).map_err(err)?;
             }
         }
         Ok(())
@@ -508,7 +516,8 @@ impl<'t> Tables<'t> {
     fn apply(&mut self, op: Op, d: &mut Depth, bounds: Bounds) -> Result<Answer, StoreError> {
         Ok(match op {
             Op::Append(task, payload, reply) => {
-                if let Some(known) = self.task(&task.id)? {
+                let key = task.key();
+                if let Some(known) = self.task(&key)? {
                     return Ok(answer(reply, Ok(Appended::Known(Box::new(known)))));
                 }
                 if d.tasks >= bounds.max_tasks {
@@ -518,7 +527,7 @@ impl<'t> Tables<'t> {
                     return Ok(answer(reply, Err(StoreError::Full("bytes"))));
                 }
                 self.payloads
-                    .insert(task.id.as_str(), payload.as_ref())
+                    .insert(key.as_str(), payload.as_ref())
                     .map_err(err)?;
                 self.index(&task, d)?;
                 answer(reply, Ok(Appended::New))
@@ -542,7 +551,10 @@ impl<'t> Tables<'t> {
                 }
                 let mut leased = Vec::with_capacity(ids.len());
                 for id in ids {
-                    let Some(old) = self.task(&id)? else { continue };
+                    let key = task_key(f, &id);
+                    let Some(old) = self.task(&key)? else {
+                        continue;
+                    };
                     let mut t = old.clone();
                     t.state = TaskState::Running;
                     t.attempts += 1;
@@ -552,7 +564,7 @@ impl<'t> Tables<'t> {
                     self.replace(&old, &t, d)?;
                     let payload = self
                         .payloads
-                        .get(id.as_str())
+                        .get(key.as_str())
                         .map_err(err)?
                         .map(|p| Bytes::copy_from_slice(p.value()))
                         .unwrap_or_default();
@@ -565,7 +577,7 @@ impl<'t> Tables<'t> {
                 answer(reply, Ok(leased))
             }
             Op::Update(new, delivery, reply) => {
-                let Some(old) = self.task(&new.id)? else {
+                let Some(old) = self.task(&new.key())? else {
                     return Ok(answer(reply, Ok(false)));
                 };
                 // Only the attempt holding the current lease may write.
@@ -579,8 +591,8 @@ impl<'t> Tables<'t> {
                 }
                 answer(reply, Ok(true))
             }
-            Op::Stop(id, now, reply) => {
-                let Some(old) = self.task(&id)? else {
+            Op::Stop(key, now, reply) => {
+                let Some(old) = self.task(&key)? else {
                     return Ok(answer(reply, Ok(Stop::NotFound)));
                 };
                 if old.state.is_done() {
@@ -606,8 +618,10 @@ impl<'t> Tables<'t> {
                     ids.push(e.map_err(err)?.0.value().to_string());
                 }
                 let mut n = 0;
-                for id in ids {
-                    let Some(old) = self.task(&id)? else { continue };
+                for key in ids {
+                    let Some(old) = self.task(&key)? else {
+                        continue;
+                    };
                     let mut t = old.clone();
                     t.state = TaskState::Enqueued;
                     t.due_ms = now;
@@ -628,12 +642,12 @@ impl<'t> Tables<'t> {
                     keys.push(e.map_err(err)?.0.value().1.to_string());
                 }
                 let mut n = 0;
-                for id in keys {
-                    if let Some(old) = self.task(&id)? {
+                for key in keys {
+                    if let Some(old) = self.task(&key)? {
                         self.unindex(&old, d)?;
                     }
-                    self.tasks.remove(id.as_str()).map_err(err)?;
-                    self.payloads.remove(id.as_str()).map_err(err)?;
+                    self.tasks.remove(key.as_str()).map_err(err)?;
+                    self.payloads.remove(key.as_str()).map_err(err)?;
                     n += 1;
                 }
                 answer(reply, Ok(n))

@@ -74,7 +74,7 @@ pub struct AsyncQueue {
     /// Graceful stop: no more submissions, no more leases.
     stop: CancellationToken,
     attempts: TaskTracker,
-    /// Running attempts by task id, to stop them.
+    /// Running attempts by task key, to stop them.
     running: std::sync::Mutex<HashMap<String, CancellationToken>>,
     /// Per function: its `async_max_concurrency` slots.
     slots: HashMap<Arc<str>, Arc<Semaphore>>,
@@ -169,9 +169,10 @@ impl AsyncQueue {
         }
     }
 
-    /// Kills the running attempt of task `id`, if there is one here.
-    pub fn kill(&self, id: &str) {
-        if let Some(token) = self.running.lock().unwrap().get(id) {
+    /// Kills the running attempt of `function`'s task `id`, if there is one here.
+    pub fn kill(&self, function: &str, id: &str) {
+        let key = task::task_key(function, id);
+        if let Some(token) = self.running.lock().unwrap().get(&key) {
             token.cancel();
         }
     }

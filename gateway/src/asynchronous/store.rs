@@ -51,7 +51,7 @@ pub struct Leased {
 /// A destination record waiting for delivery.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Delivery {
-    /// The task's id and the condition: one record per task and outcome.
+    /// The task's key and the condition: one record per task and outcome.
     pub id: String,
     pub function: String,
     pub url: String,
@@ -110,10 +110,12 @@ pub trait TaskStore: Send + Sync + 'static {
     /// returns `false`.
     fn update(&self, task: TaskRecord, delivery: Option<Delivery>) -> StoreFuture<'_, bool>;
 
-    /// Stops a task that is not done.
-    fn stop(&self, id: &str, now_ms: u64) -> StoreFuture<'_, Stop>;
+    /// Stops `function`'s task `id` if it is not done.
+    fn stop(&self, function: &str, id: &str, now_ms: u64) -> StoreFuture<'_, Stop>;
 
-    fn get(&self, id: &str) -> StoreFuture<'_, Option<(TaskRecord, Option<Bytes>)>>;
+    /// `function`'s task `id`, with its payload while it is kept.
+    fn get(&self, function: &str, id: &str)
+    -> StoreFuture<'_, Option<(TaskRecord, Option<Bytes>)>>;
 
     /// A function's tasks, newest accepted first, optionally in one state.
     fn list(

@@ -152,7 +152,17 @@ pub struct TaskRecord {
     pub events: Vec<TaskEvent>,
 }
 
+/// Where a task is kept: task ids are scoped by function, as FC's task API
+/// addresses them (neither part holds a `/`).
+pub fn task_key(function: &str, id: &str) -> String {
+    format!("{function}/{id}")
+}
+
 impl TaskRecord {
+    pub fn key(&self) -> String {
+        task_key(&self.function, &self.id)
+    }
+
     pub fn event(&mut self, status: &str, timestamp_ms: u64, detail: String) {
         if self.events.len() >= MAX_EVENTS {
             // Keep the first (accepted) event; drop the oldest after it.

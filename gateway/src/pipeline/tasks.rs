@@ -94,16 +94,9 @@ impl Pipeline {
         let function = done.function;
         let reply = ctx.reply(done.pool, None);
         let not_found = |id: &str| InvokeError::AsyncTaskNotFound { id: id.to_string() };
-        // A task of another function is not found here.
         let get = |id: &str| {
-            let f = store.get(id);
-            async move {
-                match f.await {
-                    Ok(Some((t, p))) if t.function == function => Ok(Some((t, p))),
-                    Ok(_) => Ok(None),
-                    Err(e) => Err(InvokeError::internal(e)),
-                }
-            }
+            let f = store.get(function, id);
+            async move { f.await.map_err(InvokeError::internal) }
         };
         let answered = match op {
             TaskOp::Get { id } => match get(id).await {
@@ -121,26 +114,21 @@ impl Pipeline {
                 Ok(tasks) => Ok(ctx.dialect.task(&TaskAnswer::List(&tasks), &reply)),
                 Err(e) => Err(InvokeError::internal(e)),
             },
-            TaskOp::Stop { id } => match get(id).await {
-                Ok(None) => Err(not_found(id)),
-                Err(e) => Err(e),
-                Ok(Some(_)) => match store.stop(id, now_ms()).await {
-                    Ok(Stop::NotFound) => Err(not_found(id)),
-                    Ok(Stop::Done(t)) => Err(InvokeError::InvalidArgument {
-                        message: format!("task '{id}' is already {}", t.state.as_str()).into(),
-                    }),
-                    Ok(Stop::Stopped { was_running, .. }) => {
-                        if was_running {
-                            self.asynchronous.kill(id);
-                        }
-                        if let (Some(pool), Some(i)) = (done.pool, TaskState::Stopped.done_index())
-                        {
-                            pool.metrics.async_results[i].inc();
-                        }
-                        Ok(ctx.dialect.task(&TaskAnswer::Stopped, &reply))
+            TaskOp::Stop { id } => match store.stop(function, id, now_ms()).await {
+                Ok(Stop::NotFound) => Err(not_found(id)),
+                Ok(Stop::Done(t)) => Err(InvokeError::InvalidArgument {
+                    message: format!("task '{id}' is already {}", t.state.as_str()).into(),
+                }),
+                Ok(Stop::Stopped { was_running, .. }) => {
+                    if was_running {
+                        self.asynchronous.kill(function, id);
                     }
-                    Err(e) => Err(InvokeError::internal(e)),
-                },
+                    if let (Some(pool), Some(i)) = (done.pool, TaskState::Stopped.done_index()) {
+                        pool.metrics.async_results[i].inc();
+                    }
+                    Ok(ctx.dialect.task(&TaskAnswer::Stopped, &reply))
+                }
+                Err(e) => Err(InvokeError::internal(e)),
             },
         };
         let mut resp = match answered {

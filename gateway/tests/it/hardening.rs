@@ -255,7 +255,7 @@ async fn an_idle_http2_connection_is_closed_and_a_busy_one_is_not() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_drain_that_times_out_still_stops_the_async_queue() {
+async fn a_drain_that_times_out_still_stops_the_async_queue_and_keeps_its_tasks() {
     let gw = Gateway::start(
         "drain_timeout_s = 1\nasync_retry_base_ms = 60000",
         &(echo_fn("held", "") + &echo_fn("flaky", "async_max_retries = 3")),
@@ -302,12 +302,21 @@ async fn a_drain_that_times_out_still_stops_the_async_queue() {
     assert!(t0.elapsed() < Duration::from_secs(20), "{:?}", t0.elapsed());
     let log = gw.proc.log();
     assert!(log.contains("drain timed out"), "{log}");
+    // The waiting retry is kept, not dropped: still there after a restart.
     assert!(
         log.lines()
-            .any(|l| l.contains("asynchronous invocations not done at stop")
-                && l.contains("dropped=1")),
+            .any(|l| l.contains("kept in the store") && l.contains("tasks=1")),
         "{log}"
     );
+    gw.respawn();
+    let mut c = gw.h1().await;
+    let r = c
+        .send(task_request("GET", "flaky", "?status=Enqueued"))
+        .await
+        .unwrap();
+    let tasks = r.json()["tasks"].clone();
+    assert_eq!(tasks.as_array().map(Vec::len), Some(1), "{tasks}");
+    assert_eq!(tasks[0]["alreadyRetriedTimes"], 0, "one attempt so far");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -64,6 +64,8 @@ async fn leases_take_due_tasks_of_one_function_and_only_the_lease_holder_writes(
     add(&s, task("a", "f", 10, 1)).await;
     add(&s, task("b", "f", 20, 1)).await;
     add(&s, task("c", "g", 10, 1)).await;
+    // Ids are scoped by function: g's "a" is another task.
+    add(&s, task("a", "g", 10, 1)).await;
     // Due at 15: only a (b is due at 20; c is g's).
     let l = s.lease("f", 15, 10, 1000).await.unwrap();
     assert_eq!(l.len(), 1);
@@ -88,7 +90,7 @@ async fn leases_take_due_tasks_of_one_function_and_only_the_lease_holder_writes(
     cur.due_ms = 5000;
     assert!(s.update(cur.clone(), None).await.unwrap());
     assert_eq!(
-        s.get("a").await.unwrap().unwrap().0.state,
+        s.get("f", "a").await.unwrap().unwrap().0.state,
         TaskState::Enqueued
     );
     assert!(
@@ -104,7 +106,11 @@ async fn leases_take_due_tasks_of_one_function_and_only_the_lease_holder_writes(
     t.state = TaskState::Succeeded;
     t.ended_ms = Some(5001);
     assert!(s.update(t, None).await.unwrap());
-    assert_eq!(s.depth().tasks, 2); // b (leased) and c
+    assert_eq!(s.depth().tasks, 3); // b (leased), and g's c and a
+    assert_eq!(
+        s.get("g", "a").await.unwrap().unwrap().0.state,
+        TaskState::Enqueued
+    );
     let listed = s.list("f", Some(TaskState::Succeeded), 10).await.unwrap();
     assert_eq!(
         listed.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(),
@@ -126,19 +132,25 @@ async fn stop_ends_a_waiting_or_running_task_once() {
     let leased = s.lease("f", 1, 1, 100).await.unwrap();
     let running = leased[0].task.id.clone();
     let waiting = if running == "a" { "b" } else { "a" };
-    match s.stop(waiting, 5).await.unwrap() {
+    match s.stop("f", waiting, 5).await.unwrap() {
         Stop::Stopped { task, was_running } => {
             assert!(!was_running);
             assert_eq!(task.state, TaskState::Stopped);
         }
         other => panic!("{other:?}"),
     }
-    match s.stop(&running, 6).await.unwrap() {
+    match s.stop("f", &running, 6).await.unwrap() {
         Stop::Stopped { was_running, .. } => assert!(was_running),
         other => panic!("{other:?}"),
     }
-    assert!(matches!(s.stop(&running, 7).await.unwrap(), Stop::Done(_)));
-    assert!(matches!(s.stop("zz", 7).await.unwrap(), Stop::NotFound));
+    assert!(matches!(
+        s.stop("f", &running, 7).await.unwrap(),
+        Stop::Done(_)
+    ));
+    assert!(matches!(
+        s.stop("f", "zz", 7).await.unwrap(),
+        Stop::NotFound
+    ));
     // The stopped attempt's own outcome does not overwrite the stop.
     let mut t = leased.into_iter().next().unwrap().task;
     t.state = TaskState::Succeeded;
@@ -184,7 +196,7 @@ async fn done_tasks_are_purged_after_retention_and_deliveries_are_durable_until_
     t.state = TaskState::Failed;
     t.ended_ms = Some(10);
     let d = Delivery {
-        id: "a/RetriesExhausted".into(),
+        id: "f/a/RetriesExhausted".into(),
         function: "f".into(),
         url: "http://127.0.0.1:9/".into(),
         body: "{}".into(),
@@ -212,6 +224,6 @@ async fn done_tasks_are_purged_after_retention_and_deliveries_are_durable_until_
 
     assert_eq!(s.purge(10).await.unwrap(), 0, "ended at 10: kept");
     assert_eq!(s.purge(11).await.unwrap(), 1);
-    assert!(s.get("a").await.unwrap().is_none());
+    assert!(s.get("f", "a").await.unwrap().is_none());
     assert!(s.list("f", None, 10).await.unwrap().is_empty());
 }
