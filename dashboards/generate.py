@@ -91,6 +91,22 @@ def overview():
     p.append(panel(14, "Credential refusals/s by door and reason", [
         f'sum by (api, reason) (rate(fngate_auth_failures_total[{RI}]))'], "reqps", 12, 48,
         legend=["{{api}} {{reason}}"]))
+    # Asynchronous invocations (the durable queue).
+    p.append(panel(15, "Async queue: tasks not done, oldest task age", [
+        'sum(fngate_async_queued)', 'max(fngate_async_oldest_task_age_seconds)'], "short", 0, 56,
+        legend=["tasks not done", "oldest age (s)"]))
+    p.append(panel(16, "Async enqueue commit and dispatch delay p99", [
+        f'histogram_quantile(0.99, sum by (le) (rate(fngate_async_enqueue_seconds_bucket[{RI}])))',
+        f'histogram_quantile(0.99, sum by (le) (rate(fngate_async_dispatch_delay_seconds_bucket[{RI}])))'],
+        "s", 12, 56, legend=["enqueue (202 after commit)", "due → started"]))
+    p.append(panel(17, "Async results and retries /s", [
+        f'sum by (result) (rate(fngate_async_results_total[{RI}]))',
+        f'sum by (reason) (rate(fngate_async_retries_total[{RI}]))'], "reqps", 0, 64,
+        legend=["{{result}}", "retry: {{reason}}"]))
+    p.append(panel(18, "Destination records: deliveries /s and pending", [
+        f'sum by (result) (rate(fngate_async_destination_deliveries_total[{RI}]))',
+        'sum(fngate_async_destination_pending)'], "short", 12, 64,
+        legend=["{{result}}", "pending"]))
     return dashboard("fngate-overview", "fngate overview", p)
 
 
@@ -132,6 +148,10 @@ def function_drilldown():
     p.append(panel(8, "Invocations/s by API door and outcome", [
         f'sum by (api, outcome) (rate(fngate_invocations_total{{{f}}}[{RI}]))'], "reqps", 12, 24,
         legend=["{{api}} {{outcome}}"]))
+    p.append(panel(9, "Async results and retries /s", [
+        f'sum by (result) (rate(fngate_async_results_total{{{f}}}[{RI}]))',
+        f'sum by (reason) (rate(fngate_async_retries_total{{{f}}}[{RI}]))'], "reqps", 0, 32,
+        legend=["{{result}}", "retry: {{reason}}"]))
     return dashboard("fngate-function", "fngate function", p, extra_vars=[var])
 
 

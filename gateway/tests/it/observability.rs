@@ -80,8 +80,9 @@ fn values(result: &serde_json::Value) -> Vec<f64> {
 async fn dashboards_query_real_prometheus_and_every_panel_has_data() {
     let worker = start_worker(2048);
     let worker_addr: SocketAddr = worker.url.trim_start_matches("http://").parse().unwrap();
+    let sink = Sink::start("127.0.0.1:0".parse().unwrap()).await;
     let cfg = format!(
-        "[[workers]]\nurl = \"{}\"\n[[networks]]\nvpc_id = \"vpc-a\"\ncidrs = [\"127.0.0.2/32\"]\n{}{}{}",
+        "[[workers]]\nurl = \"{}\"\n[[networks]]\nvpc_id = \"vpc-a\"\ncidrs = [\"127.0.0.2/32\"]\n{}{}{}{}",
         worker.url,
         echo_fn(
             "echo",
@@ -92,10 +93,17 @@ async fn dashboards_query_real_prometheus_and_every_panel_has_data() {
             + &echo_fn(
                 "keyed",
                 "auth_level = \"function\"\nfunction_keys = [{ name = \"default\", value = \"k\" }]"
+            ),
+        echo_fn(
+            "later",
+            &format!(
+                "async_max_retries = 1\non_success = \"{0}\"\non_failure = \"{0}\"",
+                sink.url()
             )
+        )
     );
     let gw = Gateway::start(
-        "trusted_proxies = [\"127.0.0.1/32\"]\n[[gateway.proxy_listeners]]\nlisten = \"127.0.0.1:0\"",
+        "async_retry_base_ms = 50\ntrusted_proxies = [\"127.0.0.1/32\"]\n[[gateway.proxy_listeners]]\nlisten = \"127.0.0.1:0\"",
         &cfg,
     );
     gw.until("readyz", Duration::from_secs(30), || async {
@@ -194,6 +202,33 @@ async fn dashboards_query_real_prometheus_and_every_panel_has_data() {
         "{}",
         r.text()
     );
+    // Asynchronous invocations: successes (one of them echo's), a failure
+    // after its retry, both reported to a destination, and one still
+    // running at the end (the queue is not empty, its oldest task ages).
+    let r = vpc.send(async_request("echo", "a1", None)).await.unwrap();
+    assert_eq!(r.status, 202, "{}", r.text());
+    for payload in ["a2", "fngate:crash", "fngate:hold:/nonexistent/never"] {
+        let r = internet
+            .send(async_request("later", payload, None))
+            .await
+            .unwrap();
+        assert_eq!(r.status, 202, "{}", r.text());
+    }
+    gw.until(
+        "async results and destinations",
+        Duration::from_secs(30),
+        || async {
+            gw.metric("fngate_async_results_total{function=\"later\",result=\"failed\"}")
+                .await
+                == 1.0
+                && gw
+                    .metric("fngate_async_results_total{function=\"echo\",result=\"succeeded\"}")
+                    .await
+                    == 1.0
+                && sink.records().len() == 2
+        },
+    )
+    .await;
     // A failed TLS handshake and a PROXY protocol rejection.
     for addr in [gw.https, gw.listener("proxy")] {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
