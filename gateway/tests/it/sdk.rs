@@ -154,7 +154,9 @@ async fn the_fc_sdk_at_the_fc_door() {
         )
     };
     assert_eq!(gw.metric(&m("success")).await, 2.0);
-    assert_eq!(gw.metric(&m("accepted")).await, 1.0);
+    // The Async call, and the task API's three submissions (one a known id).
+    assert_eq!(gw.metric(&m("accepted")).await, 4.0);
+    assert_eq!(gw.metric(&m("task_api")).await >= 4.0, true);
     assert_eq!(gw.metric(&m("function_error")).await, 1.0);
 }
 
@@ -188,7 +190,7 @@ async fn signatures_at_both_doors_and_one_budget_per_access_key() {
         ("lambda", "unknown_key", 1.0),
         ("lambda", "expired", 1.0),
         ("lambda", "missing", 1.0),
-        ("fc", "bad_signature", 1.0),
+        ("fc", "bad_signature", 2.0), // wrong secret at invocations and at the task API
         ("fc", "payload_mismatch", 1.0), // not the tampered call past its budget: throttled first
         ("fc", "unknown_key", 1.0),
         ("fc", "expired", 1.0),

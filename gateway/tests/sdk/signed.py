@@ -94,6 +94,18 @@ ok("signed FC call")
 
 fc_fails(fc_client(endpoint, ca, BETA[0], "wrong-secret"), "SignatureNotMatch")
 ok("FC: wrong secret")
+
+# The task API is signed like invocations (a GET with a query string).
+from alibabacloud_fc20230330 import models as fc_models
+listed = fc_good.list_async_tasks("echo", fc_models.ListAsyncTasksRequest(status="Succeeded", limit=5))
+assert listed.status_code == 200, listed
+try:
+    fc_client(endpoint, ca, BETA[0], "wrong-secret").list_async_tasks(
+        "echo", fc_models.ListAsyncTasksRequest(status="Succeeded", limit=5))
+    raise AssertionError("a wrong secret must fail at the task API too")
+except AlibabaCloudException as e:
+    assert e.code == "SignatureNotMatch" and e.status_code == 403, vars(e)
+ok("FC: the task API, signed")
 fc_fails(fc_client(endpoint, ca, "LTAIUNKNOWN", "x"), "InvalidAccessKeyID")
 ok("FC: unknown key id")
 
