@@ -34,6 +34,27 @@ fn defaults_apply() {
 }
 
 #[test]
+fn the_async_store_defaults_to_a_durable_file_beside_the_config() {
+    let c = parse(FN).unwrap();
+    let a = &c.gateway.asynchronous;
+    assert_eq!(a.store, AsyncStoreKind::Embedded);
+    assert_eq!(a.store_path, Path::new("/etc/fngate/fngate-async.redb"));
+    assert_eq!((a.max_queued, a.max_queued_bytes), (100_000, 1 << 30));
+    let f = &c.functions[0].asynchronous;
+    assert_eq!((f.max_retries, f.max_concurrency), (3, 10));
+    assert!(f.on_success.is_none() && f.on_failure.is_none());
+    let c = parse(&format!(
+        "[gateway]\nasync_store = \"memory\"\n{FN}on_failure = \"https://hooks.example/x\"\n"
+    ))
+    .unwrap();
+    assert_eq!(c.gateway.asynchronous.store, AsyncStoreKind::Memory);
+    assert_eq!(
+        c.functions[0].asynchronous.on_failure.as_ref().map(|u| u.to_string()),
+        Some("https://hooks.example/x".to_string())
+    );
+}
+
+#[test]
 fn an_async_payload_is_never_larger_than_a_sync_one() {
     let c = parse(&format!("[gateway]\nmax_body_bytes = 1000\n{FN}")).unwrap();
     assert_eq!(c.gateway.asynchronous.max_body_bytes, 1000);
@@ -81,6 +102,26 @@ fn invalid_configs_name_the_key() {
             "gateway.self_signed_validity_days",
         ),
         ("[[workers]]\nurl = \"ftp://x\"\n", "workers[0].url"),
+        (
+            "[gateway]\nasync_store = \"sqlite\"\n",
+            "unknown variant",
+        ),
+        (
+            "[gateway]\nmax_async_queued_bytes = 0\n",
+            "gateway.max_async_queued_bytes",
+        ),
+        (
+            "[[functions]]\nname = \"a\"\ncommand = [\"x\"]\non_success = \"ftp://h/x\"\n",
+            "functions[0].on_success",
+        ),
+        (
+            "[[functions]]\nname = \"a\"\ncommand = [\"x\"]\non_failure = \"/relative\"\n",
+            "functions[0].on_failure",
+        ),
+        (
+            "[[functions]]\nname = \"a\"\ncommand = [\"x\"]\nasync_max_concurrency = 0\n",
+            "functions[0].async_max_concurrency",
+        ),
         (
             "[[functions]]\nname = \"9bad\"\ncommand = [\"x\"]\n",
             "functions[0].name",

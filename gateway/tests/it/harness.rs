@@ -601,23 +601,49 @@ where
 /// loopback that keeps every JSON record POSTed to it and answers 200.
 pub struct Sink {
     pub addr: SocketAddr,
+    scheme: &'static str,
     pub records: Arc<Mutex<Vec<serde_json::Value>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Sink {
-    /// Listens on `addr` (port 0: any).
+    /// Listens on `addr` (port 0: any), plain HTTP.
     pub async fn start(addr: SocketAddr) -> Sink {
+        Self::serve(addr, None).await
+    }
+
+    /// Listens on `addr` over HTTPS, with a certificate for 127.0.0.1
+    /// whose PEM is written to `ca` (for `async_destination_ca_file`).
+    pub async fn start_tls(addr: SocketAddr, ca: &Path) -> Sink {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        std::fs::write(ca, cert.pem()).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let cfg = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            )
+            .unwrap();
+        Self::serve(addr, Some(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))).await
+    }
+
+    async fn serve(addr: SocketAddr, tls: Option<tokio_rustls::TlsAcceptor>) -> Sink {
         let l = tokio::net::TcpListener::bind(addr).await.unwrap();
         let addr = l.local_addr().unwrap();
         let records: Arc<Mutex<Vec<serde_json::Value>>> = Default::default();
         let keep = records.clone();
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let task = tokio::spawn(async move {
             loop {
                 let Ok((tcp, _)) = l.accept().await else {
                     return;
                 };
-                let keep = keep.clone();
+                let (keep, tls) = (keep.clone(), tls.clone());
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(
                         move |req: http::Request<hyper::body::Incoming>| {
@@ -631,21 +657,30 @@ impl Sink {
                             }
                         },
                     );
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(tcp), svc)
-                        .await;
+                    let http = hyper::server::conn::http1::Builder::new();
+                    match tls {
+                        None => {
+                            let _ = http.serve_connection(TokioIo::new(tcp), svc).await;
+                        }
+                        Some(tls) => {
+                            if let Ok(s) = tls.accept(tcp).await {
+                                let _ = http.serve_connection(TokioIo::new(s), svc).await;
+                            }
+                        }
+                    }
                 });
             }
         });
         Sink {
             addr,
+            scheme,
             records,
             task,
         }
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}/", self.addr)
+        format!("{}://{}/", self.scheme, self.addr)
     }
 
     pub fn records(&self) -> Vec<serde_json::Value> {

@@ -458,3 +458,48 @@ async fn the_task_api_deduplicates_stops_lists_and_meets_ingress() {
     assert_eq!(r.status, 403);
     std::fs::write(&release, b"").unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_destination_is_verified_against_the_configured_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("destination-ca.pem");
+    let sink = Sink::start_tls("127.0.0.1:0".parse().unwrap(), &ca).await;
+    // Trusted through the configured CA: delivered.
+    let gw = Gateway::start(
+        &format!("async_destination_ca_file = \"{}\"", ca.display()),
+        &echo_fn("f", &format!("on_success = \"{}\"", sink.url())),
+    );
+    let mut c = gw.h1().await;
+    assert_eq!(
+        c.send(async_request("f", "over tls", None))
+            .await
+            .unwrap()
+            .status,
+        202
+    );
+    gw.until("the record over HTTPS", Duration::from_secs(30), || async {
+        sink.records().len() == 1
+    })
+    .await;
+    assert_eq!(sink.records()[0]["requestPayload"], "over tls");
+    // Without it the certificate is not trusted: retried, never delivered.
+    let untrusting = Gateway::start(
+        "async_retry_base_ms = 50",
+        &echo_fn("f", &format!("on_success = \"{}\"", sink.url())),
+    );
+    let mut c = untrusting.h1().await;
+    assert_eq!(
+        c.send(async_request("f", "x", None)).await.unwrap().status,
+        202
+    );
+    untrusting
+        .until("failed deliveries", Duration::from_secs(30), || async {
+            untrusting
+                .metric("fngate_async_destination_deliveries_total{result=\"retried\"}")
+                .await
+                >= 2.0
+        })
+        .await;
+    assert_eq!(sink.records().len(), 1);
+    assert!(untrusting.proc.log().contains("destination not reached"));
+}
