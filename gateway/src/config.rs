@@ -147,6 +147,7 @@ struct GatewaySection {
     async_store: AsyncStoreKind,
     async_store_path: PathBuf,
     async_retention_s: u64,
+    max_async_retained: u64,
     async_destination_max_age_s: u64,
     async_destination_ca_file: Option<PathBuf>,
     trusted_proxies: Vec<String>,
@@ -195,6 +196,7 @@ impl Default for GatewaySection {
             async_store: AsyncStoreKind::Embedded,
             async_store_path: "fngate-async.redb".into(),
             async_retention_s: 86400,
+            max_async_retained: 100_000,
             async_destination_max_age_s: 86400,
             async_destination_ca_file: None,
             trusted_proxies: Vec::new(),
@@ -399,8 +401,10 @@ pub struct AsyncLimits {
     pub max_queued_bytes: u64,
     pub store: AsyncStoreKind,
     pub store_path: PathBuf,
-    /// How long a done task stays readable through the task API.
+    /// How long a done task stays readable through the task API...
     pub retention: Duration,
+    /// ...and how many of them, the newest, at most.
+    pub max_retained: u64,
     /// How long a destination record is retried before it is dropped.
     pub destination_max_age: Duration,
     /// Trust anchors for HTTPS destinations beside the system's (PEM).
@@ -875,6 +879,7 @@ impl Config {
             store: g.async_store,
             store_path: resolve(g.async_store_path),
             retention: Duration::from_secs(g.async_retention_s),
+            max_retained: g.max_async_retained,
             destination_max_age: Duration::from_secs(positive(
                 "gateway.async_destination_max_age_s",
                 g.async_destination_max_age_s,

@@ -10,6 +10,7 @@ use super::{AsyncQueue, now_ms};
 use crate::pipeline::Pipeline;
 use crate::scheduler::FunctionPool;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
@@ -19,16 +20,23 @@ const LEASE_BATCH: usize = 64;
 /// The dispatcher looks at the store at least this often (metrics, purge,
 /// and leases that expired without a wake-up).
 const IDLE_LOOK: Duration = Duration::from_secs(1);
-/// How often done tasks past their retention are deleted.
+/// How often done tasks past their retention are deleted (and whenever
+/// more than `max_async_retained` are kept).
 const PURGE_EVERY_MS: u64 = 60_000;
+/// How often every function is looked at, whatever its hint says.
+const FULL_LOOK_MS: u64 = 10_000;
 /// Destination records sent at once.
 const DELIVERY_BATCH: usize = 16;
 
-/// How long a lease lasts: the longest an attempt can take (an instance
-/// start, then the function's timeout), with room to spare. An attempt
-/// that outlives it may run twice: at least once, never lost.
+/// How long a lease lasts: the longest an attempt can take (a wait in the
+/// function's concurrency queue, an instance start, then the function's
+/// timeout), with room to spare. An attempt that outlives it may run twice:
+/// at least once, never lost.
 fn lease_ms(p: &Pipeline, pool: &FunctionPool) -> u64 {
-    let d = p.scheduler.start_timeout() + pool.cfg.timeout + Duration::from_secs(60);
+    let d = pool.cfg.throttle.queue_timeout
+        + p.scheduler.start_timeout()
+        + pool.cfg.timeout
+        + Duration::from_secs(60);
     d.as_millis() as u64
 }
 
@@ -44,12 +52,19 @@ impl AsyncQueue {
             ),
             Err(e) => tracing::error!(error = %e, "asynchronous task store: recovery failed"),
         }
-        let mut last_purge = 0;
+        let (mut last_purge, mut last_full_look) = (0, 0);
         while !q.stop.is_cancelled() {
             let now = now_ms();
             let mut wake_at = now + IDLE_LOOK.as_millis() as u64;
+            // The hints are lower bounds kept by this process; once in a
+            // while every function is looked at all the same.
+            let full_look = now.saturating_sub(last_full_look) >= FULL_LOOK_MS;
+            if full_look {
+                last_full_look = now;
+            }
             for pool in p.scheduler.functions() {
-                let Some(slots) = q.slots.get(&pool.cfg.name) else {
+                let name = &pool.cfg.name;
+                let (Some(slots), Some(hint)) = (q.slots.get(name), q.due_hints.get(name)) else {
                     continue;
                 };
                 let free = slots.available_permits().min(LEASE_BATCH);
@@ -57,28 +72,23 @@ impl AsyncQueue {
                     // An attempt ending wakes the dispatcher.
                     continue;
                 }
-                // A read first: an idle function costs no commit.
-                match q.store.next_due(&pool.cfg.name).await {
-                    Ok(Some(due)) if due <= now => {}
-                    Ok(Some(due)) => {
-                        wake_at = wake_at.min(due);
-                        continue;
-                    }
-                    Ok(None) => continue,
-                    Err(e) => {
-                        tracing::error!(error = %e, "asynchronous task store: read failed");
-                        continue;
-                    }
+                let changed = hint.changed.swap(false, Ordering::AcqRel);
+                let known = hint.next_ms.load(Ordering::Acquire);
+                if !changed && known > now && !full_look {
+                    wake_at = wake_at.min(known);
+                    continue;
                 }
                 let until = now + lease_ms(&p, pool);
-                let leased = match q.store.lease(&pool.cfg.name, now, free, until).await {
+                let (leased, next) = match q.store.lease(name, now, free, until).await {
                     Ok(l) => l,
                     Err(e) => {
                         tracing::error!(error = %e, "asynchronous task store: lease failed");
-                        Vec::new()
+                        (Vec::new(), Some(now + IDLE_LOOK.as_millis() as u64))
                     }
                 };
-                let full = leased.len() == free;
+                let next = next.unwrap_or(u64::MAX);
+                hint.next_ms.store(next, Ordering::Release);
+                wake_at = wake_at.min(next);
                 for l in leased {
                     let Ok(permit) = slots.clone().try_acquire_owned() else {
                         break;
@@ -86,17 +96,14 @@ impl AsyncQueue {
                     let (p2, pool) = (p.clone(), pool.clone());
                     q.attempts.spawn(run(p2, pool, l, permit));
                 }
-                if full {
-                    wake_at = now;
-                } else if let Ok(Some(due)) = q.store.next_due(&pool.cfg.name).await {
-                    wake_at = wake_at.min(due);
-                }
             }
             q.publish_depth();
-            if now.saturating_sub(last_purge) >= PURGE_EVERY_MS {
+            let depth = q.store.depth();
+            let over = depth.done > q.limits.max_retained + super::embedded::PURGE_BATCH as u64 / 4;
+            if over || now.saturating_sub(last_purge) >= PURGE_EVERY_MS {
                 last_purge = now;
                 let before = now.saturating_sub(q.limits.retention.as_millis() as u64);
-                match q.store.purge(before).await {
+                match q.store.purge(before, q.limits.max_retained).await {
                     Ok(0) => {}
                     Ok(n) => tracing::debug!(tasks = n, "purged done asynchronous tasks"),
                     Err(e) => tracing::warn!(error = %e, "asynchronous task store: purge failed"),
@@ -132,7 +139,12 @@ impl AsyncQueue {
                             let p = p.clone();
                             sends.spawn(async move { p.asynchronous.deliver_one(d).await });
                         }
-                        sends.join_all().await;
+                        // A stop cuts sends short: their records stay leased
+                        // in the store and go out after the next start.
+                        tokio::select! {
+                            _ = sends.join_all() => {}
+                            _ = q.stop.cancelled() => break,
+                        }
                         if full {
                             continue;
                         }
@@ -269,9 +281,19 @@ async fn run(p: Arc<Pipeline>, pool: Arc<FunctionPool>, l: Leased, permit: Owned
         }
     }
     let has_delivery = delivery.is_some();
+    let again = (task.state == TaskState::Enqueued).then_some(task.due_ms);
+    let function = task.function.clone();
     match q.store.update(task, delivery).await {
-        Ok(true) if has_delivery => q.deliveries.notify_one(),
-        Ok(_) => {}
+        Ok(true) => {
+            // Only once committed: a lease before then would not see it due.
+            if again.is_some() {
+                q.scheduled(&function);
+            }
+            if has_delivery {
+                q.deliveries.notify_one();
+            }
+        }
+        Ok(false) => {}
         // The lease expires and the task runs again.
         Err(e) => tracing::error!(error = %e, "asynchronous task store: update failed"),
     }

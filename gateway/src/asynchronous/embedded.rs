@@ -41,7 +41,7 @@ const DELIVERY_DUE: TableDefinition<(u64, Id), ()> = TableDefinition::new("deliv
 /// The most changes one commit holds.
 pub const MAX_BATCH: usize = 512;
 /// The most done tasks one purge deletes (the next purge takes the rest).
-const PURGE_BATCH: usize = 4096;
+pub const PURGE_BATCH: usize = 4096;
 
 /// The store's bounds on what is accepted and not done.
 #[derive(Debug, Clone, Copy)]
@@ -59,13 +59,14 @@ enum Op {
         now: u64,
         max: usize,
         until: u64,
-        reply: Reply<Vec<Leased>>,
+        reply: Reply<(Vec<Leased>, Option<u64>)>,
     },
     Update(TaskRecord, Option<Delivery>, Reply<bool>),
     /// A task's key.
     Stop(String, u64, Reply<Stop>),
     Recover(u64, Reply<u64>),
-    Purge(u64, Reply<u64>),
+    /// Done tasks ended before the time, and the oldest beyond the count.
+    Purge(u64, u64, Reply<u64>),
     LeaseDeliveries {
         now: u64,
         max: usize,
@@ -95,6 +96,7 @@ struct DepthCell {
     /// 0: none.
     oldest: AtomicU64,
     deliveries: AtomicU64,
+    done: AtomicU64,
 }
 
 impl DepthCell {
@@ -105,6 +107,7 @@ impl DepthCell {
             bytes: self.bytes.load(Ordering::Relaxed),
             oldest_accepted_ms: (oldest != 0).then_some(oldest),
             deliveries: self.deliveries.load(Ordering::Relaxed),
+            done: self.done.load(Ordering::Relaxed),
         }
     }
 
@@ -114,6 +117,7 @@ impl DepthCell {
         self.oldest
             .store(d.oldest_accepted_ms.unwrap_or(0), Ordering::Relaxed);
         self.deliveries.store(d.deliveries, Ordering::Relaxed);
+        self.done.store(d.done, Ordering::Relaxed);
     }
 }
 
@@ -170,6 +174,7 @@ impl Embedded {
             }
             d.deliveries = t.deliveries.len().map_err(err)?;
             d.oldest_accepted_ms = t.oldest()?;
+            d.done = t.done.len().map_err(err)?;
             d
         };
         txn.commit().map_err(err)?;
@@ -214,7 +219,7 @@ impl TaskStore for Embedded {
         now_ms: u64,
         max: usize,
         lease_until_ms: u64,
-    ) -> StoreFuture<'_, Vec<Leased>> {
+    ) -> StoreFuture<'_, (Vec<Leased>, Option<u64>)> {
         let function = function.to_string();
         self.send(move |reply| Op::Lease {
             function,
@@ -309,8 +314,8 @@ impl TaskStore for Embedded {
         self.send(move |r| Op::Recover(now_ms, r))
     }
 
-    fn purge(&self, before_ms: u64) -> StoreFuture<'_, u64> {
-        self.send(move |r| Op::Purge(before_ms, r))
+    fn purge(&self, before_ms: u64, keep: u64) -> StoreFuture<'_, u64> {
+        self.send(move |r| Op::Purge(before_ms, keep, r))
     }
 
     fn lease_deliveries(
@@ -369,6 +374,7 @@ fn writer(
                     answers.push(t.apply(op, &mut d, bounds)?);
                 }
                 d.oldest_accepted_ms = t.oldest()?;
+                d.done = t.done.len().map_err(err)?;
             }
             txn.commit().map_err(err)
         })();
@@ -483,14 +489,53 @@ impl<'t> Tables<'t> {
         Ok(())
     }
 
+    /// Moves `old` to `new`, touching only the index entries that change
+    /// (a task's function, id and acceptance never do).
     fn replace(
         &mut self,
         old: &TaskRecord,
         new: &TaskRecord,
         d: &mut Depth,
     ) -> Result<(), StoreError> {
-        self.unindex(old, d)?;
-        self.index(new, d)
+        if old.state.is_done() || old.key() != new.key() || old.accepted_ms != new.accepted_ms {
+            self.unindex(old, d)?;
+            return self.index(new, d);
+        }
+        let (f, id, key) = (new.function.as_str(), new.id.as_str(), new.key());
+        let key = key.as_str();
+        let json = serde_json::to_vec(new).map_err(err)?;
+        self.tasks.insert(key, json.as_slice()).map_err(err)?;
+        if new.state.is_done() {
+            self.due.remove((f, old.due_ms, id)).map_err(err)?;
+            if self
+                .pending
+                .remove((old.accepted_ms, key))
+                .map_err(err)?
+                .is_some()
+            {
+                d.tasks = d.tasks.saturating_sub(1);
+                d.bytes = d.bytes.saturating_sub(old.payload_bytes);
+            }
+            self.done
+                .insert((new.ended_ms.unwrap_or(0), key), ())
+                .map_err(err)?;
+        } else if old.due_ms != new.due_ms {
+            self.due.remove((f, old.due_ms, id)).map_err(err)?;
+            self.due.insert((f, new.due_ms, id), ()).map_err(err)?;
+        }
+        match (
+            old.state == TaskState::Running,
+            new.state == TaskState::Running,
+        ) {
+            (true, false) => {
+                self.leased.remove(key).map_err(err)?;
+            }
+            (_, true) => {
+                self.leased.insert(key, new.due_ms).map_err(err)?;
+            }
+            (false, false) => {}
+        }
+        Ok(())
     }
 
     fn delivery(&self, id: &str) -> Result<Option<Delivery>, StoreError> {
@@ -574,7 +619,15 @@ impl<'t> Tables<'t> {
                         was_due_ms: old.due_ms,
                     });
                 }
-                answer(reply, Ok(leased))
+                let next = self
+                    .due
+                    .range((f, 0, "")..(f, u64::MAX, ""))
+                    .map_err(err)?
+                    .next()
+                    .transpose()
+                    .map_err(err)?
+                    .map(|(k, _)| k.value().1);
+                answer(reply, Ok((leased, next)))
             }
             Op::Update(new, delivery, reply) => {
                 let Some(old) = self.task(&new.key())? else {
@@ -631,15 +684,16 @@ impl<'t> Tables<'t> {
                 }
                 answer(reply, Ok(n))
             }
-            Op::Purge(before, reply) => {
+            Op::Purge(before, keep, reply) => {
+                let over = self.done.len().map_err(err)?.saturating_sub(keep);
                 let mut keys = Vec::new();
-                for e in self
-                    .done
-                    .range(..(before, ""))
-                    .map_err(err)?
-                    .take(PURGE_BATCH)
-                {
-                    keys.push(e.map_err(err)?.0.value().1.to_string());
+                for e in self.done.iter().map_err(err)?.take(PURGE_BATCH) {
+                    let k = e.map_err(err)?.0;
+                    let (ended, key) = k.value();
+                    if ended >= before && keys.len() as u64 >= over {
+                        break;
+                    }
+                    keys.push(key.to_string());
                 }
                 let mut n = 0;
                 for key in keys {

@@ -76,9 +76,31 @@ pub struct AsyncQueue {
     attempts: TaskTracker,
     /// Running attempts by task key, to stop them.
     running: std::sync::Mutex<HashMap<String, CancellationToken>>,
-    /// Per function: its `async_max_concurrency` slots.
+    /// Per function: its `async_max_concurrency` slots, and what the
+    /// dispatcher knows of its due tasks (so an idle function costs it
+    /// neither a read nor a commit).
     slots: HashMap<Arc<str>, Arc<Semaphore>>,
+    due_hints: HashMap<Arc<str>, DueHint>,
     client: destination::Client,
+}
+
+/// When a function's next task is due, as its last lease said (only the
+/// dispatcher writes it), and whether a task became due since (set after
+/// each commit that schedules one; the dispatcher clears it before it
+/// leases, so a commit during a lease makes it look again).
+pub(crate) struct DueHint {
+    next_ms: std::sync::atomic::AtomicU64,
+    changed: std::sync::atomic::AtomicBool,
+}
+
+impl Default for DueHint {
+    fn default() -> Self {
+        // Unknown at start: look at once.
+        DueHint {
+            next_ms: std::sync::atomic::AtomicU64::new(0),
+            changed: std::sync::atomic::AtomicBool::new(true),
+        }
+    }
 }
 
 /// What a submission did.
@@ -129,9 +151,15 @@ impl AsyncQueue {
                 .unwrap_or_default(),
             message,
         })?;
+        let functions: Vec<_> = functions.collect();
         let q = AsyncQueue {
             slots: functions
-                .map(|(name, n)| (name.clone(), Arc::new(Semaphore::new(n as usize))))
+                .iter()
+                .map(|(name, n)| ((*name).clone(), Arc::new(Semaphore::new(*n as usize))))
+                .collect(),
+            due_hints: functions
+                .iter()
+                .map(|(name, _)| ((*name).clone(), Default::default()))
                 .collect(),
             limits,
             store: Arc::new(store),
@@ -153,20 +181,29 @@ impl AsyncQueue {
             return Err(StoreError::Closed);
         }
         let started = std::time::Instant::now();
+        let function = task.function.clone();
         let appended = self.store.append(task, payload).await;
         self.metrics
             .enqueue_seconds
             .observe(started.elapsed().as_secs_f64());
         match appended? {
             Appended::New => {
+                self.scheduled(&function);
                 self.publish_depth();
-                self.wake.notify_one();
                 Ok(Submitted::New)
             }
             Appended::Known(t) => Ok(Submitted::Known {
                 request_id: t.request_id,
             }),
         }
+    }
+
+    /// A commit scheduled a task of `function`: the dispatcher looks again.
+    pub(super) fn scheduled(&self, function: &str) {
+        if let Some(h) = self.due_hints.get(function) {
+            h.changed.store(true, std::sync::atomic::Ordering::Release);
+        }
+        self.wake.notify_one();
     }
 
     /// Kills the running attempt of `function`'s task `id`, if there is one here.

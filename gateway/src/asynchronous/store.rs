@@ -86,6 +86,8 @@ pub struct Depth {
     pub oldest_accepted_ms: Option<u64>,
     /// Destination records not yet delivered.
     pub deliveries: u64,
+    /// Done tasks kept for the task API.
+    pub done: u64,
 }
 
 pub trait TaskStore: Send + Sync + 'static {
@@ -95,14 +97,15 @@ pub trait TaskStore: Send + Sync + 'static {
 
     /// Leases up to `max` of `function`'s tasks due at `now_ms`, until
     /// `lease_until_ms` (state `Running`, one more attempt): a lease not
-    /// completed by then makes the task due again.
+    /// completed by then makes the task due again. Also says when the
+    /// function's next task not leased is due.
     fn lease(
         &self,
         function: &str,
         now_ms: u64,
         max: usize,
         lease_until_ms: u64,
-    ) -> StoreFuture<'_, Vec<Leased>>;
+    ) -> StoreFuture<'_, (Vec<Leased>, Option<u64>)>;
 
     /// Writes a leased task back: rescheduled (`Enqueued`, due at its
     /// `due_ms`) or done, with the destination record to deliver, in one
@@ -132,8 +135,9 @@ pub trait TaskStore: Send + Sync + 'static {
     /// Returns how many.
     fn recover(&self, now_ms: u64) -> StoreFuture<'_, u64>;
 
-    /// Deletes done tasks that ended before `before_ms`. Returns how many.
-    fn purge(&self, before_ms: u64) -> StoreFuture<'_, u64>;
+    /// Deletes done tasks that ended before `before_ms`, and the oldest
+    /// beyond the newest `keep`, a batch at a time. Returns how many.
+    fn purge(&self, before_ms: u64, keep: u64) -> StoreFuture<'_, u64>;
 
     /// Leases up to `max` destination records due at `now_ms`; says when
     /// the next one not leased is due.

@@ -49,7 +49,11 @@ fn the_async_store_defaults_to_a_durable_file_beside_the_config() {
     .unwrap();
     assert_eq!(c.gateway.asynchronous.store, AsyncStoreKind::Memory);
     assert_eq!(
-        c.functions[0].asynchronous.on_failure.as_ref().map(|u| u.to_string()),
+        c.functions[0]
+            .asynchronous
+            .on_failure
+            .as_ref()
+            .map(|u| u.to_string()),
         Some("https://hooks.example/x".to_string())
     );
 }
@@ -102,10 +106,7 @@ fn invalid_configs_name_the_key() {
             "gateway.self_signed_validity_days",
         ),
         ("[[workers]]\nurl = \"ftp://x\"\n", "workers[0].url"),
-        (
-            "[gateway]\nasync_store = \"sqlite\"\n",
-            "unknown variant",
-        ),
+        ("[gateway]\nasync_store = \"sqlite\"\n", "unknown variant"),
         (
             "[gateway]\nmax_async_queued_bytes = 0\n",
             "gateway.max_async_queued_bytes",

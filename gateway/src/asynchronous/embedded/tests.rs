@@ -27,6 +27,10 @@ fn task(id: &str, function: &str, accepted_ms: u64, bytes: u64) -> TaskRecord {
     t
 }
 
+async fn lease(s: &Embedded, f: &str, now: u64, max: usize, until: u64) -> Vec<Leased> {
+    s.lease(f, now, max, until).await.unwrap().0
+}
+
 async fn add(s: &Embedded, t: TaskRecord) -> Appended {
     let payload = Bytes::from(vec![b'x'; t.payload_bytes as usize]);
     s.append(t, payload).await.unwrap()
@@ -53,7 +57,8 @@ async fn append_is_bounded_and_a_known_id_is_not_added_twice() {
             tasks: 2,
             bytes: 10,
             oldest_accepted_ms: Some(1),
-            deliveries: 0
+            deliveries: 0,
+            done: 0,
         }
     );
 }
@@ -67,7 +72,7 @@ async fn leases_take_due_tasks_of_one_function_and_only_the_lease_holder_writes(
     // Ids are scoped by function: g's "a" is another task.
     add(&s, task("a", "g", 10, 1)).await;
     // Due at 15: only a (b is due at 20; c is g's).
-    let l = s.lease("f", 15, 10, 1000).await.unwrap();
+    let l = lease(&s, "f", 15, 10, 1000).await;
     assert_eq!(l.len(), 1);
     let mut a = l.into_iter().next().unwrap();
     assert_eq!((a.task.id.as_str(), a.was_due_ms), ("a", 10));
@@ -75,10 +80,12 @@ async fn leases_take_due_tasks_of_one_function_and_only_the_lease_holder_writes(
     assert_eq!(a.task.attempts, 1);
     assert_eq!(a.payload.len(), 1);
     assert_eq!(s.next_due("f").await.unwrap(), Some(20));
+    // A lease says when the next one is due.
+    assert_eq!(s.lease("f", 15, 10, 1000).await.unwrap().1, Some(20));
     // Not leased again while its lease runs...
-    assert_eq!(s.lease("f", 999, 10, 2000).await.unwrap().len(), 1); // b
+    assert_eq!(lease(&s, "f", 999, 10, 2000).await.len(), 1); // b
     // ...and due again when it ends (the holder died): a second attempt.
-    let again = s.lease("f", 1000, 10, 3000).await.unwrap();
+    let again = lease(&s, "f", 1000, 10, 3000).await;
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].task.attempts, 2);
     // The first holder's late write is refused; the current one's lands.
@@ -94,13 +101,12 @@ async fn leases_take_due_tasks_of_one_function_and_only_the_lease_holder_writes(
         TaskState::Enqueued
     );
     assert!(
-        s.lease("f", 4999, 10, 9000)
+        lease(&s, "f", 4999, 10, 9000)
             .await
-            .unwrap()
             .iter()
             .all(|l| l.task.id != "a")
     );
-    let l = s.lease("f", 5000, 10, 9000).await.unwrap();
+    let l = lease(&s, "f", 5000, 10, 9000).await;
     assert_eq!(l.len(), 1);
     let mut t = l.into_iter().next().unwrap().task;
     t.state = TaskState::Succeeded;
@@ -129,7 +135,7 @@ async fn stop_ends_a_waiting_or_running_task_once() {
     let s = Embedded::open(None, bounds(100, 1 << 20), hist()).unwrap();
     add(&s, task("a", "f", 1, 0)).await;
     add(&s, task("b", "f", 1, 0)).await;
-    let leased = s.lease("f", 1, 1, 100).await.unwrap();
+    let leased = lease(&s, "f", 1, 1, 100).await;
     let running = leased[0].task.id.clone();
     let waiting = if running == "a" { "b" } else { "a" };
     match s.stop("f", waiting, 5).await.unwrap() {
@@ -156,7 +162,7 @@ async fn stop_ends_a_waiting_or_running_task_once() {
     t.state = TaskState::Succeeded;
     assert!(!s.update(t, None).await.unwrap());
     assert_eq!(s.depth().tasks, 0);
-    assert!(s.lease("f", 1000, 10, 2000).await.unwrap().is_empty());
+    assert!(lease(&s, "f", 1000, 10, 2000).await.is_empty());
 }
 
 #[tokio::test]
@@ -168,7 +174,7 @@ async fn a_reopened_store_has_every_committed_task_and_returns_leases() {
         for i in 0..50 {
             add(&s, task(&format!("t{i}"), "f", i, 3)).await;
         }
-        assert_eq!(s.lease("f", 100, 5, 1_000_000).await.unwrap().len(), 5);
+        assert_eq!(lease(&s, "f", 100, 5, 1_000_000).await.len(), 5);
         // Dropped as a killed process would leave it: leases held.
     }
     let s = (0..100)
@@ -183,7 +189,7 @@ async fn a_reopened_store_has_every_committed_task_and_returns_leases() {
     assert_eq!(s.recover(200).await.unwrap(), 5);
     assert_eq!(s.recover(200).await.unwrap(), 0);
     // All 50 are due now, the recovered ones at 200, with their attempt counted.
-    let l = s.lease("f", 200, 100, 10_000).await.unwrap();
+    let l = lease(&s, "f", 200, 100, 10_000).await;
     assert_eq!(l.len(), 50);
     assert_eq!(l.iter().filter(|l| l.task.attempts == 2).count(), 5);
 }
@@ -192,7 +198,7 @@ async fn a_reopened_store_has_every_committed_task_and_returns_leases() {
 async fn done_tasks_are_purged_after_retention_and_deliveries_are_durable_until_delivered() {
     let s = Embedded::open(None, bounds(100, 1 << 20), hist()).unwrap();
     add(&s, task("a", "f", 1, 2)).await;
-    let mut t = s.lease("f", 1, 1, 100).await.unwrap().remove(0).task;
+    let mut t = lease(&s, "f", 1, 1, 100).await.remove(0).task;
     t.state = TaskState::Failed;
     t.ended_ms = Some(10);
     let d = Delivery {
@@ -222,8 +228,27 @@ async fn done_tasks_are_purged_after_retention_and_deliveries_are_durable_until_
     assert_eq!(s.depth().deliveries, 0);
     assert_eq!(s.lease_deliveries(1000, 10, 2000).await.unwrap().1, None);
 
-    assert_eq!(s.purge(10).await.unwrap(), 0, "ended at 10: kept");
-    assert_eq!(s.purge(11).await.unwrap(), 1);
+    assert_eq!(s.purge(10, 100).await.unwrap(), 0, "ended at 10: kept");
+    assert_eq!(s.purge(11, 100).await.unwrap(), 1);
     assert!(s.get("f", "a").await.unwrap().is_none());
     assert!(s.list("f", None, 10).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn done_tasks_beyond_the_count_are_purged_oldest_first() {
+    let s = Embedded::open(None, bounds(100, 1 << 20), hist()).unwrap();
+    for i in 0..5u64 {
+        add(&s, task(&format!("t{i}"), "f", i, 0)).await;
+        let mut t = lease(&s, "f", i, 1, 1000).await.remove(0).task;
+        t.state = TaskState::Succeeded;
+        t.ended_ms = Some(100 + i);
+        assert!(s.update(t, None).await.unwrap());
+    }
+    assert_eq!(s.depth().done, 5);
+    // Nothing is past its age (0): only the count bounds them.
+    assert_eq!(s.purge(0, 2).await.unwrap(), 3);
+    assert_eq!(s.depth().done, 2);
+    for (id, kept) in [("t0", false), ("t2", false), ("t3", true), ("t4", true)] {
+        assert_eq!(s.get("f", id).await.unwrap().is_some(), kept, "{id}");
+    }
 }
