@@ -173,8 +173,8 @@ lines += ["", "## Store size", "",
           f"{parked} tasks queued (20-byte payloads): the file grew from {int(size_empty)/1e6:.1f} MB to "
           f"{int(size_full)/1e6:.1f} MB, **{per*10000/1e6:.1f} MB per 10,000 queued tasks** ({per:.0f} bytes each:",
           "the record, its payload and five index entries, in redb's pages).",
-          f"The durable gateway's store after the runs above: {int(size_done)/1e6:.1f} MB holding "
-          f"{int(float(done_kept))} done tasks (kept for the task API up to `max_async_retained`, 100,000 by default, "
+          f"The durable gateway's store after the runs above: {int(size_done)/1e6:.1f} MB, after "
+          f"{int(float(done_kept))} tasks done (the newest kept for the task API up to `max_async_retained`, 100,000 by default, "
           "and `async_retention_s`; freed pages are reused, the file does not shrink).", ""]
 open(out, "w").write("\n".join(lines))
 print("\n".join(lines))
