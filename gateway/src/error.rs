@@ -167,3 +167,15 @@ impl Outcome {
         self as usize
     }
 }
+
+/// An error and its sources, `: `-joined (for logs and error details).
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

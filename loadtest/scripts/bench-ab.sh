@@ -22,15 +22,8 @@ after_rev="$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- gateway sandb
 ulimit -n "$(ulimit -Hn)"
 source loadtest/scripts/lib.sh   # builds the working tree
 
-# The "before" gateway, built in a worktree into a target directory of its
-# own (kept between runs, so dependencies build once): sharing the working
-# tree's would let cargo take one tree's workspace crates for the other's.
 cp "$T/gateway" "$work/gateway-after"
-git worktree add --detach "$work/base" "$BASE" >&2
-base_target="$(dirname "$T")/bench-base"
-(cd "$work/base" && CARGO_TARGET_DIR="$base_target" cargo build --release -p gateway >&2)
-cp "$base_target/release/gateway" "$work/gateway-before"
-git worktree remove --force "$work/base"
+build_base "$BASE" "$work/gateway-before"
 
 F=/2023-03-30/functions
 declare -A PORT=([before]=18443 [after]=18444) PID=()

@@ -28,11 +28,7 @@ head_rev="$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- gateway sandbo
 ulimit -n "$(ulimit -Hn)"
 source loadtest/scripts/lib.sh   # builds the working tree
 
-git worktree add --detach "$work/base" "$BASE" >&2
-base_target="$(dirname "$T")/bench-base"
-(cd "$work/base" && CARGO_TARGET_DIR="$base_target" cargo build --release -p gateway >&2)
-cp "$base_target/release/gateway" "$work/gateway-before"
-git worktree remove --force "$work/base"
+build_base "$BASE" "$work/gateway-before"
 
 F=/2023-03-30/functions
 declare -A PORT=([before]=18443 [durable]=18445 [memory]=18447) PID=() BIN=(

@@ -33,6 +33,19 @@ start_gateway() {
     return 1
 }
 
+# build_base REVISION OUT: the gateway of git REVISION, built in a worktree
+# into a target directory of its own (kept between runs, so dependencies
+# build once; sharing the working tree's would let cargo take one tree's
+# workspace crates for the other's), copied to OUT.
+build_base() {
+    git worktree add --detach "$work/base" "$1" >&2
+    local base_target
+    base_target="$(dirname "$T")/bench-base"
+    (cd "$work/base" && CARGO_TARGET_DIR="$base_target" cargo build --release -p gateway >&2)
+    cp "$base_target/release/gateway" "$2"
+    git worktree remove --force "$work/base"
+}
+
 # The functions the peer and before/after benchmarks call, one per path:
 # allowed (echo), 403 (private: VPC-only, called from 127.0.0.1) and 429
 # (throttled: 100 requests/s, burst 20). TOML for a gateway config's end.

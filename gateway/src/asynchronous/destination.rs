@@ -171,7 +171,10 @@ pub async fn send(client: &Client, d: &Delivery) -> Result<(), String> {
         .body(Full::new(Bytes::from(d.body.clone())))
         .map_err(|e| e.to_string())?;
     let exchange = async {
-        let resp = client.request(req).await.map_err(|e| error_chain(&e))?;
+        let resp = client
+            .request(req)
+            .await
+            .map_err(|e| crate::error::error_chain(&e))?;
         let status = resp.status();
         // Read (bounded) and drop the answer so the connection is reused.
         let _ = http_body_util::Limited::new(resp.into_body(), 64 * 1024)
@@ -186,17 +189,6 @@ pub async fn send(client: &Client, d: &Delivery) -> Result<(), String> {
         Ok(r) => r,
         Err(_) => Err(format!("no answer within {DELIVERY_TIMEOUT:?}")),
     }
-}
-
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 #[cfg(test)]

@@ -281,12 +281,12 @@ async fn run(p: Arc<Pipeline>, pool: Arc<FunctionPool>, l: Leased, permit: Owned
         }
     }
     let has_delivery = delivery.is_some();
-    let again = (task.state == TaskState::Enqueued).then_some(task.due_ms);
+    let again = task.state == TaskState::Enqueued;
     let function = task.function.clone();
     match q.store.update(task, delivery).await {
         Ok(true) => {
             // Only once committed: a lease before then would not see it due.
-            if again.is_some() {
+            if again {
                 q.scheduled(&function);
             }
             if has_delivery {

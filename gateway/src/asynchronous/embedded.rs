@@ -294,22 +294,6 @@ impl TaskStore for Embedded {
         })
     }
 
-    fn next_due(&self, function: &str) -> StoreFuture<'_, Option<u64>> {
-        let function = function.to_string();
-        self.read(move |txn| {
-            let due = txn.open_table(DUE).map_err(err)?;
-            let f = function.as_str();
-            let first = due
-                .range((f, 0, "")..(f, u64::MAX, ""))
-                .map_err(err)?
-                .next();
-            match first {
-                None => Ok(None),
-                Some(e) => Ok(Some(e.map_err(err)?.0.value().1)),
-            }
-        })
-    }
-
     fn recover(&self, now_ms: u64) -> StoreFuture<'_, u64> {
         self.send(move |r| Op::Recover(now_ms, r))
     }

@@ -128,9 +128,6 @@ pub trait TaskStore: Send + Sync + 'static {
         limit: usize,
     ) -> StoreFuture<'_, Vec<TaskRecord>>;
 
-    /// When `function`'s earliest task is due, if it has any waiting.
-    fn next_due(&self, function: &str) -> StoreFuture<'_, Option<u64>>;
-
     /// On start: every task leased by an earlier process is due at once.
     /// Returns how many.
     fn recover(&self, now_ms: u64) -> StoreFuture<'_, u64>;

@@ -315,7 +315,7 @@ async fn attempt(
                     detail: exit.into(),
                 },
                 None => InvokeError::BadFunctionResponse {
-                    detail: error_chain(&*e).into(),
+                    detail: crate::error::error_chain(&*e).into(),
                 },
             };
             return Err(Attempt::Failed(e));
@@ -326,17 +326,6 @@ async fn attempt(
         headers: parts.headers,
         body,
     })
-}
-
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 #[cfg(test)]

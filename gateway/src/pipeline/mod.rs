@@ -536,6 +536,23 @@ impl Pipeline {
         resp
     }
 
+    /// Where `origin` stands, as records name it: `internet`, `vpc` (with
+    /// the VPC's id) or `internal`.
+    fn network_names(&self, origin: &Origin) -> (&'static str, Option<String>) {
+        match origin {
+            Origin::Client(c) => match c.network {
+                Network::Internet => ("internet", None),
+                Network::Vpc(v) => ("vpc", Some(self.vpcs.name(v).to_string())),
+            },
+            Origin::Internal => ("internal", None),
+        }
+    }
+
+    /// A verified caller's access key id, as records name it.
+    fn key_id(&self, key: Option<KeyId>) -> Option<String> {
+        key.map(|k| self.auth.credentials.id(k).to_string())
+    }
+
     /// The one place requests are counted and usage records written.
     async fn account(
         &self,
@@ -561,13 +578,7 @@ impl Pipeline {
         }
         let Some(usage) = &self.usage else { return };
         let memory_mb = done.pool.map(|p| p.cfg.memory_mb).unwrap_or(0);
-        let (network, vpc_id) = match origin {
-            Origin::Client(c) => match c.network {
-                Network::Internet => ("internet", None),
-                Network::Vpc(v) => ("vpc", Some(self.vpcs.name(v).to_string())),
-            },
-            Origin::Internal => ("internal", None),
-        };
+        let (network, vpc_id) = self.network_names(&origin);
         // Built in its box: it travels to the writer thread as is.
         let record = Box::new(UsageRecord {
             request_id: ctx.request_id.to_str().unwrap_or_default().to_string(),
@@ -576,7 +587,7 @@ impl Pipeline {
             api: api.as_str().into(),
             network: network.into(),
             vpc_id,
-            access_key_id: done.key.map(|k| self.auth.credentials.id(k).to_string()),
+            access_key_id: self.key_id(done.key),
             bytes_in: done.bytes_in,
             bytes_out,
             duration_ms: elapsed.as_secs_f64() * 1000.0,

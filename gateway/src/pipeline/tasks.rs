@@ -9,7 +9,7 @@ use crate::asynchronous::store::Stop;
 use crate::asynchronous::task::{CallerRecord, TaskRecord, TaskState};
 use crate::auth::KeyId;
 use crate::error::{InvokeError, Outcome};
-use crate::ingress::{Network, Origin};
+use crate::ingress::Origin;
 use crate::metrics::GaugeGuard;
 use crate::scheduler::FunctionPool;
 use bytes::Bytes;
@@ -33,23 +33,15 @@ impl Pipeline {
     ) -> TaskRecord {
         let now = now_ms();
         let request_id = ctx.request_id.to_str().unwrap_or_default().to_string();
-        let caller = match ctx.origin {
-            Origin::Client(c) => CallerRecord {
-                network: match c.network {
-                    Network::Internet => "internet".into(),
-                    Network::Vpc(_) => "vpc".into(),
-                },
-                vpc_id: match c.network {
-                    Network::Internet => None,
-                    Network::Vpc(v) => Some(self.vpcs.name(v).to_string()),
-                },
-                ip: Some(c.ip.to_string()),
-                access_key_id: key.map(|k| self.auth.credentials.id(k).to_string()),
+        let (network, vpc_id) = self.network_names(&ctx.origin);
+        let caller = CallerRecord {
+            network: network.into(),
+            vpc_id,
+            ip: match ctx.origin {
+                Origin::Client(c) => Some(c.ip.to_string()),
+                Origin::Internal => None,
             },
-            Origin::Internal => CallerRecord {
-                network: "internal".into(),
-                ..Default::default()
-            },
+            access_key_id: self.key_id(key),
         };
         let mut t = TaskRecord {
             id: inv
