@@ -9,7 +9,8 @@
 # Writes loadtest/results/ab.md.
 #
 # Usage: bash loadtest/scripts/bench-ab.sh BASE
-# Env: ROUNDS (3), DURATION (5s), CONNS (64).
+# Env: ROUNDS (3), DURATION (5s), CONNS (64), THREADS (the gateway's
+# `threads`; unset: its default, one per core).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BASE=${1:?usage: bench-ab.sh BASE-REVISION}
@@ -28,10 +29,14 @@ build_base "$BASE" "$work/gateway-before"
 F=/2023-03-30/functions
 declare -A PORT=([before]=18443 [after]=18444) PID=()
 for v in before after; do
+    # A directory each: what a gateway keeps beside its config (the task
+    # store) must not be shared.
+    mkdir -p "$work/$v"
     printf '[gateway]\nlisten = "127.0.0.1:%s"\nadmin_listen = "127.0.0.1:%s"\nself_signed_cert_path = "%s"\n' \
-        "${PORT[$v]}" $((PORT[$v] + 1000)) "$work/ca-${PORT[$v]}.pem" > "$work/$v.toml"
-    path_functions_toml >> "$work/$v.toml"
-    start_gateway "$work/$v.toml" "$work/gateway-$v"
+        "${PORT[$v]}" $((PORT[$v] + 1000)) "$work/ca-${PORT[$v]}.pem" > "$work/$v/gateway.toml"
+    [ -n "${THREADS:-}" ] && echo "threads = $THREADS" >> "$work/$v/gateway.toml"
+    path_functions_toml >> "$work/$v/gateway.toml"
+    start_gateway "$work/$v/gateway.toml" "$work/gateway-$v"
     PID[$v]=$GW_PID
 done
 

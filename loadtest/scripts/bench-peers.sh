@@ -7,17 +7,27 @@
 #   fngate  - the equivalent config (a VPC-bound function, a rate-limited one).
 # Paths: allowed (200), VPC-only from outside (403), throttled (429), each over
 # HTTP/1.1 and HTTP/2; alternating rounds (direct nginx haproxy fngate ...);
-# server side pinned to core 1 with one worker each, client to core 0; the
-# same ECDSA P-256 certificate everywhere. Also: each server's resident memory
-# with 1,000 idle TLS connections. Installs nginx, haproxy and openssl from
-# Debian when missing. Writes loadtest/RESULTS.md. Loopback only.
+# plus one connection calling in sequence (the added latency of each hop).
+# Two layouts, in one run:
+#   1 core : each server one worker (nginx worker_processes 1, HAProxy
+#            nbthread 1, fngate threads = 1) pinned to core 1 with the echo
+#            upstream; the client (1 thread) on core 0;
+#   2 cores: two workers each (worker_processes 2, nbthread 2, threads = 2),
+#            nothing pinned: servers, upstream and the client (2 threads)
+#            share both cores.
+# The same ECDSA P-256 certificate everywhere. Also: each server's resident
+# memory with 1,000 idle TLS connections. Installs nginx, haproxy and openssl
+# from Debian when missing. Writes loadtest/RESULTS.md. Loopback only.
 #
-# Env: ROUNDS (3), DURATION (5s), CONNS (64).
+# Env: ROUNDS (5), DURATION (5s), CONNS (64), LAYOUTS ("1 2"),
+#      TARGETS ("nginx haproxy fngate"; direct is always measured).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-ROUNDS=${ROUNDS:-3}
+ROUNDS=${ROUNDS:-5}
 DURATION=${DURATION:-5s}
 CONNS=${CONNS:-64}
+LAYOUTS=${LAYOUTS:-1 2}
+TARGETS=${TARGETS:-nginx haproxy fngate}
 OUT=loadtest/RESULTS.md
 
 missing=()
@@ -39,13 +49,15 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 
 cat "$work/cert.pem" "$work/key.pem" > "$work/combined.pem"
 
 ECHO=127.0.0.1:18081
-"${CORE1[@]}" "$T/fngate-echo" --standalone "$ECHO" 2>/dev/null &
-pids+=($!)
-
 F=/2023-03-30/functions
-mkdir -p "$work/nginx/tmp"
-cat > "$work/nginx/nginx.conf" <<EOF
-worker_processes 1;
+declare -A PORT=([nginx]=18444 [haproxy]=18445 [fngate]=18443)
+
+# configs W: the three proxies' configs with W workers each.
+configs() {
+    local w=$1
+    mkdir -p "$work/nginx/tmp" "$work/fngate"
+    cat > "$work/nginx/nginx.conf" <<EOF
+worker_processes $w;
 worker_rlimit_nofile 65536;
 daemon off;
 pid $work/nginx/nginx.pid;
@@ -78,9 +90,9 @@ http {
     }
 }
 EOF
-cat > "$work/haproxy.cfg" <<EOF
+    cat > "$work/haproxy.cfg" <<EOF
 global
-    nbthread 1
+    nbthread $w
     maxconn 8000   # ~2 fds per connection must fit the hard limit (20000 here)
 defaults
     mode http
@@ -104,29 +116,21 @@ backend echo
     http-reuse always
     server e1 $ECHO maxconn 256
 EOF
-cat > "$work/fngate.toml" <<EOF
+    cat > "$work/fngate/gateway.toml" <<EOF
 [gateway]
 listen = "127.0.0.1:18443"
 admin_listen = "127.0.0.1:19464"
 tls_cert = "$work/cert.pem"
 tls_key = "$work/key.pem"
-threads = 1
+threads = $w
 EOF
-path_functions_toml >> "$work/fngate.toml"
+    path_functions_toml >> "$work/fngate/gateway.toml"
+}
 
-"${CORE1[@]}" nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" &
-pids+=($!); NGINX_MASTER=$!
-"${CORE1[@]}" haproxy -f "$work/haproxy.cfg" -db 2> "$work/haproxy.log" &
-pids+=($!); HAPROXY_PID=$!
-start_gateway "$work/fngate.toml"; FNGATE_PID=$GW_PID
-for _ in $(seq 1 100); do [ -n "$(pgrep -P "$NGINX_MASTER" || true)" ] && break; sleep 0.05; done
-NGINX_WORKER=$(pgrep -P "$NGINX_MASTER" | head -1)
-
-declare -A PORT=([nginx]=18444 [haproxy]=18445 [fngate]=18443)
-declare -A PID=([nginx]=$NGINX_WORKER [haproxy]=$HAPROXY_PID [fngate]=$FNGATE_PID [direct]=$(pgrep -f "fngate-echo --standalone $ECHO" | head -1))
-# run TARGET PATH PROTO: one measured round, as JSON with the server's CPU per request.
+# run LAYOUT TARGET PATH PROTO CONNS: one measured run, as JSON with the
+# server's CPU per request.
 run() {
-    local target=$1 path=$2 proto=$3 url
+    local layout=$1 target=$2 path=$3 proto=$4 conns=$5 url
     local fn; fn=$(path_function "$path")
     local extra=(); [ "$proto" = h2 ] && extra=(--http2)
     if [ "$target" = direct ]; then
@@ -135,45 +139,81 @@ run() {
         url="https://127.0.0.1:${PORT[$target]}$F/$fn/invocations"; extra+=(--cacert "$work/cert.pem")
     fi
     GW_PID=${PID[$target]}
-    measure --url "$url" -c "$CONNS" -d "$DURATION" --source 127.0.0.1 "${extra[@]}"
+    measure --url "$url" -c "$conns" -d "$DURATION" --source 127.0.0.1 "${extra[@]}"
 }
-# Warm up every path once (starts fngate's instances); stop if a target is broken.
-for t in nginx haproxy fngate; do
-    for p in allowed 403 429; do
-        w=$(run $t $p h1)
-        python3 -c "import json,sys; r=json.loads(sys.argv[1]); sys.exit(0 if r['requests'] > 0 else 1)" "$w" \
-            || { echo "warm-up of $t $p failed: $w" >&2; exit 1; }
-    done
-done
-run direct allowed h1 >/dev/null
 
 results="$work/results.jsonl"
+mem="$work/memory.jsonl"
 : > "$results"
-for r in $(seq 1 "$ROUNDS"); do
-    for path in allowed 403 429; do
-        for proto in h1 h2; do
-            for target in direct nginx haproxy fngate; do
-                [ "$target" = direct ] && { [ "$path" != allowed ] || [ "$proto" = h2 ]; } && continue
-                line=$(run "$target" "$path" "$proto")
-                echo "{\"round\":$r,\"target\":\"$target\",\"path\":\"$path\",\"proto\":\"$proto\",\"r\":$line}" >> "$results"
-                echo "round $r $path $proto $target: $line" >&2
+: > "$mem"
+declare -A PID=()
+for layout in $LAYOUTS; do
+    if [ "$layout" = 1 ]; then
+        SRV=("${CORE1[@]}"); LT=("${CORE0[@]}" "$T/loadtest" --threads 1)
+    else
+        SRV=(); LT=("$T/loadtest" --threads 2)
+    fi
+    configs "$layout"
+    suite=()
+    "${SRV[@]}" "$T/fngate-echo" --standalone "$ECHO" 2>/dev/null &
+    pids+=($!); suite+=($!); PID[direct]=$!
+    for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/18081) 2>/dev/null && break; sleep 0.05; done
+    for t in $TARGETS; do
+        case $t in
+            nginx)
+                "${SRV[@]}" nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" &
+                pids+=($!); suite+=($!); NGINX_MASTER=$!
+                for _ in $(seq 1 100); do [ "$(pgrep -c -P "$NGINX_MASTER" || true)" -ge "$layout" ] && break; sleep 0.05; done
+                # Its CPU: all its workers', not the master's.
+                PID[nginx]=$(pgrep -P "$NGINX_MASTER" | tr '\n' ' ') ;;
+            haproxy)
+                "${SRV[@]}" haproxy -f "$work/haproxy.cfg" -db 2> "$work/haproxy.log" &
+                pids+=($!); suite+=($!); PID[haproxy]=$! ;;
+            fngate)
+                start_gateway "$work/fngate/gateway.toml"
+                suite+=($GW_PID); PID[fngate]=$GW_PID ;;
+        esac
+    done
+    # Warm up every path once (starts fngate's instances); stop if a target is broken.
+    for t in $TARGETS; do
+        for p in allowed 403 429; do
+            w=$(run "$layout" "$t" "$p" h1 "$CONNS")
+            python3 -c "import json,sys; r=json.loads(sys.argv[1]); sys.exit(0 if r['requests'] > 0 else 1)" "$w" \
+                || { echo "warm-up of $t $p failed: $w" >&2; exit 1; }
+        done
+    done
+    run "$layout" direct allowed h1 "$CONNS" >/dev/null
+    for r in $(seq 1 "$ROUNDS"); do
+        for path in allowed 403 429 sequential; do
+            for proto in h1 h2; do
+                [ "$path" = sequential ] && [ "$proto" = h2 ] && continue
+                for target in direct $TARGETS; do
+                    [ "$target" = direct ] && { [ "$path" = 403 ] || [ "$path" = 429 ] || [ "$proto" = h2 ]; } && continue
+                    if [ "$path" = sequential ]; then
+                        line=$(run "$layout" "$target" allowed h1 1)
+                    else
+                        line=$(run "$layout" "$target" "$path" "$proto" "$CONNS")
+                    fi
+                    echo "{\"layout\":$layout,\"round\":$r,\"target\":\"$target\",\"path\":\"$path\",\"proto\":\"$proto\",\"r\":$line}" >> "$results"
+                    echo "layout $layout round $r $path $proto $target: $line" >&2
+                done
             done
         done
     done
-done
-
-# Resident memory with 1,000 idle TLS connections (server processes only).
-mem="$work/memory.jsonl"
-: > "$mem"
-for target in nginx haproxy fngate; do
-    case $target in
-        nginx) procs=("$NGINX_MASTER" $(pgrep -P "$NGINX_MASTER")) ;;
-        haproxy) procs=("$HAPROXY_PID") ;;
-        fngate) procs=("$FNGATE_PID") ;;
-    esac
-    read -r idle held < <(idle_and_held "https://127.0.0.1:${PORT[$target]}$F/echo/invocations" "$work/cert.pem" "${procs[@]}")
-    echo "{\"target\":\"$target\",\"idle_kb\":$idle,\"held_kb\":$held}" >> "$mem"
-    echo "memory $target: $idle kB idle, $held kB with 1000 connections" >&2
+    if [ "$layout" = 1 ]; then
+        # Resident memory with 1,000 idle TLS connections (server processes only).
+        for target in $TARGETS; do
+            case $target in
+                nginx) procs=("$NGINX_MASTER" $(pgrep -P "$NGINX_MASTER")) ;;
+                *) procs=("${PID[$target]}") ;;
+            esac
+            read -r idle held < <(idle_and_held "https://127.0.0.1:${PORT[$target]}$F/echo/invocations" "$work/cert.pem" "${procs[@]}")
+            echo "{\"target\":\"$target\",\"idle_kb\":$idle,\"held_kb\":$held}" >> "$mem"
+            echo "memory $target: $idle kB idle, $held kB with 1000 connections" >&2
+        done
+    fi
+    for p in "${suite[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+    for p in "${suite[@]}"; do wait "$p" 2>/dev/null || true; done
 done
 
 python3 - "$OUT" "$results" "$mem" "$ROUNDS" "$DURATION" "$CONNS" "$(nproc)" "$(nginx -v 2>&1 | sed 's/.*\///')" "$(haproxy -v | head -1 | awk '{print $3}')" <<'PY'

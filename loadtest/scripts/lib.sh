@@ -17,12 +17,14 @@ trap cleanup EXIT
 # defers SIGTERM until its child exits).
 if command -v taskset >/dev/null; then CORE0=(taskset -c 0); CORE1=(taskset -c 1); else CORE0=(); CORE1=(); fi
 LT=("${CORE0[@]}" "$T/loadtest" --threads 1)
+# Where start_gateway runs the gateway (a script may unpin it: SRV=()).
+SRV=("${CORE1[@]}")
 
 # start_gateway CONFIG.toml [BINARY]: the gateway (default: this build's) on
-# core 1, logging to CONFIG.log; sets GW_PID.
+# core 1 (or as SRV says), logging to CONFIG.log; sets GW_PID.
 start_gateway() {
     local log="${1%.toml}.log"
-    RUST_LOG=warn,fngate=info "${CORE1[@]}" "${2:-$T/gateway}" --config "$1" 2> "$log" &
+    RUST_LOG=warn,fngate=info "${SRV[@]}" "${2:-$T/gateway}" --config "$1" 2> "$log" &
     GW_PID=$!
     pids+=($!)
     for _ in $(seq 1 200); do
@@ -97,9 +99,14 @@ idle_and_held() {
 
 field() { python3 -c "import json,sys; print(json.load(sys.stdin)['$1'])"; }
 
-# CPU time (utime + stime, in clock ticks) of the gateway process so far.
+# CPU time (utime + stime, in clock ticks) so far of the gateway process, or
+# of all the processes GW_PID lists (space-separated: nginx's workers).
 GW_PID=
-gw_cpu() { awk '{print $14 + $15}' "/proc/$GW_PID/stat"; }
+gw_cpu() {
+    local t=0 p
+    for p in $GW_PID; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done
+    echo $t
+}
 CLK_TCK=$(getconf CLK_TCK)
 
 # measure ARGS...: runs loadtest with ARGS (add --json and no --warmup, so the

@@ -36,6 +36,7 @@ use http::Version;
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use std::convert::Infallible;
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use tokio_util::task::TaskTracker;
@@ -105,7 +106,20 @@ pub async fn read(
             (None, None) => Bytes::new(),
         })
     };
-    match tokio::time::timeout(timeout, read).await {
+    // A small payload has usually arrived with its head: read it without
+    // arming a timer (the noop waker is replaced by the real one if the
+    // body is not all there).
+    let read = {
+        let mut read = std::pin::pin!(read);
+        let now = read
+            .as_mut()
+            .poll(&mut Context::from_waker(std::task::Waker::noop()));
+        match now {
+            Poll::Ready(r) => Ok(r),
+            Poll::Pending => tokio::time::timeout(timeout, read).await,
+        }
+    };
+    match read {
         Err(_) => Err((InvokeError::BodyTimeout(timeout), None)),
         Ok(Ok(payload)) => Ok(payload),
         Ok(Err(e @ InvokeError::PayloadTooLarge { .. })) => Err((e, Some(body))),

@@ -30,9 +30,10 @@ use super::Pipeline;
 use crate::api::{FunctionAnswer, Ran, Trigger, connection_named, is_hop_by_hop};
 use crate::error::InvokeError;
 use crate::scheduler::{FunctionPool, Slot};
+use crate::upstream::h1;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
-use http_body_util::{BodyExt, Full, Limited};
+use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -110,7 +111,7 @@ pub async fn call(
             cold: slot.cold,
             log: None,
         };
-        let result = attempt(p, pool, &slot, call, payload.clone(), request_id).await;
+        let result = attempt(p, pool, &slot, call, &payload, request_id).await;
         if let Some(from) = log_from
             && !matches!(result, Err(Attempt::NotSent))
         {
@@ -147,142 +148,148 @@ enum Attempt {
 enum CallError {
     /// Could not connect: nothing was sent.
     NotSent,
-    Broken(Box<dyn std::error::Error + Send + Sync>),
+    Broken(h1::Error),
 }
 
-/// The request to the instance, by the contract of `call.trigger`.
-fn request(
+/// The request target, by the contract of `call.trigger`.
+fn target<'a>(call: &'a Call<'_>) -> Result<Cow<'a, str>, InvokeError> {
+    match call.trigger {
+        Trigger::Event => Ok(Cow::Borrowed("/invoke")),
+        Trigger::Http { path, query, .. } => {
+            let t = match query {
+                Some(q) => Cow::Owned(format!("{path}?{q}")),
+                None => Cow::Borrowed(*path),
+            };
+            // Origin form only: what `http::Uri` accepts as a path and query.
+            match t.parse::<http::Uri>() {
+                Ok(u) if u.authority().is_none() && t.starts_with('/') => Ok(t),
+                _ => Err(InvokeError::InvalidArgument {
+                    message: "the request path cannot be forwarded".into(),
+                }),
+            }
+        }
+    }
+}
+
+/// The request line and headers, by the contract of `call.trigger`.
+fn write_head(
+    conn: &mut h1::Conn,
     pool: &FunctionPool,
     call: &Call<'_>,
-    host: HeaderValue,
-    payload: Bytes,
+    target: &str,
+    host: &HeaderValue,
     request_id: &HeaderValue,
-) -> Result<http::Request<Full<Bytes>>, InvokeError> {
-    let mut req = http::Request::new(Full::new(payload));
+) {
     match call.trigger {
         Trigger::Event => {
-            *req.method_mut() = Method::POST;
-            // Origin form, as servers expect on a direct connection.
-            *req.uri_mut() = http::Uri::from_static("/invoke");
-            let h = req.headers_mut();
-            h.insert(http::header::HOST, host);
-            h.insert(REQUEST_ID, request_id.clone());
-            h.insert(FUNCTION_NAME, pool.name_header.clone());
+            conn.begin(&Method::POST, target);
+            conn.header(&http::header::HOST, host);
+            conn.header(&REQUEST_ID, request_id);
+            conn.header(&FUNCTION_NAME, &pool.name_header);
             if let Some(ct) = call.content_type {
-                h.insert(http::header::CONTENT_TYPE, ct.clone());
+                conn.header(&http::header::CONTENT_TYPE, ct);
             }
             if let Some(cc) = call.client_context {
-                h.insert(CLIENT_CONTEXT, cc.clone());
+                conn.header(&CLIENT_CONTEXT, cc);
             }
         }
         Trigger::Http {
-            path,
-            query,
-            consumed_headers,
+            consumed_headers, ..
         } => {
-            *req.method_mut() = call.method.clone();
-            let uri = match query {
-                Some(q) => format!("{path}?{q}"),
-                None => path.to_string(),
-            };
-            *req.uri_mut() = uri.parse().map_err(|_| InvokeError::InvalidArgument {
-                message: "the request path cannot be forwarded".into(),
-            })?;
-            let h = req.headers_mut();
+            conn.begin(call.method, target);
             // HTTP/2 (and an absolute-form HTTP/1.1 target) carry it in the URI.
-            let mut forwarded_host = call
-                .uri
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok());
+            let authority = match call.headers.contains_key(http::header::HOST) {
+                true => None,
+                false => call
+                    .uri
+                    .authority()
+                    .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+            };
+            let forwarded_host = call.headers.get(http::header::HOST).or(authority.as_ref());
             let named = connection_named(call.headers);
+            // The headers the gateway sets replace the caller's.
+            let replaced = |n: &HeaderName| {
+                n == http::header::HOST
+                    || n.as_str() == "x-forwarded-proto"
+                    || (n.as_str() == "x-forwarded-host" && forwarded_host.is_some())
+                    || (n.as_str() == "x-forwarded-for" && call.caller_ip.is_some())
+            };
             for (name, value) in call.headers {
-                if *name == http::header::HOST {
-                    forwarded_host = Some(value.clone());
-                } else if !is_hop_by_hop(name)
+                if !replaced(name)
+                    && !is_hop_by_hop(name)
                     && !named.contains(name)
                     && *name != http::header::EXPECT
                     && !name.as_str().starts_with(CONTEXT_PREFIX)
                     && !consumed_headers.contains(&name.as_str())
                 {
-                    h.append(name, value.clone());
+                    conn.header(name, value);
                 }
             }
-            h.insert(http::header::HOST, host);
-            h.insert(TRIGGER, HeaderValue::from_static("http"));
-            h.insert(HTTP_REQUEST_ID, request_id.clone());
-            h.insert(HTTP_FUNCTION_NAME, pool.name_header.clone());
-            h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+            conn.header(&http::header::HOST, host);
+            conn.header(&TRIGGER, &HeaderValue::from_static("http"));
+            conn.header(&HTTP_REQUEST_ID, request_id);
+            conn.header(&HTTP_FUNCTION_NAME, &pool.name_header);
+            conn.header(&X_FORWARDED_PROTO, &HeaderValue::from_static("https"));
             if let Some(fh) = forwarded_host {
-                h.insert("x-forwarded-host", fh);
+                conn.header(&X_FORWARDED_HOST, fh);
             }
             if let Some(ip) = call.caller_ip {
                 // Appended to the chain the caller sent (informational: the
                 // gateway's own decisions never read it).
-                let chain = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+                let chain = match call
+                    .headers
+                    .get(&X_FORWARDED_FOR)
+                    .and_then(|v| v.to_str().ok())
+                {
                     Some(prev) => format!("{prev}, {ip}"),
                     None => ip.to_string(),
                 };
                 if let Ok(v) = HeaderValue::try_from(chain) {
-                    h.insert("x-forwarded-for", v);
+                    conn.header(&X_FORWARDED_FOR, &v);
                 }
             }
         }
     }
-    Ok(req)
 }
+
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 async fn attempt(
     p: &Pipeline,
     pool: &Arc<FunctionPool>,
     slot: &Slot,
     call: &Call<'_>,
-    payload: Bytes,
+    payload: &Bytes,
     request_id: &HeaderValue,
 ) -> Result<FunctionAnswer, Attempt> {
     let inst = &slot.instance;
     let host = inst
         .host_header()
-        .cloned()
         .ok_or_else(|| Attempt::Failed(InvokeError::internal("instance has no address")))?;
-    let req = request(pool, call, host, payload, request_id).map_err(Attempt::Failed)?;
+    let target = target(call).map_err(Attempt::Failed)?;
 
     let timeout = pool.cfg.timeout;
+    // The one deadline of the call: connecting, writing and reading.
     let deadline = tokio::time::Instant::now() + timeout;
     let max = p.limits.max_response_bytes as usize;
     let exchange = async {
-        // A pooled connection the instance closed meanwhile fails before the
-        // request is written (hyper hands the request back): nothing was
-        // sent, so try the next connection. Each retry takes a different idle
-        // connection, so the loop ends on a new one at the latest.
-        let mut req = Some(req);
+        // A pooled connection the instance closed meanwhile fails before a
+        // byte is written: nothing was sent, so try the next connection.
+        // Each retry takes a different idle connection, so the loop ends on
+        // a new one at the latest.
         loop {
-            let mut conn = inst.upstream.get().await.map_err(|_| CallError::NotSent)?;
-            if let Err(e) = conn.sender.ready().await {
-                if conn.reused {
-                    continue;
+            let mut pooled = inst.upstream.get().await.map_err(|_| CallError::NotSent)?;
+            write_head(&mut pooled.conn, pool, call, &target, host, request_id);
+            match pooled.conn.exchange(payload, max).await {
+                Ok(resp) => {
+                    inst.upstream.put(pooled.conn);
+                    return Ok(resp);
                 }
-                return Err(CallError::Broken(e.into()));
+                Err(h1::Error::Unsent(_)) if pooled.reused => continue,
+                Err(e) => return Err(CallError::Broken(e)),
             }
-            let r = req.take().expect("a request is sent once");
-            let resp = match conn.sender.try_send_request(r).await {
-                Ok(resp) => resp,
-                Err(mut e) => match e.take_message() {
-                    // Not written: safe to send again on a new connection.
-                    Some(unsent) if conn.reused => {
-                        req = Some(unsent);
-                        continue;
-                    }
-                    _ => return Err(CallError::Broken(e.into_error().into())),
-                },
-            };
-            let (parts, body) = resp.into_parts();
-            let body = Limited::new(body, max)
-                .collect()
-                .await
-                .map_err(CallError::Broken)?
-                .to_bytes();
-            inst.upstream.put(conn.sender);
-            return Ok::<_, CallError>((parts, body));
         }
     };
     let timed = tokio::time::timeout_at(deadline, exchange);
@@ -296,35 +303,35 @@ async fn attempt(
             }
         },
     };
-    let (parts, body) = match exchanged {
+    let resp = match exchanged {
         Err(_) => {
             p.scheduler.timed_out(pool, inst);
             return Err(Attempt::Failed(InvokeError::FunctionTimeout(timeout)));
         }
         Ok(Ok(r)) => r,
         Ok(Err(CallError::NotSent)) => return Err(Attempt::NotSent),
+        Ok(Err(CallError::Broken(h1::Error::TooLarge(_)))) => {
+            return Err(Attempt::Failed(InvokeError::BadFunctionResponse {
+                detail: format!("response body exceeds {max} bytes").into(),
+            }));
+        }
         Ok(Err(CallError::Broken(e))) => {
-            if e.is::<http_body_util::LengthLimitError>() {
-                return Err(Attempt::Failed(InvokeError::BadFunctionResponse {
-                    detail: format!("response body exceeds {max} bytes").into(),
-                }));
-            }
             // Within the invocation's own time: a slow worker cannot stretch it.
             let e = match p.scheduler.exit_of(pool, inst, deadline).await {
                 Some(exit) => InvokeError::InstanceCrashed {
                     detail: exit.into(),
                 },
                 None => InvokeError::BadFunctionResponse {
-                    detail: crate::error::error_chain(&*e).into(),
+                    detail: crate::error::error_chain(&e).into(),
                 },
             };
             return Err(Attempt::Failed(e));
         }
     };
     Ok(FunctionAnswer {
-        status: parts.status,
-        headers: parts.headers,
-        body,
+        status: resp.status,
+        headers: resp.headers,
+        body: resp.body,
     })
 }
 

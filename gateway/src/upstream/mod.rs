@@ -1,22 +1,21 @@
-//! Connections from the gateway to one instance: plain HTTP/1.1, kept alive
-//! and pooled per instance, so no lock is shared across instances and a call
-//! costs no pool-wide bookkeeping (hyper-util's legacy client did: a client
-//! clone, a connect future and a global pool checkout per call).
+//! Connections from the gateway to one instance: plain HTTP/1.1 ([`h1`]),
+//! kept alive and pooled per instance, so no lock is shared across
+//! instances and a call costs no pool-wide bookkeeping.
 //!
 //! Within an instance's pool, idle connections are kept per runtime shard
-//! ([`crate::shards`]): a connection's socket and its driving task belong to
-//! the shard that opened it, so a call never waits on another thread.
+//! ([`crate::shards`]): a connection's socket belongs to the shard that
+//! opened it, so a call never waits on another thread. A connection is
+//! driven only by the request using it; idle, nothing polls it, and it is
+//! checked for a close by the instance when taken ([`h1::Conn::is_usable`]).
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::client::conn::http1::SendRequest;
+pub mod h1;
+
 use std::net::SocketAddr;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
-pub type Sender = SendRequest<Full<Bytes>>;
-
-/// Idle connections kept per instance (more may be open while busy).
+/// Idle connections kept per instance and shard (more may be open while
+/// busy).
 const MAX_IDLE: usize = 256;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -24,7 +23,7 @@ pub struct UpstreamPool {
     addr: OnceLock<SocketAddr>,
     // One list per shard; a lock is held only to push or pop, never across
     // an await, and only the shard's own thread takes it.
-    idle: Box<[Mutex<Vec<Sender>>]>,
+    idle: Box<[Mutex<Vec<h1::Conn>>]>,
 }
 
 impl Default for UpstreamPool {
@@ -39,9 +38,10 @@ impl Default for UpstreamPool {
 }
 
 /// A connection to use for one call.
-pub struct Conn {
-    pub sender: Sender,
-    /// It served an earlier call (it may have been closed since).
+pub struct Pooled {
+    pub conn: h1::Conn,
+    /// It served an earlier call (the instance may have closed it since
+    /// without the gateway seeing it yet).
     pub reused: bool,
 }
 
@@ -50,20 +50,17 @@ impl UpstreamPool {
         let _ = self.addr.set(addr);
     }
 
-    fn idle(&self) -> &Mutex<Vec<Sender>> {
+    fn idle(&self) -> &Mutex<Vec<h1::Conn>> {
         &self.idle[crate::shards::current() % self.idle.len()]
     }
 
     /// An idle connection, or a new one. `Err` means nothing could be sent.
-    pub async fn get(&self) -> std::io::Result<Conn> {
+    pub async fn get(&self) -> std::io::Result<Pooled> {
         loop {
             let idle = self.idle().lock().unwrap().pop();
             match idle {
-                Some(s) if !s.is_closed() => {
-                    return Ok(Conn {
-                        sender: s,
-                        reused: true,
-                    });
+                Some(conn) if conn.is_usable() => {
+                    return Ok(Pooled { conn, reused: true });
                 }
                 Some(_) => continue,
                 None => break,
@@ -79,26 +76,21 @@ impl UpstreamPool {
                 std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")
             })??;
         tcp.set_nodelay(true)?;
-        let (sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
-                .await
-                .map_err(std::io::Error::other)?;
-        // Ends when the instance closes the socket or the sender is dropped.
-        tokio::spawn(conn);
-        Ok(Conn {
-            sender,
+        Ok(Pooled {
+            conn: h1::Conn::new(tcp),
             reused: false,
         })
     }
 
-    /// Returns a connection whose last call completed in full.
-    pub fn put(&self, sender: Sender) {
-        if sender.is_closed() {
+    /// Returns a connection after a call; kept only if its last answer
+    /// left it fit for another.
+    pub fn put(&self, conn: h1::Conn) {
+        if !conn.keep_alive() {
             return;
         }
         let mut idle = self.idle().lock().unwrap();
         if idle.len() < MAX_IDLE {
-            idle.push(sender);
+            idle.push(conn);
         }
     }
 }
