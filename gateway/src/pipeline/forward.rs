@@ -98,10 +98,10 @@ pub async fn call(
     let mut retried = false;
     loop {
         let slot = p.scheduler.acquire(pool).await.map_err(|e| (e, None))?;
+        // Rare, so boxed: the request's future stays small (see
+        // `Pipeline::finish`).
         let log_from = match call.log_tail {
-            true => p
-                .scheduler
-                .instance_log(&slot.instance, None)
+            true => Box::pin(p.scheduler.instance_log(&slot.instance, None))
                 .await
                 .map(|(end, _)| end),
             false => None,
@@ -115,9 +115,7 @@ pub async fn call(
         if let Some(from) = log_from
             && !matches!(result, Err(Attempt::NotSent))
         {
-            ran.log = p
-                .scheduler
-                .instance_log(&slot.instance, Some(from))
+            ran.log = Box::pin(p.scheduler.instance_log(&slot.instance, Some(from)))
                 .await
                 .map(|(_, log)| log);
         }
@@ -317,7 +315,7 @@ async fn attempt(
         }
         Ok(Err(CallError::Broken(e))) => {
             // Within the invocation's own time: a slow worker cannot stretch it.
-            let e = match p.scheduler.exit_of(pool, inst, deadline).await {
+            let e = match Box::pin(p.scheduler.exit_of(pool, inst, deadline)).await {
                 Some(exit) => InvokeError::InstanceCrashed {
                     detail: exit.into(),
                 },

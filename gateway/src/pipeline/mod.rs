@@ -183,12 +183,22 @@ impl Pipeline {
     /// One request, start to answer. Shaped as hyper's service future (owns
     /// its pipeline, never fails) so the connection boxes it without a
     /// wrapper future and its copy.
-    pub async fn handle(
+    pub fn handle(
         self: Arc<Self>,
         req: Request<Incoming>,
         origin: Origin,
-    ) -> Result<Response<ResponseBody>, std::convert::Infallible> {
+    ) -> impl Future<Output = Result<Response<ResponseBody>, std::convert::Infallible>> {
+        // Split here, so the future holds the parts, not the request too.
         let (parts, body) = req.into_parts();
+        self.serve(parts, body, origin)
+    }
+
+    async fn serve(
+        self: Arc<Self>,
+        parts: http::request::Parts,
+        body: Incoming,
+        origin: Origin,
+    ) -> Result<Response<ResponseBody>, std::convert::Infallible> {
         let mut ctx = Ctx {
             dialect: self.dialects.select(parts.uri.path()),
             request_id: self.ids.request_id(),
@@ -255,7 +265,10 @@ impl Pipeline {
         if inv.kind == Kind::TaskApi {
             let done = refused(&inv.function, qualifier, Some(&pool), Outcome::TaskApi);
             let op = inv.task_op.as_ref().expect("decoded with its op");
-            return Ok(self.task_api(&ctx, done, op, &parts, body).await);
+            // Boxed, as are the other paths rarer than a call: the request's
+            // future (moved into hyper's box when it starts) is only as large
+            // as the common path needs.
+            return Ok(Box::pin(self.task_api(&ctx, done, op, &parts, body)).await);
         }
         let head_key = authn.proven_key();
         // Keyed by a key that only the payload can confirm: throttle after it.
@@ -283,9 +296,12 @@ impl Pipeline {
             Kind::Async => self.asynchronous.limits.max_body_bytes,
             Kind::Sync | Kind::DryRun | Kind::TaskApi => self.limits.max_body_bytes,
         };
-        let mut hasher = authn.needs_payload_hash().then(PayloadHasher::default);
+        // Boxed: most requests carry no signature over their payload.
+        let mut hasher = authn
+            .needs_payload_hash()
+            .then(|| Box::new(PayloadHasher::default()));
         let timeout = self.limits.body_read_timeout;
-        let read = body::read(body, &parts.headers, limit, timeout, hasher.as_mut());
+        let read = body::read(body, &parts.headers, limit, timeout, hasher.as_deref_mut());
         let payload = match read.await {
             Ok(p) => p,
             Err((e, rest)) => {
@@ -312,7 +328,7 @@ impl Pipeline {
         let key = match authn {
             Authn::Done(k) => k,
             Authn::Payload { key, check, .. } => {
-                let hash = hasher.take().map(PayloadHasher::finish).unwrap_or_default();
+                let hash = hasher.take().map(|h| h.finish()).unwrap_or_default();
                 match check(&hash) {
                     Ok(()) => Some(key),
                     Err(a) => {
@@ -351,7 +367,7 @@ impl Pipeline {
             Kind::Async => {
                 let task = self.task_record(&ctx, &inv, &pool, content_type, key, payload.len());
                 let task_id = inv.task_id.unwrap_or(task.id.as_str()).to_string();
-                let submitted = self.asynchronous.submit(task, payload).await;
+                let submitted = Box::pin(self.asynchronous.submit(task, payload)).await;
                 let err = match submitted {
                     Ok(crate::asynchronous::Submitted::New) => None,
                     Ok(crate::asynchronous::Submitted::Known { request_id }) => {
@@ -483,18 +499,20 @@ impl Pipeline {
     }
 
     /// Answers a request refused from its head (stages 1-5): renders the
-    /// error, and deals with the unread body so the client gets it.
-    async fn refuse(
-        &self,
+    /// error, and deals with the unread body so the client gets it. (Work
+    /// done before the future is returned, so that the future, which lives
+    /// in the request's, holds only what it awaits: see [`Pipeline::finish`].)
+    fn refuse<'a>(
+        &'a self,
         ctx: &Ctx<'_>,
         done: Done<'_>,
         err: InvokeError,
         parts: &http::request::Parts,
         body: Incoming,
-    ) -> Response<ResponseBody> {
+    ) -> impl Future<Output = Response<ResponseBody>> + 'a {
         let mut resp = self.error(ctx, &done, &err);
         self.unread(body, parts, &mut resp);
-        self.finish(ctx, done, resp).await
+        self.finish(ctx, done, resp)
     }
 
     /// The unread rest of a refused request's body: drained (HTTP/1.1) or
@@ -519,21 +537,33 @@ impl Pipeline {
         }
     }
 
-    /// Counts a client's request and writes its usage record.
-    async fn finish(
-        &self,
+    /// Counts a client's request and writes its usage record. The counting
+    /// is done at once; the future only queues the record (a request's
+    /// future is moved whole into hyper's box, so every byte of state
+    /// carried across an await is copied on every request).
+    fn finish<'a>(
+        &'a self,
         ctx: &Ctx<'_>,
         done: Done<'_>,
         resp: Response<ResponseBody>,
-    ) -> Response<ResponseBody> {
+    ) -> impl Future<Output = Response<ResponseBody>> + 'a {
         // An internal call's answer reaches no client: it is not traffic.
         let bytes_out = match ctx.origin {
             Origin::Client(_) => resp.body().len(),
             Origin::Internal => 0,
         };
-        self.account(ctx, ctx.dialect.api(), done, resp.status(), bytes_out)
-            .await;
-        resp
+        let record = self.account(ctx, ctx.dialect.api(), done, resp.status(), bytes_out);
+        async move {
+            self.log_usage(record).await;
+            resp
+        }
+    }
+
+    /// Queues a usage record made by [`Pipeline::account`].
+    async fn log_usage(&self, record: Option<Box<UsageRecord>>) {
+        if let (Some(usage), Some(r)) = (&self.usage, record) {
+            usage.record(r).await;
+        }
     }
 
     /// Where `origin` stands, as records name it: `internet`, `vpc` (with
@@ -553,15 +583,16 @@ impl Pipeline {
         key.map(|k| self.auth.credentials.id(k).to_string())
     }
 
-    /// The one place requests are counted and usage records written.
-    async fn account(
+    /// The one place requests are counted and usage records made (for
+    /// [`Pipeline::log_usage`]).
+    fn account(
         &self,
         ctx: &Ctx<'_>,
         api: Api,
         done: Done<'_>,
         status: StatusCode,
         bytes_out: u64,
-    ) {
+    ) -> Option<Box<UsageRecord>> {
         let (origin, wall) = (ctx.origin, ctx.wall);
         let elapsed = ctx.started.elapsed();
         let net = self.networks.of(&origin);
@@ -576,7 +607,7 @@ impl Pipeline {
         if done.ran.as_ref().is_some_and(|r| r.cold) {
             m.cold_starts.inc();
         }
-        let Some(usage) = &self.usage else { return };
+        self.usage.as_ref()?;
         let memory_mb = done.pool.map(|p| p.cfg.memory_mb).unwrap_or(0);
         let (network, vpc_id) = self.network_names(&origin);
         // Built in its box: it travels to the writer thread as is.
@@ -608,6 +639,6 @@ impl Pipeline {
             start_unix_ms: unix_ms(wall),
             end_unix_ms: unix_ms(wall + elapsed),
         });
-        usage.record(record).await;
+        Some(record)
     }
 }

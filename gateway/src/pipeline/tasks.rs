@@ -204,8 +204,8 @@ impl Pipeline {
                     function_error: None,
                     instance_id: ran.instance_id.to_str().ok().map(str::to_string),
                 };
-                self.account(&ctx, api, done(Outcome::Success, Some(ran)), status, 0)
-                    .await;
+                let record = self.account(&ctx, api, done(Outcome::Success, Some(ran)), status, 0);
+                self.log_usage(record).await;
                 out
             }
             Err((e, ran)) => {
@@ -233,7 +233,8 @@ impl Pipeline {
                         .map(str::to_string),
                     error: Some(e),
                 };
-                self.account(&ctx, api, done(outcome, ran), status, 0).await;
+                let record = self.account(&ctx, api, done(outcome, ran), status, 0);
+                self.log_usage(record).await;
                 out
             }
         }

@@ -370,19 +370,15 @@ impl Conn {
             self.read.advance(2);
         }
         loop {
-            let mut trailers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-            match httparse::parse_headers(&self.read, &mut trailers) {
-                Ok(httparse::Status::Complete((used, _))) => {
+            match trailers_len(&self.read)? {
+                Some(used) => {
                     self.read.advance(used);
                     break;
                 }
-                Ok(httparse::Status::Partial) if self.read.len() < MAX_HEAD => {
+                None if self.read.len() < MAX_HEAD => {
                     self.fill_or(Error::ClosedMidAnswer).await?;
                 }
-                Ok(httparse::Status::Partial) => {
-                    return Err(Error::Invalid("trailers too large"));
-                }
-                Err(e) => return Err(Error::Parse(e)),
+                None => return Err(Error::Invalid("trailers too large")),
             }
         }
         if self.read.is_empty() {
@@ -408,6 +404,18 @@ fn headers_of(head: &Bytes) -> Result<HeaderMap, Error> {
         map.append(name, value);
     }
     Ok(map)
+}
+
+/// The length of the complete trailer section at the start of `buf`.
+/// (Not inline in the async caller: the headers array would live in its
+/// future across the await.)
+fn trailers_len(buf: &[u8]) -> Result<Option<usize>, Error> {
+    let mut trailers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    match httparse::parse_headers(buf, &mut trailers) {
+        Ok(httparse::Status::Complete((used, _))) => Ok(Some(used)),
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(e) => Err(Error::Parse(e)),
+    }
 }
 
 /// Writes all of `buf`; a failure before the first byte is [`Error::Unsent`].
