@@ -222,8 +222,9 @@ out, results, mem, rounds, duration, conns, cores, nginx_v, haproxy_v = sys.argv
 rows = [json.loads(l) for l in open(results)]
 by = collections.defaultdict(list)
 for x in rows:
-    by[(x["target"], x["path"], x["proto"])].append(x["r"])
-want = {"allowed": "200", "403": "403", "429": "429"}
+    by[(x["layout"], x["target"], x["path"], x["proto"])].append(x["r"])
+layouts = sorted({x["layout"] for x in rows})
+want = {"allowed": "200", "403": "403", "429": "429", "sequential": "200"}
 sys.path.insert(0, "loadtest/scripts")
 from summary import med, rng
 lines = [
@@ -232,48 +233,81 @@ lines = [
     f"Produced by `bash loadtest/scripts/bench-peers.sh` on {datetime.date.today()} ({cores} cores; nginx {nginx_v}, HAProxy {haproxy_v}).",
     f"Closed loop with `loadtest`, {conns} keep-alive connections, {duration} per run, {rounds} alternating rounds",
     "(direct, nginx, HAProxy, fngate for each path and protocol); medians with min-max.",
-    "Client pinned to core 0 (1 thread); each server with one worker pinned to core 1 (nginx `worker_processes 1`,",
-    "HAProxy `nbthread 1`, fngate `threads = 1`), and its echo upstream on core 1 too.",
-    "TLS 1.3 with the same ECDSA P-256 certificate on every proxy. CPU is the server process's own (nginx: its worker;",
-    "fngate: the gateway process, not its echo instance), from /proc before and after each run.",
+    "The same native echo function upstream of every proxy (one thread; fngate runs it as its instance, the",
+    "others reach the same binary on a fixed port over a keep-alive pool). TLS 1.3 with the same ECDSA P-256",
+    "certificate on every proxy. CPU is the server's own (nginx: its workers; fngate: the gateway process,",
+    "not its echo instance), from /proc before and after each run.",
+    "",
+    "Layouts:",
+    "- **1 core**: each server with one worker pinned to core 1 (nginx `worker_processes 1`, HAProxy `nbthread 1`,",
+    "  fngate `threads = 1`) with its echo upstream; the client (1 thread) pinned to core 0.",
+    "- **2 cores**: two workers each (`worker_processes 2`, `nbthread 2`, `threads = 2`), nothing pinned: the",
+    "  servers, the upstream and the client (2 threads) share both cores, as the scheduler places them.",
     "",
     "Paths: **allowed** (`echo`, proxied to the function), **403** (`private`, a VPC-only path called from outside),",
-    "**429** (`throttled`, limited to 100 requests/s with a burst of 20: nearly all answered 429).",
+    "**429** (`throttled`, limited to 100 requests/s with a burst of 20: nearly all answered 429), and",
+    "**sequential** (the allowed path over one HTTP/1.1 connection, one call at a time: the latency a hop adds).",
     "",
+    "## Summary: fngate / nginx, same run",
+    "",
+    "| layout | path | protocol | requests/s | p50 | p99 | CPU/request |",
+    "|---|---|---|---|---|---|---|",
 ]
-for path in ["allowed", "403", "429"]:
-    for proto in ["h1", "h2"]:
-        lines += [f"## {path} path, {'HTTP/1.1' if proto == 'h1' else 'HTTP/2'}", "",
-                  "| target | requests/s | p50 ms | p99 ms | server CPU µs/request | share of the expected status |",
-                  "|---|---|---|---|---|---|"]
-        base = by.get(("direct", path, proto)) or by.get(("direct", "allowed", "h1"))
-        ng = by.get(("nginx", path, proto))
-        for t in ["direct", "nginx", "haproxy", "fngate"]:
-            rs = by.get((t, path, proto))
-            if not rs:
+summary_at = len(lines)
+body = []
+for layout in layouts:
+    body += [f"# {layout} core{'s' if layout > 1 else ''}", ""]
+    for path in ["allowed", "403", "429", "sequential"]:
+        for proto in ["h1", "h2"]:
+            if not by.get((layout, "nginx", path, proto)) and not by.get((layout, "fngate", path, proto)):
                 continue
-            ok = statistics.median(r["statuses"].get(want[path], 0) / max(r["requests"], 1) for r in rs)
-            lines.append(f"| {t} | {med(rs,'rps'):.0f} ({rng(rs,'rps','.0f')}) | {med(rs,'p50_ms'):.2f} | {med(rs,'p99_ms'):.2f} ({rng(rs,'p99_ms','.2f')}) | {med(rs,'gw_cpu_us'):.1f} | {ok:.3f} |")
-        lines.append("")
-        ratios = []
-        for t in ["nginx", "haproxy", "fngate"]:
-            rs = by.get((t, path, proto))
-            if rs and base:
-                ratios.append(f"{t}/direct {med(rs,'rps')/med(base,'rps'):.2f}x")
-        fg = by.get(("fngate", path, proto))
-        if fg and ng:
-            ratios.append(f"**fngate/nginx: requests/s {med(fg,'rps')/med(ng,'rps'):.2f}x, p99 {med(fg,'p99_ms')/med(ng,'p99_ms'):.2f}x, CPU/request {med(fg,'gw_cpu_us')/med(ng,'gw_cpu_us'):.2f}x**")
-        lines += ["Ratios (requests/s): " + "; ".join(ratios) + ".", ""]
-lines += ["## Resident memory with 1,000 idle TLS connections", "",
+            body += [f"## {path} path, {'HTTP/1.1' if proto == 'h1' else 'HTTP/2'} ({layout} core{'s' if layout > 1 else ''})", "",
+                     "| target | requests/s | p50 ms | p99 ms | server CPU µs/request | share of the expected status |",
+                     "|---|---|---|---|---|---|"]
+            base = by.get((layout, "direct", path, proto)) or by.get((layout, "direct", "allowed", "h1"))
+            ng = by.get((layout, "nginx", path, proto))
+            for t in ["direct", "nginx", "haproxy", "fngate"]:
+                rs = by.get((layout, t, path, proto))
+                if not rs:
+                    continue
+                ok = statistics.median(r["statuses"].get(want[path], 0) / max(r["requests"], 1) for r in rs)
+                cpu = "-" if t == "direct" else f"{med(rs,'gw_cpu_us'):.1f}"
+                body.append(f"| {t} | {med(rs,'rps'):.0f} ({rng(rs,'rps','.0f')}) | {med(rs,'p50_ms'):.3f} | {med(rs,'p99_ms'):.2f} ({rng(rs,'p99_ms','.2f')}) | {cpu} | {ok:.3f} |")
+            body.append("")
+            fg = by.get((layout, "fngate", path, proto))
+            ratios = []
+            for t in ["nginx", "haproxy", "fngate"]:
+                rs = by.get((layout, t, path, proto))
+                if rs and base and path != "sequential":
+                    ratios.append(f"{t}/direct {med(rs,'rps')/med(base,'rps'):.2f}x")
+            if fg and ng:
+                r_rps = med(fg,'rps')/med(ng,'rps'); r_p50 = med(fg,'p50_ms')/med(ng,'p50_ms')
+                r_p99 = med(fg,'p99_ms')/med(ng,'p99_ms'); r_cpu = med(fg,'gw_cpu_us')/med(ng,'gw_cpu_us')
+                ratios.append(f"**fngate/nginx: requests/s {r_rps:.2f}x, p99 {r_p99:.2f}x, CPU/request {r_cpu:.2f}x**")
+                lines.append(f"| {layout} | {path} | {proto} | **{r_rps:.2f}x** | {r_p50:.2f}x | {r_p99:.2f}x | {r_cpu:.2f}x |")
+            if path == "sequential" and base:
+                d = med(base, 'p50_ms')
+                added = [f"{t} +{(med(by[(layout, t, path, proto)], 'p50_ms') - d) * 1000:.0f} µs"
+                         for t in ["nginx", "haproxy", "fngate"] if by.get((layout, t, path, proto))]
+                body += [f"Added p50 over calling the instance directly ({d * 1000:.0f} µs): " + ", ".join(added) + ".", ""]
+            if ratios:
+                body += ["Ratios: " + "; ".join(ratios) + ".", ""]
+lines += ["", "(Ratios of medians; for requests/s higher is better, for the others lower.)", ""]
+lines += body
+lines += ["## Resident memory with 1,000 idle TLS connections (1 core)", "",
           "| target | idle | with 1,000 connections |", "|---|---|---|"]
 for l in open(mem):
     m = json.loads(l)
     lines.append(f"| {m['target']} | {m['idle_kb']/1024:.1f} MiB | {m['held_kb']/1024:.1f} MiB |")
 lines += ["", "nginx counts master and worker; HAProxy its one process; fngate its gateway process (with the embedded worker),",
           "not the echo instance (as nginx's and HAProxy's upstream is not counted either).", "",
-          "## Commands", "", "```sh", "bash loadtest/scripts/bench-peers.sh            # ROUNDS=3 DURATION=5s CONNS=64",
-          "# each run:", "taskset -c 0 target/release/loadtest --threads 1 --url URL -c 64 -d 5s --source 127.0.0.1 [--http2] --cacert cert.pem --json",
-          "# memory:", "target/release/loadtest --hold -c 1000 -d 20s --url URL --cacert cert.pem", "```", ""]
+          "## Commands", "", "```sh", "bash loadtest/scripts/bench-peers.sh            # ROUNDS=5 DURATION=5s CONNS=64 LAYOUTS='1 2'",
+          "# each run (1 core; 2 cores: no taskset, --threads 2):",
+          "taskset -c 0 target/release/loadtest --threads 1 --url URL -c 64 -d 5s --source 127.0.0.1 [--http2] --cacert cert.pem --json",
+          "# sequential: the same with -c 1",
+          "# memory:", "target/release/loadtest --hold -c 1000 -d 20s --url URL --cacert cert.pem",
+          "# profiles of fngate (perf call graphs, DHAT allocations per request):",
+          "bash loadtest/scripts/profile.sh perf allowed h1; bash loadtest/scripts/profile.sh heap allowed h1", "```", ""]
 open(out, "w").write("\n".join(lines))
 print("\n".join(lines))
 PY

@@ -17,6 +17,12 @@ enum Behaviour {
     HangUpMidAnswer,
     Silent,
     Huge,
+    /// Answers 413 at once, never reads the body, keeps the connection.
+    Early,
+    /// Answers in chunks.
+    Chunked,
+    /// Answers with `Connection: close`, then closes.
+    AnswerAndClose,
 }
 
 /// A socket that plays an instance; returns its address.
@@ -49,6 +55,13 @@ async fn instance(b: Behaviour) -> String {
                         r.extend(vec![b'x'; 2048]);
                         r
                     }
+                    Behaviour::Early => {
+                        let _ = s.write_all(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 4\r\n\r\nnope").await;
+                        tokio::time::sleep(Duration::from_secs(30)).await;
+                        return;
+                    }
+                    Behaviour::Chunked => b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n3\r\n!!!\r\n0\r\n\r\n".to_vec(),
+                    Behaviour::AnswerAndClose => b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok".to_vec(),
                     Behaviour::Silent => {
                         tokio::time::sleep(Duration::from_secs(30)).await;
                         return;
@@ -229,4 +242,39 @@ async fn no_answer_within_the_timeout_is_a_timeout_and_the_instance_goes() {
         1,
         "alone on it: reclaimed at once"
     );
+}
+
+#[tokio::test]
+async fn an_answer_before_the_body_is_read_is_the_functions() {
+    let fake = fake_at(Some(instance(Behaviour::Early).await)).await;
+    let (p, pool) = pipeline(fake, "timeout_s = 20").await;
+    let id = HeaderValue::from_static("1-test");
+    // Far more than the socket buffers hold: a writer that did not watch
+    // for the answer would wait until the timeout.
+    let payload = Bytes::from(vec![b'x'; 8 << 20]);
+    let (answer, _) = call(&p, &pool, &Call::event(None), payload, &id)
+        .await
+        .ok()
+        .unwrap();
+    assert_eq!(answer.status, http::StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(answer.body, "nope");
+}
+
+#[tokio::test]
+async fn chunked_answers_and_closing_instances_are_served() {
+    let fake = fake_at(Some(instance(Behaviour::Chunked).await)).await;
+    let (p, pool) = pipeline(fake, "").await;
+    for _ in 0..3 {
+        let (answer, _) = call_once(&p, &pool).await.ok().unwrap();
+        assert_eq!(answer.body, "ok!!!");
+    }
+    // An instance that closes after every answer: each call on a new
+    // connection, none failing.
+    let fake = fake_at(Some(instance(Behaviour::AnswerAndClose).await)).await;
+    let (p, pool) = pipeline(fake.clone(), "").await;
+    for _ in 0..3 {
+        let (answer, _) = call_once(&p, &pool).await.ok().unwrap();
+        assert_eq!(answer.body, "ok");
+    }
+    assert_eq!(fake.created.lock().unwrap().len(), 1, "one instance throughout");
 }

@@ -537,3 +537,32 @@ fn lengths() {
     assert_eq!(parse_length(b"+1"), None);
     assert_eq!(parse_length(b""), None);
 }
+
+/// Answers of exactly the limit are read, sized or chunked; one byte more is
+/// refused; a request body of 8 MiB reaches hyper whole.
+#[tokio::test]
+async fn bodies_at_the_limit() {
+    let addr = reference_server().await;
+    let mut conn = Conn::new(TcpStream::connect(addr).await.unwrap());
+    for chunk in [0, 65536] {
+        let p = Plan {
+            method: Method::POST,
+            status: 200,
+            request_len: 8 << 20,
+            answer_len: MAX,
+            chunk,
+            headers: 1,
+            seed: 7,
+        };
+        check(&mut conn, &p).await;
+    }
+    for chunk in [0, 65536] {
+        let mut conn = Conn::new(TcpStream::connect(addr).await.unwrap());
+        conn.begin(&Method::POST, "/invoke");
+        conn.header(&HeaderName::from_static("x-plan-status"), &HeaderValue::from(200));
+        conn.header(&HeaderName::from_static("x-plan-len"), &HeaderValue::from(MAX + 1));
+        conn.header(&HeaderName::from_static("x-plan-chunk"), &HeaderValue::from(chunk));
+        assert!(matches!(conn.exchange(b"", MAX).await, Err(Error::TooLarge(MAX))));
+        assert!(!conn.keep_alive());
+    }
+}
