@@ -54,11 +54,13 @@ if [ "$MODE" = perf ]; then
     # (Virtual machines often have no hardware counters: CPU time, not
     # instructions, per request.)
     awk -v rps="$rps" '/task-clock/ {gsub(",","",$1); printf "gateway CPU per request: %.1f µs (at %.0f requests/s)\n", $1*1000/(rps*4), rps}' "$work/stat.txt"
-    perf report -i "$out/$tag.data" --no-children --percent-limit 0.7 --stdio 2>/dev/null \
-        | grep -v '^$' | head -150 > "$out/$tag.txt"
-    perf report -i "$out/$tag.data" --no-children --sort dso,symbol --percent-limit 0.4 --stdio -g none 2>/dev/null \
-        | grep -v '^#' | grep -v '^$' | head -60 > "$out/$tag-flat.txt"
-    cat "$out/$tag-flat.txt"
+    # (Whole reports to files first: `head` on a pipe would fail the script.)
+    perf report -i "$out/$tag.data" --no-children --percent-limit 0.7 --stdio > "$out/$tag.txt" 2>/dev/null
+    perf report -i "$out/$tag.data" --no-children --sort dso,symbol --percent-limit 0.3 --stdio -g none 2>/dev/null \
+        | grep -v '^#' | grep -v '^$' > "$out/$tag-flat.txt" || true
+    head -60 "$out/$tag-flat.txt"
+    echo "by library:"
+    perf report -i "$out/$tag.data" --no-children --sort dso --stdio -g none 2>/dev/null | grep '%' || true
     echo "call graphs: $out/$tag.txt; raw: perf report -i $out/$tag.data" >&2
 else
     # Two runs, N and 2N requests: the difference is what N requests cost,

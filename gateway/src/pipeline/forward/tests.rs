@@ -276,5 +276,9 @@ async fn chunked_answers_and_closing_instances_are_served() {
         let (answer, _) = call_once(&p, &pool).await.ok().unwrap();
         assert_eq!(answer.body, "ok");
     }
-    assert_eq!(fake.created.lock().unwrap().len(), 1, "one instance throughout");
+    assert_eq!(
+        fake.created.lock().unwrap().len(),
+        1,
+        "one instance throughout"
+    );
 }

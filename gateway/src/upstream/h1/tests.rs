@@ -559,10 +559,22 @@ async fn bodies_at_the_limit() {
     for chunk in [0, 65536] {
         let mut conn = Conn::new(TcpStream::connect(addr).await.unwrap());
         conn.begin(&Method::POST, "/invoke");
-        conn.header(&HeaderName::from_static("x-plan-status"), &HeaderValue::from(200));
-        conn.header(&HeaderName::from_static("x-plan-len"), &HeaderValue::from(MAX + 1));
-        conn.header(&HeaderName::from_static("x-plan-chunk"), &HeaderValue::from(chunk));
-        assert!(matches!(conn.exchange(b"", MAX).await, Err(Error::TooLarge(MAX))));
+        conn.header(
+            &HeaderName::from_static("x-plan-status"),
+            &HeaderValue::from(200),
+        );
+        conn.header(
+            &HeaderName::from_static("x-plan-len"),
+            &HeaderValue::from(MAX + 1),
+        );
+        conn.header(
+            &HeaderName::from_static("x-plan-chunk"),
+            &HeaderValue::from(chunk),
+        );
+        assert!(matches!(
+            conn.exchange(b"", MAX).await,
+            Err(Error::TooLarge(MAX))
+        ));
         assert!(!conn.keep_alive());
     }
 }
