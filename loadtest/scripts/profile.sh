@@ -11,7 +11,8 @@
 # Writes its reports to target/profile/.
 #
 # Usage: bash loadtest/scripts/profile.sh [perf|heap] [allowed|403|429] [h1|h2]
-# Env: DURATION (10s), CONNS (64), REQUESTS (heap: 2000).
+# Env: DURATION (10s), CONNS (64), REQUESTS (heap: 2000), GATEWAY (the
+# gateway binary; default: this build's).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 MODE=${1:-perf}
@@ -41,7 +42,7 @@ extra=(); [ "$PROTO" = h2 ] && extra=(--http2)
 tag="$MODE-$PATH_-$PROTO"
 
 if [ "$MODE" = perf ]; then
-    start_gateway "$work/gateway.toml"
+    start_gateway "$work/gateway.toml" "${GATEWAY:-$T/gateway}"
     "${LT[@]}" --url "$url" --cacert "$work/ca.pem" -c "$CONNS" -d 2s "${extra[@]}" >/dev/null   # warm up
     "${LT[@]}" --url "$url" --cacert "$work/ca.pem" -c "$CONNS" -d "$DURATION" "${extra[@]}" --json > "$work/load.json" &
     load=$!
@@ -67,7 +68,7 @@ else
     # start-up and warm-up excluded.
     for n in "$REQUESTS" $((2 * REQUESTS)); do
         RUST_LOG=warn valgrind --tool=dhat --dhat-out-file="$out/$tag-$n.dhat.json" \
-            "$T/gateway" --config "$work/gateway.toml" 2> "$work/gateway.log" &
+            "${GATEWAY:-$T/gateway}" --config "$work/gateway.toml" 2> "$work/gateway.log" &
         GW_PID=$!
         for _ in $(seq 1 600); do grep -q "fngate listening" "$work/gateway.log" && break; sleep 0.1; done
         "$T/loadtest" --url "$url" --cacert "$work/ca.pem" -c 1 -d 600s --requests 200 "${extra[@]}" >/dev/null
@@ -76,11 +77,11 @@ else
     done
     python3 - "$out/$tag-$REQUESTS.dhat.json" "$out/$tag-$((2 * REQUESTS)).dhat.json" "$REQUESTS" <<'PY'
 import json, sys
-def totals(path):
+def totals(path):  # DHAT: "tbk" total blocks, "tb" total bytes
     d = json.load(open(path))
-    return sum(p["tb"] for p in d["pps"]), sum(p["tbk"] for p in d["pps"])
-(b1, k1), (b2, k2), n = totals(sys.argv[1]), totals(sys.argv[2]), int(sys.argv[3])
-print(f"heap allocations per request: {(b1 - b2) / -n:.1f} blocks, {(k2 - k1) / n:.0f} bytes")
+    return sum(p["tbk"] for p in d["pps"]), sum(p["tb"] for p in d["pps"])
+(k1, b1), (k2, b2), n = totals(sys.argv[1]), totals(sys.argv[2]), int(sys.argv[3])
+print(f"heap allocations per request: {(k2 - k1) / n:.1f} blocks, {(b2 - b1) / n:.0f} bytes")
 PY
     echo "by call site: load $out/$tag-$((2 * REQUESTS)).dhat.json in DHAT's viewer (dh_view.html, shipped with valgrind)" >&2
 fi
