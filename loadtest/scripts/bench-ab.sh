@@ -10,7 +10,8 @@
 #
 # Usage: bash loadtest/scripts/bench-ab.sh BASE
 # Env: ROUNDS (3), DURATION (5s), CONNS (64), THREADS (the gateway's
-# `threads`; unset: its default, one per core).
+# `threads`; unset: its default, one per core), UNPIN (1: nothing pinned,
+# the client with 2 threads: the two-core layout of bench-peers.sh).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BASE=${1:?usage: bench-ab.sh BASE-REVISION}
@@ -22,6 +23,7 @@ base_rev=$(git rev-parse --short "$BASE")
 after_rev="$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- gateway sandbox-runtime || echo '+changes')"
 ulimit -n "$(ulimit -Hn)"
 source loadtest/scripts/lib.sh   # builds the working tree
+if [ "${UNPIN:-}" = 1 ]; then SRV=(); LT=("$T/loadtest" --threads 2); fi
 
 cp "$T/gateway" "$work/gateway-after"
 build_base "$BASE" "$work/gateway-before"
@@ -71,11 +73,13 @@ for v in before after; do
     echo "memory $v: $idle kB idle, $held kB with 1000 connections" >&2
 done
 
-python3 - "$OUT" "$results" "$mem" "$base_rev" "$after_rev" "$ROUNDS" "$DURATION" "$CONNS" "$(nproc)" <<'PY'
+python3 - "$OUT" "$results" "$mem" "$base_rev" "$after_rev" "$ROUNDS" "$DURATION" "$CONNS" "$(nproc)" "${UNPIN:-0}" "${THREADS:-default}" <<'PY'
 import collections, datetime, json, sys
 sys.path.insert(0, "loadtest/scripts")
 from summary import cells, med, share
-out, results, mem, base_rev, after_rev, rounds, duration, conns, cores = sys.argv[1:]
+out, results, mem, base_rev, after_rev, rounds, duration, conns, cores, unpin, threads = sys.argv[1:]
+placement = ("Nothing pinned: both gateways, their echo instances and the client (2 threads) share the cores"
+             if unpin == "1" else "Both gateways pinned to core 1 with their echo instances, the client to core 0")
 by = collections.defaultdict(list)
 for x in map(json.loads, open(results)):
     by[(x["v"], x["path"], x["proto"])].append(x["r"])
@@ -85,8 +89,8 @@ lines = [
     "",
     f"Produced by `bash loadtest/scripts/bench-ab.sh {base_rev}` on {datetime.date.today()} ({cores} cores):",
     f"**before** = `{base_rev}`, **after** = `{after_rev}`. Closed loop, {conns} connections, {duration} per run,",
-    f"{rounds} alternating rounds; medians with min-max. Both gateways pinned to core 1 with their echo instances,",
-    "the client to core 0; TLS 1.3. CPU is the gateway process's own, per request.",
+    f"{rounds} alternating rounds; medians with min-max; gateway `threads`: {threads}. {placement};",
+    "TLS 1.3. CPU is the gateway process's own, per request.",
     "",
     "| path | protocol | version | requests/s | p50 ms | p99 ms | gateway CPU µs/request | expected status |",
     "|---|---|---|---|---|---|---|---|",
