@@ -430,18 +430,25 @@ impl<'t> Tables<'t> {
                 .map_err(err)?;
         } else {
             self.due.remove((f, r.due_ms, id)).map_err(err)?;
-            if self
-                .pending
-                .remove((r.accepted_ms, key))
-                .map_err(err)?
-                .is_some()
-            {
-                d.tasks = d.tasks.saturating_sub(1);
-                d.bytes = d.bytes.saturating_sub(r.payload_bytes);
-            }
+            self.unpend(r, key, d)?;
             if r.state == TaskState::Running {
                 self.leased.remove(key).map_err(err)?;
             }
+        }
+        Ok(())
+    }
+
+    /// Takes `r` (stored under `key`) out of the undone tasks the queue's
+    /// bounds count, if it was counted.
+    fn unpend(&mut self, r: &TaskRecord, key: &str, d: &mut Depth) -> Result<(), StoreError> {
+        if self
+            .pending
+            .remove((r.accepted_ms, key))
+            .map_err(err)?
+            .is_some()
+        {
+            d.tasks = d.tasks.saturating_sub(1);
+            d.bytes = d.bytes.saturating_sub(r.payload_bytes);
         }
         Ok(())
     }
@@ -491,15 +498,7 @@ impl<'t> Tables<'t> {
         self.tasks.insert(key, json.as_slice()).map_err(err)?;
         if new.state.is_done() {
             self.due.remove((f, old.due_ms, id)).map_err(err)?;
-            if self
-                .pending
-                .remove((old.accepted_ms, key))
-                .map_err(err)?
-                .is_some()
-            {
-                d.tasks = d.tasks.saturating_sub(1);
-                d.bytes = d.bytes.saturating_sub(old.payload_bytes);
-            }
+            self.unpend(old, key, d)?;
             self.done
                 .insert((new.ended_ms.unwrap_or(0), key), ())
                 .map_err(err)?;
