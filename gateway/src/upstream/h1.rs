@@ -195,6 +195,8 @@ impl Conn {
             ..
         } = self;
         let (mut rd, mut wr) = stream.split();
+        // (An empty buffer would be read into 64 bytes at a time.)
+        read.reserve(READ_CHUNK);
         let sending = async {
             write_all(&mut wr, write).await?;
             wr.write_all(body).await.map_err(Error::Io)

@@ -243,10 +243,10 @@ where
     addr
 }
 
-/// A server that answers each request head with `reply` (after reading
-/// `body` bytes of its body), then keeps the connection.
-async fn replying(body: usize, reply: &'static [u8]) -> std::net::SocketAddr {
-    raw_server(body, move |mut s| async move {
+/// A server that answers each request head with `reply`, then keeps the
+/// connection.
+async fn replying(reply: &'static [u8]) -> std::net::SocketAddr {
+    raw_server(0, move |mut s| async move {
         let _ = s.write_all(reply).await;
         let mut sink = [0u8; 1024];
         while matches!(s.read(&mut sink).await, Ok(n) if n > 0) {}
@@ -266,6 +266,11 @@ async fn call(
         .await
         .expect("no hang");
     (conn, r)
+}
+
+/// What an empty POST to `addr` gets.
+async fn answer(addr: std::net::SocketAddr) -> Result<Response, Error> {
+    call(addr, Method::POST, b"").await.1
 }
 
 #[tokio::test]
@@ -295,52 +300,27 @@ async fn an_instance_closing_mid_answer_is_an_error() {
             .await;
     })
     .await;
-    assert!(matches!(
-        call(addr, Method::POST, b"").await.1,
-        Err(Error::ClosedMidAnswer)
-    ));
+    assert!(matches!(answer(addr).await, Err(Error::ClosedMidAnswer)));
     let addr = raw_server(0, |mut s| async move {
         let _ = s
             .write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nab")
             .await;
     })
     .await;
-    assert!(matches!(
-        call(addr, Method::POST, b"").await.1,
-        Err(Error::ClosedMidAnswer)
-    ));
+    assert!(matches!(answer(addr).await, Err(Error::ClosedMidAnswer)));
     let addr = raw_server(0, |_| async move {}).await;
-    assert!(matches!(
-        call(addr, Method::POST, b"").await.1,
-        Err(Error::ClosedBeforeAnswer)
-    ));
+    assert!(matches!(answer(addr).await, Err(Error::ClosedBeforeAnswer)));
 }
 
 #[tokio::test]
 async fn garbage_and_oversized_heads_are_invalid() {
-    let addr = replying(0, b"HELLO THERE\r\n\r\n").await;
-    assert!(matches!(
-        call(addr, Method::POST, b"").await.1,
-        Err(Error::Parse(_))
-    ));
-    let addr = replying(
-        0,
-        b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\nab",
-    )
-    .await;
-    assert!(matches!(
-        call(addr, Method::POST, b"").await.1,
-        Err(Error::Invalid(_))
-    ));
-    let addr = replying(
-        0,
-        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
-    )
-    .await;
-    assert!(matches!(
-        call(addr, Method::POST, b"").await.1,
-        Err(Error::Invalid(_))
-    ));
+    let addr = replying(b"HELLO THERE\r\n\r\n").await;
+    assert!(matches!(answer(addr).await, Err(Error::Parse(_))));
+    let addr =
+        replying(b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\nab").await;
+    assert!(matches!(answer(addr).await, Err(Error::Invalid(_))));
+    let addr = replying(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n").await;
+    assert!(matches!(answer(addr).await, Err(Error::Invalid(_))));
     let addr = raw_server(0, |mut s| async move {
         let _ = s.write_all(b"HTTP/1.1 200 OK\r\n").await;
         let line = format!("x-big: {}\r\n", "a".repeat(1000));
@@ -351,20 +331,14 @@ async fn garbage_and_oversized_heads_are_invalid() {
         }
     })
     .await;
-    assert!(matches!(
-        call(addr, Method::POST, b"").await.1,
-        Err(Error::Invalid(_))
-    ));
+    assert!(matches!(answer(addr).await, Err(Error::Invalid(_))));
 }
 
 #[tokio::test]
 async fn bodies_over_the_limit_are_refused() {
     // Declared: refused before a byte of it is read.
-    let addr = replying(0, b"HTTP/1.1 200 OK\r\ncontent-length: 1025\r\n\r\n").await;
-    assert!(matches!(
-        call(addr, Method::POST, b"").await.1,
-        Err(Error::TooLarge(1024))
-    ));
+    let addr = replying(b"HTTP/1.1 200 OK\r\ncontent-length: 1025\r\n\r\n").await;
+    assert!(matches!(answer(addr).await, Err(Error::TooLarge(1024))));
     let addr = raw_server(0, |mut s| async move {
         let _ = s
             .write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
@@ -377,34 +351,24 @@ async fn bodies_over_the_limit_are_refused() {
         let _ = s.write_all(b"0\r\n\r\n").await;
     })
     .await;
-    assert!(matches!(
-        call(addr, Method::POST, b"").await.1,
-        Err(Error::TooLarge(1024))
-    ));
+    assert!(matches!(answer(addr).await, Err(Error::TooLarge(1024))));
     let addr = raw_server(0, |mut s| async move {
         let _ = s.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await;
         let _ = s.write_all(&[b'y'; 2000]).await;
     })
     .await;
-    assert!(matches!(
-        call(addr, Method::POST, b"").await.1,
-        Err(Error::TooLarge(1024))
-    ));
+    assert!(matches!(answer(addr).await, Err(Error::TooLarge(1024))));
 }
 
 #[tokio::test]
 async fn framing_without_a_body_or_length() {
     // Interim answers are skipped; 204 has no body even with chunked framing.
-    let addr = replying(
-        0,
-        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n",
-    )
-    .await;
+    let addr = replying(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n").await;
     let (conn, r) = call(addr, Method::POST, b"").await;
     assert_eq!(r.unwrap().status, StatusCode::NO_CONTENT);
     assert!(conn.keep_alive());
     // HEAD: the length describes the body a GET would get.
-    let addr = replying(0, b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n").await;
+    let addr = replying(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n").await;
     let (conn, r) = call(addr, Method::HEAD, b"").await;
     assert!(r.unwrap().body.is_empty());
     assert!(conn.keep_alive());
@@ -423,7 +387,7 @@ async fn framing_without_a_body_or_length() {
         b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\nok",
         b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokEXTRA",
     ] {
-        let addr = replying(0, reply).await;
+        let addr = replying(reply).await;
         let (conn, r) = call(addr, Method::POST, b"").await;
         assert_eq!(&r.unwrap().body[..], b"ok");
         assert!(!conn.keep_alive(), "{}", String::from_utf8_lossy(reply));
