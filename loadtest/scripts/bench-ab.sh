@@ -23,7 +23,7 @@ base_rev=$(git rev-parse --short "$BASE")
 after_rev="$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- gateway sandbox-runtime || echo '+changes')"
 ulimit -n "$(ulimit -Hn)"
 source loadtest/scripts/lib.sh   # builds the working tree
-if [ "${UNPIN:-}" = 1 ]; then SRV=(); LT=("$T/loadtest" --threads 2); fi
+if [ "${UNPIN:-}" = 1 ]; then place 2; fi
 
 cp "$T/gateway" "$work/gateway-after"
 build_base "$BASE" "$work/gateway-before"

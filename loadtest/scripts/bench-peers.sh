@@ -127,10 +127,10 @@ EOF
     path_functions_toml >> "$work/fngate/gateway.toml"
 }
 
-# run LAYOUT TARGET PATH PROTO CONNS: one measured run, as JSON with the
-# server's CPU per request.
+# run TARGET PATH PROTO CONNS: one measured run, as JSON with the server's
+# CPU per request.
 run() {
-    local layout=$1 target=$2 path=$3 proto=$4 conns=$5 url
+    local target=$1 path=$2 proto=$3 conns=$4 url
     local fn; fn=$(path_function "$path")
     local extra=(); [ "$proto" = h2 ] && extra=(--http2)
     if [ "$target" = direct ]; then
@@ -148,11 +148,7 @@ mem="$work/memory.jsonl"
 : > "$mem"
 declare -A PID=()
 for layout in $LAYOUTS; do
-    if [ "$layout" = 1 ]; then
-        SRV=("${CORE1[@]}"); LT=("${CORE0[@]}" "$T/loadtest" --threads 1)
-    else
-        SRV=(); LT=("$T/loadtest" --threads 2)
-    fi
+    place "$layout"
     configs "$layout"
     suite=()
     "${SRV[@]}" "$T/fngate-echo" --standalone "$ECHO" 2>/dev/null &
@@ -177,12 +173,12 @@ for layout in $LAYOUTS; do
     # Warm up every path once (starts fngate's instances); stop if a target is broken.
     for t in $TARGETS; do
         for p in allowed 403 429; do
-            w=$(run "$layout" "$t" "$p" h1 "$CONNS")
+            w=$(run "$t" "$p" h1 "$CONNS")
             python3 -c "import json,sys; r=json.loads(sys.argv[1]); sys.exit(0 if r['requests'] > 0 else 1)" "$w" \
                 || { echo "warm-up of $t $p failed: $w" >&2; exit 1; }
         done
     done
-    run "$layout" direct allowed h1 "$CONNS" >/dev/null
+    run direct allowed h1 "$CONNS" >/dev/null
     for r in $(seq 1 "$ROUNDS"); do
         for path in allowed 403 429 sequential; do
             for proto in h1 h2; do
@@ -190,9 +186,9 @@ for layout in $LAYOUTS; do
                 for target in direct $TARGETS; do
                     [ "$target" = direct ] && { [ "$path" = 403 ] || [ "$path" = 429 ] || [ "$proto" = h2 ]; } && continue
                     if [ "$path" = sequential ]; then
-                        line=$(run "$layout" "$target" allowed h1 1)
+                        line=$(run "$target" allowed h1 1)
                     else
-                        line=$(run "$layout" "$target" "$path" "$proto" "$CONNS")
+                        line=$(run "$target" "$path" "$proto" "$CONNS")
                     fi
                     echo "{\"layout\":$layout,\"round\":$r,\"target\":\"$target\",\"path\":\"$path\",\"proto\":\"$proto\",\"r\":$line}" >> "$results"
                     echo "layout $layout round $r $path $proto $target: $line" >&2

@@ -16,9 +16,18 @@ trap cleanup EXIT
 # the program itself (a backgrounded shell function would be a subshell that
 # defers SIGTERM until its child exits).
 if command -v taskset >/dev/null; then CORE0=(taskset -c 0); CORE1=(taskset -c 1); else CORE0=(); CORE1=(); fi
-LT=("${CORE0[@]}" "$T/loadtest" --threads 1)
-# Where start_gateway runs the gateway (a script may unpin it: SRV=()).
-SRV=("${CORE1[@]}")
+# place 1|2: where the servers (SRV, used by start_gateway) and the load
+# generator (LT) run. 1: servers on core 1, a one-thread client on core 0;
+# 2: nothing pinned, a two-thread client (servers and client share both
+# cores).
+place() {
+    if [ "$1" = 2 ]; then
+        SRV=(); LT=("$T/loadtest" --threads 2)
+    else
+        SRV=("${CORE1[@]}"); LT=("${CORE0[@]}" "$T/loadtest" --threads 1)
+    fi
+}
+place 1
 
 # start_gateway CONFIG.toml [BINARY]: the gateway (default: this build's) on
 # core 1 (or as SRV says), logging to CONFIG.log; sets GW_PID.
