@@ -23,6 +23,7 @@ pub struct Admin {
     pub metrics: Arc<Metrics>,
     pub ingress: Arc<crate::config::IngressConfig>,
     pub scheduler: Arc<Scheduler>,
+    pub routes: crate::backend::RouteTable,
     pub usage: Option<Arc<crate::metering::usage_log::LogHealth>>,
     pub started: AtomicBool,
 }
@@ -187,6 +188,10 @@ impl Admin {
                         "implicit_deny": !f.ingress.rules.is_empty(),
                         "order": ["vpc_bindings", "access_rules"],
                     },
+                    // Where calls run: none listed means the sandbox only.
+                    "backends": self.routes.get(&f.name).map(|r| {
+                        r.backends.iter().map(|b| b.status()).collect::<Vec<_>>()
+                    }).unwrap_or_default(),
                 })
             })
             .collect();

@@ -7,6 +7,7 @@
 //! The credential sections live in [`auth`].
 
 mod auth;
+pub mod backends;
 
 use crate::api::lambda;
 use crate::auth::{AuthLevel, AuthMode, GatewayAuth, NamedKey};
@@ -65,6 +66,8 @@ struct File {
     lambda: lambda::Settings,
     #[serde(default)]
     azure: auth::AzureSection,
+    #[serde(default)]
+    outbound_credentials: Vec<backends::OutboundCredentialSection>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -163,6 +166,10 @@ struct GatewaySection {
     max_instance_starts_per_minute: u32,
     auth: AuthMode,
     signature_max_skew_s: u64,
+    backend_ca_file: Option<PathBuf>,
+    backend_eject_after_failures: u32,
+    backend_eject_ms: u64,
+    backend_max_idle_per_host: u32,
 }
 
 impl Default for GatewaySection {
@@ -217,6 +224,11 @@ impl Default for GatewaySection {
             auth: AuthMode::None,
             // AWS and Alibaba Cloud both allow 15 minutes.
             signature_max_skew_s: 900,
+            backend_ca_file: None,
+            // Envoy's outlier detection: 5 consecutive failures, 30 s out.
+            backend_eject_after_failures: 5,
+            backend_eject_ms: 30_000,
+            backend_max_idle_per_host: 256,
         }
     }
 }
@@ -231,7 +243,11 @@ struct WorkerSection {
 #[serde(deny_unknown_fields)]
 struct FunctionSection {
     name: String,
+    /// Required unless every backend is a cloud's.
+    #[serde(default)]
     command: Vec<String>,
+    #[serde(default)]
+    backends: Vec<backends::BackendSection>,
     #[serde(default)]
     env: BTreeMap<String, String>,
     #[serde(default = "default_memory")]
@@ -386,6 +402,20 @@ pub struct GatewayConfig {
     pub threads: usize,
     pub asynchronous: AsyncLimits,
     pub throttle: GatewayThrottle,
+    pub backends: BackendSettings,
+}
+
+/// How the gateway calls cloud backends (see [`crate::backend`]).
+#[derive(Debug, Clone)]
+pub struct BackendSettings {
+    /// PEM trust anchors besides the system's.
+    pub ca_file: Option<PathBuf>,
+    /// Consecutive failures that take a backend out of rotation.
+    pub eject_after_failures: u32,
+    /// How long it stays out before one call probes it.
+    pub eject_for: Duration,
+    /// Idle connections kept per backend host and runtime shard.
+    pub max_idle_per_host: usize,
 }
 
 /// Gateway-wide bounds on asynchronous invocations.
@@ -453,6 +483,8 @@ pub struct Limits {
 pub struct FunctionConfig {
     pub name: Arc<str>,
     pub command: Vec<String>,
+    /// Where calls run; empty: fngate's sandbox workers only.
+    pub backends: Vec<backends::BackendConfig>,
     pub env: BTreeMap<String, String>,
     pub memory_mb: u32,
     pub timeout: Duration,
@@ -716,6 +748,7 @@ impl Config {
             .ok()
             .and_then(|p| p.parent().map(Path::to_path_buf))
             .unwrap_or_default();
+        let outbound_keys = backends::outbound_keys(&file.outbound_credentials, config_dir)?;
         let mut names = HashSet::new();
         let mut functions = Vec::new();
         for (i, f) in file.functions.into_iter().enumerate() {
@@ -735,8 +768,20 @@ impl Config {
                     format!("duplicate function name {:?}", f.name),
                 ));
             }
-            if f.command.is_empty() || f.command[0].is_empty() {
+            let backends =
+                backends::backends(&key, &f.backends, &outbound_keys, &vpcs, config_dir)?;
+            let sandboxed = backends.is_empty()
+                || backends
+                    .iter()
+                    .any(|b| matches!(b.kind, backends::BackendKind::Sandbox));
+            if sandboxed && (f.command.is_empty() || f.command[0].is_empty()) {
                 return Err(invalid(key("command"), "must name a program"));
+            }
+            if !sandboxed && f.min_instances > 0 {
+                return Err(invalid(
+                    key("min_instances"),
+                    "needs a sandbox backend (no instance of this function runs here)",
+                ));
             }
             if !MEMORY_MB.contains(&f.memory_mb) {
                 return Err(invalid(
@@ -846,6 +891,7 @@ impl Config {
             functions.push(Arc::new(FunctionConfig {
                 name: f.name.into(),
                 command,
+                backends,
                 env: f.env,
                 memory_mb: f.memory_mb,
                 timeout: Duration::from_secs(f.timeout_s),
@@ -921,6 +967,15 @@ impl Config {
                         "gateway.max_instance_starts_per_minute",
                         g.max_instance_starts_per_minute.into(),
                     )? as u32,
+                },
+                backends: BackendSettings {
+                    ca_file: g.backend_ca_file.map(resolve),
+                    eject_after_failures: positive(
+                        "gateway.backend_eject_after_failures",
+                        g.backend_eject_after_failures.into(),
+                    )? as u32,
+                    eject_for: ms(positive("gateway.backend_eject_ms", g.backend_eject_ms)?),
+                    max_idle_per_host: g.backend_max_idle_per_host as usize,
                 },
             },
             workers,

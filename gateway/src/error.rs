@@ -70,6 +70,23 @@ pub enum InvokeError {
     #[error("asynchronous task stopped")]
     AsyncTaskStopped,
 
+    // ---- cloud backends (see crate::backend) ----
+    /// A backend could not be reached, or failed in a way of its own (its
+    /// error answer, refused credentials, a broken answer). `detail` names
+    /// no address and no secret.
+    #[error("backend {backend:?} {detail}")]
+    BackendError { backend: Arc<str>, detail: Arc<str> },
+    /// A backend took the payload and did not answer in time (not retried).
+    #[error("backend {backend:?} did not answer within {after:?}")]
+    BackendTimeout { backend: Arc<str>, after: Duration },
+    /// A backend answered with its own throttling, and no fallback could
+    /// take the call.
+    #[error("backend {backend:?} is throttling")]
+    BackendThrottled {
+        backend: Arc<str>,
+        retry_after: Option<Duration>,
+    },
+
     // ---- ours ----
     #[error("internal error: {0}")]
     Internal(Arc<str>),
@@ -86,7 +103,12 @@ impl InvokeError {
             InvokeError::FunctionTimeout(_)
             | InvokeError::InstanceCrashed { .. }
             | InvokeError::BadFunctionResponse { .. } => Outcome::FunctionError,
-            InvokeError::NoCapacity { .. } | InvokeError::Throttled(_) => Outcome::Throttled,
+            InvokeError::NoCapacity { .. }
+            | InvokeError::Throttled(_)
+            | InvokeError::BackendThrottled { .. } => Outcome::Throttled,
+            InvokeError::BackendError { .. } | InvokeError::BackendTimeout { .. } => {
+                Outcome::GatewayError
+            }
             InvokeError::InstanceStartFailed { .. } => Outcome::StartFailed,
             InvokeError::Internal(_)
             | InvokeError::ShuttingDown

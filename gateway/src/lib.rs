@@ -19,6 +19,7 @@ pub mod admin;
 pub mod api;
 pub mod asynchronous;
 pub mod auth;
+pub mod backend;
 pub mod config;
 pub mod connection;
 pub mod error;
@@ -66,6 +67,8 @@ pub enum RunError {
     Worker(#[from] workers::WorkerError),
     #[error("asynchronous task store: {0}")]
     AsyncStore(#[from] asynchronous::OpenError),
+    #[error("backends: {0}")]
+    Backends(String),
 }
 
 /// Runs the gateway until `shutdown` resolves, then drains: stops accepting,
@@ -165,12 +168,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             "asynchronous task store in memory: accepted tasks are lost if the gateway stops"
         ),
     }
+    let routes = backend::table(&config, &metrics.registry).map_err(RunError::Backends)?;
     let pipeline = Arc::new(pipeline::Pipeline::new(
         scheduler.clone(),
         &config,
         &metrics,
         usage_log,
         queue,
+        routes.clone(),
     ));
     let dispatcher = tokio::spawn(asynchronous::AsyncQueue::dispatch(pipeline.clone()));
     let deliverer = tokio::spawn(asynchronous::AsyncQueue::deliver(pipeline.clone()));
@@ -229,6 +234,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         metrics: metrics.clone(),
         ingress: config.ingress.clone(),
         scheduler: scheduler.clone(),
+        routes,
         usage: usage_health,
         started: Default::default(),
     });

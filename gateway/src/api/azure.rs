@@ -18,8 +18,8 @@
 
 use super::{
     APPLICATION_JSON, Api, Dialect, FunctionAnswer, Invocation, Kind, Reply, ResponseBody, Trigger,
-    denial_message, json, limit_description, passthrough_headers, percent_decode, response,
-    retry_after_header,
+    backend_message, denial_message, json, limit_description, passthrough_headers, percent_decode,
+    response, retry_after_header,
 };
 use crate::auth::{AuthError, AuthLevel, AuthPolicy, Authn};
 use crate::error::InvokeError;
@@ -160,6 +160,9 @@ impl Dialect for Azure {
             | InvokeError::FunctionTimeout(_)
             | InvokeError::InstanceCrashed { .. }
             | InvokeError::BadFunctionResponse { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            InvokeError::BackendError { .. } => StatusCode::BAD_GATEWAY,
+            InvokeError::BackendTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            InvokeError::BackendThrottled { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -230,6 +233,17 @@ impl Dialect for Azure {
                 "ServiceUnavailable",
                 "no sandbox worker could start an instance in time; retry",
             ),
+            InvokeError::BackendError { .. } => body("BadGateway", &backend_message(err)),
+            InvokeError::BackendTimeout { .. } => body("GatewayTimeout", &backend_message(err)),
+            InvokeError::BackendThrottled {
+                retry_after: after, ..
+            } => {
+                retry_after = *after;
+                body(
+                    "TooManyRequests",
+                    &format!("Too many requests: {}", backend_message(err)),
+                )
+            }
             // As Azure: a failed function is a bare 500, its cause stays in the logs.
             InvokeError::Internal(_)
             | InvokeError::FunctionTimeout(_)

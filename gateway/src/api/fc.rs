@@ -21,9 +21,9 @@ pub mod acs3;
 
 use super::{
     APPLICATION_JSON, Api, Dialect, FunctionAnswer, Invocation, Kind, Reply, ResponseBody,
-    TaskAnswer, TaskOp, Trigger, denial_message, function_error_body, json, limit_description,
-    log_tail_header, millis_header, query_param, require_post, response, retry_after_header,
-    signature_or_none,
+    TaskAnswer, TaskOp, Trigger, backend_message, denial_message, function_error_body, json,
+    limit_description, log_tail_header, millis_header, query_param, require_post, response,
+    retry_after_header, signature_or_none,
 };
 use crate::asynchronous::task::{TaskRecord, TaskState, valid_task_id};
 use crate::auth::{AuthError, AuthPolicy, Authn};
@@ -184,7 +184,18 @@ impl Dialect for Fc {
     fn success(&self, answer: FunctionAnswer, reply: &Reply<'_>) -> Response<ResponseBody> {
         let mut headers = answer.headers;
         let ct = headers.remove(http::header::CONTENT_TYPE);
-        let mut resp = response(answer.status, ct, answer.body);
+        // A cloud backend's failed function: FC's own rendering of one.
+        let status = match answer.failed {
+            true => StatusCode::OK,
+            false => answer.status,
+        };
+        let mut resp = response(status, ct, answer.body);
+        if answer.failed {
+            resp.headers_mut().insert(
+                ERROR_TYPE,
+                HeaderValue::from_static("UnhandledInvocationError"),
+            );
+        }
         self.add_common(&mut resp, reply);
         resp
     }
@@ -236,6 +247,9 @@ impl Dialect for Fc {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             InvokeError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            InvokeError::BackendError { .. } => StatusCode::BAD_GATEWAY,
+            InvokeError::BackendTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            InvokeError::BackendThrottled { .. } => StatusCode::TOO_MANY_REQUESTS,
             InvokeError::FunctionTimeout(_)
             | InvokeError::InstanceCrashed { .. }
             | InvokeError::BadFunctionResponse { .. } => StatusCode::OK,
@@ -362,6 +376,17 @@ impl Dialect for Fc {
             ),
             InvokeError::Internal(_) => {
                 gateway("InternalServerError", "an internal error occurred")
+            }
+            InvokeError::BackendError { .. } => gateway("BadResponse", &backend_message(err)),
+            InvokeError::BackendTimeout { .. } => gateway("GatewayTimeout", &backend_message(err)),
+            InvokeError::BackendThrottled {
+                retry_after: after, ..
+            } => {
+                retry_after = *after;
+                gateway(
+                    "ResourceThrottled",
+                    &format!("Request throttled: {}", backend_message(err)),
+                )
             }
             InvokeError::FunctionTimeout(t) => {
                 function_error = true;

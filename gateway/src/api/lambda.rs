@@ -27,8 +27,9 @@ pub mod sigv4;
 
 use super::{
     APPLICATION_JSON, Api, Dialect, FunctionAnswer, Invocation, Kind, Reply, ResponseBody, Trigger,
-    denial_message, function_error_body, json, limit_description, log_tail_header, millis_header,
-    percent_decode, query_param, require_post, response, retry_after_header, signature_or_none,
+    backend_message, denial_message, function_error_body, json, limit_description, log_tail_header,
+    millis_header, percent_decode, query_param, require_post, response, retry_after_header,
+    signature_or_none,
 };
 use crate::auth::{AuthError, AuthPolicy, Authn};
 use crate::error::InvokeError;
@@ -386,7 +387,10 @@ impl Dialect for Lambda {
         let mut headers = answer.headers;
         let ct = headers.remove(http::header::CONTENT_TYPE);
         let mut resp = response(self.success_status(answer.status), ct, answer.body);
-        if answer.status.as_u16() >= 400 {
+        if answer.failed {
+            resp.headers_mut()
+                .insert(FUNCTION_ERROR, HeaderValue::from_static("Unhandled"));
+        } else if answer.status.as_u16() >= 400 {
             resp.headers_mut()
                 .insert(FUNCTION_ERROR, HeaderValue::from_static("Handled"));
         }
@@ -431,6 +435,9 @@ impl Dialect for Lambda {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             InvokeError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            InvokeError::BackendError { .. } => StatusCode::BAD_GATEWAY,
+            InvokeError::BackendTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            InvokeError::BackendThrottled { .. } => StatusCode::TOO_MANY_REQUESTS,
             InvokeError::InstanceStartFailed { .. }
             | InvokeError::FunctionTimeout(_)
             | InvokeError::InstanceCrashed { .. }
@@ -583,6 +590,30 @@ impl Dialect for Lambda {
                 "An internal error occurred.".into(),
                 None,
             ),
+            InvokeError::BackendError { .. } => gateway(
+                "BadGatewayException",
+                "Service",
+                format!("{}.", capitalized(&backend_message(err))).into(),
+                None,
+            ),
+            InvokeError::BackendTimeout { .. } => gateway(
+                "GatewayTimeoutException",
+                "Service",
+                format!("{}.", capitalized(&backend_message(err))).into(),
+                None,
+            ),
+            InvokeError::BackendThrottled {
+                retry_after: after,
+                ..
+            } => {
+                retry_after = *after;
+                gateway(
+                    "TooManyRequestsException",
+                    user,
+                    format!("Rate Exceeded: {}.", backend_message(err)).into(),
+                    Some("ConcurrentInvocationLimitExceeded"),
+                )
+            }
             InvokeError::InstanceStartFailed {
                 message,
                 stderr_tail,
@@ -624,6 +655,15 @@ impl Dialect for Lambda {
             }
         }
         resp
+    }
+}
+
+/// Lambda's messages start with a capital.
+fn capitalized(s: &str) -> String {
+    let mut c = s.chars();
+    match c.next() {
+        Some(f) => f.to_uppercase().chain(c).collect(),
+        None => String::new(),
     }
 }
 

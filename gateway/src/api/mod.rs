@@ -161,6 +161,10 @@ pub struct FunctionAnswer {
     /// that passes headers through filters them, see [`passthrough_headers`]).
     pub headers: HeaderMap,
     pub body: Bytes,
+    /// The platform that ran it reported the function failed (a cloud
+    /// backend's `X-Amz-Function-Error` / `x-fc-error-type`), whatever its
+    /// status; the body is the error.
+    pub failed: bool,
 }
 
 /// What a dialect knows about a request when it answers.
@@ -406,6 +410,24 @@ pub(crate) fn query_pairs(query: Option<&str>) -> Option<Vec<(Cow<'_, str>, Cow<
 }
 
 /// The reason text of an ingress denial, the same at every door.
+/// The text of a cloud backend's failure, the same at every door (the
+/// door decides case and punctuation). Names the backend, never an address.
+pub(crate) fn backend_message(err: &InvokeError) -> String {
+    match err {
+        InvokeError::BackendError { backend, detail } => {
+            format!("the function's backend '{backend}' {detail}")
+        }
+        InvokeError::BackendTimeout { backend, after } => format!(
+            "the function's backend '{backend}' did not answer within {} ms; the call was not retried",
+            after.as_millis()
+        ),
+        InvokeError::BackendThrottled { backend, .. } => {
+            format!("the function's backend '{backend}' is throttling")
+        }
+        _ => String::new(),
+    }
+}
+
 pub(crate) fn denial_message(d: &Denial) -> String {
     match d {
         Denial::VpcBinding { from } => {

@@ -38,7 +38,7 @@ pub(super) struct AzureSection {
 }
 
 /// A secret from exactly one of a value, a file or an environment variable.
-fn secret(
+pub(super) fn secret(
     key: &str,
     (value, file, env): (&Option<String>, &Option<PathBuf>, &Option<String>),
     names: [&str; 3],

@@ -14,6 +14,11 @@
 //! - `network`: `internet`, `vpc` (with `vpc_id`), or `internal`.
 //! - `api`: the door the call came through (`fc`, `lambda`, `azure`), and
 //!   `access_key_id` when its signature was verified.
+//! - `backend_legs`: for a function with cloud backends, every attempt on
+//!   one ([`crate::backend::Leg`]): the backend, its kind, the network it
+//!   sits in (`internet`, or `vpc` with `vpc_id`), the payload bytes sent to
+//!   it (0 when it could not be reached), the answer's body bytes, the
+//!   attempt's duration and outcome. The caller's leg is the record itself.
 //!
 //! Records go to the [`usage_log`] off the hot path.
 
@@ -48,6 +53,8 @@ pub struct UsageRecord {
     pub outcome: String,
     pub start_unix_ms: u64,
     pub end_unix_ms: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub backend_legs: Vec<crate::backend::Leg>,
 }
 
 fn fc() -> String {

@@ -330,6 +330,7 @@ async fn attempt(
         status: resp.status,
         headers: resp.headers,
         body: resp.body,
+        failed: false,
     })
 }
 

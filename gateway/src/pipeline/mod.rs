@@ -77,6 +77,8 @@ pub struct Pipeline {
     usage: Option<UsageLog>,
     drains: body::DrainMetrics,
     pub asynchronous: crate::asynchronous::AsyncQueue,
+    /// The backends of functions that have them ([`crate::backend`]).
+    routes: crate::backend::RouteTable,
 }
 
 /// How one asynchronous attempt went (see [`Pipeline::attempt`]).
@@ -124,6 +126,8 @@ struct Done<'a> {
     bytes_in: u64,
     ran: Option<Ran>,
     key: Option<KeyId>,
+    /// The attempts on cloud backends.
+    legs: Vec<crate::backend::Leg>,
 }
 
 impl Pipeline {
@@ -133,6 +137,7 @@ impl Pipeline {
         metrics: &Metrics,
         usage: Option<UsageLog>,
         asynchronous: crate::asynchronous::AsyncQueue,
+        routes: crate::backend::RouteTable,
     ) -> Self {
         let vpcs = config.ingress.vpcs.clone();
         let networks = NetworkIndex::new(&vpcs);
@@ -155,6 +160,7 @@ impl Pipeline {
             auth: config.auth.clone(),
             usage,
             drains: metrics.refused_body.clone(),
+            routes,
         }
     }
 
@@ -215,6 +221,7 @@ impl Pipeline {
             bytes_in: declared.unwrap_or(0),
             ran: None,
             key: None,
+            legs: Vec::new(),
         };
 
         // 1: decode, from the head alone.
@@ -322,6 +329,7 @@ impl Pipeline {
             bytes_in,
             ran,
             key,
+            legs: Vec::new(),
         };
 
         // 7: the signature's payload part.
@@ -421,9 +429,41 @@ impl Pipeline {
                     log_tail: inv.log_tail,
                     stop: None,
                 };
-                let result = forward::call(&self, &pool, &call, payload, &ctx.request_id).await;
+                let (result, legs) = self.run(&pool, &call, payload, &ctx.request_id).await;
                 let (outcome, ran, resp) = self.answer(&ctx, &pool, result);
-                Ok(self.finish(&ctx, done(outcome, ran, key), resp).await)
+                let mut done = done(outcome, ran, key);
+                done.legs = legs;
+                Ok(self.finish(&ctx, done, resp).await)
+            }
+        }
+    }
+
+    /// Stages 8-9: the call, on the sandbox or on the function's backends.
+    async fn run(
+        &self,
+        pool: &Arc<FunctionPool>,
+        call: &Call<'_>,
+        payload: bytes::Bytes,
+        request_id: &HeaderValue,
+    ) -> (
+        Result<(FunctionAnswer, Ran), (InvokeError, Option<Ran>)>,
+        Vec<crate::backend::Leg>,
+    ) {
+        match pool.cfg.backends.is_empty() {
+            true => (
+                forward::call(self, pool, call, payload, request_id).await,
+                Vec::new(),
+            ),
+            false => {
+                let Some(routes) = self.routes.get(&pool.cfg.name) else {
+                    let e = InvokeError::internal("the function's backends were not built");
+                    return (Err((e, None)), Vec::new());
+                };
+                // Boxed: its future is larger than the sandbox path needs.
+                Box::pin(crate::backend::call(
+                    self, pool, routes, call, payload, request_id,
+                ))
+                .await
             }
         }
     }
@@ -638,6 +678,7 @@ impl Pipeline {
             outcome: done.outcome.as_str().into(),
             start_unix_ms: unix_ms(wall),
             end_unix_ms: unix_ms(wall + elapsed),
+            backend_legs: done.legs,
         });
         Some(record)
     }

@@ -168,6 +168,7 @@ impl Pipeline {
             bytes_in: 0,
             ran,
             key: None,
+            legs: Vec::new(),
         };
         let content_type = task
             .content_type
@@ -178,6 +179,7 @@ impl Pipeline {
             p = self.throttle(pool, &Origin::Internal, Kind::Sync, None) => p.map_err(InvokeError::Throttled),
             _ = stop.cancelled() => Err(InvokeError::AsyncTaskStopped),
         };
+        let mut legs = Vec::new();
         let result = match permit {
             Err(e) => Err((e, None)),
             Ok(_permit) => {
@@ -188,7 +190,10 @@ impl Pipeline {
                     // The call sees the stop first when it holds an instance
                     // (and reclaims it); before that, this branch ends it.
                     biased;
-                    r = forward::call(self, pool, &call, payload, &ctx.request_id) => r,
+                    (r, l) = self.run(pool, &call, payload, &ctx.request_id) => {
+                        legs = l;
+                        r
+                    }
                     _ = stop.cancelled() => Err((InvokeError::AsyncTaskStopped, None)),
                 }
             }
@@ -204,7 +209,9 @@ impl Pipeline {
                     function_error: None,
                     instance_id: ran.instance_id.to_str().ok().map(str::to_string),
                 };
-                let record = self.account(&ctx, api, done(Outcome::Success, Some(ran)), status, 0);
+                let mut done = done(Outcome::Success, Some(ran));
+                done.legs = legs;
+                let record = self.account(&ctx, api, done, status, 0);
                 self.log_usage(record).await;
                 out
             }
@@ -233,7 +240,9 @@ impl Pipeline {
                         .map(str::to_string),
                     error: Some(e),
                 };
-                let record = self.account(&ctx, api, done(outcome, ran), status, 0);
+                let mut done = done(outcome, ran);
+                done.legs = legs;
+                let record = self.account(&ctx, api, done, status, 0);
                 self.log_usage(record).await;
                 out
             }

@@ -2,6 +2,7 @@
 //! TLS, real function processes. One binary (see ../../ARCHITECTURE.md).
 
 mod asynchronous;
+mod backends;
 mod docker;
 mod doors;
 mod h2_abuse;

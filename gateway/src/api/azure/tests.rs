@@ -132,6 +132,7 @@ fn the_answer_passes_through_without_hop_by_hop_headers() {
         status: StatusCode::IM_A_TEAPOT,
         headers,
         body: Bytes::from_static(b"<p>tea</p>"),
+        failed: false,
     };
     let mut r = Azure.success(answer, &reply(&id));
     assert_eq!(r.status(), StatusCode::IM_A_TEAPOT);

@@ -199,6 +199,7 @@ fn success_carries_the_answer_and_the_log_tail() {
         status: StatusCode::CREATED,
         headers,
         body: Bytes::from_static(b"ok"),
+        failed: false,
     };
     let rep = Reply {
         ran: Some(&ran),
@@ -231,6 +232,7 @@ fn success_carries_the_answer_and_the_log_tail() {
         status: StatusCode::OK,
         headers: http::HeaderMap::new(),
         body: Bytes::new(),
+        failed: false,
     };
     let r = Fc.success(answer, &rep);
     let log = base64::engine::general_purpose::STANDARD

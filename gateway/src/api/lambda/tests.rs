@@ -252,6 +252,7 @@ fn answers_and_log_tail() {
         status,
         headers: http::HeaderMap::new(),
         body: Bytes::from_static(b"{}"),
+        failed: false,
     };
     let r = l.success(answer(StatusCode::CREATED), &rep);
     assert_eq!(r.status(), 200);

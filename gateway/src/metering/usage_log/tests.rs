@@ -20,6 +20,7 @@ fn rec(i: u64) -> UsageRecord {
         outcome: "success".into(),
         start_unix_ms: 1,
         end_unix_ms: 2,
+        backend_legs: Vec::new(),
     }
 }
 

@@ -116,6 +116,7 @@ async fn pipeline(fake: Arc<Fake>, extra: &str) -> (Arc<Pipeline>, Arc<FunctionP
         &metrics,
         None,
         queue,
+        Default::default(),
     ));
     let pool = scheduler.function("f").unwrap().clone();
     (p, pool)

@@ -1,0 +1,432 @@
+//! Where a function runs: `[[functions.backends]]` (fngate's own sandbox
+//! workers, or a cloud's function behind an API), and the keys the gateway
+//! signs its outbound calls with, `[[outbound_credentials]]`.
+//!
+//! ```toml
+//! [[outbound_credentials]]
+//! name = "aws"
+//! access_key_id = "AKIA..."
+//! secret_env = "FNGATE_AWS_SECRET"
+//!
+//! [[functions]]
+//! name = "resize"
+//! command = ["{bin_dir}/fngate-echo"]
+//! [[functions.backends]]
+//! name = "local"
+//! kind = "sandbox"
+//! weight = 90
+//! [[functions.backends]]
+//! name = "aws"
+//! kind = "lambda"
+//! region = "us-east-1"
+//! function = "resize"
+//! credentials = "aws"
+//! weight = 10
+//! fallback = 1
+//! ```
+
+use super::auth::secret;
+use super::{ConfigError, invalid};
+use crate::auth::Secret;
+use crate::ingress::{VpcId, VpcTable};
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// `[[outbound_credentials]]`: a key pair the gateway signs with, as itself.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct OutboundCredentialSection {
+    name: String,
+    access_key_id: String,
+    secret: Option<String>,
+    secret_file: Option<PathBuf>,
+    secret_env: Option<String>,
+}
+
+/// `[[functions.backends]]`, as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct BackendSection {
+    name: String,
+    kind: KindName,
+    #[serde(default = "one")]
+    weight: u32,
+    fallback: Option<u32>,
+    endpoint: Option<String>,
+    url: Option<String>,
+    region: Option<String>,
+    account_id: Option<String>,
+    function: Option<String>,
+    qualifier: Option<String>,
+    credentials: Option<String>,
+    function_key: Option<String>,
+    function_key_file: Option<PathBuf>,
+    function_key_env: Option<String>,
+    network: Option<String>,
+    connect_timeout_ms: Option<u64>,
+    timeout_ms: Option<u64>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum KindName {
+    Sandbox,
+    Lambda,
+    Fc,
+    Azure,
+    Http,
+}
+
+/// A key pair for signing outbound calls.
+#[derive(Debug, Clone)]
+pub struct OutboundKey {
+    pub access_key_id: Arc<str>,
+    pub secret: Secret,
+}
+
+/// What a backend is.
+#[derive(Debug, Clone)]
+pub enum BackendKind {
+    /// fngate's own instances (the function's `command`).
+    Sandbox,
+    /// AWS Lambda's Invoke, signed with SigV4.
+    Lambda {
+        region: Arc<str>,
+        /// A name, `name:alias` or an ARN, as Invoke takes it.
+        function: Arc<str>,
+        qualifier: Option<Arc<str>>,
+        key: OutboundKey,
+    },
+    /// Function Compute 3.0's InvokeFunction, signed with ACS3-HMAC-SHA256.
+    Fc {
+        function: Arc<str>,
+        qualifier: Option<Arc<str>>,
+        key: OutboundKey,
+    },
+    /// An Azure Functions HTTP trigger, with its function key.
+    Azure { function_key: Option<Secret> },
+    /// Any HTTP(S) URL.
+    Http,
+}
+
+impl BackendKind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            BackendKind::Sandbox => "sandbox",
+            BackendKind::Lambda { .. } => "lambda",
+            BackendKind::Fc { .. } => "fc",
+            BackendKind::Azure { .. } => "azure",
+            BackendKind::Http => "http",
+        }
+    }
+}
+
+/// One validated backend.
+#[derive(Debug, Clone)]
+pub struct BackendConfig {
+    pub name: Arc<str>,
+    pub kind: BackendKind,
+    /// Share of the function's calls (0: only as a fallback).
+    pub weight: u32,
+    /// Tried in this order (lowest first) when the chosen backend cannot
+    /// have run the call.
+    pub fallback: Option<u32>,
+    /// The URL calls go to (cloud kinds: the API's base, path appended;
+    /// azure and http: the function's own URL). `None` for the sandbox.
+    pub url: Option<http::Uri>,
+    /// Where the backend sits, for metering (`None`: the internet).
+    pub network: Option<VpcId>,
+    pub connect_timeout: Duration,
+    /// `None`: the function's `timeout_s`.
+    pub timeout: Option<Duration>,
+}
+
+/// Reads `[[outbound_credentials]]`, by name.
+pub(super) fn outbound_keys(
+    sections: &[OutboundCredentialSection],
+    config_dir: &Path,
+) -> Result<Vec<(String, OutboundKey)>, ConfigError> {
+    let mut out: Vec<(String, OutboundKey)> = Vec::new();
+    for (i, c) in sections.iter().enumerate() {
+        let key = format!("outbound_credentials[{i}]");
+        if c.name.is_empty() || out.iter().any(|(n, _)| *n == c.name) {
+            return Err(invalid(
+                format!("{key}.name"),
+                format!("{:?} is empty or listed twice", c.name),
+            ));
+        }
+        if c.access_key_id.is_empty() {
+            return Err(invalid(format!("{key}.access_key_id"), "must not be empty"));
+        }
+        let secret = secret(
+            &key,
+            (&c.secret, &c.secret_file, &c.secret_env),
+            ["secret", "secret_file", "secret_env"],
+            config_dir,
+        )?;
+        out.push((
+            c.name.clone(),
+            OutboundKey {
+                access_key_id: c.access_key_id.as_str().into(),
+                secret,
+            },
+        ));
+    }
+    Ok(out)
+}
+
+/// An `http://` or `https://` URL with a host.
+fn url(key: &str, v: &str) -> Result<http::Uri, ConfigError> {
+    let uri: http::Uri = v
+        .parse()
+        .map_err(|_| invalid(key, format!("{v:?} is not a URL")))?;
+    match (uri.scheme_str(), uri.authority()) {
+        (Some("http" | "https"), Some(_)) if uri.query().is_none() => Ok(uri),
+        _ => Err(invalid(
+            key,
+            format!("{v:?} must be an http:// or https:// URL without a query"),
+        )),
+    }
+}
+
+/// `u` with the scheme and authority of `endpoint`, when one is given.
+fn rebase(key: &str, u: http::Uri, endpoint: Option<&http::Uri>) -> Result<http::Uri, ConfigError> {
+    let Some(e) = endpoint else { return Ok(u) };
+    let (scheme, authority) = (e.scheme_str(), e.authority().map(|a| a.as_str()));
+    url(
+        key,
+        &format!(
+            "{}://{}{}",
+            scheme.unwrap_or("https"),
+            authority.unwrap_or_default(),
+            u.path()
+        ),
+    )
+}
+
+/// Validates a function's backends. `key` names a field of the function.
+pub(super) fn backends(
+    key: &dyn Fn(&str) -> String,
+    sections: &[BackendSection],
+    keys: &[(String, OutboundKey)],
+    vpcs: &VpcTable,
+    config_dir: &Path,
+) -> Result<Vec<BackendConfig>, ConfigError> {
+    let mut out: Vec<BackendConfig> = Vec::with_capacity(sections.len());
+    for (i, b) in sections.iter().enumerate() {
+        let k = |f: &str| key(&format!("backends[{i}].{f}"));
+        if b.name.is_empty()
+            || b.name.len() > 64
+            || !b
+                .name
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+        {
+            return Err(invalid(
+                k("name"),
+                format!("{:?}: 1-64 letters, digits, '-' or '_'", b.name),
+            ));
+        }
+        if out.iter().any(|o| *o.name == *b.name) {
+            return Err(invalid(k("name"), format!("{:?} is listed twice", b.name)));
+        }
+        let required = |v: &Option<String>, f: &str| -> Result<Arc<str>, ConfigError> {
+            match v {
+                Some(s) if !s.is_empty() => Ok(s.as_str().into()),
+                _ => Err(invalid(
+                    k(f),
+                    format!("required for kind = \"{}\"", kind_name(b.kind)),
+                )),
+            }
+        };
+        let unused = |present: bool, f: &str| -> Result<(), ConfigError> {
+            match present {
+                true => Err(invalid(
+                    k(f),
+                    format!("not used by kind = \"{}\"", kind_name(b.kind)),
+                )),
+                false => Ok(()),
+            }
+        };
+        let credentials = || -> Result<OutboundKey, ConfigError> {
+            let name = required(&b.credentials, "credentials")?;
+            keys.iter()
+                .find(|(n, _)| **n == *name)
+                .map(|(_, c)| c.clone())
+                .ok_or_else(|| {
+                    invalid(
+                        k("credentials"),
+                        format!("no [[outbound_credentials]] named {name:?}"),
+                    )
+                })
+        };
+        let endpoint = b
+            .endpoint
+            .as_deref()
+            .map(|e| url(&k("endpoint"), e))
+            .transpose()?;
+        if let Some(e) = &endpoint
+            && e.path() != "/"
+        {
+            return Err(invalid(
+                k("endpoint"),
+                "an endpoint is a scheme, host and port only",
+            ));
+        }
+        let has_key = b.function_key.is_some()
+            || b.function_key_file.is_some()
+            || b.function_key_env.is_some();
+        let (kind, base) = match b.kind {
+            KindName::Sandbox => {
+                for (present, f) in [
+                    (b.endpoint.is_some(), "endpoint"),
+                    (b.url.is_some(), "url"),
+                    (b.region.is_some(), "region"),
+                    (b.function.is_some(), "function"),
+                    (b.credentials.is_some(), "credentials"),
+                    (b.network.is_some(), "network"),
+                    (b.timeout_ms.is_some(), "timeout_ms"),
+                    (b.connect_timeout_ms.is_some(), "connect_timeout_ms"),
+                ] {
+                    unused(present, f)?;
+                }
+                (BackendKind::Sandbox, None)
+            }
+            KindName::Lambda => {
+                unused(b.url.is_some(), "url")?;
+                unused(b.account_id.is_some(), "account_id")?;
+                unused(has_key, "function_key")?;
+                let region = required(&b.region, "region")?;
+                let base = match endpoint {
+                    Some(e) => e,
+                    None => url(
+                        &k("region"),
+                        &format!("https://lambda.{region}.amazonaws.com"),
+                    )?,
+                };
+                let kind = BackendKind::Lambda {
+                    region,
+                    function: required(&b.function, "function")?,
+                    qualifier: b.qualifier.as_deref().map(Into::into),
+                    key: credentials()?,
+                };
+                (kind, Some(base))
+            }
+            KindName::Fc => {
+                unused(b.url.is_some(), "url")?;
+                unused(has_key, "function_key")?;
+                let base = match endpoint {
+                    Some(e) => e,
+                    None => {
+                        let account = required(&b.account_id, "account_id")?;
+                        let region = required(&b.region, "region")?;
+                        url(
+                            &k("region"),
+                            &format!("https://{account}.{region}.fc.aliyuncs.com"),
+                        )?
+                    }
+                };
+                let kind = BackendKind::Fc {
+                    function: required(&b.function, "function")?,
+                    qualifier: b.qualifier.as_deref().map(Into::into),
+                    key: credentials()?,
+                };
+                (kind, Some(base))
+            }
+            KindName::Azure => {
+                unused(b.credentials.is_some(), "credentials")?;
+                unused(b.region.is_some(), "region")?;
+                unused(b.qualifier.is_some(), "qualifier")?;
+                let app = url(&k("url"), &required(&b.url, "url")?)?;
+                let function = required(&b.function, "function")?;
+                let full = format!("{}/api/{function}", app.to_string().trim_end_matches('/'));
+                let full = rebase(&k("url"), url(&k("url"), &full)?, endpoint.as_ref())?;
+                let function_key = match has_key {
+                    true => Some(secret(
+                        &k("function_key"),
+                        (&b.function_key, &b.function_key_file, &b.function_key_env),
+                        ["function_key", "function_key_file", "function_key_env"],
+                        config_dir,
+                    )?),
+                    false => None,
+                };
+                (BackendKind::Azure { function_key }, Some(full))
+            }
+            KindName::Http => {
+                for (present, f) in [
+                    (b.credentials.is_some(), "credentials"),
+                    (b.region.is_some(), "region"),
+                    (b.function.is_some(), "function"),
+                    (b.qualifier.is_some(), "qualifier"),
+                    (has_key, "function_key"),
+                ] {
+                    unused(present, f)?;
+                }
+                let u = url(&k("url"), &required(&b.url, "url")?)?;
+                let u = rebase(&k("endpoint"), u, endpoint.as_ref())?;
+                (BackendKind::Http, Some(u))
+            }
+        };
+        let network = match b.network.as_deref() {
+            None | Some("internet") => None,
+            Some(v) => Some(vpcs.get(v).ok_or_else(|| {
+                invalid(
+                    k("network"),
+                    format!("unknown VPC {v:?}: \"internet\", or a vpc_id of [[networks]]"),
+                )
+            })?),
+        };
+        if b.weight > 1000 {
+            return Err(invalid(k("weight"), "must be 0..=1000"));
+        }
+        if b.weight == 0 && b.fallback.is_none() {
+            return Err(invalid(
+                k("weight"),
+                "0 takes no calls: give the backend a fallback order or a weight",
+            ));
+        }
+        let connect_timeout = match b.connect_timeout_ms {
+            None => Duration::from_secs(5),
+            Some(ms @ 1..=60_000) => Duration::from_millis(ms),
+            Some(_) => return Err(invalid(k("connect_timeout_ms"), "must be 1..=60000")),
+        };
+        let timeout = match b.timeout_ms {
+            None => None,
+            Some(ms @ 1..=86_400_000) => Some(Duration::from_millis(ms)),
+            Some(_) => return Err(invalid(k("timeout_ms"), "must be 1..=86400000")),
+        };
+        out.push(BackendConfig {
+            name: b.name.as_str().into(),
+            kind,
+            weight: b.weight,
+            fallback: b.fallback,
+            url: base,
+            network,
+            connect_timeout,
+            timeout,
+        });
+    }
+    if !out.is_empty() && out.iter().all(|b| b.weight == 0) {
+        return Err(invalid(
+            key("backends"),
+            "at least one backend needs a weight above 0",
+        ));
+    }
+    Ok(out)
+}
+
+fn kind_name(k: KindName) -> &'static str {
+    match k {
+        KindName::Sandbox => "sandbox",
+        KindName::Lambda => "lambda",
+        KindName::Fc => "fc",
+        KindName::Azure => "azure",
+        KindName::Http => "http",
+    }
+}
