@@ -107,6 +107,16 @@ def overview():
         f'sum by (result) (rate(fngate_async_destination_deliveries_total[{RI}]))',
         'sum(fngate_async_destination_pending)'], "short", 12, 64,
         legend=["{{result}}", "pending"]))
+    # Cloud backends (functions that run in Lambda, FC, Azure or behind a URL).
+    p.append(panel(19, "Backend attempts/s by outcome, ejections", [
+        f'sum by (function, backend, outcome) (rate(fngate_backend_requests_total[{RI}]))',
+        'sum by (function, backend) (fngate_backend_ejected)',
+        f'sum by (function, backend) (increase(fngate_backend_ejections_total[{RI}]))'], "short", 0, 72,
+        legend=["{{function}}/{{backend}} {{outcome}}", "{{function}}/{{backend}} ejected", "{{function}}/{{backend}} ejections"]))
+    p.append(panel(20, "Backend latency p99, backend traffic by network", [
+        f'histogram_quantile(0.99, sum by (le, backend) (rate(fngate_backend_request_duration_seconds_bucket[{RI}])))',
+        f'sum by (network, direction) (rate(fngate_backend_traffic_bytes_total[{RI}]))'], "short", 12, 72,
+        legend=["{{backend}} p99 (s)", "{{network}} {{direction}} (bytes/s)"]))
     return dashboard("fngate-overview", "fngate overview", p)
 
 

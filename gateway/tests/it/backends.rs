@@ -679,3 +679,102 @@ async fn sandbox_and_cloud_share_a_function() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["function"], "rescue");
 }
+
+/// An HTTPS backend that offers HTTP/2 by ALPN: it answers with the HTTP
+/// version each request came in, and counts its connections.
+struct H2Backend {
+    addr: SocketAddr,
+    connections: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl H2Backend {
+    async fn start(ca: &Path) -> H2Backend {
+        use hyper_util::rt::{TokioExecutor, TokioIo};
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        std::fs::write(ca, cert.pem()).unwrap();
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            )
+            .unwrap();
+        cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let tls = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(cfg));
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = connections.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((tcp, _)) = l.accept().await {
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let tls = tls.clone();
+                tokio::spawn(async move {
+                    let Ok(s) = tls.accept(tcp).await else { return };
+                    let svc = hyper::service::service_fn(
+                        |req: http::Request<hyper::body::Incoming>| async move {
+                            let version = format!("{:?}", req.version());
+                            Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                                Bytes::from(version),
+                            )))
+                        },
+                    );
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(s), svc)
+                        .await;
+                });
+            }
+        });
+        H2Backend {
+            addr,
+            connections,
+            task,
+        }
+    }
+}
+
+impl Drop for H2Backend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_offers_http2_gets_one_multiplexed_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("h2.pem");
+    let backend = H2Backend::start(&ca).await;
+    let cfg = function(
+        "h2fn",
+        &http("svc", &format!("https://{}/fn", backend.addr), ""),
+    );
+    let gw = Gateway::start(&format!("backend_ca_file = \"{}\"\n", ca.display()), &cfg);
+    let c = gw.h2().await;
+    assert_eq!(c.clone().invoke("h2fn", "warm").await.text(), "HTTP/2.0");
+    let mut calls = Vec::new();
+    for i in 0..20 {
+        let mut c = c.clone();
+        calls.push(tokio::spawn(async move {
+            c.invoke("h2fn", format!("{i}")).await.text()
+        }));
+    }
+    for call in calls {
+        assert_eq!(call.await.unwrap(), "HTTP/2.0");
+    }
+    // One client connection lives on one shard: one backend connection
+    // carried all 21 calls.
+    assert_eq!(
+        backend
+            .connections
+            .load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+}

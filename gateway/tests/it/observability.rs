@@ -81,8 +81,12 @@ async fn dashboards_query_real_prometheus_and_every_panel_has_data() {
     let worker = start_worker(2048);
     let worker_addr: SocketAddr = worker.url.trim_start_matches("http://").parse().unwrap();
     let sink = Sink::start("127.0.0.1:0".parse().unwrap()).await;
+    // An HTTPS service standing for a cloud backend.
+    let backend_dir = tempfile::tempdir().unwrap();
+    let backend_ca = backend_dir.path().join("backend.pem");
+    let backend = Sink::start_tls("127.0.0.1:0".parse().unwrap(), &backend_ca).await;
     let cfg = format!(
-        "[[workers]]\nurl = \"{}\"\n[[networks]]\nvpc_id = \"vpc-a\"\ncidrs = [\"127.0.0.2/32\"]\n{}{}{}{}",
+        "[[workers]]\nurl = \"{}\"\n[[networks]]\nvpc_id = \"vpc-a\"\ncidrs = [\"127.0.0.2/32\"]\n{}{}{}{}{}",
         worker.url,
         echo_fn(
             "echo",
@@ -100,10 +104,15 @@ async fn dashboards_query_real_prometheus_and_every_panel_has_data() {
                 "async_max_retries = 1\non_success = \"{0}\"\non_failure = \"{0}\"",
                 sink.url()
             )
-        )
+        ),
+        format_args!(
+            "[[functions]]\nname = \"remote\"\n[[functions.backends]]\nname = \"svc\"\nkind = \"http\"\nurl = \"{}\"\n",
+            backend.url()
+        ),
     );
     let gw = Gateway::start(
-        "async_retry_base_ms = 50\ntrusted_proxies = [\"127.0.0.1/32\"]\n[[gateway.proxy_listeners]]\nlisten = \"127.0.0.1:0\"",
+        &(format!("backend_ca_file = \"{}\"\n", backend_ca.display())
+            + "async_retry_base_ms = 50\ntrusted_proxies = [\"127.0.0.1/32\"]\n[[gateway.proxy_listeners]]\nlisten = \"127.0.0.1:0\""),
         &cfg,
     );
     gw.until("readyz", Duration::from_secs(30), || async {
@@ -177,6 +186,12 @@ async fn dashboards_query_real_prometheus_and_every_panel_has_data() {
         assert_eq!(internet.invoke("echo", "x").await.status, 403);
     }
     assert_eq!(internet.invoke("brief", "y").await.status, 200);
+    for _ in 0..3 {
+        assert_eq!(
+            internet.invoke("remote", "{\"to\":\"cloud\"}").await.status,
+            200
+        );
+    }
     assert_eq!(internet.invoke("broken", "z").await.status, 412);
     // Let the echo caller's budget refill (the limiter is the subject here:
     // one cell every 20 ms), then crash an echo instance.
