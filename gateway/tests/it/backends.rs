@@ -270,6 +270,9 @@ async fn cloud_backed_functions_answer_at_every_door_with_verified_signatures() 
     assert_eq!(cloud.stats().await["rejected"], 6);
     assert_eq!(backend_count(&gw, "lam-bad", "aws", "error").await, 3.0);
 
+    // The clouds' own clients at the doors (boto3, the FC SDK).
+    crate::sdk::run_script(&gw, "backends_sdk.py").await;
+
     // The cloud function's own failure is the function's error at each door.
     let r = c
         .send(door_request("lambda", "lam-fail", "{}"))
@@ -290,7 +293,7 @@ async fn cloud_backed_functions_answer_at_every_door_with_verified_signatures() 
     assert_eq!(r.status, 500);
     assert_eq!(
         backend_count(&gw, "lam-fail", "aws", "function_error").await,
-        3.0
+        4.0
     );
 
     // Asynchronous invocations run on the backend too.
