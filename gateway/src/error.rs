@@ -62,6 +62,10 @@ pub enum InvokeError {
     InstanceCrashed { detail: Arc<str> },
     #[error("invalid response from instance: {detail}")]
     BadFunctionResponse { detail: Arc<str> },
+    /// The platform that ran it (a cloud backend) says the function failed;
+    /// its error object is the answer's body (see `FunctionAnswer::failed`).
+    #[error("the function failed in its backend")]
+    FunctionFailed,
 
     // ---- asynchronous tasks ----
     #[error("asynchronous task {id:?} not found")]
@@ -102,7 +106,8 @@ impl InvokeError {
         match self {
             InvokeError::FunctionTimeout(_)
             | InvokeError::InstanceCrashed { .. }
-            | InvokeError::BadFunctionResponse { .. } => Outcome::FunctionError,
+            | InvokeError::BadFunctionResponse { .. }
+            | InvokeError::FunctionFailed => Outcome::FunctionError,
             InvokeError::NoCapacity { .. }
             | InvokeError::Throttled(_)
             | InvokeError::BackendThrottled { .. } => Outcome::Throttled,

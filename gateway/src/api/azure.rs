@@ -159,7 +159,8 @@ impl Dialect for Azure {
             InvokeError::Internal(_)
             | InvokeError::FunctionTimeout(_)
             | InvokeError::InstanceCrashed { .. }
-            | InvokeError::BadFunctionResponse { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            | InvokeError::BadFunctionResponse { .. }
+            | InvokeError::FunctionFailed => StatusCode::INTERNAL_SERVER_ERROR,
             InvokeError::BackendError { .. } => StatusCode::BAD_GATEWAY,
             InvokeError::BackendTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             InvokeError::BackendThrottled { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -248,7 +249,8 @@ impl Dialect for Azure {
             InvokeError::Internal(_)
             | InvokeError::FunctionTimeout(_)
             | InvokeError::InstanceCrashed { .. }
-            | InvokeError::BadFunctionResponse { .. } => None,
+            | InvokeError::BadFunctionResponse { .. }
+            | InvokeError::FunctionFailed => None,
         };
         let ct = body.is_some().then_some(APPLICATION_JSON);
         let mut resp = response(status, ct, body.unwrap_or_default());

@@ -252,7 +252,8 @@ impl Dialect for Fc {
             InvokeError::BackendThrottled { .. } => StatusCode::TOO_MANY_REQUESTS,
             InvokeError::FunctionTimeout(_)
             | InvokeError::InstanceCrashed { .. }
-            | InvokeError::BadFunctionResponse { .. } => StatusCode::OK,
+            | InvokeError::BadFunctionResponse { .. }
+            | InvokeError::FunctionFailed => StatusCode::OK,
         }
     }
 
@@ -387,6 +388,10 @@ impl Dialect for Fc {
                     "ResourceThrottled",
                     &format!("Request throttled: {}", backend_message(err)),
                 )
+            }
+            InvokeError::FunctionFailed => {
+                function_error = true;
+                function("FunctionError", "the function failed in its backend")
             }
             InvokeError::FunctionTimeout(t) => {
                 function_error = true;

@@ -441,7 +441,8 @@ impl Dialect for Lambda {
             InvokeError::InstanceStartFailed { .. }
             | InvokeError::FunctionTimeout(_)
             | InvokeError::InstanceCrashed { .. }
-            | InvokeError::BadFunctionResponse { .. } => StatusCode::OK,
+            | InvokeError::BadFunctionResponse { .. }
+            | InvokeError::FunctionFailed => StatusCode::OK,
         }
     }
 
@@ -621,6 +622,9 @@ impl Dialect for Lambda {
                 "Runtime.ExitError",
                 &format!("Runtime exited before it was ready: {message}. Logs: {}", stderr_tail.trim_end()),
             ),
+            InvokeError::FunctionFailed => {
+                function("Unhandled", "The function failed in its backend.")
+            }
             InvokeError::FunctionTimeout(t) => function(
                 "Sandbox.Timedout",
                 &format!("Task timed out after {:.2} seconds", t.as_secs_f64()),

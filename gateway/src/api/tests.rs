@@ -105,6 +105,19 @@ pub(crate) fn every_error() -> Vec<InvokeError> {
         InvokeError::BadFunctionResponse {
             detail: "garbage".into(),
         },
+        InvokeError::FunctionFailed,
+        InvokeError::BackendError {
+            backend: "aws".into(),
+            detail: "answered 403 InvalidSignatureException".into(),
+        },
+        InvokeError::BackendTimeout {
+            backend: "aws".into(),
+            after: Duration::from_secs(2),
+        },
+        InvokeError::BackendThrottled {
+            backend: "aws".into(),
+            retry_after: Some(Duration::from_secs(1)),
+        },
     ]
 }
 

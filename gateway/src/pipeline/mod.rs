@@ -514,6 +514,11 @@ impl Pipeline {
     ) -> (Outcome, Option<Ran>, Response<ResponseBody>) {
         match result {
             Ok((answer, ran)) => {
+                // A cloud backend's function failed: its answer, counted as such.
+                let outcome = match answer.failed {
+                    true => Outcome::FunctionError,
+                    false => Outcome::Success,
+                };
                 let mut resp = ctx
                     .dialect
                     .success(answer, &ctx.reply(Some(pool), Some(&ran)));
@@ -522,7 +527,7 @@ impl Pipeline {
                         .insert(COLD_START, HeaderValue::from_static("true"));
                 }
                 pool.limits.record_duration(ctx.started.elapsed());
-                (Outcome::Success, Some(ran), resp)
+                (outcome, Some(ran), resp)
             }
             Err((e, ran)) => {
                 if let InvokeError::Throttled(t) = &e {

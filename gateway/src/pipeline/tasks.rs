@@ -198,6 +198,16 @@ impl Pipeline {
                 }
             }
         };
+        // A cloud function's failure is a function error (retried as one);
+        // its error object is what a destination gets.
+        let mut failed_body = None;
+        let result = match result {
+            Ok((answer, ran)) if answer.failed => {
+                failed_body = Some(answer.body);
+                Err((InvokeError::FunctionFailed, Some(ran)))
+            }
+            r => r,
+        };
         match result {
             Ok((answer, ran)) => {
                 pool.limits.record_duration(ctx.started.elapsed());
@@ -223,12 +233,13 @@ impl Pipeline {
                 let outcome = e.outcome();
                 let status = dialect.status(&e);
                 // The error's body only matters to a destination.
-                let body = match pool.cfg.asynchronous.on_failure {
-                    Some(_) => dialect
+                let body = match (failed_body, &pool.cfg.asynchronous.on_failure) {
+                    (Some(b), _) => b,
+                    (None, Some(_)) => dialect
                         .error(&e, &ctx.reply(Some(pool), ran.as_ref()))
                         .into_body()
                         .into_bytes(),
-                    None => Bytes::new(),
+                    (None, None) => Bytes::new(),
                 };
                 let out = AttemptOutcome {
                     status: status.as_u16(),

@@ -196,16 +196,20 @@ async fn cloud_backed_functions_answer_at_every_door_with_verified_signatures() 
         + &function("az-bad", &azure("app", &cloud, "wrong-key", ""))
         + &function(
             "lam-fail",
-            &backend(
-                "aws",
-                "lambda",
-                &format!(
-                    "region = \"us-east-1\"\nfunction = \"fail\"\ncredentials = \"aws\"\nendpoint = \"{}\"",
-                    cloud.endpoint()
-                ),
-            ),
+            &("async_max_retries = 1\n".to_string()
+                + &backend(
+                    "aws",
+                    "lambda",
+                    &format!(
+                        "region = \"us-east-1\"\nfunction = \"fail\"\ncredentials = \"aws\"\nendpoint = \"{}\"",
+                        cloud.endpoint()
+                    ),
+                )),
         );
-    let gw = Gateway::start(&trust(dir.path(), &[&cloud], ""), &cfg);
+    let gw = Gateway::start(
+        &trust(dir.path(), &[&cloud], "async_retry_base_ms = 20\n"),
+        &cfg,
+    );
     let mut c = gw.h2().await;
 
     let mut good = 0;
@@ -309,6 +313,30 @@ async fn cloud_backed_functions_answer_at_every_door_with_verified_signatures() 
         || async { cloud.stats().await["by_route"]["fc"].as_u64().unwrap() > before },
     )
     .await;
+
+    // A cloud function's failure is a function error: counted as one, and
+    // an asynchronous call is retried as one.
+    assert_eq!(
+        gw.metric("fngate_invocations_total{api=\"lambda\",function=\"lam-fail\",network=\"internet\",outcome=\"function_error\"}").await,
+        2.0
+    );
+    let r = c.send(async_request("lam-fail", "{}", None)).await.unwrap();
+    assert_eq!(r.status, 202);
+    gw.until(
+        "the failing task retried, then failed",
+        Duration::from_secs(30),
+        || async {
+            gw.metric("fngate_async_results_total{function=\"lam-fail\",result=\"failed\"}")
+                .await
+                == 1.0
+        },
+    )
+    .await;
+    assert_eq!(
+        gw.metric("fngate_async_retries_total{function=\"lam-fail\",reason=\"function_error\"}")
+            .await,
+        1.0
+    );
 
     // The backends as /admin/functions shows them.
     let (_, body) = gw.admin_get("/admin/functions").await;
