@@ -95,6 +95,10 @@ fn error_rendering_table() {
         (200, None),
         (200, None),
         (200, None),
+        (200, None),
+        (502, Some("BadResponse")),
+        (504, Some("GatewayTimeout")),
+        (429, Some("ResourceThrottled")),
     ];
     let errors = every_error();
     assert_eq!(errors.len(), codes.len());

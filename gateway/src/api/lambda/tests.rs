@@ -179,6 +179,10 @@ fn error_rendering_table() {
         (200, None),
         (200, None),
         (200, None),
+        (200, None),
+        (502, Some("BadGatewayException")),
+        (504, Some("GatewayTimeoutException")),
+        (429, Some("TooManyRequestsException")),
     ];
     let errors = every_error();
     assert_eq!(errors.len(), codes.len());
