@@ -407,6 +407,17 @@ pub fn table(config: &crate::config::Config, registry: &Registry) -> Result<Rout
         let families = BackendFamilies::new(registry);
         for f in &config.functions {
             if let Some(r) = Routes::new(f, settings, &outbound, &families, &config.ingress.vpcs) {
+                // A cloud backend without a target would be taken for the sandbox.
+                if let Some(b) = r
+                    .backends
+                    .iter()
+                    .find(|b| is_cloud(&b.cfg.kind) && b.target.is_none())
+                {
+                    return Err(format!(
+                        "function {:?}: backend {:?}: its URL cannot be used",
+                        f.name, b.cfg.name
+                    ));
+                }
                 out.insert(f.name.clone(), r);
             }
         }
