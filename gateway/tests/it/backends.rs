@@ -413,6 +413,8 @@ async fn failover_only_when_the_primary_cannot_have_run_the_call() {
     let fallback = FakeCloud::start("ok");
     let throttling = FakeCloud::start("throttle");
     let slow = FakeCloud::start("slow");
+    // Its certificate is not in the gateway's trust bundle.
+    let untrusted = FakeCloud::start("ok");
     let dir = tempfile::tempdir().unwrap();
     let fb = fc("fallback", &fallback, "ali", "weight = 0\nfallback = 1");
     let cfg = credentials(LAMBDA_KEY.1, FC_KEY.1)
@@ -427,6 +429,10 @@ async fn failover_only_when_the_primary_cannot_have_run_the_call() {
         + &function(
             "slow",
             &(lambda("primary", &slow, "aws", "timeout_ms = 1000") + &fb),
+        )
+        + &function(
+            "untrusted",
+            &(http("primary", &format!("{}/u", untrusted.endpoint()), "") + &fb),
         );
     let gw = Gateway::start(
         &trust(
@@ -458,6 +464,19 @@ async fn failover_only_when_the_primary_cannot_have_run_the_call() {
         backend_count(&gw, "refused", "fallback", "success").await,
         12.0
     );
+
+    // A TLS failure (a certificate the gateway does not trust): nothing
+    // reached the primary, the fallback serves.
+    for i in 0..2 {
+        let r = c.invoke("untrusted", format!("u{i}")).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.json()["function"], "remote-fallback");
+    }
+    assert_eq!(
+        backend_count(&gw, "untrusted", "primary", "connect_error").await,
+        2.0
+    );
+    assert_eq!(untrusted.stats().await["requests"], 0);
 
     // A throttling primary: served by the fallback.
     for i in 0..3 {
@@ -808,4 +827,40 @@ async fn a_backend_that_offers_http2_gets_one_multiplexed_connection() {
             .load(std::sync::atomic::Ordering::SeqCst),
         1
     );
+}
+
+/// Stages 1-7 are the function's, whatever its backend: ingress policy and
+/// rate limits refuse before a byte goes to the cloud.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingress_and_limits_protect_a_cloud_backed_function() {
+    let cloud = FakeCloud::start("ok");
+    let dir = tempfile::tempdir().unwrap();
+    let e = cloud.endpoint();
+    let cfg = "[[networks]]\nvpc_id = \"vpc-a\"\ncidrs = [\"127.0.0.2/32\"]\n".to_string()
+        + &function(
+            "guarded",
+            &("vpc_bindings = [\"vpc-a\"]\n".to_string() + &http("svc", &format!("{e}/g"), "")),
+        )
+        + &function(
+            "limited",
+            &("rate_limit = { per_second = 0.01, burst = 2 }\n".to_string()
+                + &http("svc", &format!("{e}/l"), "")),
+        );
+    let gw = Gateway::start(&trust(dir.path(), &[&cloud], ""), &cfg);
+    let mut internet = gw.h1().await;
+    let r = internet.invoke("guarded", "x").await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert_eq!(r.json()["Code"], "AccessDenied");
+    let mut vpc = gw.client(ClientOpts::from("127.0.0.2")).await;
+    assert_eq!(vpc.invoke("guarded", "y").await.status, 200);
+    let statuses: Vec<u16> = {
+        let mut v = Vec::new();
+        for i in 0..5 {
+            v.push(internet.invoke("limited", format!("{i}")).await.status);
+        }
+        v
+    };
+    assert_eq!(statuses, [200, 200, 429, 429, 429]);
+    // The cloud saw the admitted calls only.
+    assert_eq!(cloud.stats().await["requests"], 3);
 }
