@@ -32,24 +32,12 @@ fi
 ulimit -n "$(ulimit -Hn)"
 source loadtest/scripts/lib.sh
 
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 \
-    -keyout "$work/key.pem" -out "$work/cert.pem" -subj "/CN=localhost" \
-    -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
-    -addext "basicConstraints=critical,CA:FALSE" -addext "extendedKeyUsage=serverAuth" 2>/dev/null
+bench_cert
 
 BACKEND=127.0.0.1:18446
 http2=""; [ "$PROTO" = h2 ] && http2=" http2"
 mkdir -p "$work/nginx/tmp" "$work/fngate"
-cat > "$work/nginx/nginx.conf" <<EOF
-worker_processes 1;
-worker_rlimit_nofile 65536;
-daemon off;
-pid $work/nginx/nginx.pid;
-error_log $work/nginx/error.log warn;
-events { worker_connections 16384; }
-http {
-    access_log off;
-    client_body_temp_path $work/nginx/tmp/body;
+{ nginx_head 1; cat <<EOF; } > "$work/nginx/nginx.conf"
     keepalive_requests 100000000;
     keepalive_timeout 300s;
     server {

@@ -42,10 +42,7 @@ ulimit -n "$(ulimit -Hn)"   # 1,000 held connections need more than the usual 10
 source loadtest/scripts/lib.sh
 
 # One certificate for all.
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 \
-    -keyout "$work/key.pem" -out "$work/cert.pem" -subj "/CN=localhost" \
-    -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
-    -addext "basicConstraints=critical,CA:FALSE" -addext "extendedKeyUsage=serverAuth" 2>/dev/null
+bench_cert
 cat "$work/cert.pem" "$work/key.pem" > "$work/combined.pem"
 
 ECHO=127.0.0.1:18081
@@ -56,20 +53,7 @@ declare -A PORT=([nginx]=18444 [haproxy]=18445 [fngate]=18443)
 configs() {
     local w=$1
     mkdir -p "$work/nginx/tmp" "$work/fngate"
-    cat > "$work/nginx/nginx.conf" <<EOF
-worker_processes $w;
-worker_rlimit_nofile 65536;
-daemon off;
-pid $work/nginx/nginx.pid;
-error_log $work/nginx/error.log warn;
-events { worker_connections 16384; }
-http {
-    access_log off;
-    client_body_temp_path $work/nginx/tmp/body;
-    proxy_temp_path $work/nginx/tmp/proxy;
-    fastcgi_temp_path $work/nginx/tmp/fastcgi;
-    uwsgi_temp_path $work/nginx/tmp/uwsgi;
-    scgi_temp_path $work/nginx/tmp/scgi;
+    { nginx_head "$w"; cat <<EOF; } > "$work/nginx/nginx.conf"
     limit_req_zone \$binary_remote_addr zone=thr:10m rate=100r/s;
     upstream echo { server $ECHO; keepalive 64; }
     server {

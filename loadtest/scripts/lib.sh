@@ -129,3 +129,33 @@ measure() {
     python3 -c "import json,sys; r=json.loads(sys.argv[1]); r['gw_cpu_us']=(int(sys.argv[3])-int(sys.argv[2]))/int(sys.argv[4])*1e6/max(r['requests'],1); print(json.dumps(r))" \
         "$json" "$before" "$after" "$CLK_TCK"
 }
+
+# bench_cert: one ECDSA P-256 certificate for localhost and 127.0.0.1, in
+# $work/cert.pem and $work/key.pem (needs openssl).
+bench_cert() {
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 \
+        -keyout "$work/key.pem" -out "$work/cert.pem" -subj "/CN=localhost" \
+        -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+        -addext "basicConstraints=critical,CA:FALSE" -addext "extendedKeyUsage=serverAuth" 2>/dev/null
+}
+
+# nginx_head W: the start of an nginx.conf in $work/nginx (W workers, no
+# access log, temp files under $work/nginx/tmp, which must exist), up to the
+# open http block.
+nginx_head() {
+    cat <<EOF
+worker_processes $1;
+worker_rlimit_nofile 65536;
+daemon off;
+pid $work/nginx/nginx.pid;
+error_log $work/nginx/error.log warn;
+events { worker_connections 16384; }
+http {
+    access_log off;
+    client_body_temp_path $work/nginx/tmp/body;
+    proxy_temp_path $work/nginx/tmp/proxy;
+    fastcgi_temp_path $work/nginx/tmp/fastcgi;
+    uwsgi_temp_path $work/nginx/tmp/uwsgi;
+    scgi_temp_path $work/nginx/tmp/scgi;
+EOF
+}

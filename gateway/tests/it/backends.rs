@@ -741,24 +741,7 @@ struct H2Backend {
 impl H2Backend {
     async fn start(ca: &Path) -> H2Backend {
         use hyper_util::rt::{TokioExecutor, TokioIo};
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
-            .unwrap()
-            .self_signed(&key)
-            .unwrap();
-        std::fs::write(ca, cert.pem()).unwrap();
-        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-        let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(
-                vec![cert.der().clone()],
-                rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-            )
-            .unwrap();
-        cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        let tls = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(cfg));
+        let tls = test_tls_acceptor(ca, &[b"h2", b"http/1.1"]);
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));

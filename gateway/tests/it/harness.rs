@@ -597,6 +597,28 @@ where
     out.stdout
 }
 
+/// A TLS acceptor for a test server on loopback: a new self-signed
+/// certificate for 127.0.0.1, whose PEM is written to `ca` (the anchor its
+/// clients trust), offering `alpn`.
+pub fn test_tls_acceptor(ca: &Path, alpn: &[&[u8]]) -> tokio_rustls::TlsAcceptor {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    std::fs::write(ca, cert.pem()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .unwrap();
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    tokio_rustls::TlsAcceptor::from(Arc::new(cfg))
+}
+
 /// A destination for asynchronous outcomes: a plain HTTP server on
 /// loopback that keeps every JSON record POSTed to it and answers 200.
 pub struct Sink {
@@ -615,21 +637,7 @@ impl Sink {
     /// Listens on `addr` over HTTPS, with a certificate for 127.0.0.1
     /// whose PEM is written to `ca` (for `async_destination_ca_file`).
     pub async fn start_tls(addr: SocketAddr, ca: &Path) -> Sink {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
-        let cert = params.self_signed(&key).unwrap();
-        std::fs::write(ca, cert.pem()).unwrap();
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let cfg = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(
-                vec![cert.der().clone()],
-                rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-            )
-            .unwrap();
-        Self::serve(addr, Some(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))).await
+        Self::serve(addr, Some(test_tls_acceptor(ca, &[]))).await
     }
 
     async fn serve(addr: SocketAddr, tls: Option<tokio_rustls::TlsAcceptor>) -> Sink {
