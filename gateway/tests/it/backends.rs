@@ -96,8 +96,9 @@ fn credentials(lambda_secret: &str, fc_secret: &str) -> String {
     format!(
         "[[outbound_credentials]]\nname = \"aws\"\naccess_key_id = \"{}\"\nsecret = \"{lambda_secret}\"\n\
          [[outbound_credentials]]\nname = \"ali\"\naccess_key_id = \"{}\"\nsecret = \"{fc_secret}\"\n\
-         [[outbound_credentials]]\nname = \"aws-wrong\"\naccess_key_id = \"{}\"\nsecret = \"not-the-secret\"\n",
-        LAMBDA_KEY.0, FC_KEY.0, LAMBDA_KEY.0
+         [[outbound_credentials]]\nname = \"aws-wrong\"\naccess_key_id = \"{}\"\nsecret = \"not-the-secret\"\n\
+         [[outbound_credentials]]\nname = \"ali-wrong\"\naccess_key_id = \"{}\"\nsecret = \"not-the-secret\"\n",
+        LAMBDA_KEY.0, FC_KEY.0, LAMBDA_KEY.0, FC_KEY.0
     )
 }
 
@@ -193,6 +194,7 @@ async fn cloud_backed_functions_answer_at_every_door_with_verified_signatures() 
             &http("svc", &format!("{}/hook", cloud.endpoint()), ""),
         )
         + &function("lam-bad", &lambda("aws", &cloud, "aws-wrong", ""))
+        + &function("fc-bad", &fc("ali", &cloud, "ali-wrong", ""))
         + &function("az-bad", &azure("app", &cloud, "wrong-key", ""))
         + &function(
             "lam-fail",
@@ -243,6 +245,7 @@ async fn cloud_backed_functions_answer_at_every_door_with_verified_signatures() 
     for door in ["fc", "lambda", "azure"] {
         for (f, cloud_code) in [
             ("lam-bad", "403 InvalidSignatureException"),
+            ("fc-bad", "403 SignatureNotMatch"),
             ("az-bad", "401"),
         ] {
             let r = c.send(door_request(door, f, "{}")).await.unwrap();
@@ -262,8 +265,17 @@ async fn cloud_backed_functions_answer_at_every_door_with_verified_signatures() 
             assert_eq!(error_code(door, &r), want, "{door} → {f}");
             let text = r.text();
             assert!(text.contains(cloud_code), "{door} → {f}: {text}");
-            assert!(text.contains("'aws'") || text.contains("'app'"), "{text}");
-            for secret in ["not-the-secret", "wrong-key", "127.0.0.1", LAMBDA_KEY.1] {
+            assert!(
+                ["'aws'", "'ali'", "'app'"].iter().any(|b| text.contains(b)),
+                "{text}"
+            );
+            for secret in [
+                "not-the-secret",
+                "wrong-key",
+                "127.0.0.1",
+                LAMBDA_KEY.1,
+                FC_KEY.1,
+            ] {
                 assert!(
                     !text.contains(secret),
                     "{door} → {f} leaks {secret}: {text}"
@@ -271,7 +283,7 @@ async fn cloud_backed_functions_answer_at_every_door_with_verified_signatures() 
             }
         }
     }
-    assert_eq!(cloud.stats().await["rejected"], 6);
+    assert_eq!(cloud.stats().await["rejected"], 9);
     assert_eq!(backend_count(&gw, "lam-bad", "aws", "error").await, 3.0);
 
     // The clouds' own clients at the doors (boto3, the FC SDK).
