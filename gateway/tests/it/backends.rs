@@ -195,6 +195,19 @@ async fn cloud_backed_functions_answer_at_every_door_with_verified_signatures() 
         )
         + &function("lam-bad", &lambda("aws", &cloud, "aws-wrong", ""))
         + &function("fc-bad", &fc("ali", &cloud, "ali-wrong", ""))
+        // An ARN and a `$` qualifier: percent-encoded in the path and query,
+        // and encoded once more in SigV4's canonical path.
+        + &function(
+            "arn",
+            &backend(
+                "aws",
+                "lambda",
+                &format!(
+                    "region = \"us-east-1\"\nfunction = \"arn:aws:lambda:us-east-1:123456789012:function:remote-arn\"\nqualifier = \"$LATEST\"\ncredentials = \"aws\"\nendpoint = \"{}\"",
+                    cloud.endpoint()
+                ),
+            ),
+        )
         + &function("az-bad", &azure("app", &cloud, "wrong-key", ""))
         + &function(
             "lam-fail",
@@ -235,6 +248,16 @@ async fn cloud_backed_functions_answer_at_every_door_with_verified_signatures() 
             }
         }
     }
+    let r = c.send(door_request("lambda", "arn", "{}")).await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(
+        v["function"],
+        "arn:aws:lambda:us-east-1:123456789012:function:remote-arn"
+    );
+    assert_eq!(v["qualifier"]["Qualifier"][0], "$LATEST");
+    good += 1;
+
     // The fake verified every signature and key with the clouds' code.
     let s = cloud.stats().await;
     assert_eq!(s["verified"], good, "{s}");
