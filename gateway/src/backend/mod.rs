@@ -9,7 +9,9 @@
 //!   that answered with its own throttling or capacity error
 //!   (see [`cloud`]);
 //! - the sandbox when it could not place the call (scale-out limits, no
-//!   capacity, no worker, the instance did not start).
+//!   capacity, no worker, the instance did not start);
+//! - a backend at its own `max_concurrency` (the call is not sent; this is
+//!   not held against its health).
 //!
 //! A call that may have run (the payload was sent and no throttling answer
 //! came back, a timeout included) is never sent again.
@@ -56,6 +58,8 @@ pub enum LegOutcome {
     FunctionError,
     /// The backend's own throttling or capacity answer.
     Throttled,
+    /// Its `max_concurrency` was reached: not sent, not a failure.
+    Limited,
     /// Connect or TLS failure: nothing reached the backend.
     ConnectError,
     Timeout,
@@ -65,10 +69,11 @@ pub enum LegOutcome {
 }
 
 impl LegOutcome {
-    pub const ALL: [LegOutcome; 6] = [
+    pub const ALL: [LegOutcome; 7] = [
         LegOutcome::Success,
         LegOutcome::FunctionError,
         LegOutcome::Throttled,
+        LegOutcome::Limited,
         LegOutcome::ConnectError,
         LegOutcome::Timeout,
         LegOutcome::Error,
@@ -79,6 +84,7 @@ impl LegOutcome {
             LegOutcome::Success => "success",
             LegOutcome::FunctionError => "function_error",
             LegOutcome::Throttled => "throttled",
+            LegOutcome::Limited => "limited",
             LegOutcome::ConnectError => "connect_error",
             LegOutcome::Timeout => "timeout",
             LegOutcome::Error => "error",
@@ -87,7 +93,10 @@ impl LegOutcome {
 
     /// Whether it counts against the backend's health.
     fn is_failure(self) -> bool {
-        !matches!(self, LegOutcome::Success | LegOutcome::FunctionError)
+        !matches!(
+            self,
+            LegOutcome::Success | LegOutcome::FunctionError | LegOutcome::Limited
+        )
     }
 }
 
@@ -123,7 +132,7 @@ impl BackendFamilies {
         let requests = IntCounterVec::new(
             Opts::new(
                 "fngate_backend_requests_total",
-                "Attempts on a function's backends, by function, backend and outcome (success, function_error, throttled, connect_error, timeout, error).",
+                "Attempts on a function's backends, by function, backend and outcome (success, function_error, throttled, limited: its max_concurrency was reached, connect_error, timeout, error).",
             ),
             &["function", "backend", "outcome"],
         )
@@ -214,6 +223,8 @@ pub struct Backend {
     health: Health,
     metrics: BackendMetrics,
     network: (&'static str, Option<String>),
+    /// `max_concurrency`'s permits.
+    limit: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 impl Backend {
@@ -244,6 +255,9 @@ impl Backend {
 
     fn record(&self, function: &str, outcome: LegOutcome, settings: &BackendSettings) {
         self.metrics.requests[outcome as usize].inc();
+        if outcome == LegOutcome::Limited {
+            return;
+        }
         if !outcome.is_failure() {
             self.health.failures.store(0, Ordering::Relaxed);
             if self.health.ejected_until.swap(0, Ordering::AcqRel) != 0 {
@@ -263,6 +277,26 @@ impl Backend {
         }
     }
 
+    /// One attempt, as the usage record keeps it.
+    fn leg(
+        &self,
+        outcome: LegOutcome,
+        bytes_out: u64,
+        bytes_in: u64,
+        took: std::time::Duration,
+    ) -> Leg {
+        Leg {
+            backend: self.cfg.name.to_string(),
+            kind: self.cfg.kind.as_str().into(),
+            network: self.network.0.into(),
+            vpc_id: self.network.1.clone(),
+            bytes_out,
+            bytes_in,
+            duration_ms: took.as_secs_f64() * 1000.0,
+            outcome: outcome.as_str().into(),
+        }
+    }
+
     /// What `/admin/functions` shows of it.
     pub fn status(&self) -> serde_json::Value {
         serde_json::json!({
@@ -273,6 +307,10 @@ impl Backend {
             "network": self.network.1.as_deref().unwrap_or(self.network.0),
             "ejected": self.is_ejected(),
             "consecutive_failures": self.health.failures.load(Ordering::Relaxed),
+            "max_concurrency": self.cfg.max_concurrency,
+            "in_flight": self.limit.as_ref().map(|s| {
+                self.cfg.max_concurrency.unwrap_or(0) as usize - s.available_permits()
+            }),
         })
     }
 }
@@ -330,6 +368,9 @@ impl Routes {
                         ejected: families.ejected.with_label_values(&labels),
                     },
                     network,
+                    limit: b
+                        .max_concurrency
+                        .map(|n| Arc::new(tokio::sync::Semaphore::new(n as usize))),
                     cfg: b.clone(),
                 }
             })
@@ -454,6 +495,25 @@ pub async fn call(
     for (n, &i) in plan.iter().enumerate() {
         let b = &routes.backends[i];
         let more = n + 1 < plan.len();
+        // Held until the call is done (sandbox or cloud).
+        let _permit = match &b.limit {
+            None => None,
+            Some(s) => match s.clone().try_acquire_owned() {
+                Ok(p) => Some(p),
+                Err(_) => {
+                    b.record(&pool.cfg.name, LegOutcome::Limited, &routes.settings);
+                    legs.push(b.leg(LegOutcome::Limited, 0, 0, std::time::Duration::ZERO));
+                    last = Some(Err((
+                        InvokeError::BackendThrottled {
+                            backend: b.cfg.name.clone(),
+                            retry_after: None,
+                        },
+                        None,
+                    )));
+                    continue;
+                }
+            },
+        };
         let Some(target) = &b.target else {
             let r = forward::call(p, pool, call, payload.clone(), request_id).await;
             match &r {
@@ -487,16 +547,7 @@ pub async fn call(
         b.metrics.bytes_out.inc_by(bytes_out);
         b.metrics.bytes_in.inc_by(bytes_in);
         b.record(&pool.cfg.name, outcome, &routes.settings);
-        legs.push(Leg {
-            backend: b.cfg.name.to_string(),
-            kind: b.cfg.kind.as_str().into(),
-            network: b.network.0.into(),
-            vpc_id: b.network.1.clone(),
-            bytes_out,
-            bytes_in,
-            duration_ms: elapsed.as_secs_f64() * 1000.0,
-            outcome: outcome.as_str().into(),
-        });
+        legs.push(b.leg(outcome, bytes_out, bytes_in, elapsed));
         let ran = Ran {
             instance_id: target.name_header.clone(),
             cold: false,

@@ -66,6 +66,7 @@ pub(super) struct BackendSection {
     function_key_env: Option<String>,
     network: Option<String>,
     connect_timeout_ms: Option<u64>,
+    max_concurrency: Option<u32>,
     timeout_ms: Option<u64>,
 }
 
@@ -143,6 +144,9 @@ pub struct BackendConfig {
     /// Where the backend sits, for metering (`None`: the internet).
     pub network: Option<VpcId>,
     pub connect_timeout: Duration,
+    /// Calls in flight on this backend at most (a cloud's reserved
+    /// concurrency); more go to the fallbacks, as if it throttled.
+    pub max_concurrency: Option<u32>,
     /// `None`: the function's `timeout_s`.
     pub timeout: Option<Duration>,
 }
@@ -391,6 +395,12 @@ pub(super) fn backends(
                 "0 takes no calls: give the backend a fallback order or a weight",
             ));
         }
+        if b.max_concurrency == Some(0) {
+            return Err(invalid(
+                k("max_concurrency"),
+                "must be at least 1 (omit it for no limit)",
+            ));
+        }
         let connect_timeout = match b.connect_timeout_ms {
             None => Duration::from_secs(5),
             Some(ms @ 1..=60_000) => Duration::from_millis(ms),
@@ -409,6 +419,7 @@ pub(super) fn backends(
             url: base,
             network,
             connect_timeout,
+            max_concurrency: b.max_concurrency,
             timeout,
         });
     }

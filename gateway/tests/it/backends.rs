@@ -882,3 +882,51 @@ async fn ingress_and_limits_protect_a_cloud_backed_function() {
     // The cloud saw the admitted calls only.
     assert_eq!(cloud.stats().await["requests"], 3);
 }
+
+/// A backend's `max_concurrency` (a cloud's reserved concurrency): a call
+/// beyond it goes to the fallback, unsent, and the backend is not blamed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_at_its_max_concurrency_sends_calls_to_the_fallback() {
+    let slow = FakeCloud::start("slow");
+    let fallback = FakeCloud::start("ok");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = function(
+        "capped",
+        &(http(
+            "primary",
+            &format!("{}/p", slow.endpoint()),
+            "max_concurrency = 1",
+        ) + &http(
+            "fallback",
+            &format!("{}/fb", fallback.endpoint()),
+            "weight = 0\nfallback = 1",
+        )),
+    );
+    let gw = Gateway::start(&trust(dir.path(), &[&slow, &fallback], ""), &cfg);
+    let c = gw.h2().await;
+    let mut first = c.clone();
+    let first = tokio::spawn(async move { first.invoke("capped", "first").await });
+    gw.until(
+        "the first call reached the primary",
+        Duration::from_secs(10),
+        || async { slow.stats().await["requests"] == 1 },
+    )
+    .await;
+    let (_, admin) = gw.admin_get("/admin/functions").await;
+    assert!(admin.contains("\"in_flight\":1"), "{admin}");
+    let r = c.clone().invoke("capped", "second").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["function"], "fb");
+    assert_eq!(
+        backend_count(&gw, "capped", "primary", "limited").await,
+        1.0
+    );
+    let r = first.await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["function"], "p");
+    assert_eq!(
+        gw.metric("fngate_backend_ejected{backend=\"primary\",function=\"capped\"}")
+            .await,
+        0.0
+    );
+}
