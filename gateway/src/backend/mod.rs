@@ -490,6 +490,8 @@ pub async fn call(
     request_id: &HeaderValue,
 ) -> (Result<(FunctionAnswer, Ran), Failed>, Vec<Leg>) {
     let plan = routes.plan();
+    // The legs are for the usage record only.
+    let keep_legs = p.records_usage();
     let mut legs = Vec::new();
     let mut last = None;
     for (n, &i) in plan.iter().enumerate() {
@@ -502,7 +504,9 @@ pub async fn call(
                 Ok(p) => Some(p),
                 Err(_) => {
                     b.record(&pool.cfg.name, LegOutcome::Limited, &routes.settings);
-                    legs.push(b.leg(LegOutcome::Limited, 0, 0, std::time::Duration::ZERO));
+                    if keep_legs {
+                        legs.push(b.leg(LegOutcome::Limited, 0, 0, std::time::Duration::ZERO));
+                    }
                     last = Some(Err((
                         InvokeError::BackendThrottled {
                             backend: b.cfg.name.clone(),
@@ -547,7 +551,9 @@ pub async fn call(
         b.metrics.bytes_out.inc_by(bytes_out);
         b.metrics.bytes_in.inc_by(bytes_in);
         b.record(&pool.cfg.name, outcome, &routes.settings);
-        legs.push(b.leg(outcome, bytes_out, bytes_in, elapsed));
+        if keep_legs {
+            legs.push(b.leg(outcome, bytes_out, bytes_in, elapsed));
+        }
         let ran = Ran {
             instance_id: target.name_header.clone(),
             cold: false,

@@ -604,6 +604,12 @@ impl Pipeline {
         }
     }
 
+    /// Whether usage records are kept (what only they need is not built
+    /// otherwise).
+    pub fn records_usage(&self) -> bool {
+        self.usage.is_some()
+    }
+
     /// Queues a usage record made by [`Pipeline::account`].
     async fn log_usage(&self, record: Option<Box<UsageRecord>>) {
         if let (Some(usage), Some(r)) = (&self.usage, record) {
