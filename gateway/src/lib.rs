@@ -92,6 +92,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             instance_host: None,
             work_root: None,
             memory_limit: sandbox_runtime::memory::MemoryLimitMode::Auto,
+            isolation: sandbox_runtime::isolation::Isolation::Process,
         };
         let worker = sandbox_runtime::Worker::new(&cfg).map_err(RunError::EmbeddedWorker)?;
         let listener = TcpListener::bind(cfg.listen)

@@ -28,6 +28,9 @@ pub struct Spec {
     /// Address the instance must serve on (what gateways will connect to).
     pub host: std::net::IpAddr,
     pub workdir: PathBuf,
+    /// The worker's work root (an isolated instance sees a tmpfs there).
+    pub work_root: PathBuf,
+    pub isolation: crate::isolation::Isolation,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -79,9 +82,29 @@ impl Instance {
         let port = free_port(spec.host).map_err(StartError::Prepare)?;
         std::fs::create_dir_all(&spec.workdir).map_err(StartError::Prepare)?;
         let program = spec.command.first().cloned().unwrap_or_default();
-        let mut cmd = tokio::process::Command::new(&program);
-        cmd.args(&spec.command[1..])
-            .current_dir(&spec.workdir)
+        let isolated = spec.isolation == crate::isolation::Isolation::Namespaces;
+        let mut cmd = match isolated {
+            false => {
+                let mut c = tokio::process::Command::new(&program);
+                c.args(&spec.command[1..]);
+                c
+            }
+            true => {
+                // The instance's keeper: this executable, in new namespaces.
+                let exe = std::env::current_exe().map_err(StartError::Prepare)?;
+                let hostname: String = spec.instance_id.chars().take(64).collect();
+                let init = crate::isolation::Init {
+                    work_root: &spec.work_root,
+                    workdir: &spec.workdir,
+                    tmpfs_mb: spec.memory_mb,
+                    hostname: &hostname,
+                };
+                let mut c = tokio::process::Command::new(exe);
+                c.args(crate::isolation::init_args(&init, &spec.command));
+                c
+            }
+        };
+        cmd.current_dir(&spec.workdir)
             .env_clear()
             .env(
                 "PATH",
@@ -106,6 +129,10 @@ impl Instance {
             .process_group(0)
             .kill_on_drop(true);
         limit.install(&mut cmd);
+        if isolated {
+            // After the cgroup is joined: the namespaces' processes inherit it.
+            crate::isolation::unshare_before_exec(&mut cmd);
+        }
         let mut child = match cmd.spawn() {
             Ok(c) => c,
             Err(source) => {

@@ -7,12 +7,14 @@
 //! - [`output`]: an instance's stdout and stderr: the worker log, the stderr
 //!   tail, and the recent output invocations' log tails are cut from.
 //! - [`memory`]: how an instance's memory size is enforced (cgroup v1/v2, rlimit).
+//! - [`isolation`]: instances in their own namespaces (`--isolation namespaces`).
 //! - [`metrics`]: the worker's Prometheus metrics.
 //! - [`cli`]: logging and signal handling shared by the fngate binaries.
 
 pub mod api;
 pub mod cli;
 pub mod instance;
+pub mod isolation;
 pub mod memory;
 pub mod metrics;
 pub mod output;

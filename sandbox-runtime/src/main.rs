@@ -1,6 +1,7 @@
 //! `sandbox-runtime`: run a sandbox worker on its own (see the crate docs).
 
 use clap::Parser;
+use sandbox_runtime::isolation::Isolation;
 use sandbox_runtime::memory::MemoryLimitMode;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -26,10 +27,31 @@ struct Args {
     /// How instance memory sizes are enforced.
     #[arg(long, value_enum, default_value_t = MemoryLimitMode::Auto)]
     memory_limit: MemoryLimitMode,
+    /// How instances are isolated: plain processes, or each in its own PID,
+    /// mount, UTS and IPC namespaces (root).
+    #[arg(long, value_enum, default_value_t = Isolation::Process)]
+    isolation: Isolation,
 }
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
+    // An isolated instance's keeper: before any thread exists (it forks).
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args
+        .get(1)
+        .is_some_and(|a| a == sandbox_runtime::isolation::INIT_ARG)
+    {
+        sandbox_runtime::isolation::init_main(&args[2..]);
+    }
+    match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt.block_on(serve()),
+        Err(e) => {
+            eprintln!("sandbox-runtime: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve() -> std::process::ExitCode {
     sandbox_runtime::cli::init_logging();
     let a = Args::parse();
     let cfg = sandbox_runtime::Config {
@@ -38,6 +60,7 @@ async fn main() -> std::process::ExitCode {
         instance_host: a.instance_host,
         work_root: a.work_root,
         memory_limit: a.memory_limit,
+        isolation: a.isolation,
     };
     match sandbox_runtime::run(cfg, sandbox_runtime::cli::shutdown_signal()).await {
         Ok(()) => std::process::ExitCode::SUCCESS,

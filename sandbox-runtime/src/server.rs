@@ -37,6 +37,7 @@ pub struct Config {
     /// Where instance working directories are created.
     pub work_root: Option<PathBuf>,
     pub memory_limit: MemoryLimitMode,
+    pub isolation: crate::isolation::Isolation,
 }
 
 #[derive(Clone)]
@@ -48,6 +49,7 @@ struct Inner {
     memory_mb: u64,
     instance_host: IpAddr,
     work_root: PathBuf,
+    isolation: crate::isolation::Isolation,
     enforcer: MemoryEnforcer,
     metrics: Metrics,
     state: Mutex<Table>,
@@ -66,6 +68,10 @@ struct Table {
 impl Worker {
     pub fn new(cfg: &Config) -> std::io::Result<Worker> {
         let enforcer = MemoryEnforcer::detect(cfg.memory_limit)?;
+        if cfg.isolation == crate::isolation::Isolation::Namespaces {
+            // Loudly, at start: never a silent fall back to plain processes.
+            crate::isolation::probe().map_err(std::io::Error::other)?;
+        }
         let instance_host = cfg
             .instance_host
             .unwrap_or(if cfg.listen.ip().is_unspecified() {
@@ -88,6 +94,7 @@ impl Worker {
         tracing::info!(
             memory_mb = cfg.memory_mb,
             memory_limit = enforcer.kind().as_str(),
+            isolation = ?cfg.isolation,
             instance_host = %instance_host,
             work_root = %work_root.display(),
             "sandbox worker ready"
@@ -97,6 +104,7 @@ impl Worker {
                 memory_mb: cfg.memory_mb,
                 instance_host,
                 work_root,
+                isolation: cfg.isolation,
                 enforcer,
                 metrics,
                 state: Mutex::new(Table::default()),
@@ -367,6 +375,8 @@ impl Worker {
             start_timeout: Duration::from_millis(req.start_timeout_ms),
             host: self.inner.instance_host,
             workdir: self.inner.work_root.join(&req.instance_id),
+            work_root: self.inner.work_root.clone(),
+            isolation: self.inner.isolation,
         };
         Instance::start(spec, limit).await
     }

@@ -526,6 +526,11 @@ pub struct WorkerProc {
 }
 
 pub fn start_worker(memory_mb: u64) -> WorkerProc {
+    start_worker_with(memory_mb, &[])
+}
+
+/// A worker with more command-line arguments.
+pub fn start_worker_with(memory_mb: u64, extra: &[&str]) -> WorkerProc {
     let mut cmd = Command::new(workspace_bin("sandbox-runtime"));
     cmd.args([
         "--listen",
@@ -533,6 +538,7 @@ pub fn start_worker(memory_mb: u64) -> WorkerProc {
         "--memory-mb",
         &memory_mb.to_string(),
     ]);
+    cmd.args(extra);
     let proc = Proc::spawn(cmd);
     let line = proc.wait_line("sandbox-runtime listening", Duration::from_secs(30));
     let addr = field(&line, "addr");

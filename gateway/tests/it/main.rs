@@ -10,6 +10,7 @@ mod hardening;
 mod harness;
 mod ingress;
 mod invoke;
+mod isolation;
 mod lifecycle;
 mod loadtest;
 mod metering;

@@ -1,0 +1,135 @@
+//! Isolated instances (`sandbox-runtime --isolation namespaces`): each in its
+//! own PID, mount, UTS and IPC namespaces, with a read-only view of the host
+//! and a private tmpfs as its only writable place. As root, on this machine.
+
+use crate::harness::*;
+use std::path::Path;
+use std::time::Duration;
+
+/// A Python function that reports what it can see and do.
+const PROBE: &str = r#"
+import http.server, json, os, socket
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def log_message(self, *a): pass
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        r = {"pids": sorted(p for p in os.listdir("/proc") if p.isdigit()),
+             "hostname": socket.gethostname(), "cwd": os.getcwd(),
+             "siblings": sorted(os.listdir(os.path.dirname(os.getcwd())))}
+        for what, path in [("etc", "/etc/fngate-probe"), ("tmp", "/tmp/fngate-probe-escape")]:
+            try:
+                open(path, "w").write("x")
+                r[what] = "written"
+            except OSError as e:
+                r[what] = e.errno
+        open("here.txt", "w").write("ok")
+        r["cwd_write"] = open("here.txt").read()
+        b = json.dumps(r).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(b)))
+        self.end_headers()
+        self.wfile.write(b)
+http.server.HTTPServer(("127.0.0.1", int(os.environ["FC_SERVER_PORT"])), H).serve_forever()
+"#;
+
+/// Processes whose command line names `needle`.
+fn processes_naming(needle: &str) -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
+        .filter(|c| String::from_utf8_lossy(c).contains(needle))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_isolated_instance_sees_only_itself_and_writes_only_its_own_tmpfs() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("probe.py");
+    std::fs::write(&script, PROBE).unwrap();
+    let work_root = dir.path().join("work");
+    let worker = start_worker_with(
+        1024,
+        &[
+            "--isolation",
+            "namespaces",
+            "--work-root",
+            work_root.to_str().unwrap(),
+        ],
+    );
+    let function = |name: &str| {
+        format!(
+            "[[functions]]\nname = \"{name}\"\ncommand = [\"python3\", \"{}\"]\n",
+            script.display()
+        )
+    };
+    let mut gw = Gateway::start(
+        "",
+        &(format!("[[workers]]\nurl = \"{}\"\n", worker.url) + &function("a") + &function("b")),
+    );
+    let mut c = gw.h1().await;
+    let mut seen = Vec::new();
+    for f in ["a", "b"] {
+        let r = c.invoke(f, "x").await;
+        assert_eq!(r.status, 200, "{}\n{}", r.text(), worker.proc.log());
+        let id = r.header("x-fc-instance-id").unwrap().to_string();
+        let v = r.json();
+        // Its own PID namespace: the function is PID 1 and alone.
+        assert_eq!(v["pids"], serde_json::json!(["1"]), "{v}");
+        assert_eq!(v["hostname"], id.as_str());
+        // Other instances' directories are hidden; the host is read-only
+        // (EROFS), /tmp included; its working directory is writable.
+        assert_eq!(v["siblings"], serde_json::json!([id.as_str()]), "{v}");
+        assert_eq!(v["etc"], 30, "{v}");
+        assert_eq!(v["tmp"], 30, "{v}");
+        assert_eq!(v["cwd_write"], "ok");
+        // What it wrote lives in its tmpfs, not on the host.
+        let host_dir = Path::new(v["cwd"].as_str().unwrap());
+        assert!(host_dir.starts_with(&work_root), "{v}");
+        assert!(!host_dir.join("here.txt").exists());
+        seen.push(id);
+    }
+    assert!(!Path::new("/tmp/fngate-probe-escape").exists());
+    assert_eq!(
+        processes_naming(script.to_str().unwrap()),
+        2 * 2,
+        "a keeper and a function each"
+    );
+
+    // Released with the gateway: every process of both namespaces ends.
+    gw.proc.signal(libc::SIGTERM);
+    assert!(gw.proc.wait_exit(Duration::from_secs(30)).is_some());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while processes_naming(script.to_str().unwrap()) > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "instance processes outlived their release"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    for id in seen {
+        assert!(
+            !work_root.join(id).exists(),
+            "the instance's directory is removed"
+        );
+    }
+}
+
+/// Without the privilege to create namespaces (CAP_SYS_ADMIN dropped), a
+/// worker asked for them refuses to start, and says why.
+#[test]
+fn a_worker_that_cannot_create_namespaces_refuses_to_start() {
+    let out = std::process::Command::new("setpriv")
+        .args(["--bounding-set=-sys_admin", "--inh-caps=-sys_admin"])
+        .arg(workspace_bin("sandbox-runtime"))
+        .args(["--listen", "127.0.0.1:0", "--isolation", "namespaces"])
+        .output()
+        .expect("setpriv (util-linux)");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot create PID, mount, UTS and IPC namespaces")
+            && err.contains("--isolation process"),
+        "{err}"
+    );
+}
