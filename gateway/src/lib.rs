@@ -93,6 +93,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             work_root: None,
             memory_limit: sandbox_runtime::memory::MemoryLimitMode::Auto,
             isolation: sandbox_runtime::isolation::Isolation::Process,
+            max_pids: None,
+            max_open_files: 1024,
         };
         let worker = sandbox_runtime::Worker::new(&cfg).map_err(RunError::EmbeddedWorker)?;
         let listener = TcpListener::bind(cfg.listen)

@@ -31,6 +31,9 @@ pub struct Spec {
     /// The worker's work root (an isolated instance sees a tmpfs there).
     pub work_root: PathBuf,
     pub isolation: crate::isolation::Isolation,
+    /// `RLIMIT_NOFILE` of an isolated instance's processes.
+    pub max_open_files: u32,
+    pub pids: crate::pids::PidsLimit,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +75,7 @@ pub struct Instance {
     pub output: Arc<Output>,
     // Cold-path lock: touched at start, exit and release only, never per invocation.
     limit: Mutex<Option<InstanceLimit>>,
+    pids: Mutex<Option<crate::pids::PidsLimit>>,
     exit: watch::Receiver<Option<ExitInfo>>,
     released: std::sync::atomic::AtomicBool,
 }
@@ -97,6 +101,7 @@ impl Instance {
                     work_root: &spec.work_root,
                     workdir: &spec.workdir,
                     tmpfs_mb: spec.memory_mb,
+                    max_open_files: spec.max_open_files,
                     hostname: &hostname,
                 };
                 let mut c = tokio::process::Command::new(exe);
@@ -129,6 +134,7 @@ impl Instance {
             .process_group(0)
             .kill_on_drop(true);
         limit.install(&mut cmd);
+        spec.pids.install(&mut cmd);
         if isolated {
             // After the cgroup is joined: the namespaces' processes inherit it.
             crate::isolation::unshare_before_exec(&mut cmd);
@@ -176,6 +182,7 @@ impl Instance {
             workdir: spec.workdir.clone(),
             output,
             limit: Mutex::new(Some(limit)),
+            pids: Mutex::new(Some(spec.pids)),
             exit: exit_rx,
             released: Default::default(),
         });
@@ -285,9 +292,11 @@ impl Instance {
                 Err(_) => unknown_exit(),
             };
             let limit = self.limit.lock().unwrap().take();
+            let pids = self.pids.lock().unwrap().take();
             let workdir = self.workdir.clone();
             let _ = tokio::task::spawn_blocking(move || {
                 drop(limit);
+                drop(pids);
                 let _ = std::fs::remove_dir_all(workdir);
             })
             .await;

@@ -16,7 +16,7 @@
 //!   every other instance's directory, and the instance's working directory
 //!   is made in it: its one writable place, gone when the instance ends;
 //! - the hostname is the instance id; `no_new_privs` is set, so nothing it
-//!   execs gains privileges.
+//!   execs gains privileges; `RLIMIT_NOFILE` is `--max-open-files`.
 //!
 //! The keeper forwards SIGTERM, SIGINT, SIGHUP and SIGQUIT to PID 1, waits
 //! for it and ends the way it ended (its exit code, or the same signal), so
@@ -24,8 +24,10 @@
 //! when its keeper dies (`PR_SET_PDEATHSIG`), and the kernel kills every
 //! process of the namespace with its PID 1.
 //!
+//! The process count is bounded by [`crate::pids`] (`--max-pids`).
+//!
 //! Not yet here (issue 15 continues): a network namespace and egress policy,
-//! seccomp, a pids limit, CPU shares.
+//! seccomp, CPU shares.
 
 use std::ffi::{CString, OsString};
 use std::os::unix::ffi::OsStrExt;
@@ -72,6 +74,7 @@ pub struct Init<'a> {
     pub work_root: &'a Path,
     pub workdir: &'a Path,
     pub tmpfs_mb: u32,
+    pub max_open_files: u32,
     pub hostname: &'a str,
 }
 
@@ -82,6 +85,7 @@ pub fn init_args(init: &Init<'_>, command: &[String]) -> Vec<OsString> {
         init.work_root.into(),
         init.workdir.into(),
         init.tmpfs_mb.to_string().into(),
+        init.max_open_files.to_string().into(),
         init.hostname.into(),
         "--".into(),
     ];
@@ -119,14 +123,16 @@ fn die(what: &str) -> ! {
 /// The keeper: `args` are those after [`INIT_ARG`]. Never returns.
 pub fn init_main(args: &[OsString]) -> ! {
     let sep = args.iter().position(|a| a == "--");
-    let (Some(sep), true) = (sep, args.len() >= 6) else {
+    let (Some(sep), true) = (sep, args.len() >= 7) else {
         eprintln!("fngate instance init: bad arguments");
         std::process::exit(126)
     };
     let work_root = PathBuf::from(&args[0]);
     let workdir = PathBuf::from(&args[1]);
-    let tmpfs_mb: u32 = args[2].to_str().and_then(|s| s.parse().ok()).unwrap_or(64);
-    let hostname = args[3].clone();
+    let number = |a: &OsString| a.to_str().and_then(|s| s.parse::<u32>().ok());
+    let tmpfs_mb = number(&args[2]).unwrap_or(64);
+    let max_open_files = number(&args[3]).unwrap_or(1024);
+    let hostname = args[4].clone();
     let command = &args[sep + 1..];
     if command.is_empty() {
         eprintln!("fngate instance init: no command");
@@ -135,7 +141,14 @@ pub fn init_main(args: &[OsString]) -> ! {
     // SAFETY: fork in a process that has started no thread yet.
     match unsafe { libc::fork() } {
         -1 => die("fork"),
-        0 => instance(&work_root, &workdir, tmpfs_mb, &hostname, command),
+        0 => instance(
+            &work_root,
+            &workdir,
+            tmpfs_mb,
+            max_open_files,
+            &hostname,
+            command,
+        ),
         child => keep(child),
     }
 }
@@ -227,6 +240,7 @@ fn instance(
     work_root: &Path,
     workdir: &Path,
     tmpfs_mb: u32,
+    max_open_files: u32,
     hostname: &OsString,
     command: &[OsString],
 ) -> ! {
@@ -294,6 +308,13 @@ fn instance(
         }
         if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
             die("no_new_privs");
+        }
+        let files = libc::rlimit {
+            rlim_cur: max_open_files.into(),
+            rlim_max: max_open_files.into(),
+        };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &files) != 0 {
+            die("RLIMIT_NOFILE");
         }
     }
     let err = std::os::unix::process::CommandExt::exec(

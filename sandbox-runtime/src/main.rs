@@ -31,6 +31,13 @@ struct Args {
     /// mount, UTS and IPC namespaces (root).
     #[arg(long, value_enum, default_value_t = Isolation::Process)]
     isolation: Isolation,
+    /// Processes per instance at most (a cgroup v1 pids limit). Default:
+    /// 1024 with --isolation namespaces, no bound otherwise.
+    #[arg(long)]
+    max_pids: Option<u32>,
+    /// Open files per process of an isolated instance.
+    #[arg(long, default_value_t = 1024)]
+    max_open_files: u32,
 }
 
 fn main() -> std::process::ExitCode {
@@ -61,6 +68,11 @@ async fn serve() -> std::process::ExitCode {
         work_root: a.work_root,
         memory_limit: a.memory_limit,
         isolation: a.isolation,
+        max_pids: a.max_pids.or(match a.isolation {
+            Isolation::Namespaces => Some(1024),
+            Isolation::Process => None,
+        }),
+        max_open_files: a.max_open_files,
     };
     match sandbox_runtime::run(cfg, sandbox_runtime::cli::shutdown_signal()).await {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -38,6 +38,10 @@ pub struct Config {
     pub work_root: Option<PathBuf>,
     pub memory_limit: MemoryLimitMode,
     pub isolation: crate::isolation::Isolation,
+    /// Processes per instance at most (a pids cgroup); `None`: no bound.
+    pub max_pids: Option<u32>,
+    /// Open files per process of an isolated instance (`RLIMIT_NOFILE`).
+    pub max_open_files: u32,
 }
 
 #[derive(Clone)]
@@ -50,6 +54,8 @@ struct Inner {
     instance_host: IpAddr,
     work_root: PathBuf,
     isolation: crate::isolation::Isolation,
+    max_open_files: u32,
+    pids: crate::pids::PidsEnforcer,
     enforcer: MemoryEnforcer,
     metrics: Metrics,
     state: Mutex<Table>,
@@ -68,6 +74,7 @@ struct Table {
 impl Worker {
     pub fn new(cfg: &Config) -> std::io::Result<Worker> {
         let enforcer = MemoryEnforcer::detect(cfg.memory_limit)?;
+        let pids = crate::pids::PidsEnforcer::detect(cfg.max_pids)?;
         if cfg.isolation == crate::isolation::Isolation::Namespaces {
             // Loudly, at start: never a silent fall back to plain processes.
             crate::isolation::probe().map_err(std::io::Error::other)?;
@@ -95,6 +102,7 @@ impl Worker {
             memory_mb = cfg.memory_mb,
             memory_limit = enforcer.kind().as_str(),
             isolation = ?cfg.isolation,
+            max_pids = ?pids.max(),
             instance_host = %instance_host,
             work_root = %work_root.display(),
             "sandbox worker ready"
@@ -105,6 +113,8 @@ impl Worker {
                 instance_host,
                 work_root,
                 isolation: cfg.isolation,
+                max_open_files: cfg.max_open_files,
+                pids,
                 enforcer,
                 metrics,
                 state: Mutex::new(Table::default()),
@@ -176,6 +186,7 @@ impl Worker {
         self.inner.tasks.close();
         self.inner.tasks.wait().await;
         self.inner.enforcer.cleanup();
+        self.inner.pids.cleanup();
         let _ = std::fs::remove_dir_all(&self.inner.work_root);
         tracing::info!(released = all.len(), "sandbox worker stopped");
     }
@@ -377,6 +388,12 @@ impl Worker {
             workdir: self.inner.work_root.join(&req.instance_id),
             work_root: self.inner.work_root.clone(),
             isolation: self.inner.isolation,
+            max_open_files: self.inner.max_open_files,
+            pids: self
+                .inner
+                .pids
+                .prepare(&req.instance_id)
+                .map_err(StartError::Prepare)?,
         };
         Instance::start(spec, limit).await
     }

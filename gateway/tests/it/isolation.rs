@@ -133,3 +133,83 @@ fn a_worker_that_cannot_create_namespaces_refuses_to_start() {
         "{err}"
     );
 }
+
+/// What a flood function reports: how many processes it could fork and how
+/// many files it could open before the instance's bounds said no.
+const FLOOD: &str = r#"
+import http.server, json, os, time
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def log_message(self, *a): pass
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        r = {"forks": 0, "files": 0}
+        try:
+            for _ in range(500):
+                if os.fork() == 0:
+                    time.sleep(60)
+                    os._exit(0)
+                r["forks"] += 1
+        except OSError as e:
+            r["fork_error"] = e.errno
+        held = []
+        try:
+            for _ in range(100000):
+                held.append(open("/dev/null"))
+        except OSError as e:
+            r["files"], r["open_error"] = len(held), e.errno
+        for f in held:
+            f.close()
+        b = json.dumps(r).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(b)))
+        self.end_headers()
+        self.wfile.write(b)
+http.server.HTTPServer(("127.0.0.1", int(os.environ["FC_SERVER_PORT"])), H).serve_forever()
+"#;
+
+/// A fork flood and a file-descriptor flood in one instance hit that
+/// instance's bounds (`--max-pids`, `--max-open-files`); the other functions
+/// keep serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fork_and_file_flood_stays_inside_its_instance() {
+    let dir = tempfile::tempdir().unwrap();
+    let (flood, probe) = (dir.path().join("flood.py"), dir.path().join("probe.py"));
+    std::fs::write(&flood, FLOOD).unwrap();
+    std::fs::write(&probe, PROBE).unwrap();
+    let worker = start_worker_with(
+        1024,
+        &[
+            "--isolation",
+            "namespaces",
+            "--max-pids",
+            "32",
+            "--max-open-files",
+            "64",
+        ],
+    );
+    let function = |name: &str, script: &Path| {
+        format!(
+            "[[functions]]\nname = \"{name}\"\ncommand = [\"python3\", \"{}\"]\n",
+            script.display()
+        )
+    };
+    let gw = Gateway::start(
+        "",
+        &(format!("[[workers]]\nurl = \"{}\"\n", worker.url)
+            + &function("flood", &flood)
+            + &function("other", &probe)),
+    );
+    let mut c = gw.h1().await;
+    let r = c.invoke("flood", "go").await;
+    assert_eq!(r.status, 200, "{}\n{}", r.text(), worker.proc.log());
+    let v = r.json();
+    // The keeper and the server count too: fewer than 32 forks.
+    assert!(v["forks"].as_u64().unwrap() < 32, "{v}");
+    assert_eq!(v["fork_error"], libc::EAGAIN, "{v}");
+    assert!(v["files"].as_u64().unwrap() < 64, "{v}");
+    assert_eq!(v["open_error"], libc::EMFILE, "{v}");
+    for _ in 0..3 {
+        assert_eq!(c.invoke("other", "still here").await.status, 200);
+    }
+}
