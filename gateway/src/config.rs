@@ -142,6 +142,7 @@ struct GatewaySection {
     instance_start_timeout_ms: u64,
     worker_timeout_ms: u64,
     embedded_worker_memory_mb: u64,
+    embedded_worker_isolation: sandbox_runtime::isolation::Isolation,
     threads: Option<u64>,
     max_async_queued: u32,
     max_async_queued_bytes: u64,
@@ -195,6 +196,7 @@ impl Default for GatewaySection {
             instance_start_timeout_ms: 30_000,
             worker_timeout_ms: 5_000,
             embedded_worker_memory_mb: 4096,
+            embedded_worker_isolation: sandbox_runtime::isolation::Isolation::Process,
             threads: None,
             max_async_queued: 100_000,
             max_async_queued_bytes: 1 << 30,
@@ -398,6 +400,8 @@ pub struct GatewayConfig {
     /// How long a worker may take to answer an API call (see [`crate::workers`]).
     pub worker_timeout: Duration,
     pub embedded_worker_memory_mb: u64,
+    /// How the embedded worker isolates instances (see `sandbox_runtime::isolation`).
+    pub embedded_worker_isolation: sandbox_runtime::isolation::Isolation,
     /// Runtime shards (threads serving connections), see [`crate::shards`].
     pub threads: usize,
     pub asynchronous: AsyncLimits,
@@ -952,6 +956,7 @@ impl Config {
                     "gateway.embedded_worker_memory_mb",
                     g.embedded_worker_memory_mb,
                 )?,
+                embedded_worker_isolation: g.embedded_worker_isolation,
                 threads: match g.threads {
                     None => crate::shards::default_count(),
                     Some(n @ 1..=1024) => n as usize,

@@ -39,6 +39,15 @@ enum UsageCommand {
 }
 
 fn main() -> std::process::ExitCode {
+    // The embedded worker's isolated instances start as this executable:
+    // be their keeper, before any thread exists (it forks).
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if argv
+        .get(1)
+        .is_some_and(|a| a == sandbox_runtime::isolation::INIT_ARG)
+    {
+        sandbox_runtime::isolation::init_main(&argv[2..]);
+    }
     sandbox_runtime::cli::init_logging();
     let args = Args::parse();
     if let Some(Command::Usage {

@@ -37,7 +37,8 @@ use std::sync::atomic::{AtomicI32, Ordering};
 /// The first argument that makes a fngate binary an instance's keeper.
 pub const INIT_ARG: &str = "__fngate-instance-init";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Isolation {
     /// A plain child process (shares the host's process table and files).
     #[default]

@@ -213,3 +213,24 @@ async fn a_fork_and_file_flood_stays_inside_its_instance() {
         assert_eq!(c.invoke("other", "still here").await.status, 200);
     }
 }
+
+/// The gateway's embedded worker isolates its instances the same way
+/// (`embedded_worker_isolation = "namespaces"`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_worker_isolates_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("probe.py");
+    std::fs::write(&script, PROBE).unwrap();
+    let gw = Gateway::start(
+        "embedded_worker_isolation = \"namespaces\"",
+        &format!(
+            "[[functions]]\nname = \"p\"\ncommand = [\"python3\", \"{}\"]\n",
+            script.display()
+        ),
+    );
+    let r = gw.h1().await.invoke("p", "x").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["pids"], serde_json::json!(["1"]), "{v}");
+    assert_eq!(v["etc"], 30, "{v}");
+}
