@@ -15,8 +15,13 @@
 //! - a size-bounded tmpfs is mounted over the worker's work root, hiding
 //!   every other instance's directory, and the instance's working directory
 //!   is made in it: its one writable place, gone when the instance ends;
+//! - `/proc/sys` is read-only;
 //! - the hostname is the instance id; `no_new_privs` is set, so nothing it
-//!   execs gains privileges; `RLIMIT_NOFILE` is `--max-open-files`.
+//!   execs gains privileges; `RLIMIT_NOFILE` is `--max-open-files`;
+//! - every capability is dropped from the bounding set, so the function
+//!   (uid 0 or not) holds none after its exec: it cannot remount its view;
+//! - a seccomp filter (seccompiler) answers `EPERM` to the system calls a
+//!   function never needs ([`deny_syscalls`]).
 //!
 //! The keeper forwards SIGTERM, SIGINT, SIGHUP and SIGQUIT to PID 1, waits
 //! for it and ends the way it ended (its exit code, or the same signal), so
@@ -27,7 +32,7 @@
 //! The process count is bounded by [`crate::pids`] (`--max-pids`).
 //!
 //! Not yet here (issue 15 continues): a network namespace and egress policy,
-//! seccomp, CPU shares.
+//! CPU shares.
 
 use std::ffi::{CString, OsString};
 use std::os::unix::ffi::OsStrExt;
@@ -236,6 +241,70 @@ fn unescape(s: &[u8]) -> Vec<u8> {
     out
 }
 
+/// The highest capability number the filter drops (the kernel ignores, with
+/// EINVAL, those it does not know).
+const CAP_LAST: u32 = 63;
+
+/// System calls a function never needs, answered `EPERM`: namespaces and
+/// mounts, kernel modules and images, tracing other processes, the clock,
+/// keyrings, BPF and perf, swap, reboot. Everything else is allowed (a deny
+/// list: functions run arbitrary language runtimes).
+fn deny_syscalls() -> Result<(), seccompiler::Error> {
+    use seccompiler::{SeccompAction, SeccompFilter, TargetArch};
+    let mut denied: Vec<libc::c_long> = vec![
+        libc::SYS_mount,
+        libc::SYS_umount2,
+        libc::SYS_pivot_root,
+        libc::SYS_unshare,
+        libc::SYS_setns,
+        libc::SYS_open_tree,
+        libc::SYS_move_mount,
+        libc::SYS_fsopen,
+        libc::SYS_fsmount,
+        libc::SYS_fsconfig,
+        libc::SYS_init_module,
+        libc::SYS_finit_module,
+        libc::SYS_delete_module,
+        libc::SYS_kexec_load,
+        libc::SYS_kexec_file_load,
+        libc::SYS_reboot,
+        libc::SYS_swapon,
+        libc::SYS_swapoff,
+        libc::SYS_ptrace,
+        libc::SYS_process_vm_writev,
+        libc::SYS_bpf,
+        libc::SYS_perf_event_open,
+        libc::SYS_userfaultfd,
+        libc::SYS_keyctl,
+        libc::SYS_add_key,
+        libc::SYS_request_key,
+        libc::SYS_open_by_handle_at,
+        libc::SYS_name_to_handle_at,
+        libc::SYS_settimeofday,
+        libc::SYS_clock_settime,
+        libc::SYS_clock_adjtime,
+        libc::SYS_adjtimex,
+        libc::SYS_sethostname,
+        libc::SYS_setdomainname,
+        libc::SYS_acct,
+        libc::SYS_quotactl,
+        libc::SYS_syslog,
+        libc::SYS_vhangup,
+    ];
+    #[cfg(target_arch = "x86_64")]
+    denied.extend([libc::SYS_iopl, libc::SYS_ioperm, libc::SYS_uselib]);
+    let arch = TargetArch::try_from(std::env::consts::ARCH)?;
+    let rules = denied.into_iter().map(|s| (s, Vec::new())).collect();
+    let filter = SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::EPERM as u32),
+        arch,
+    )?;
+    let program: seccompiler::BpfProgram = filter.try_into()?;
+    seccompiler::apply_filter(&program)
+}
+
 /// PID 1 of the instance's namespace: its view, then the function.
 fn instance(
     work_root: &Path,
@@ -281,6 +350,14 @@ fn instance(
         {
             die("mounting /proc");
         }
+        // The kernel's tunables stay read-only (as in container runtimes).
+        let sys = c"/proc/sys".as_ptr();
+        let ro = libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | proc_flags;
+        if libc::mount(sys, sys, null, libc::MS_BIND | libc::MS_REC, no_data) != 0
+            || libc::mount(null, sys, null, ro, no_data) != 0
+        {
+            die("making /proc/sys read-only");
+        }
         let root = cstr(work_root.as_os_str().as_bytes());
         let opts = cstr(format!("size={tmpfs_mb}m,mode=0755").as_bytes());
         let tmp_flags = libc::MS_NOSUID | libc::MS_NODEV;
@@ -317,6 +394,19 @@ fn instance(
         if libc::setrlimit(libc::RLIMIT_NOFILE, &files) != 0 {
             die("RLIMIT_NOFILE");
         }
+        // No capability survives the exec: root in the namespace cannot
+        // remount, change the kernel's settings or reach past its view.
+        for cap in 0..=libc::c_ulong::from(CAP_LAST) {
+            if libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) != 0
+                && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINVAL)
+            {
+                die("dropping capabilities");
+            }
+        }
+    }
+    if let Err(e) = deny_syscalls() {
+        eprintln!("fngate instance init: seccomp filter: {e}");
+        std::process::exit(126)
     }
     let err = std::os::unix::process::CommandExt::exec(
         std::process::Command::new(&command[0]).args(&command[1..]),

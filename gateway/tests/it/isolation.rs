@@ -8,7 +8,10 @@ use std::time::Duration;
 
 /// A Python function that reports what it can see and do.
 const PROBE: &str = r#"
-import http.server, json, os, socket
+import ctypes, http.server, json, os, socket
+libc = ctypes.CDLL(None, use_errno=True)
+def errno_of(rc):
+    return ctypes.get_errno() if rc != 0 else 0
 class H(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     def log_message(self, *a): pass
@@ -25,6 +28,17 @@ class H(http.server.BaseHTTPRequestHandler):
                 r[what] = e.errno
         open("here.txt", "w").write("ok")
         r["cwd_write"] = open("here.txt").read()
+        # MS_REMOUNT | MS_BIND: making its view writable again.
+        r["remount"] = errno_of(libc.mount(None, b"/", None, ctypes.c_ulong(32 | 4096), None))
+        r["unshare"] = errno_of(libc.unshare(0x00020000))
+        # PTRACE_TRACEME needs no privilege: only the seccomp filter refuses it.
+        r["ptrace"] = errno_of(libc.ptrace(0, 0, None, None))
+        try:
+            open("/proc/sys/vm/drop_caches", "w").write("1")
+            r["sysctl"] = "written"
+        except OSError as e:
+            r["sysctl"] = e.errno
+        r["cap_eff"] = [l.split()[1] for l in open("/proc/self/status") if l.startswith("CapEff")][0]
         b = json.dumps(r).encode()
         self.send_response(200)
         self.send_header("Content-Length", str(len(b)))
@@ -83,6 +97,13 @@ async fn an_isolated_instance_sees_only_itself_and_writes_only_its_own_tmpfs() {
         assert_eq!(v["etc"], 30, "{v}");
         assert_eq!(v["tmp"], 30, "{v}");
         assert_eq!(v["cwd_write"], "ok");
+        // No capability, and the calls that could undo the view are refused
+        // (EPERM); the kernel's tunables are read-only (EROFS).
+        assert_eq!(v["cap_eff"], "0000000000000000", "{v}");
+        assert_eq!(v["remount"], libc::EPERM, "{v}");
+        assert_eq!(v["unshare"], libc::EPERM, "{v}");
+        assert_eq!(v["ptrace"], libc::EPERM, "{v}");
+        assert_eq!(v["sysctl"], libc::EROFS, "{v}");
         // What it wrote lives in its tmpfs, not on the host.
         let host_dir = Path::new(v["cwd"].as_str().unwrap());
         assert!(host_dir.starts_with(&work_root), "{v}");
