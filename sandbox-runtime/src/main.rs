@@ -31,8 +31,9 @@ struct Args {
     /// mount, UTS and IPC namespaces (root).
     #[arg(long, value_enum, default_value_t = Isolation::Process)]
     isolation: Isolation,
-    /// Processes per instance at most (a cgroup v1 pids limit). Default:
-    /// 1024 with --isolation namespaces, no bound otherwise.
+    /// Processes per instance at most (a cgroup v1 pids limit; an error
+    /// where there is none). Default: 1024 with --isolation namespaces where
+    /// the pids hierarchy exists (a warning where it does not), else none.
     #[arg(long)]
     max_pids: Option<u32>,
     /// Open files per process of an isolated instance.
@@ -68,10 +69,9 @@ async fn serve() -> std::process::ExitCode {
         work_root: a.work_root,
         memory_limit: a.memory_limit,
         isolation: a.isolation,
-        max_pids: a.max_pids.or(match a.isolation {
-            Isolation::Namespaces => Some(1024),
-            Isolation::Process => None,
-        }),
+        max_pids: a
+            .max_pids
+            .or_else(|| sandbox_runtime::pids::default_bound(a.isolation)),
         max_open_files: a.max_open_files,
     };
     match sandbox_runtime::run(cfg, sandbox_runtime::cli::shutdown_signal()).await {

@@ -123,6 +123,23 @@ impl Drop for PidsLimit {
     }
 }
 
+/// The bound when none was asked for: 1024 for isolated instances where
+/// cgroup v1's pids hierarchy exists; elsewhere none, said loudly.
+pub fn default_bound(isolation: crate::isolation::Isolation) -> Option<u32> {
+    if isolation != crate::isolation::Isolation::Namespaces {
+        return None;
+    }
+    if Path::new("/sys/fs/cgroup/pids/pids.max").exists()
+        || Path::new("/sys/fs/cgroup/pids/cgroup.procs").exists()
+    {
+        return Some(1024);
+    }
+    tracing::warn!(
+        "no cgroup v1 pids hierarchy: isolated instances' process counts are NOT bounded (a fork bomb can exhaust the host); see --max-pids"
+    );
+    None
+}
+
 /// `/sys/fs/cgroup/pids/<the worker's own pids cgroup>/<tag>`.
 fn v1_parent(tag: &str) -> io::Result<PathBuf> {
     let root = Path::new("/sys/fs/cgroup/pids");
