@@ -93,7 +93,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             work_root: None,
             memory_limit: sandbox_runtime::memory::MemoryLimitMode::Auto,
             isolation: g.embedded_worker_isolation,
-            max_pids: sandbox_runtime::pids::default_bound(g.embedded_worker_isolation),
+            max_pids: sandbox_runtime::bounds::default_max_pids(g.embedded_worker_isolation),
             max_open_files: 1024,
         };
         let worker = sandbox_runtime::Worker::new(&cfg).map_err(RunError::EmbeddedWorker)?;

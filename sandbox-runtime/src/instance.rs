@@ -33,7 +33,7 @@ pub struct Spec {
     pub isolation: crate::isolation::Isolation,
     /// `RLIMIT_NOFILE` of an isolated instance's processes.
     pub max_open_files: u32,
-    pub pids: crate::pids::PidsLimit,
+    pub bounds: crate::bounds::InstanceBounds,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -75,7 +75,7 @@ pub struct Instance {
     pub output: Arc<Output>,
     // Cold-path lock: touched at start, exit and release only, never per invocation.
     limit: Mutex<Option<InstanceLimit>>,
-    pids: Mutex<Option<crate::pids::PidsLimit>>,
+    bounds: Mutex<Option<crate::bounds::InstanceBounds>>,
     exit: watch::Receiver<Option<ExitInfo>>,
     released: std::sync::atomic::AtomicBool,
 }
@@ -134,7 +134,7 @@ impl Instance {
             .process_group(0)
             .kill_on_drop(true);
         limit.install(&mut cmd);
-        spec.pids.install(&mut cmd);
+        spec.bounds.install(&mut cmd);
         if isolated {
             // After the cgroup is joined: the namespaces' processes inherit it.
             crate::isolation::unshare_before_exec(&mut cmd);
@@ -182,7 +182,7 @@ impl Instance {
             workdir: spec.workdir.clone(),
             output,
             limit: Mutex::new(Some(limit)),
-            pids: Mutex::new(Some(spec.pids)),
+            bounds: Mutex::new(Some(spec.bounds)),
             exit: exit_rx,
             released: Default::default(),
         });
@@ -292,11 +292,11 @@ impl Instance {
                 Err(_) => unknown_exit(),
             };
             let limit = self.limit.lock().unwrap().take();
-            let pids = self.pids.lock().unwrap().take();
+            let bounds = self.bounds.lock().unwrap().take();
             let workdir = self.workdir.clone();
             let _ = tokio::task::spawn_blocking(move || {
                 drop(limit);
-                drop(pids);
+                drop(bounds);
                 let _ = std::fs::remove_dir_all(workdir);
             })
             .await;

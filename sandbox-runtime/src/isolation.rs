@@ -29,7 +29,8 @@
 //! when its keeper dies (`PR_SET_PDEATHSIG`), and the kernel kills every
 //! process of the namespace with its PID 1.
 //!
-//! The process count is bounded by [`crate::pids`] (`--max-pids`).
+//! The process count and CPU share are [`crate::bounds`]' (`--max-pids`,
+//! `cpu.shares` by memory).
 //!
 //! Not yet here (issue 15 continues): a network namespace and egress policy,
 //! CPU shares.

@@ -8,18 +8,18 @@
 //!   tail, and the recent output invocations' log tails are cut from.
 //! - [`memory`]: how an instance's memory size is enforced (cgroup v1/v2, rlimit).
 //! - [`isolation`]: instances in their own namespaces (`--isolation namespaces`).
-//! - [`pids`]: bounding an instance's processes (`--max-pids`).
+//! - [`bounds`]: an instance's process count and CPU share (cgroup v1 pids, cpu).
 //! - [`metrics`]: the worker's Prometheus metrics.
 //! - [`cli`]: logging and signal handling shared by the fngate binaries.
 
 pub mod api;
+pub mod bounds;
 pub mod cli;
 pub mod instance;
 pub mod isolation;
 pub mod memory;
 pub mod metrics;
 pub mod output;
-pub mod pids;
 pub mod server;
 
 pub use server::{Config, Worker, run};

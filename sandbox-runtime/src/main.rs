@@ -71,7 +71,7 @@ async fn serve() -> std::process::ExitCode {
         isolation: a.isolation,
         max_pids: a
             .max_pids
-            .or_else(|| sandbox_runtime::pids::default_bound(a.isolation)),
+            .or_else(|| sandbox_runtime::bounds::default_max_pids(a.isolation)),
         max_open_files: a.max_open_files,
     };
     match sandbox_runtime::run(cfg, sandbox_runtime::cli::shutdown_signal()).await {

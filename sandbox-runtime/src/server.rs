@@ -55,7 +55,7 @@ struct Inner {
     work_root: PathBuf,
     isolation: crate::isolation::Isolation,
     max_open_files: u32,
-    pids: crate::pids::PidsEnforcer,
+    bounds: crate::bounds::Bounds,
     enforcer: MemoryEnforcer,
     metrics: Metrics,
     state: Mutex<Table>,
@@ -74,7 +74,9 @@ struct Table {
 impl Worker {
     pub fn new(cfg: &Config) -> std::io::Result<Worker> {
         let enforcer = MemoryEnforcer::detect(cfg.memory_limit)?;
-        let pids = crate::pids::PidsEnforcer::detect(cfg.max_pids)?;
+        // CPU by memory for isolated instances (plain processes as before).
+        let cpu_shares = cfg.isolation == crate::isolation::Isolation::Namespaces;
+        let bounds = crate::bounds::Bounds::detect(cfg.max_pids, cpu_shares)?;
         if cfg.isolation == crate::isolation::Isolation::Namespaces {
             // Loudly, at start: never a silent fall back to plain processes.
             crate::isolation::probe().map_err(std::io::Error::other)?;
@@ -102,7 +104,8 @@ impl Worker {
             memory_mb = cfg.memory_mb,
             memory_limit = enforcer.kind().as_str(),
             isolation = ?cfg.isolation,
-            max_pids = ?pids.max(),
+            max_pids = ?bounds.max_pids(),
+            cpu_shares = bounds.cpu_shares(),
             instance_host = %instance_host,
             work_root = %work_root.display(),
             "sandbox worker ready"
@@ -114,7 +117,7 @@ impl Worker {
                 work_root,
                 isolation: cfg.isolation,
                 max_open_files: cfg.max_open_files,
-                pids,
+                bounds,
                 enforcer,
                 metrics,
                 state: Mutex::new(Table::default()),
@@ -186,7 +189,7 @@ impl Worker {
         self.inner.tasks.close();
         self.inner.tasks.wait().await;
         self.inner.enforcer.cleanup();
-        self.inner.pids.cleanup();
+        self.inner.bounds.cleanup();
         let _ = std::fs::remove_dir_all(&self.inner.work_root);
         tracing::info!(released = all.len(), "sandbox worker stopped");
     }
@@ -389,10 +392,10 @@ impl Worker {
             work_root: self.inner.work_root.clone(),
             isolation: self.inner.isolation,
             max_open_files: self.inner.max_open_files,
-            pids: self
+            bounds: self
                 .inner
-                .pids
-                .prepare(&req.instance_id)
+                .bounds
+                .prepare(&req.instance_id, req.memory_mb)
                 .map_err(StartError::Prepare)?,
         };
         Instance::start(spec, limit).await

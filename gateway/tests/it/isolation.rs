@@ -39,6 +39,9 @@ class H(http.server.BaseHTTPRequestHandler):
         except OSError as e:
             r["sysctl"] = e.errno
         r["cap_eff"] = [l.split()[1] for l in open("/proc/self/status") if l.startswith("CapEff")][0]
+        cpu = [l.strip().split(":", 2) for l in open("/proc/self/cgroup")]
+        cpu = [c[2] for c in cpu if "cpu" in c[1].split(",")]
+        r["cpu_shares"] = int(open(f"/sys/fs/cgroup/cpu{cpu[0]}/cpu.shares").read()) if cpu else None
         b = json.dumps(r).encode()
         self.send_response(200)
         self.send_header("Content-Length", str(len(b)))
@@ -104,6 +107,8 @@ async fn an_isolated_instance_sees_only_itself_and_writes_only_its_own_tmpfs() {
         assert_eq!(v["unshare"], libc::EPERM, "{v}");
         assert_eq!(v["ptrace"], libc::EPERM, "{v}");
         assert_eq!(v["sysctl"], libc::EROFS, "{v}");
+        // CPU shared by memory: 128 MiB, 128 shares (1024 per GiB).
+        assert_eq!(v["cpu_shares"], 128, "{v}");
         // What it wrote lives in its tmpfs, not on the host.
         let host_dir = Path::new(v["cwd"].as_str().unwrap());
         assert!(host_dir.starts_with(&work_root), "{v}");
