@@ -134,18 +134,7 @@ impl InstanceBounds {
     pub fn remove(&mut self) {
         for (dir, fd) in self.joined.drain(..) {
             drop(fd);
-            for _ in 0..50 {
-                if let Ok(pids) = fs::read_to_string(dir.join("cgroup.procs")) {
-                    for pid in pids.lines().filter_map(|p| p.trim().parse::<i32>().ok()) {
-                        // SAFETY: plain syscall on a pid of this instance.
-                        unsafe { libc::kill(pid, libc::SIGKILL) };
-                    }
-                }
-                if fs::remove_dir(&dir).is_ok() {
-                    break;
-                }
-                std::thread::sleep(std::time::Duration::from_millis(2));
-            }
+            crate::memory::kill_and_remove(&dir);
         }
     }
 }
@@ -190,6 +179,7 @@ fn v1_parent(controller: &str, file: &str, tag: &str) -> io::Result<PathBuf> {
             io::Error::new(io::ErrorKind::NotFound, format!("no {controller} cgroup"))
         })?;
     let dir = root.join(own.trim_start_matches('/')).join(tag);
+    crate::memory::remove_stale_parents(&dir);
     fs::create_dir_all(&dir)?;
     if !dir.join(file).exists() {
         let _ = fs::remove_dir(&dir);

@@ -182,20 +182,47 @@ impl InstanceLimit {
     pub fn remove(&mut self) {
         self.procs_fd = None;
         if let Some(dir) = self.cgroup.take() {
-            if let Ok(pids) = fs::read_to_string(dir.join("cgroup.procs")) {
-                for pid in pids.lines().filter_map(|p| p.trim().parse::<i32>().ok()) {
-                    // SAFETY: plain syscall; a stale pid at worst gets a signal
-                    // it no longer exists for (ESRCH).
-                    unsafe { libc::kill(pid, libc::SIGKILL) };
-                }
+            kill_and_remove(&dir);
+        }
+    }
+}
+
+/// Kills every process left in the cgroup `dir` and removes it (rmdir
+/// fails while the last process is still being reaped: retried briefly).
+pub(crate) fn kill_and_remove(dir: &Path) {
+    for _ in 0..50 {
+        if let Ok(pids) = fs::read_to_string(dir.join("cgroup.procs")) {
+            for pid in pids.lines().filter_map(|p| p.trim().parse::<i32>().ok()) {
+                // SAFETY: plain syscall; a stale pid at worst gets a signal
+                // it no longer exists for (ESRCH).
+                unsafe { libc::kill(pid, libc::SIGKILL) };
             }
-            // rmdir fails while the last process is still being reaped; retry briefly.
-            for _ in 0..50 {
-                if fs::remove_dir(&dir).is_ok() {
-                    break;
-                }
-                std::thread::sleep(std::time::Duration::from_millis(2));
-            }
+        }
+        if fs::remove_dir(dir).is_ok() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+}
+
+/// Removes the parents that workers no longer running left behind (a
+/// worker killed outright cannot remove its own): `fngate-worker-<pid>`
+/// beside `dir`, for pids that are gone. Only empty ones go (rmdir).
+pub(crate) fn remove_stale_parents(dir: &Path) {
+    let Some(base) = dir.parent() else { return };
+    let Ok(entries) = fs::read_dir(base) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let pid = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("fngate-worker-"))
+            .and_then(|p| p.parse::<u32>().ok());
+        if let Some(pid) = pid
+            && !Path::new(&format!("/proc/{pid}")).exists()
+        {
+            let _ = fs::remove_dir(e.path());
         }
     }
 }
@@ -227,6 +254,7 @@ fn cgroup_v1_parent(tag: &str) -> io::Result<PathBuf> {
     let root = Path::new("/sys/fs/cgroup/memory");
     let own = own_cgroup(false)?;
     let dir = root.join(own.trim_start_matches('/')).join(tag);
+    remove_stale_parents(&dir);
     fs::create_dir_all(&dir)?;
     if !dir.join("memory.limit_in_bytes").exists() {
         let _ = fs::remove_dir(&dir);
@@ -257,6 +285,7 @@ fn cgroup_v2_parent(tag: &str) -> io::Result<PathBuf> {
         ));
     }
     let dir = base.join(tag);
+    remove_stale_parents(&dir);
     fs::create_dir_all(&dir)?;
     let _ = fs::write(dir.join("cgroup.subtree_control"), "+memory");
     let enabled = fs::read_to_string(dir.join("cgroup.subtree_control")).unwrap_or_default();
