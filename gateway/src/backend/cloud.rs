@@ -19,11 +19,11 @@
 use super::LegOutcome;
 use super::client::{Client, Outbound};
 use super::sign;
-use crate::api::{FunctionAnswer, Trigger, connection_named, is_hop_by_hop};
+use crate::api::{FunctionAnswer, Trigger, connection_named};
 use crate::auth::{hex, percent_encode_into, sha256};
 use crate::config::backends::{BackendConfig, BackendKind};
 use crate::error::InvokeError;
-use crate::pipeline::forward::{CONTEXT_PREFIX, Call};
+use crate::pipeline::forward::{Call, HTTP_REQUEST_ID, passes_on};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
@@ -42,6 +42,8 @@ pub struct Target {
     query: String,
     /// `backend:<name>`, where an instance id would go.
     pub name_header: HeaderValue,
+    /// An Azure function key, as the header sends it (marked sensitive).
+    function_key: Option<HeaderValue>,
 }
 
 /// A backend's answer.
@@ -67,16 +69,24 @@ fn default_port(scheme: Option<&str>) -> Option<u16> {
 }
 
 impl Target {
-    /// `None` for the sandbox.
-    pub fn new(b: &BackendConfig, outbound: &Outbound, max_idle: usize) -> Option<Target> {
-        let base = b.url.as_ref()?;
+    /// `Ok(None)` for the sandbox; `Err` when the backend's URL or key
+    /// cannot be sent (the gateway does not start).
+    pub fn new(
+        b: &BackendConfig,
+        outbound: &Outbound,
+        max_idle: usize,
+    ) -> Result<Option<Target>, String> {
+        let unusable = |what: &str| format!("backend {:?}: its {what} cannot be used", b.name);
+        let Some(base) = b.url.as_ref() else {
+            return Ok(None);
+        };
         let encoded = |name: &str| {
             let mut s = String::new();
             percent_encode_into(&mut s, name, b"");
             s
         };
         let (path, query) = match &b.kind {
-            BackendKind::Sandbox => return None,
+            BackendKind::Sandbox => return Ok(None),
             BackendKind::Lambda {
                 function,
                 qualifier,
@@ -97,25 +107,40 @@ impl Target {
                 (base.path().to_string(), String::new())
             }
         };
-        let authority = base.authority()?;
+        let (Some(authority), Some(scheme)) = (base.authority(), base.scheme_str()) else {
+            return Err(unusable("URL"));
+        };
         let host = match authority.port_u16() {
             Some(p) if Some(p) == default_port(base.scheme_str()) => authority.host().to_string(),
             _ => authority.as_str().to_string(),
         };
         let full = match query.is_empty() {
-            true => format!("{}://{}{path}", base.scheme_str()?, authority),
-            false => format!("{}://{}{path}?{query}", base.scheme_str()?, authority),
+            true => format!("{scheme}://{authority}{path}"),
+            false => format!("{scheme}://{authority}{path}?{query}"),
         };
-        Some(Target {
+        let function_key = match &b.kind {
+            BackendKind::Azure {
+                function_key: Some(k),
+            } => {
+                let mut v =
+                    HeaderValue::from_bytes(k.expose()).map_err(|_| unusable("function key"))?;
+                v.set_sensitive(true);
+                Some(v)
+            }
+            _ => None,
+        };
+        Ok(Some(Target {
             clients: (0..crate::shards::count())
                 .map(|_| outbound.client(b.connect_timeout, max_idle))
                 .collect(),
-            uri: full.parse().ok()?,
+            uri: full.parse().map_err(|_| unusable("URL"))?,
             host,
             path,
             query,
-            name_header: HeaderValue::from_str(&format!("backend:{}", b.name)).ok()?,
-        })
+            name_header: HeaderValue::from_str(&format!("backend:{}", b.name))
+                .map_err(|_| unusable("name"))?,
+            function_key,
+        }))
     }
 
     fn client(&self) -> &Client {
@@ -268,17 +293,18 @@ impl Target {
                 }
                 h.insert(http::header::AUTHORIZATION, v(&auth)?);
             }
-            BackendKind::Azure { function_key } => {
+            BackendKind::Azure { .. } => {
                 http_trigger(&mut req, &self.uri, call)?;
-                if let Some(k) = function_key {
-                    let k = HeaderValue::from_bytes(k.expose()).map_err(InvokeError::internal)?;
-                    req.headers_mut().insert(FUNCTIONS_KEY, k);
+                if let Some(k) = &self.function_key {
+                    req.headers_mut().insert(FUNCTIONS_KEY, k.clone());
                 }
-                req.headers_mut().insert(REQUEST_ID, request_id.clone());
+                req.headers_mut()
+                    .insert(HTTP_REQUEST_ID, request_id.clone());
             }
             BackendKind::Http => {
                 http_trigger(&mut req, &self.uri, call)?;
-                req.headers_mut().insert(REQUEST_ID, request_id.clone());
+                req.headers_mut()
+                    .insert(HTTP_REQUEST_ID, request_id.clone());
             }
         }
         Ok(req)
@@ -287,7 +313,6 @@ impl Target {
 
 const USER_AGENT: &str = concat!("fngate/", env!("CARGO_PKG_VERSION"));
 const FUNCTIONS_KEY: HeaderName = HeaderName::from_static("x-functions-key");
-const REQUEST_ID: HeaderName = HeaderName::from_static("x-fngate-request-id");
 
 /// An `azure` or `http` call: an event posts the payload; an HTTP trigger
 /// carries the caller's method, query and end-to-end headers.
@@ -320,15 +345,14 @@ fn http_trigger(
             let named = connection_named(call.headers);
             let h = req.headers_mut();
             for (name, value) in call.headers {
-                if !is_hop_by_hop(name)
-                    && !named.contains(name)
-                    && *name != http::header::HOST
-                    && *name != http::header::EXPECT
-                    && *name != http::header::AUTHORIZATION
-                    && *name != http::header::USER_AGENT
-                    && !name.as_str().starts_with(CONTEXT_PREFIX)
-                    && !consumed_headers.contains(&name.as_str())
-                {
+                // The gateway's own request names its host, agent and
+                // credentials.
+                let own = [
+                    http::header::HOST,
+                    http::header::AUTHORIZATION,
+                    http::header::USER_AGENT,
+                ];
+                if !own.contains(name) && passes_on(name, &named, consumed_headers) {
                     h.append(name.clone(), value.clone());
                 }
             }
@@ -408,19 +432,19 @@ fn read(b: &BackendConfig, parts: http::response::Parts, body: Bytes) -> Result<
         BackendKind::Fc { .. } => parts.headers.contains_key("x-fc-error-type"),
         _ => status.as_u16() >= 400,
     };
-    let mut headers = HeaderMap::new();
-    if cloud_api {
-        // The API's own headers are the cloud's, not the function's.
-        if let Some(ct) = parts.headers.get(http::header::CONTENT_TYPE) {
-            headers.insert(http::header::CONTENT_TYPE, ct.clone());
-        }
-    } else {
-        for (name, value) in &parts.headers {
-            if !is_hop_by_hop(name) && *name != http::header::CONTENT_LENGTH {
-                headers.append(name.clone(), value.clone());
+    // A cloud API's own headers are the cloud's, not the function's; an
+    // HTTP backend's are its answer's, hop-by-hop ones included, as an
+    // instance's (the doors filter them).
+    let headers = match cloud_api {
+        false => parts.headers,
+        true => {
+            let mut h = HeaderMap::new();
+            if let Some(ct) = parts.headers.get(http::header::CONTENT_TYPE) {
+                h.insert(http::header::CONTENT_TYPE, ct.clone());
             }
+            h
         }
-    }
+    };
     let status = match (cloud_api, function_error) {
         (true, true) => StatusCode::INTERNAL_SERVER_ERROR,
         (true, false) => StatusCode::OK,

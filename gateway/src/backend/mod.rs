@@ -32,12 +32,12 @@ pub mod cloud;
 pub mod sign;
 
 use crate::api::{FunctionAnswer, Ran};
-use crate::config::backends::{BackendConfig, BackendKind};
+use crate::config::backends::BackendConfig;
 use crate::config::{BackendSettings, FunctionConfig};
 use crate::error::InvokeError;
 use crate::ingress::VpcTable;
 use crate::pipeline::Pipeline;
-use crate::pipeline::forward::{self, Call};
+use crate::pipeline::forward::{self, Call, Failed};
 use crate::scheduler::FunctionPool;
 use bytes::Bytes;
 use http::HeaderValue;
@@ -326,16 +326,17 @@ pub struct Routes {
 }
 
 impl Routes {
-    /// `None` when the function has no backends (the sandbox only).
+    /// `None` when the function has no backends (the sandbox only); `Err`
+    /// when a backend cannot be called (see [`cloud::Target::new`]).
     pub fn new(
         f: &FunctionConfig,
         settings: &BackendSettings,
         outbound: &client::Outbound,
         families: &BackendFamilies,
         vpcs: &VpcTable,
-    ) -> Option<Routes> {
+    ) -> Result<Option<Routes>, String> {
         if f.backends.is_empty() {
-            return None;
+            return Ok(None);
         }
         let backends: Box<[Backend]> = f
             .backends
@@ -352,8 +353,8 @@ impl Routes {
                         .bytes
                         .with_label_values(&[&*f.name, &*b.name, net_label, dir])
                 };
-                Backend {
-                    target: cloud::Target::new(b, outbound, settings.max_idle_per_host),
+                Ok(Backend {
+                    target: cloud::Target::new(b, outbound, settings.max_idle_per_host)?,
                     health: Health::default(),
                     metrics: BackendMetrics {
                         requests: LegOutcome::ALL.map(|o| {
@@ -372,9 +373,9 @@ impl Routes {
                         .max_concurrency
                         .map(|n| Arc::new(tokio::sync::Semaphore::new(n as usize))),
                     cfg: b.clone(),
-                }
+                })
             })
-            .collect();
+            .collect::<Result<_, String>>()?;
         let weights = backends
             .iter()
             .enumerate()
@@ -385,12 +386,12 @@ impl Routes {
             .filter(|&i| backends[i].cfg.fallback.is_some())
             .collect();
         fallbacks.sort_by_key(|&i| backends[i].cfg.fallback);
-        Some(Routes {
+        Ok(Some(Routes {
             backends,
             weights,
             fallbacks: fallbacks.into(),
             settings: settings.clone(),
-        })
+        }))
     }
 
     /// The backends to try, in order: one chosen by weight among those in
@@ -447,18 +448,9 @@ pub fn table(config: &crate::config::Config, registry: &Registry) -> Result<Rout
         let outbound = client::Outbound::new(settings.ca_file.as_deref())?;
         let families = BackendFamilies::new(registry);
         for f in &config.functions {
-            if let Some(r) = Routes::new(f, settings, &outbound, &families, &config.ingress.vpcs) {
-                // A cloud backend without a target would be taken for the sandbox.
-                if let Some(b) = r
-                    .backends
-                    .iter()
-                    .find(|b| is_cloud(&b.cfg.kind) && b.target.is_none())
-                {
-                    return Err(format!(
-                        "function {:?}: backend {:?}: its URL cannot be used",
-                        f.name, b.cfg.name
-                    ));
-                }
+            let routes = Routes::new(f, settings, &outbound, &families, &config.ingress.vpcs)
+                .map_err(|e| format!("function {:?}: {e}", f.name))?;
+            if let Some(r) = routes {
                 out.insert(f.name.clone(), r);
             }
         }
@@ -476,8 +468,6 @@ fn sandbox_not_run(e: &InvokeError) -> bool {
             | InvokeError::InstanceStartFailed { .. }
     )
 }
-
-type Failed = (InvokeError, Option<Ran>);
 
 /// Runs `call` on `routes`' backends (see the module's rules). Returns the
 /// outcome and every attempt on a cloud backend.
@@ -600,11 +590,6 @@ fn random_below(n: u32) -> u32 {
         s.set(x);
         (((x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 32) * u64::from(n)) >> 32) as u32
     })
-}
-
-/// A kind of backend is a cloud (called over HTTPS), not the sandbox.
-pub fn is_cloud(kind: &BackendKind) -> bool {
-    !matches!(kind, BackendKind::Sandbox)
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@ fn routes(gateway: &str, backends: &str) -> Routes {
         &cfg.ingress.vpcs,
     )
     .unwrap()
+    .unwrap()
 }
 
 fn http(name: &str, extra: &str) -> String {

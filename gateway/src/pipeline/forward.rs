@@ -48,6 +48,18 @@ pub const TRIGGER: HeaderName = HeaderName::from_static("x-fngate-trigger");
 pub const HTTP_REQUEST_ID: HeaderName = HeaderName::from_static("x-fngate-request-id");
 pub const HTTP_FUNCTION_NAME: HeaderName = HeaderName::from_static("x-fngate-function-name");
 
+/// Whether a caller's header of an HTTP-trigger call is passed on to the
+/// function (an instance, or an HTTP backend): not hop-by-hop nor named by
+/// `Connection` (`named`), not `Expect`, not the gateway's own
+/// `x-fngate-*`, not one the dialect consumed (a function key).
+pub fn passes_on(name: &HeaderName, named: &[HeaderName], consumed: &[&str]) -> bool {
+    !is_hop_by_hop(name)
+        && !named.contains(name)
+        && *name != http::header::EXPECT
+        && !name.as_str().starts_with(CONTEXT_PREFIX)
+        && !consumed.contains(&name.as_str())
+}
+
 /// What to send to the instance, besides the payload.
 pub struct Call<'a> {
     pub trigger: &'a Trigger<'a>,
@@ -86,7 +98,9 @@ impl Call<'_> {
     }
 }
 
-type Failed = (InvokeError, Option<Ran>);
+/// Why a call produced no answer, and the instance (or backend) it ran on,
+/// if it did.
+pub type Failed = (InvokeError, Option<Ran>);
 
 pub async fn call(
     p: &Pipeline,
@@ -213,13 +227,7 @@ fn write_head(
                     || (n.as_str() == "x-forwarded-for" && call.caller_ip.is_some())
             };
             for (name, value) in call.headers {
-                if !replaced(name)
-                    && !is_hop_by_hop(name)
-                    && !named.contains(name)
-                    && *name != http::header::EXPECT
-                    && !name.as_str().starts_with(CONTEXT_PREFIX)
-                    && !consumed_headers.contains(&name.as_str())
-                {
+                if !replaced(name) && passes_on(name, &named, consumed_headers) {
                     conn.header(name, value);
                 }
             }

@@ -446,7 +446,7 @@ impl Pipeline {
         payload: bytes::Bytes,
         request_id: &HeaderValue,
     ) -> (
-        Result<(FunctionAnswer, Ran), (InvokeError, Option<Ran>)>,
+        Result<(FunctionAnswer, Ran), forward::Failed>,
         Vec<crate::backend::Leg>,
     ) {
         match pool.cfg.backends.is_empty() {
