@@ -45,7 +45,7 @@ impl Bounds {
         let pids = match max_pids {
             None => None,
             Some(max) => Some((
-                v1_parent("pids", "pids.max", &tag).map_err(|e| {
+                crate::memory::v1_parent("pids", "pids.max", &tag).map_err(|e| {
                     io::Error::new(
                         e.kind(),
                         format!("--max-pids needs cgroup v1's pids hierarchy, writable here: {e}"),
@@ -56,7 +56,7 @@ impl Bounds {
         };
         let cpu = match cpu_shares {
             false => None,
-            true => match v1_parent("cpu", "cpu.shares", &tag) {
+            true => match crate::memory::v1_parent("cpu", "cpu.shares", &tag) {
                 Ok(p) => Some(p),
                 Err(e) => {
                     tracing::warn!(error = %e, "no cgroup v1 cpu hierarchy: instances' CPU is NOT shared by memory size");
@@ -158,35 +158,4 @@ pub fn default_max_pids(isolation: crate::isolation::Isolation) -> Option<u32> {
         "no cgroup v1 pids hierarchy: isolated instances' process counts are NOT bounded (a fork bomb can exhaust the host); see --max-pids"
     );
     None
-}
-
-/// `/sys/fs/cgroup/<controller>/<the worker's own cgroup there>/<tag>`,
-/// which must offer `file`.
-fn v1_parent(controller: &str, file: &str, tag: &str) -> io::Result<PathBuf> {
-    let root = Path::new("/sys/fs/cgroup").join(controller);
-    let text = fs::read_to_string("/proc/self/cgroup")?;
-    let own = text
-        .lines()
-        .find_map(|line| {
-            let mut parts = line.splitn(3, ':');
-            let (_, ctrls, path) = (parts.next()?, parts.next()?, parts.next()?);
-            ctrls
-                .split(',')
-                .any(|c| c == controller)
-                .then(|| path.to_string())
-        })
-        .ok_or_else(|| {
-            io::Error::new(io::ErrorKind::NotFound, format!("no {controller} cgroup"))
-        })?;
-    let dir = root.join(own.trim_start_matches('/')).join(tag);
-    crate::memory::remove_stale_parents(&dir);
-    fs::create_dir_all(&dir)?;
-    if !dir.join(file).exists() {
-        let _ = fs::remove_dir(&dir);
-        return Err(io::Error::new(
-            io::ErrorKind::Unsupported,
-            format!("no {file}"),
-        ));
-    }
-    Ok(dir)
 }

@@ -137,7 +137,7 @@ impl Instance {
         spec.bounds.install(&mut cmd);
         if isolated {
             // After the cgroup is joined: the namespaces' processes inherit it.
-            crate::isolation::unshare_before_exec(&mut cmd);
+            crate::isolation::unshare_before_exec(cmd.as_std_mut());
         }
         let mut child = match cmd.spawn() {
             Ok(c) => c,

@@ -58,15 +58,8 @@ const FLAGS: libc::c_int =
 
 /// Whether this process may create the namespaces: spawns `true` in them.
 pub fn probe() -> Result<(), String> {
-    use std::os::unix::process::CommandExt;
     let mut cmd = std::process::Command::new("/bin/true");
-    // SAFETY: unshare is async-signal-safe and touches no memory of ours.
-    unsafe {
-        cmd.pre_exec(|| match libc::unshare(FLAGS) {
-            0 => Ok(()),
-            _ => Err(std::io::Error::last_os_error()),
-        });
-    }
+    unshare_before_exec(&mut cmd);
     match cmd.status() {
         Ok(s) if s.success() => Ok(()),
         Ok(s) => Err(format!("a process in new namespaces ended {s}")),
@@ -101,7 +94,9 @@ pub fn init_args(init: &Init<'_>, command: &[String]) -> Vec<OsString> {
 }
 
 /// Installs the namespaces' creation on `cmd` (run in the child before exec).
-pub fn unshare_before_exec(cmd: &mut tokio::process::Command) {
+/// (A tokio command passes its `as_std_mut()`.)
+pub fn unshare_before_exec(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
     // SAFETY: unshare is async-signal-safe and touches no memory of ours.
     unsafe {
         cmd.pre_exec(|| match libc::unshare(FLAGS) {

@@ -47,7 +47,9 @@ impl MemoryEnforcer {
     pub fn detect(mode: MemoryLimitMode) -> io::Result<Self> {
         let tag = format!("fngate-worker-{}", std::process::id());
         let try_v2 = || cgroup_v2_parent(&tag).map(|p| (MemoryLimit::CgroupV2, p));
-        let try_v1 = || cgroup_v1_parent(&tag).map(|p| (MemoryLimit::CgroupV1, p));
+        let try_v1 = || {
+            v1_parent("memory", "memory.limit_in_bytes", &tag).map(|p| (MemoryLimit::CgroupV1, p))
+        };
         let found = match mode {
             MemoryLimitMode::Auto => try_v2().or_else(|_| try_v1()).ok(),
             MemoryLimitMode::CgroupV2 => Some(try_v2()?),
@@ -233,34 +235,40 @@ impl Drop for InstanceLimit {
     }
 }
 
-/// The worker's own cgroup path for a v1 hierarchy (`N:memory:/path`) or v2 (`0::/path`).
-fn own_cgroup(v2: bool) -> io::Result<String> {
+/// The worker's own cgroup path in the v1 hierarchy of `controller`
+/// (`N:memory:/path`), or in v2 (`0::/path`) for `None`.
+fn own_cgroup(controller: Option<&str>) -> io::Result<String> {
     let text = fs::read_to_string("/proc/self/cgroup")?;
     text.lines()
         .find_map(|line| {
             let mut parts = line.splitn(3, ':');
             let (id, ctrls, path) = (parts.next()?, parts.next()?, parts.next()?);
-            let hit = if v2 {
-                id == "0" && ctrls.is_empty()
-            } else {
-                ctrls.split(',').any(|c| c == "memory")
+            let hit = match controller {
+                None => id == "0" && ctrls.is_empty(),
+                Some(c) => ctrls.split(',').any(|x| x == c),
             };
             hit.then(|| path.to_string())
         })
-        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no memory cgroup"))
+        .ok_or_else(|| {
+            let which = controller.unwrap_or("v2");
+            io::Error::new(io::ErrorKind::NotFound, format!("no {which} cgroup"))
+        })
 }
 
-fn cgroup_v1_parent(tag: &str) -> io::Result<PathBuf> {
-    let root = Path::new("/sys/fs/cgroup/memory");
-    let own = own_cgroup(false)?;
+/// `/sys/fs/cgroup/<controller>/<the worker's own cgroup there>/<tag>`, the
+/// parent of this worker's instances in a v1 hierarchy, which must offer
+/// `file` (stale parents of dead workers beside it are removed first).
+pub(crate) fn v1_parent(controller: &str, file: &str, tag: &str) -> io::Result<PathBuf> {
+    let root = Path::new("/sys/fs/cgroup").join(controller);
+    let own = own_cgroup(Some(controller))?;
     let dir = root.join(own.trim_start_matches('/')).join(tag);
     remove_stale_parents(&dir);
     fs::create_dir_all(&dir)?;
-    if !dir.join("memory.limit_in_bytes").exists() {
+    if !dir.join(file).exists() {
         let _ = fs::remove_dir(&dir);
         return Err(io::Error::new(
             io::ErrorKind::Unsupported,
-            "no v1 memory files",
+            format!("no {file}"),
         ));
     }
     Ok(dir)
@@ -275,7 +283,7 @@ fn cgroup_v2_parent(tag: &str) -> io::Result<PathBuf> {
     .into_iter()
     .find(|p| p.join("cgroup.controllers").exists())
     .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no cgroup2 mount"))?;
-    let own = own_cgroup(true)?;
+    let own = own_cgroup(None)?;
     let base = root.join(own.trim_start_matches('/'));
     let controllers = fs::read_to_string(base.join("cgroup.controllers")).unwrap_or_default();
     if !controllers.split_whitespace().any(|c| c == "memory") {
