@@ -143,6 +143,7 @@ struct GatewaySection {
     worker_timeout_ms: u64,
     embedded_worker_memory_mb: u64,
     embedded_worker_isolation: sandbox_runtime::isolation::Isolation,
+    embedded_worker_subnet: Option<String>,
     threads: Option<u64>,
     max_async_queued: u32,
     max_async_queued_bytes: u64,
@@ -197,6 +198,7 @@ impl Default for GatewaySection {
             worker_timeout_ms: 5_000,
             embedded_worker_memory_mb: 4096,
             embedded_worker_isolation: sandbox_runtime::isolation::Isolation::Process,
+            embedded_worker_subnet: None,
             threads: None,
             max_async_queued: 100_000,
             max_async_queued_bytes: 1 << 30,
@@ -264,6 +266,11 @@ struct FunctionSection {
     min_instances: u32,
     #[serde(default)]
     vpc_bindings: Vec<String>,
+    /// Where its instances may send traffic (enforced by isolated workers).
+    #[serde(default)]
+    egress: sandbox_runtime::api::EgressMode,
+    /// The `[[networks]]` VPC its instances reach in `vpc` / `both` mode.
+    vpc_id: Option<String>,
     /// Absent: the gateway's default rules apply. Present (even empty): these.
     access_rules: Option<Vec<RuleSection>>,
     rate_limit: Option<Rate>,
@@ -402,6 +409,8 @@ pub struct GatewayConfig {
     pub embedded_worker_memory_mb: u64,
     /// How the embedded worker isolates instances (see `sandbox_runtime::isolation`).
     pub embedded_worker_isolation: sandbox_runtime::isolation::Isolation,
+    /// The embedded worker's range for isolated instances' addresses.
+    pub embedded_worker_subnet: Option<ipnet::Ipv4Net>,
     /// Runtime shards (threads serving connections), see [`crate::shards`].
     pub threads: usize,
     pub asynchronous: AsyncLimits,
@@ -503,6 +512,45 @@ pub struct FunctionConfig {
     /// What the Azure door demands.
     pub auth_level: AuthLevel,
     pub function_keys: Vec<NamedKey>,
+    /// Where its instances may send traffic: its mode, its VPC's CIDRs and
+    /// the other VPCs' (never reachable), for isolated workers to enforce.
+    pub egress: sandbox_runtime::api::Egress,
+}
+
+/// A function's egress policy: `vpc` and `both` need a `vpc_id` of
+/// `[[networks]]` with CIDRs; every other VPC's CIDRs are refused.
+fn egress_policy(
+    key: &dyn Fn(&str) -> String,
+    mode: sandbox_runtime::api::EgressMode,
+    vpc_id: Option<&str>,
+    vpc_cidrs: &BTreeMap<&str, Vec<String>>,
+) -> Result<sandbox_runtime::api::Egress, ConfigError> {
+    use sandbox_runtime::api::EgressMode;
+    let own = match vpc_id {
+        Some(v) => Some(vpc_cidrs.get(v).ok_or_else(|| {
+            invalid(
+                key("vpc_id"),
+                format!("{v:?} is not a [[networks]] VPC with cidrs"),
+            )
+        })?),
+        None if matches!(mode, EgressMode::Vpc | EgressMode::Both) => {
+            return Err(invalid(
+                key("vpc_id"),
+                format!("egress = {:?} needs the VPC's id", mode.as_str()),
+            ));
+        }
+        None => None,
+    };
+    Ok(sandbox_runtime::api::Egress {
+        mode,
+        vpc_id: vpc_id.map(String::from),
+        vpc_cidrs: own.cloned().unwrap_or_default(),
+        refused_cidrs: vpc_cidrs
+            .iter()
+            .filter(|(id, _)| Some(**id) != vpc_id)
+            .flat_map(|(_, c)| c.iter().cloned())
+            .collect(),
+    })
 }
 
 /// How a function's asynchronous invocations are retried (see
@@ -654,6 +702,8 @@ impl Config {
         let mut seen_cidr: HashMap<IpNet, String> = HashMap::new();
         let mut cidrs = Vec::new();
         let mut endpoints: HashMap<Box<str>, VpcId> = HashMap::new();
+        // Each VPC's CIDRs, for instances' egress policies.
+        let mut vpc_cidrs: BTreeMap<&str, Vec<String>> = BTreeMap::new();
         for (i, n) in file.networks.iter().enumerate() {
             let key = |k: &str| format!("networks[{i}].{k}");
             valid_vpc_id(&key("vpc_id"), &n.vpc_id)?;
@@ -673,6 +723,10 @@ impl Config {
                     ));
                 }
                 cidrs.push((net, vpc));
+                vpc_cidrs
+                    .entry(n.vpc_id.as_str())
+                    .or_default()
+                    .push(net.to_string());
             }
             for (j, e) in n.endpoint_ids.iter().enumerate() {
                 if e.is_empty() || endpoints.insert(e.as_str().into(), vpc).is_some() {
@@ -871,6 +925,7 @@ impl Config {
                 queue_timeout: Duration::from_millis(f.queue_timeout_ms),
                 queue_max: f.queue_max as usize,
             };
+            let egress = egress_policy(&key, f.egress, f.vpc_id.as_deref(), &vpc_cidrs)?;
             let (auth, auth_level, function_keys) = auth::function(
                 &key,
                 &gw_auth,
@@ -914,6 +969,7 @@ impl Config {
                 auth,
                 auth_level,
                 function_keys,
+                egress,
             }));
         }
 
@@ -957,6 +1013,15 @@ impl Config {
                     g.embedded_worker_memory_mb,
                 )?,
                 embedded_worker_isolation: g.embedded_worker_isolation,
+                embedded_worker_subnet: match &g.embedded_worker_subnet {
+                    None => None,
+                    Some(v) => Some(v.parse().map_err(|_| {
+                        invalid(
+                            "gateway.embedded_worker_subnet",
+                            format!("{v:?} is not an IPv4 CIDR"),
+                        )
+                    })?),
+                },
                 threads: match g.threads {
                     None => crate::shards::default_count(),
                     Some(n @ 1..=1024) => n as usize,

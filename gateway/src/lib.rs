@@ -95,6 +95,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             isolation: g.embedded_worker_isolation,
             max_pids: sandbox_runtime::bounds::default_max_pids(g.embedded_worker_isolation),
             max_open_files: 1024,
+            instance_subnet: g.embedded_worker_subnet,
         };
         let worker = sandbox_runtime::Worker::new(&cfg).map_err(RunError::EmbeddedWorker)?;
         let listener = TcpListener::bind(cfg.listen)

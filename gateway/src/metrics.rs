@@ -77,6 +77,8 @@ pub struct Metrics {
     throttles: IntCounterVec,
     in_flight: IntGaugeVec,
     pub live_instances: IntGauge,
+    /// Isolated instances' egress, added at each instance's release.
+    pub instance_egress: IntCounterVec,
     /// Indexed like [`crate::connection::proxy::Reject::ALL`].
     pub proxy_rejections: Vec<IntCounter>,
     /// The gateway-wide asynchronous queue's metrics.
@@ -242,6 +244,14 @@ impl Metrics {
             "Instances counted against gateway.max_instances.",
         )
         .unwrap();
+        let instance_egress = IntCounterVec::new(
+            Opts::new(
+                "fngate_instance_egress_bytes_total",
+                "What isolated instances exchanged outside in their lifetime (the worker's counters at release; IP bytes), by function, network (internet or a VPC id) and direction (out: sent by the instance). Workers count the same live as fngate_egress_bytes_total.",
+            ),
+            &["function", "network", "direction"],
+        )
+        .unwrap();
         let asynchronous = AsyncMetrics::new();
         let async_results = IntCounterVec::new(
             Opts::new(
@@ -320,6 +330,7 @@ impl Metrics {
             Box::new(throttles.clone()),
             Box::new(in_flight.clone()),
             Box::new(live_instances.clone()),
+            Box::new(instance_egress.clone()),
             Box::new(proxy),
             Box::new(invocations.clone()),
             Box::new(traffic.clone()),
@@ -362,6 +373,7 @@ impl Metrics {
             throttles,
             in_flight,
             live_instances,
+            instance_egress,
             proxy_rejections,
             asynchronous,
             async_results,

@@ -38,6 +38,60 @@ pub struct CreateInstance {
     pub memory_mb: u32,
     /// How long the process may take to accept on its port.
     pub start_timeout_ms: u64,
+    /// Where the instance may send traffic (enforced by isolated workers;
+    /// a plain-process worker refuses anything but the default).
+    #[serde(default)]
+    pub egress: Egress,
+}
+
+/// An instance's outbound network policy.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Egress {
+    #[serde(default)]
+    pub mode: EgressMode,
+    /// The function's VPC: its traffic there is counted under this id.
+    #[serde(default)]
+    pub vpc_id: Option<String>,
+    /// The CIDRs of the function's VPC.
+    #[serde(default)]
+    pub vpc_cidrs: Vec<String>,
+    /// CIDRs never reachable (other VPCs').
+    #[serde(default)]
+    pub refused_cidrs: Vec<String>,
+}
+
+/// Which destinations an instance may reach: FC's "allow the default NIC to
+/// access the internet" (`internet`), VPC access only (`vpc`), both, or none.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EgressMode {
+    #[default]
+    Internet,
+    Vpc,
+    Both,
+    None,
+}
+
+impl EgressMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EgressMode::Internet => "internet",
+            EgressMode::Vpc => "vpc",
+            EgressMode::Both => "both",
+            EgressMode::None => "none",
+        }
+    }
+}
+
+/// Bytes an instance exchanged with one network (`internet` or a VPC id)
+/// in one direction (`out`: sent by the instance, `in`: received), IP
+/// headers included.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EgressBytes {
+    pub network: String,
+    pub direction: String,
+    pub bytes: u64,
 }
 
 /// How a worker enforces an instance's memory size.
@@ -120,6 +174,10 @@ pub struct InstanceInfo {
     pub exit: Option<ExitInfo>,
     /// The last lines the instance wrote to stderr (bounded).
     pub stderr_tail: String,
+    /// What an isolated instance has sent and received outside, so far (or
+    /// in its lifetime, once released); empty for plain processes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub egress: Vec<EgressBytes>,
 }
 
 /// Machine-readable error codes of the worker API.

@@ -34,6 +34,10 @@ pub struct Spec {
     /// `RLIMIT_NOFILE` of an isolated instance's processes.
     pub max_open_files: u32,
     pub bounds: crate::bounds::InstanceBounds,
+    /// An isolated instance's network namespace (its address replaces `host`).
+    pub net: Option<crate::network::InstanceNet>,
+    /// Where its egress bytes are counted.
+    pub egress_metric: prometheus::IntCounterVec,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +52,8 @@ pub enum StartError {
     },
     #[error("instance {exit} before accepting on its port")]
     Exited { exit: ExitInfo, stderr_tail: String },
+    #[error("cannot set up the instance's network: {0}")]
+    Network(String),
     #[error("instance did not accept on its port within {0:?}")]
     Timeout(Duration, String),
 }
@@ -78,13 +84,29 @@ pub struct Instance {
     bounds: Mutex<Option<crate::bounds::InstanceBounds>>,
     exit: watch::Receiver<Option<ExitInfo>>,
     released: std::sync::atomic::AtomicBool,
+    net: Option<crate::network::InstanceNet>,
+    egress_metric: prometheus::IntCounterVec,
 }
 
 impl Instance {
     /// Spawns the instance and waits until it is ready.
     pub async fn start(spec: Spec, limit: InstanceLimit) -> Result<Arc<Instance>, StartError> {
-        let port = free_port(spec.host).map_err(StartError::Prepare)?;
-        std::fs::create_dir_all(&spec.workdir).map_err(StartError::Prepare)?;
+        let (host, port) = match &spec.net {
+            Some(n) => (
+                std::net::IpAddr::V4(n.addr()),
+                crate::network::INSTANCE_PORT,
+            ),
+            None => (
+                spec.host,
+                free_port(spec.host).map_err(StartError::Prepare)?,
+            ),
+        };
+        if let Err(e) = std::fs::create_dir_all(&spec.workdir) {
+            if let Some(n) = &spec.net {
+                n.remove().await;
+            }
+            return Err(StartError::Prepare(e));
+        }
         let program = spec.command.first().cloned().unwrap_or_default();
         let isolated = spec.isolation == crate::isolation::Isolation::Namespaces;
         let mut cmd = match isolated {
@@ -119,7 +141,7 @@ impl Instance {
             .env("TMPDIR", &spec.workdir)
             .env("FC_SERVER_PORT", port.to_string())
             .env("PORT", port.to_string())
-            .env("FC_SERVER_HOST", spec.host.to_string())
+            .env("FC_SERVER_HOST", host.to_string())
             .env("FC_FUNCTION_NAME", &spec.function)
             .env("FC_INSTANCE_ID", &spec.instance_id)
             .env("FC_FUNCTION_MEMORY_SIZE", spec.memory_mb.to_string())
@@ -135,6 +157,9 @@ impl Instance {
             .kill_on_drop(true);
         limit.install(&mut cmd);
         spec.bounds.install(&mut cmd);
+        if let Some(fd) = spec.net.as_ref().and_then(|n| n.fd()) {
+            crate::network::join_before_exec(cmd.as_std_mut(), fd);
+        }
         if isolated {
             // After the cgroup is joined: the namespaces' processes inherit it.
             crate::isolation::unshare_before_exec(cmd.as_std_mut());
@@ -143,6 +168,9 @@ impl Instance {
             Ok(c) => c,
             Err(source) => {
                 let _ = std::fs::remove_dir_all(&spec.workdir);
+                if let Some(n) = &spec.net {
+                    n.remove().await;
+                }
                 return Err(StartError::Spawn { program, source });
             }
         };
@@ -163,7 +191,11 @@ impl Instance {
                 Ok(p) => pumps.push(p),
                 Err(e) => {
                     let _ = child.start_kill();
+                    let _ = child.wait().await;
                     let _ = std::fs::remove_dir_all(&spec.workdir);
+                    if let Some(n) = &spec.net {
+                        n.remove().await;
+                    }
                     return Err(StartError::Prepare(e));
                 }
             }
@@ -174,7 +206,7 @@ impl Instance {
         let instance = Arc::new(Instance {
             id: spec.instance_id.clone(),
             function: spec.function.clone(),
-            address: std::net::SocketAddr::new(spec.host, port).to_string(),
+            address: std::net::SocketAddr::new(host, port).to_string(),
             memory_mb: spec.memory_mb,
             memory_limit: limit_kind,
             pid,
@@ -185,6 +217,8 @@ impl Instance {
             bounds: Mutex::new(Some(spec.bounds)),
             exit: exit_rx,
             released: Default::default(),
+            net: spec.net,
+            egress_metric: spec.egress_metric,
         });
 
         // Exit watcher: the only owner of `child`.
@@ -212,7 +246,7 @@ impl Instance {
         // Ready when it accepts on its port; fail fast when it exits first.
         let deadline = tokio::time::Instant::now() + spec.start_timeout;
         let mut exit = instance.exit.clone();
-        let addr = std::net::SocketAddr::new(spec.host, port);
+        let addr = std::net::SocketAddr::new(host, port);
         loop {
             if tokio::net::TcpStream::connect(addr).await.is_ok() {
                 return Ok(instance);
@@ -261,6 +295,24 @@ impl Instance {
             created_unix: self.created_unix,
             exit,
             stderr_tail: self.stderr_tail(),
+            egress: self.net.as_ref().map(|n| n.totals()).unwrap_or_default(),
+        }
+    }
+
+    /// Reads an isolated instance's egress counters into the metric.
+    pub async fn meter(&self) {
+        let Some(net) = &self.net else { return };
+        match net.read().await {
+            Ok((delta, _)) => {
+                for d in delta {
+                    self.egress_metric
+                        .with_label_values(&[self.function.as_str(), &d.network, &d.direction])
+                        .inc_by(d.bytes);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(instance = %self.id, error = %e, "cannot read egress counters")
+            }
         }
     }
 
@@ -291,6 +343,11 @@ impl Instance {
                 Ok(info) => info,
                 Err(_) => unknown_exit(),
             };
+            // The last bytes, then the namespace (its process is gone).
+            self.meter().await;
+            if let Some(n) = &self.net {
+                n.remove().await;
+            }
             let limit = self.limit.lock().unwrap().take();
             let bounds = self.bounds.lock().unwrap().take();
             let workdir = self.workdir.clone();

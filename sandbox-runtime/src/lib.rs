@@ -19,6 +19,7 @@ pub mod instance;
 pub mod isolation;
 pub mod memory;
 pub mod metrics;
+pub mod network;
 pub mod output;
 pub mod server;
 

@@ -39,6 +39,11 @@ struct Args {
     /// Open files per process of an isolated instance.
     #[arg(long, default_value_t = 1024)]
     max_open_files: u32,
+    /// Private range isolated instances take their addresses from (a /30
+    /// each; used only inside namespaces this worker creates; one range
+    /// per worker on a host).
+    #[arg(long, default_value = sandbox_runtime::network::DEFAULT_SUBNET)]
+    instance_subnet: ipnet::Ipv4Net,
 }
 
 fn main() -> std::process::ExitCode {
@@ -73,6 +78,7 @@ async fn serve() -> std::process::ExitCode {
             .max_pids
             .or_else(|| sandbox_runtime::bounds::default_max_pids(a.isolation)),
         max_open_files: a.max_open_files,
+        instance_subnet: Some(a.instance_subnet),
     };
     match sandbox_runtime::run(cfg, sandbox_runtime::cli::shutdown_signal()).await {
         Ok(()) => std::process::ExitCode::SUCCESS,

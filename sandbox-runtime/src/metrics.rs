@@ -11,6 +11,7 @@ pub struct Metrics {
     pub memory_capacity_bytes: IntGauge,
     pub memory_used_bytes: IntGauge,
     pub memory_limit: IntGaugeVec,
+    pub egress_bytes: IntCounterVec,
 }
 
 impl Metrics {
@@ -57,6 +58,14 @@ impl Metrics {
             &["mechanism"],
         )
         .unwrap();
+        let egress_bytes = IntCounterVec::new(
+            Opts::new(
+                "fngate_egress_bytes_total",
+                "Bytes isolated instances exchanged outside (IP packets, headers included) by function, network (internet or a VPC id) and direction (out: sent by the instance, in: received).",
+            ),
+            &["function", "network", "direction"],
+        )
+        .unwrap();
         for m in [
             Box::new(instances.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(process_starts.clone()),
@@ -65,6 +74,7 @@ impl Metrics {
             Box::new(memory_capacity_bytes.clone()),
             Box::new(memory_used_bytes.clone()),
             Box::new(memory_limit.clone()),
+            Box::new(egress_bytes.clone()),
         ] {
             registry.register(m).unwrap();
         }
@@ -77,6 +87,7 @@ impl Metrics {
             memory_capacity_bytes,
             memory_used_bytes,
             memory_limit,
+            egress_bytes,
         }
     }
 

@@ -42,7 +42,13 @@ pub struct Config {
     pub max_pids: Option<u32>,
     /// Open files per process of an isolated instance (`RLIMIT_NOFILE`).
     pub max_open_files: u32,
+    /// The private range isolated instances take addresses from
+    /// (default [`crate::network::DEFAULT_SUBNET`]).
+    pub instance_subnet: Option<ipnet::Ipv4Net>,
 }
+
+/// How often isolated instances' egress counters are read into metrics.
+const EGRESS_READ_INTERVAL: Duration = Duration::from_secs(5);
 
 #[derive(Clone)]
 pub struct Worker {
@@ -56,6 +62,7 @@ struct Inner {
     isolation: crate::isolation::Isolation,
     max_open_files: u32,
     bounds: crate::bounds::Bounds,
+    network: Option<crate::network::Network>,
     enforcer: MemoryEnforcer,
     metrics: Metrics,
     state: Mutex<Table>,
@@ -81,6 +88,17 @@ impl Worker {
             // Loudly, at start: never a silent fall back to plain processes.
             crate::isolation::probe().map_err(std::io::Error::other)?;
         }
+        let network = match cfg.isolation {
+            crate::isolation::Isolation::Namespaces => {
+                let subnet = cfg.instance_subnet.unwrap_or_else(|| {
+                    crate::network::DEFAULT_SUBNET
+                        .parse()
+                        .expect("default subnet")
+                });
+                Some(crate::network::Network::setup(subnet).map_err(std::io::Error::other)?)
+            }
+            crate::isolation::Isolation::Process => None,
+        };
         let instance_host = cfg
             .instance_host
             .unwrap_or(if cfg.listen.ip().is_unspecified() {
@@ -107,6 +125,7 @@ impl Worker {
             max_pids = ?bounds.max_pids(),
             cpu_shares = bounds.cpu_shares(),
             instance_host = %instance_host,
+            instance_subnet = ?network.as_ref().map(|n| n.subnet().to_string()),
             work_root = %work_root.display(),
             "sandbox worker ready"
         );
@@ -118,6 +137,7 @@ impl Worker {
                 isolation: cfg.isolation,
                 max_open_files: cfg.max_open_files,
                 bounds,
+                network,
                 enforcer,
                 metrics,
                 state: Mutex::new(Table::default()),
@@ -136,6 +156,30 @@ impl Worker {
     ) -> std::io::Result<()> {
         tokio::pin!(shutdown);
         let conns = TaskTracker::new();
+        if self.inner.network.is_some() {
+            let w = self.clone();
+            self.inner.tasks.spawn(async move {
+                let mut tick = tokio::time::interval(EGRESS_READ_INTERVAL);
+                loop {
+                    tokio::select! {
+                        _ = w.inner.closing.cancelled() => break,
+                        _ = tick.tick() => {}
+                    }
+                    let all: Vec<_> = w
+                        .inner
+                        .state
+                        .lock()
+                        .unwrap()
+                        .instances
+                        .values()
+                        .cloned()
+                        .collect();
+                    for i in all {
+                        i.meter().await;
+                    }
+                }
+            });
+        }
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
@@ -190,6 +234,9 @@ impl Worker {
         self.inner.tasks.wait().await;
         self.inner.enforcer.cleanup();
         self.inner.bounds.cleanup();
+        if let Some(n) = &self.inner.network {
+            n.cleanup();
+        }
         let _ = std::fs::remove_dir_all(&self.inner.work_root);
         tracing::info!(released = all.len(), "sandbox worker stopped");
     }
@@ -256,6 +303,8 @@ impl Worker {
                     .min(5000);
                 match found {
                     Some(instance) => {
+                        // A fresh reading of its egress, for the answer.
+                        instance.meter().await;
                         if wait_ms > 0 {
                             let _ = tokio::time::timeout(
                                 Duration::from_millis(wait_ms),
@@ -375,11 +424,30 @@ impl Worker {
     }
 
     async fn start(&self, req: &CreateInstance) -> Result<Arc<Instance>, StartError> {
+        // Plain processes share the host's network: they cannot be held to
+        // anything narrower than the default.
+        if self.inner.network.is_none() && req.egress.mode != crate::api::EgressMode::Internet {
+            return Err(StartError::Network(format!(
+                "egress {:?} needs a worker with --isolation namespaces (this one runs plain processes and cannot enforce it)",
+                req.egress.mode.as_str()
+            )));
+        }
         let limit = self
             .inner
             .enforcer
             .prepare(&req.instance_id, req.memory_mb)
             .map_err(StartError::Prepare)?;
+        let bounds = self
+            .inner
+            .bounds
+            .prepare(&req.instance_id, req.memory_mb)
+            .map_err(StartError::Prepare)?;
+        // Last: everything above is undone by dropping it, the network by
+        // the instance (or its failed start).
+        let net = match &self.inner.network {
+            Some(n) => Some(n.create(&req.egress).await.map_err(StartError::Network)?),
+            None => None,
+        };
         let spec = Spec {
             instance_id: req.instance_id.clone(),
             function: req.function.clone(),
@@ -392,11 +460,9 @@ impl Worker {
             work_root: self.inner.work_root.clone(),
             isolation: self.inner.isolation,
             max_open_files: self.inner.max_open_files,
-            bounds: self
-                .inner
-                .bounds
-                .prepare(&req.instance_id, req.memory_mb)
-                .map_err(StartError::Prepare)?,
+            bounds,
+            net,
+            egress_metric: self.inner.metrics.egress_bytes.clone(),
         };
         Instance::start(spec, limit).await
     }

@@ -106,6 +106,22 @@ fn invalid_configs_name_the_key() {
             "gateway.self_signed_validity_days",
         ),
         ("[[workers]]\nurl = \"ftp://x\"\n", "workers[0].url"),
+        (
+            "[gateway]\nembedded_worker_subnet = \"10.0.0.0\"\n",
+            "gateway.embedded_worker_subnet",
+        ),
+        (
+            "[[functions]]\nname = \"f\"\ncommand = [\"x\"]\negress = \"vpc\"\n",
+            "functions[0].vpc_id",
+        ),
+        (
+            "[[functions]]\nname = \"f\"\ncommand = [\"x\"]\negress = \"both\"\nvpc_id = \"nowhere\"\n",
+            "functions[0].vpc_id",
+        ),
+        (
+            "[[functions]]\nname = \"f\"\ncommand = [\"x\"]\negress = \"everywhere\"\n",
+            "unknown variant",
+        ),
         ("[gateway]\nasync_store = \"sqlite\"\n", "unknown variant"),
         (
             "[gateway]\nmax_async_queued_bytes = 0\n",
@@ -314,4 +330,24 @@ fn credential_errors_name_the_key() {
         let err = parse(&text).expect_err(&text).to_string();
         assert!(err.contains(key), "{key}: {err}\n{text}");
     }
+}
+
+#[test]
+fn egress_names_its_vpc_and_refuses_the_others() {
+    let c = parse(
+        "[[networks]]\nvpc_id = \"a\"\ncidrs = [\"10.1.0.0/16\"]\n\
+         [[networks]]\nvpc_id = \"b\"\ncidrs = [\"10.2.0.0/16\", \"10.3.0.0/16\"]\n\
+         [[functions]]\nname = \"f\"\ncommand = [\"x\"]\negress = \"both\"\nvpc_id = \"a\"\n\
+         [[functions]]\nname = \"g\"\ncommand = [\"x\"]\n",
+    )
+    .unwrap();
+    let e = &c.functions[0].egress;
+    assert_eq!(e.mode, sandbox_runtime::api::EgressMode::Both);
+    assert_eq!(e.vpc_id.as_deref(), Some("a"));
+    assert_eq!(e.vpc_cidrs, ["10.1.0.0/16"]);
+    assert_eq!(e.refused_cidrs, ["10.2.0.0/16", "10.3.0.0/16"]);
+    // The default: FC's, the internet (every VPC's range refused).
+    let g = &c.functions[1].egress;
+    assert_eq!(g.mode, sandbox_runtime::api::EgressMode::Internet);
+    assert_eq!(g.refused_cidrs.len(), 3);
 }

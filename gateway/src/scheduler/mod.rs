@@ -39,6 +39,7 @@ pub struct Scheduler {
     gone_waiters: AtomicUsize,
     gone: Notify,
     live_gauge: prometheus::IntGauge,
+    instance_egress: prometheus::IntCounterVec,
     worker_memory: prometheus::IntGaugeVec,
     workers: Vec<Arc<Worker>>,
     ids: IdGen,
@@ -241,6 +242,7 @@ impl Scheduler {
             gone_waiters: AtomicUsize::new(0),
             gone: Notify::new(),
             live_gauge: metrics.live_instances.clone(),
+            instance_egress: metrics.instance_egress.clone(),
             worker_memory: metrics.worker_memory.clone(),
             workers,
             ids: IdGen::new(),
@@ -488,10 +490,19 @@ impl Scheduler {
         if let Some(worker) = inst.worker.get().cloned() {
             let id = inst.id.clone();
             let mb = u64::from(inst.memory_mb);
+            let egress = self.instance_egress.clone();
             tracing::info!(function = %inst.function, instance = %id, reason = why, "releasing instance");
             self.tasks.spawn(async move {
-                if let Err(e) = worker.release(&id).await {
-                    tracing::debug!(instance = %id, error = %e, "release");
+                match worker.release(&id).await {
+                    Ok(info) => {
+                        // Its lifetime's egress, as the worker counted it.
+                        for e in &info.egress {
+                            egress
+                                .with_label_values(&[&info.function, &e.network, &e.direction])
+                                .inc_by(e.bytes);
+                        }
+                    }
+                    Err(e) => tracing::debug!(instance = %id, error = %e, "release"),
                 }
                 worker.unreserve(mb);
             });

@@ -58,6 +58,7 @@ pub(super) async fn start_on_best_fit(
             env: f.env.clone(),
             memory_mb: f.memory_mb,
             start_timeout_ms: sched.start_timeout.as_millis() as u64,
+            egress: f.egress.clone(),
         };
         match worker.create(&req).await {
             Ok(info) => return Ok((worker.clone(), info)),

@@ -47,6 +47,7 @@ impl Fake {
             created_unix: 0,
             exit,
             stderr_tail: String::new(),
+            egress: Vec::new(),
         }
     }
 }

@@ -530,6 +530,15 @@ pub fn start_worker(memory_mb: u64) -> WorkerProc {
 }
 
 /// A worker with more command-line arguments.
+/// A private range of its own for an isolated worker's instances (a
+/// worker refuses a range another worker on the host holds).
+pub fn instance_subnet() -> String {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    assert!(n < 64, "out of test subnets");
+    format!("10.214.{}.0/22", n * 4)
+}
+
 pub fn start_worker_with(memory_mb: u64, extra: &[&str]) -> WorkerProc {
     let mut cmd = Command::new(workspace_bin("sandbox-runtime"));
     cmd.args([
@@ -539,6 +548,9 @@ pub fn start_worker_with(memory_mb: u64, extra: &[&str]) -> WorkerProc {
         &memory_mb.to_string(),
     ]);
     cmd.args(extra);
+    if extra.contains(&"namespaces") && !extra.contains(&"--instance-subnet") {
+        cmd.args(["--instance-subnet", &instance_subnet()]);
+    }
     let proc = Proc::spawn(cmd);
     let line = proc.wait_line("sandbox-runtime listening", Duration::from_secs(30));
     let addr = field(&line, "addr");

@@ -47,7 +47,7 @@ class H(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(b)))
         self.end_headers()
         self.wfile.write(b)
-http.server.HTTPServer(("127.0.0.1", int(os.environ["FC_SERVER_PORT"])), H).serve_forever()
+http.server.HTTPServer((os.environ["FC_SERVER_HOST"], int(os.environ["FC_SERVER_PORT"])), H).serve_forever()
 "#;
 
 /// Processes whose command line names `needle`.
@@ -191,7 +191,7 @@ class H(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(b)))
         self.end_headers()
         self.wfile.write(b)
-http.server.HTTPServer(("127.0.0.1", int(os.environ["FC_SERVER_PORT"])), H).serve_forever()
+http.server.HTTPServer((os.environ["FC_SERVER_HOST"], int(os.environ["FC_SERVER_PORT"])), H).serve_forever()
 "#;
 
 /// A fork flood and a file-descriptor flood in one instance hit that
@@ -248,7 +248,10 @@ async fn the_embedded_worker_isolates_too() {
     let script = dir.path().join("probe.py");
     std::fs::write(&script, PROBE).unwrap();
     let gw = Gateway::start(
-        "embedded_worker_isolation = \"namespaces\"",
+        &format!(
+            "embedded_worker_isolation = \"namespaces\"\nembedded_worker_subnet = \"{}\"",
+            instance_subnet()
+        ),
         &format!(
             "[[functions]]\nname = \"p\"\ncommand = [\"python3\", \"{}\"]\n",
             script.display()

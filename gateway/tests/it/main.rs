@@ -5,6 +5,7 @@ mod asynchronous;
 mod backends;
 mod docker;
 mod doors;
+mod egress;
 mod h2_abuse;
 mod hardening;
 mod harness;

@@ -1,0 +1,309 @@
+//! Isolated instances' networking: each in its own network namespace,
+//! reached by the gateway at its own address, held to its function's
+//! egress mode, and metered by destination. "The internet" and "a VPC
+//! resource" are network namespaces this test makes, joined to the host by
+//! veth pairs: 198.18.1.2 (not in any `[[networks]]`: internet) and
+//! 10.77.0.2 (in VPC `vpc-t`). Nothing leaves the machine.
+
+use crate::harness::*;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// A test host's server: HTTP `GET /bytes/N` answers N bytes on port 8080,
+/// and UDP port 53 echoes each datagram (a stand-in for DNS).
+const HOST_SERVER: &str = r#"
+import http.server, socket, sys, threading
+addr = sys.argv[1]
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def log_message(self, *a): pass
+    def do_GET(self):
+        n = int(self.path.rsplit("/", 1)[1])
+        self.send_response(200)
+        self.send_header("Content-Length", str(n))
+        self.end_headers()
+        self.wfile.write(b"x" * n)
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.bind((addr, 53))
+def udp():
+    while True:
+        d, a = u.recvfrom(2048)
+        u.sendto(d, a)
+threading.Thread(target=udp, daemon=True).start()
+s = http.server.ThreadingHTTPServer((addr, 8080), H)
+print("ready", flush=True)
+s.serve_forever()
+"#;
+
+/// The function: tries every target it is given and says what happened
+/// (bytes received, or the errno and how long failing took).
+const REACHER: &str = r#"
+import http.server, json, os, socket, time
+def tcp(host, port, n):
+    t = time.monotonic()
+    try:
+        s = socket.create_connection((host, port), timeout=5)
+        s.sendall(f"GET /bytes/{n} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".encode())
+        got = b""
+        while True:
+            c = s.recv(65536)
+            if not c:
+                break
+            got += c
+        return {"ok": len(got.split(b"\r\n\r\n", 1)[1])}
+    except OSError as e:
+        return {"err": e.errno, "ms": (time.monotonic() - t) * 1000}
+def udp(host, port):
+    t = time.monotonic()
+    try:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.settimeout(5)
+        s.connect((host, port))
+        s.send(b"query")
+        return {"ok": len(s.recv(100))}
+    except OSError as e:
+        return {"err": e.errno, "ms": (time.monotonic() - t) * 1000}
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def log_message(self, *a): pass
+    def do_POST(self):
+        req = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        out = {}
+        for name, t in req.items():
+            out[name] = tcp(t[1], t[2], t[3]) if t[0] == "tcp" else udp(t[1], t[2])
+        b = json.dumps(out).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(b)))
+        self.end_headers()
+        self.wfile.write(b)
+http.server.ThreadingHTTPServer((os.environ["FC_SERVER_HOST"], int(os.environ["FC_SERVER_PORT"])), H).serve_forever()
+"#;
+
+/// A network namespace standing for a remote host, with its server.
+struct TestHost {
+    ns: String,
+    server: Child,
+}
+
+impl TestHost {
+    /// `host_ip` on the host's end, `ip` (a /24 with it) inside.
+    fn start(tag: &str, host_ip: &str, ip: &str, script: &std::path::Path) -> TestHost {
+        let pid = std::process::id() % 100_000;
+        let ns = format!("fngate-test-{tag}-{pid}");
+        let link = format!("ft{tag}{pid}");
+        let sh = |args: &[&str]| {
+            let out = Command::new("ip").args(args).output().unwrap();
+            assert!(
+                out.status.success(),
+                "ip {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let _ = Command::new("ip").args(["netns", "del", &ns]).output();
+        sh(&["netns", "add", &ns]);
+        sh(&[
+            "link", "add", &link, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+        ]);
+        sh(&["addr", "add", &format!("{host_ip}/24"), "dev", &link]);
+        sh(&["link", "set", &link, "up"]);
+        sh(&["-n", &ns, "addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
+        sh(&["-n", &ns, "link", "set", "eth0", "up"]);
+        sh(&["-n", &ns, "link", "set", "lo", "up"]);
+        let mut server = Command::new("ip")
+            .args(["netns", "exec", &ns, "python3", "-u"])
+            .arg(script)
+            .arg(ip)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(server.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        assert_eq!(line.trim(), "ready");
+        TestHost { ns, server }
+    }
+}
+
+impl Drop for TestHost {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+        // The veth pair goes with the namespace.
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).output();
+    }
+}
+
+fn reach(r: &serde_json::Value, name: &str) -> Result<u64, (i64, f64)> {
+    let v = &r[name];
+    match v["ok"].as_u64() {
+        Some(n) => Ok(n),
+        None => Err((
+            v["err"].as_i64().unwrap_or(-1),
+            v["ms"].as_f64().unwrap_or(f64::MAX),
+        )),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_egress_mode_reaches_what_it_allows_and_is_refused_the_rest_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = dir.path().join("host.py");
+    std::fs::write(&server, HOST_SERVER).unwrap();
+    let reacher = dir.path().join("reach.py");
+    std::fs::write(&reacher, REACHER).unwrap();
+    let _inet = TestHost::start("i", "198.18.1.1", "198.18.1.2", &server);
+    let _vpc = TestHost::start("v", "10.77.0.1", "10.77.0.2", &server);
+    let worker = start_worker_with(2048, &["--isolation", "namespaces"]);
+    let worker_port = worker.url.rsplit(':').next().unwrap().to_string();
+    let function = |name: &str, egress: &str| {
+        format!(
+            "[[functions]]\nname = \"{name}\"\ncommand = [\"python3\", \"{}\"]\n{egress}\n",
+            reacher.display()
+        )
+    };
+    let gw = Gateway::start(
+        "",
+        &(format!("[[workers]]\nurl = \"{}\"\n", worker.url)
+            + "[[networks]]\nvpc_id = \"vpc-t\"\ncidrs = [\"10.77.0.0/24\"]\n"
+            + "[[networks]]\nvpc_id = \"vpc-o\"\ncidrs = [\"10.78.0.0/24\"]\n"
+            + &function("e-internet", "")
+            + &function("e-vpc", "egress = \"vpc\"\nvpc_id = \"vpc-t\"")
+            + &function("e-both", "egress = \"both\"\nvpc_id = \"vpc-t\"")
+            + &function("e-none", "egress = \"none\"")),
+    );
+    let targets = serde_json::json!({
+        "inet_tcp": ["tcp", "198.18.1.2", 8080, 1000],
+        "inet_udp": ["udp", "198.18.1.2", 53],
+        "vpc_tcp": ["tcp", "10.77.0.2", 8080, 1000],
+        "vpc_udp": ["udp", "10.77.0.2", 53],
+        // Another VPC's range: refused before any routing.
+        "other_vpc": ["tcp", "10.78.0.2", 8080, 10],
+        // The host itself (the worker's API on its address there).
+        "host": ["tcp", "198.18.1.1", worker_port.parse::<u16>().unwrap(), 10],
+        // A cloud metadata address.
+        "metadata": ["tcp", "169.254.169.254", 80, 10],
+    })
+    .to_string();
+    let mut c = gw.h1().await;
+    let allowed = [
+        ("e-internet", true, false),
+        ("e-vpc", false, true),
+        ("e-both", true, true),
+        ("e-none", false, false),
+    ];
+    for (f, internet, vpc) in allowed {
+        let r = c.invoke(f, targets.clone()).await;
+        assert_eq!(r.status, 200, "{f}: {}\n{}", r.text(), worker.proc.log());
+        let v = r.json();
+        let check = |name: &str, allowed: bool, bytes: u64| match (allowed, reach(&v, name)) {
+            (true, Ok(n)) => assert_eq!(n, bytes, "{f} {name}: {v}"),
+            (false, Err((errno, ms))) => {
+                // TCP: the reset refuses the connect; UDP: the kernel
+                // refuses the send itself (the rule's verdict, EPERM).
+                let want = match name.ends_with("udp") {
+                    true => libc::EPERM,
+                    false => libc::ECONNREFUSED,
+                };
+                assert_eq!(errno, i64::from(want), "{f} {name}: {v}");
+                assert!(ms < 1000.0, "{f} {name} took {ms} ms to fail: {v}");
+            }
+            (allowed, got) => panic!("{f} {name}: allowed={allowed}, got {got:?}: {v}"),
+        };
+        check("inet_tcp", internet, 1000);
+        check("inet_udp", internet, 5);
+        check("vpc_tcp", vpc, 1000);
+        check("vpc_udp", vpc, 5);
+        check("other_vpc", false, 0);
+        check("host", false, 0);
+        check("metadata", false, 0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn egress_bytes_are_metered_by_destination_network() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = dir.path().join("host.py");
+    std::fs::write(&server, HOST_SERVER).unwrap();
+    let reacher = dir.path().join("reach.py");
+    std::fs::write(&reacher, REACHER).unwrap();
+    let _inet = TestHost::start("j", "198.18.2.1", "198.18.2.2", &server);
+    let _vpc = TestHost::start("w", "10.79.0.1", "10.79.0.2", &server);
+    let worker = start_worker_with(1024, &["--isolation", "namespaces"]);
+    let gw = Gateway::start(
+        "",
+        &(format!("[[workers]]\nurl = \"{}\"\n", worker.url)
+            + "[[networks]]\nvpc_id = \"vpc-m\"\ncidrs = [\"10.79.0.0/24\"]\n"
+            + &format!(
+                "[[functions]]\nname = \"meter\"\ncommand = [\"python3\", \"{}\"]\negress = \"both\"\nvpc_id = \"vpc-m\"\nidle_timeout_s = 1\n",
+                reacher.display()
+            )),
+    );
+    const N: u64 = 300_000;
+    const M: u64 = 120_000;
+    let r = gw
+        .h1()
+        .await
+        .invoke(
+            "meter",
+            serde_json::json!({
+                "inet": ["tcp", "198.18.2.2", 8080, N],
+                "vpc": ["tcp", "10.79.0.2", 8080, M],
+            })
+            .to_string(),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["inet"]["ok"], N);
+    assert_eq!(r.json()["vpc"]["ok"], M);
+    let id = r.header("x-fc-instance-id").unwrap().to_string();
+    // The worker's reading while the instance lives.
+    let worker_addr: std::net::SocketAddr =
+        worker.url.trim_start_matches("http://").parse().unwrap();
+    let (status, body) = plain_get(worker_addr, &format!("/v1/instances/{id}")).await;
+    assert_eq!(status, 200, "{body}");
+    let info: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let bytes = |network: &str, direction: &str| -> u64 {
+        info["egress"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["network"] == network && e["direction"] == direction)
+            .and_then(|e| e["bytes"].as_u64())
+            .unwrap_or(0)
+    };
+    eprintln!("metered for {N} and {M} body bytes: {}", info["egress"]);
+    // Counted as IP packets: the body, plus the answer's HTTP head, plus
+    // 52 bytes of IP and TCP headers per segment of at most 1448 bytes
+    // (3.6%), plus the handshake: within N..N + 5% + 4 KiB.
+    for (network, n) in [("internet", N), ("vpc-m", M)] {
+        let got = bytes(network, "in");
+        assert!(
+            got >= n && got <= n + n / 20 + 4096,
+            "{network} in: {got} for {n}: {info}"
+        );
+        // What it sent: the request and the acknowledgements.
+        let sent = bytes(network, "out");
+        assert!(
+            sent > 0 && sent < n / 10 + 4096,
+            "{network} out: {sent}: {info}"
+        );
+    }
+    let (_, metrics) = plain_get(worker_addr, "/metrics").await;
+    let line = format!(
+        "fngate_egress_bytes_total{{direction=\"in\",function=\"meter\",network=\"internet\"}} {}",
+        bytes("internet", "in")
+    );
+    assert!(metrics.contains(&line), "{line} not in\n{metrics}");
+    // The gateway's view: the lifetime totals once the idle instance is released.
+    let want = bytes("vpc-m", "in") as f64;
+    gw.until("the instance's egress at release", Duration::from_secs(30), || async {
+        gw.metric("fngate_instance_egress_bytes_total{direction=\"in\",function=\"meter\",network=\"vpc-m\"}")
+            .await
+            >= want
+    })
+    .await;
+}

@@ -1,0 +1,636 @@
+//! Instance networking for `--isolation namespaces`: a network namespace per
+//! instance, joined to the worker's host by a veth pair, with the function's
+//! egress policy and egress metering enforced by the kernel inside it.
+//!
+//! Addresses. The worker owns one private range (`--instance-subnet`,
+//! default [`DEFAULT_SUBNET`]), locked against a second worker on the host
+//! using the same one. Each instance takes a /30 of it: the host's end of
+//! the veth pair is `.1`, the instance's `eth0` is `.2`, its default route
+//! points at the host, and it serves the invocation contract on
+//! `.2:`[`INSTANCE_PORT`] (`FC_SERVER_PORT` says so, as before). Gateways
+//! on the worker's host reach it there directly; the host forwards (and
+//! masquerades) what the instance sends beyond.
+//!
+//! Policy, as rules in the instance's own namespace (`iptables-restore`; the
+//! function holds no capability, so it cannot change them), for every
+//! packet it sends (TCP, UDP, DNS alike), in order:
+//! 1. loopback, and answers on connections made to its serving port
+//!    (gateways' calls: neither egress nor metered);
+//! 2. refused: the worker's range (other instances, the host's veth ends),
+//!    link-local addresses (cloud metadata services), and the CIDRs of VPCs
+//!    that are not the function's;
+//! 3. the function's VPC CIDRs: accepted in `vpc` and `both` modes, refused
+//!    otherwise (counted under the VPC id);
+//! 4. anything else is the internet: accepted in `internet` and `both`
+//!    modes, refused otherwise.
+//!
+//! A refusal is a TCP reset or an ICMP port-unreachable, so `connect` and a
+//! connected UDP socket fail at once, never by time-out. Incoming packets
+//! are accepted and counted only from what the policy lets the instance
+//! reach. The worker's host adds (with a comment naming the range, removed
+//! at exit): forwarding for the range, masquerading of what leaves it, and a
+//! refusal of connections from instances to the host itself.
+//!
+//! Metering: the accepting rules of steps 3 and 4 carry the kernel's byte
+//! counters (IP packet lengths: headers included) per direction; the worker
+//! reads them (`iptables-save -c` in the namespace) every few seconds and
+//! at release, and adds the increase to `fngate_egress_bytes_total`.
+
+use crate::api::{Egress, EgressBytes, EgressMode};
+use ipnet::{IpNet, Ipv4Net};
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::process::Command;
+
+/// The range instances take their addresses from unless configured.
+pub const DEFAULT_SUBNET: &str = "10.213.0.0/16";
+/// The port an isolated instance serves on (each has its own address).
+pub const INSTANCE_PORT: u16 = 9000;
+
+const NETNS_DIR: &str = "/run/netns";
+const LOCK_DIR: &str = "/run/fngate";
+
+/// The worker's share of the host's network.
+pub struct Network {
+    subnet: Ipv4Net,
+    tag: String,
+    free: Arc<Mutex<Vec<u32>>>,
+    _lock: std::fs::File,
+}
+
+impl Network {
+    /// Checks the tools, takes the range, enables forwarding and installs
+    /// the host's rules. Fails with what is missing.
+    pub fn setup(subnet: Ipv4Net) -> Result<Network, String> {
+        let subnet = subnet.trunc();
+        if subnet.prefix_len() > 29 {
+            return Err(format!("--instance-subnet {subnet}: needs /29 or larger"));
+        }
+        for tool in ["ip", "iptables", "iptables-restore", "iptables-save"] {
+            let found = std::process::Command::new(tool)
+                .arg("-V")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status();
+            if found.is_err() {
+                return Err(format!(
+                    "isolated instances need `{tool}` (Debian: apt-get install iproute2 iptables)"
+                ));
+            }
+        }
+        std::fs::create_dir_all(LOCK_DIR).map_err(|e| format!("{LOCK_DIR}: {e}"))?;
+        let lock_path = PathBuf::from(LOCK_DIR).join(format!(
+            "subnet-{}-{}.lock",
+            subnet.network(),
+            subnet.prefix_len()
+        ));
+        let lock = std::fs::File::create(&lock_path)
+            .map_err(|e| format!("{}: {e}", lock_path.display()))?;
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return Err(format!(
+                "another worker on this host uses --instance-subnet {subnet}: give each worker its own range"
+            ));
+        }
+        std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
+            .map_err(|e| format!("cannot enable IPv4 forwarding: {e}"))?;
+        let slots = 1u32 << (32 - subnet.prefix_len() - 2);
+        let net = Network {
+            subnet,
+            tag: format!("fngate:{subnet}"),
+            free: Arc::new(Mutex::new((0..slots).rev().collect())),
+            _lock: lock,
+        };
+        net.remove_stale();
+        net.remove_host_rules();
+        for rule in net.rules() {
+            let out = std::process::Command::new("iptables")
+                .args(["-w", "-t", rule.0, "-I"])
+                .args(&rule.1)
+                .output()
+                .map_err(|e| format!("iptables: {e}"))?;
+            if !out.status.success() {
+                net.remove_host_rules();
+                return Err(format!(
+                    "iptables -t {} -I {}: {}",
+                    rule.0,
+                    rule.1.join(" "),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ));
+            }
+        }
+        Ok(net)
+    }
+
+    pub fn subnet(&self) -> Ipv4Net {
+        self.subnet
+    }
+
+    /// The host's rules for the range: (table, chain and rule).
+    fn rules(&self) -> Vec<(&'static str, Vec<String>)> {
+        let s = self.subnet.to_string();
+        let tag = self.tag.clone();
+        let v = |a: &[&str]| -> Vec<String> {
+            let mut r: Vec<String> = a.iter().map(|x| x.to_string()).collect();
+            r.extend(["-m", "comment", "--comment", &tag].map(String::from));
+            r
+        };
+        vec![
+            ("filter", v(&["FORWARD", "-s", &s, "-j", "ACCEPT"])),
+            (
+                "filter",
+                v(&[
+                    "FORWARD",
+                    "-d",
+                    &s,
+                    "-m",
+                    "conntrack",
+                    "--ctstate",
+                    "RELATED,ESTABLISHED",
+                    "-j",
+                    "ACCEPT",
+                ]),
+            ),
+            // Instances never open connections to the host itself.
+            (
+                "filter",
+                v(&[
+                    "INPUT",
+                    "-s",
+                    &s,
+                    "-p",
+                    "tcp",
+                    "-m",
+                    "conntrack",
+                    "--ctstate",
+                    "NEW",
+                    "-j",
+                    "REJECT",
+                    "--reject-with",
+                    "tcp-reset",
+                ]),
+            ),
+            (
+                "filter",
+                v(&[
+                    "INPUT",
+                    "-s",
+                    &s,
+                    "-m",
+                    "conntrack",
+                    "--ctstate",
+                    "NEW",
+                    "-j",
+                    "REJECT",
+                    "--reject-with",
+                    "icmp-port-unreachable",
+                ]),
+            ),
+            (
+                "nat",
+                v(&["POSTROUTING", "-s", &s, "!", "-d", &s, "-j", "MASQUERADE"]),
+            ),
+        ]
+    }
+
+    /// Removes the host's rules (every copy: a crashed worker's too).
+    fn remove_host_rules(&self) {
+        for (table, rule) in self.rules() {
+            for _ in 0..16 {
+                let ok = std::process::Command::new("iptables")
+                    .args(["-w", "-t", table, "-D"])
+                    .args(&rule)
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success());
+                if !ok {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Namespaces a crashed worker of this range left behind.
+    fn remove_stale(&self) {
+        let Ok(dir) = std::fs::read_dir(NETNS_DIR) else {
+            return;
+        };
+        for e in dir.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(addr) = name
+                .strip_prefix("fngate-")
+                .and_then(|h| u32::from_str_radix(h, 16).ok())
+                .map(Ipv4Addr::from)
+            else {
+                continue;
+            };
+            if self.subnet.contains(&addr) {
+                let _ = std::process::Command::new("ip")
+                    .args(["netns", "del", &name])
+                    .status();
+            }
+        }
+    }
+
+    /// Removes the host's rules; at the worker's stop.
+    pub fn cleanup(&self) {
+        self.remove_host_rules();
+    }
+
+    /// Makes an instance's namespace, link and rules.
+    pub async fn create(&self, egress: &Egress) -> Result<InstanceNet, String> {
+        let policy = Policy::parse(egress)?;
+        let slot = self
+            .free
+            .lock()
+            .unwrap()
+            .pop()
+            .ok_or_else(|| format!("no address left in {}", self.subnet))?;
+        let base = u32::from(self.subnet.network()) + slot * 4;
+        let host = Ipv4Addr::from(base + 1);
+        let addr = Ipv4Addr::from(base + 2);
+        let mut net = InstanceNet {
+            name: format!("fngate-{:08x}", u32::from(addr)),
+            host_if: format!("fg{:08x}", u32::from(addr)),
+            addr,
+            slot,
+            free: self.free.clone(),
+            fd: Mutex::new(None),
+            removed: AtomicBool::new(false),
+            policy,
+            last: Mutex::new(BTreeMap::new()),
+        };
+        match net.build(host, self.subnet).await {
+            Ok(()) => Ok(net),
+            Err(e) => {
+                net.remove().await;
+                Err(e)
+            }
+        }
+    }
+}
+
+/// An egress policy, parsed and checked.
+struct Policy {
+    mode: EgressMode,
+    vpc_id: String,
+    vpc: Vec<Ipv4Net>,
+    refused: Vec<Ipv4Net>,
+}
+
+impl Policy {
+    fn parse(e: &Egress) -> Result<Policy, String> {
+        let cidrs = |list: &[String], what: &str| -> Result<Vec<Ipv4Net>, String> {
+            let mut out = Vec::new();
+            for c in list {
+                match c.parse::<IpNet>() {
+                    // The instance has no IPv6 route: a v6 range needs no rule.
+                    Ok(IpNet::V6(_)) => {}
+                    Ok(IpNet::V4(n)) => out.push(n.trunc()),
+                    Err(e) => return Err(format!("egress {what} {c:?}: {e}")),
+                }
+            }
+            Ok(out)
+        };
+        let vpc = cidrs(&e.vpc_cidrs, "vpc_cidrs")?;
+        let vpc_id = e.vpc_id.clone().unwrap_or_default();
+        if matches!(e.mode, EgressMode::Vpc | EgressMode::Both) && vpc_id.is_empty() {
+            return Err(format!("egress {:?} needs a vpc_id", e.mode));
+        }
+        let id_ok = vpc_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+        if !id_ok || vpc_id.len() > 200 {
+            return Err(format!(
+                "egress vpc_id {vpc_id:?}: [A-Za-z0-9._-]+ expected"
+            ));
+        }
+        Ok(Policy {
+            mode: e.mode,
+            vpc_id,
+            vpc,
+            refused: cidrs(&e.refused_cidrs, "refused_cidrs")?,
+        })
+    }
+
+    /// The instance's `iptables-restore` input.
+    fn rules(&self, subnet: Ipv4Net) -> String {
+        use std::fmt::Write;
+        let mut r = String::with_capacity(2048);
+        r.push_str("*filter\n:INPUT DROP [0:0]\n:FORWARD DROP [0:0]\n:OUTPUT DROP [0:0]\n");
+        r.push_str(":FNGATE-REFUSE - [0:0]\n");
+        r.push_str("-A FNGATE-REFUSE -p tcp -j REJECT --reject-with tcp-reset\n");
+        r.push_str("-A FNGATE-REFUSE -j REJECT --reject-with icmp-port-unreachable\n");
+        let p = INSTANCE_PORT;
+        r.push_str("-A OUTPUT -o lo -j ACCEPT\n");
+        let _ = writeln!(
+            r,
+            "-A OUTPUT -p tcp --sport {p} -m conntrack --ctstate ESTABLISHED -j ACCEPT"
+        );
+        r.push_str("-A INPUT -i lo -j ACCEPT\n");
+        let _ = writeln!(r, "-A INPUT -p tcp --dport {p} -j ACCEPT");
+        let _ = writeln!(r, "-A OUTPUT -d {subnet} -j FNGATE-REFUSE");
+        r.push_str("-A OUTPUT -d 169.254.0.0/16 -j FNGATE-REFUSE\n");
+        for c in &self.refused {
+            let _ = writeln!(r, "-A OUTPUT -d {c} -j FNGATE-REFUSE");
+        }
+        let vpc_ok = matches!(self.mode, EgressMode::Vpc | EgressMode::Both);
+        let inet_ok = matches!(self.mode, EgressMode::Internet | EgressMode::Both);
+        for c in &self.vpc {
+            match vpc_ok {
+                true => {
+                    let id = &self.vpc_id;
+                    let _ = writeln!(
+                        r,
+                        "-A OUTPUT -d {c} -m comment --comment fngate:out:{id} -j ACCEPT"
+                    );
+                    let _ = writeln!(
+                        r,
+                        "-A INPUT -s {c} -m conntrack --ctstate RELATED,ESTABLISHED -m comment --comment fngate:in:{id} -j ACCEPT"
+                    );
+                }
+                false => {
+                    let _ = writeln!(r, "-A OUTPUT -d {c} -j FNGATE-REFUSE");
+                }
+            }
+        }
+        if inet_ok {
+            r.push_str("-A OUTPUT -m comment --comment fngate:out:internet -j ACCEPT\n");
+            let _ = writeln!(
+                r,
+                "-A INPUT ! -s {subnet} -m conntrack --ctstate RELATED,ESTABLISHED -m comment --comment fngate:in:internet -j ACCEPT"
+            );
+        }
+        r.push_str("-A OUTPUT -j FNGATE-REFUSE\nCOMMIT\n");
+        r
+    }
+}
+
+/// One instance's namespace: its name, address and counters.
+pub struct InstanceNet {
+    name: String,
+    host_if: String,
+    addr: Ipv4Addr,
+    slot: u32,
+    free: Arc<Mutex<Vec<u32>>>,
+    /// The worker's handle on the namespace, closed at removal (a namespace
+    /// lives, with its veth pair, while any handle on it is open).
+    fd: Mutex<Option<OwnedFd>>,
+    removed: AtomicBool,
+    policy: Policy,
+    /// The counters' last reading: (network, direction) → bytes.
+    last: Mutex<BTreeMap<(String, &'static str), u64>>,
+}
+
+impl InstanceNet {
+    pub fn addr(&self) -> Ipv4Addr {
+        self.addr
+    }
+
+    /// The namespace, for the instance's process to join.
+    /// (Valid until [`InstanceNet::remove`]: callers spawn with it before.)
+    pub fn fd(&self) -> Option<std::os::fd::RawFd> {
+        self.fd.lock().unwrap().as_ref().map(|f| f.as_raw_fd())
+    }
+
+    async fn build(&mut self, host: Ipv4Addr, subnet: Ipv4Net) -> Result<(), String> {
+        run(Command::new("ip").args(["netns", "add", &self.name]), None).await?;
+        let path = PathBuf::from(NETNS_DIR).join(&self.name);
+        let fd = std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        *self.fd.lock().unwrap() = Some(fd.into());
+        let (ns, hif) = (&self.name, &self.host_if);
+        let host_side = format!(
+            "link add {hif} type veth peer name eth0 netns {ns}\n\
+             addr add {host}/30 dev {hif}\nlink set {hif} up\n"
+        );
+        run(Command::new("ip").args(["-batch", "-"]), Some(host_side)).await?;
+        // No IPv6 on the host's end: the instance's link-local address
+        // reaches nothing of the host's.
+        let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{hif}/disable_ipv6"), "1");
+        let inside = format!(
+            "addr add {}/30 dev eth0\nlink set eth0 up\nlink set lo up\nroute add default via {host}\n",
+            self.addr
+        );
+        run(
+            Command::new("ip").args(["-n", ns, "-batch", "-"]),
+            Some(inside),
+        )
+        .await?;
+        let mut restore = Command::new("iptables-restore");
+        self.join(&mut restore)?;
+        run(&mut restore, Some(self.policy.rules(subnet)))
+            .await
+            .map(drop)
+    }
+
+    /// Runs `cmd` in the instance's network namespace.
+    fn join(&self, cmd: &mut Command) -> Result<(), String> {
+        let fd = self.fd().ok_or("the instance's network is gone")?;
+        join_before_exec(cmd.as_std_mut(), fd);
+        Ok(())
+    }
+
+    /// Reads the counters; returns the increase since the last reading
+    /// (and records it), and the totals.
+    pub async fn read(&self) -> Result<(Vec<EgressBytes>, Vec<EgressBytes>), String> {
+        if self.removed.load(Ordering::Acquire) {
+            return Ok((Vec::new(), self.totals()));
+        }
+        let mut save = Command::new("iptables-save");
+        save.args(["-c", "-t", "filter"]);
+        if self.join(&mut save).is_err() {
+            return Ok((Vec::new(), self.totals()));
+        }
+        let text = run(&mut save, None).await?;
+        let now = parse_counters(&text);
+        let mut last = self.last.lock().unwrap();
+        let mut delta = Vec::new();
+        for (k, &v) in &now {
+            let seen = last.entry(k.clone()).or_insert(0);
+            if v > *seen {
+                delta.push(EgressBytes {
+                    network: k.0.clone(),
+                    direction: k.1.to_string(),
+                    bytes: v - *seen,
+                });
+                *seen = v;
+            }
+        }
+        Ok((delta, totals(&last)))
+    }
+
+    /// The totals as last read.
+    pub fn totals(&self) -> Vec<EgressBytes> {
+        totals(&self.last.lock().unwrap())
+    }
+
+    /// Deletes the namespace (the process must be gone) and gives the
+    /// address back. Idempotent.
+    pub async fn remove(&self) {
+        if self.removed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        drop(self.fd.lock().unwrap().take());
+        let _ = run(Command::new("ip").args(["netns", "del", &self.name]), None).await;
+        // The host's end goes with the namespace; a failed build may have
+        // left it alone.
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .await;
+        self.free.lock().unwrap().push(self.slot);
+    }
+}
+
+fn totals(m: &BTreeMap<(String, &'static str), u64>) -> Vec<EgressBytes> {
+    m.iter()
+        .map(|(k, &bytes)| EgressBytes {
+            network: k.0.clone(),
+            direction: k.1.to_string(),
+            bytes,
+        })
+        .collect()
+}
+
+/// Sums `iptables-save -c` lines tagged `fngate:<direction>:<network>`.
+fn parse_counters(text: &str) -> BTreeMap<(String, &'static str), u64> {
+    let mut m = BTreeMap::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix('[') else {
+            continue;
+        };
+        let Some((counts, rule)) = rest.split_once(']') else {
+            continue;
+        };
+        let Some(bytes) = counts.split_once(':').and_then(|c| c.1.parse::<u64>().ok()) else {
+            continue;
+        };
+        let Some(tag) = rule
+            .split_whitespace()
+            .map(|t| t.trim_matches('"'))
+            .find_map(|t| t.strip_prefix("fngate:"))
+        else {
+            continue;
+        };
+        let (dir, network) = match tag.split_once(':') {
+            Some(("out", n)) => ("out", n),
+            Some(("in", n)) => ("in", n),
+            _ => continue,
+        };
+        *m.entry((network.to_string(), dir)).or_insert(0) += bytes;
+    }
+    m
+}
+
+/// Installs `setns(fd, CLONE_NEWNET)` on `cmd`, run in the child before exec.
+pub fn join_before_exec(cmd: &mut std::process::Command, fd: std::os::fd::RawFd) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: setns is async-signal-safe; `fd` outlives the spawn (the
+    // caller holds it).
+    unsafe {
+        cmd.pre_exec(move || match libc::setns(fd, libc::CLONE_NEWNET) {
+            0 => Ok(()),
+            _ => Err(std::io::Error::last_os_error()),
+        });
+    }
+}
+
+async fn run(cmd: &mut Command, stdin: Option<String>) -> Result<String, String> {
+    use tokio::io::AsyncWriteExt;
+    let what = format!("{:?}", cmd.as_std());
+    cmd.stdin(match stdin {
+        Some(_) => std::process::Stdio::piped(),
+        None => std::process::Stdio::null(),
+    })
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .kill_on_drop(true);
+    let mut child = cmd.spawn().map_err(|e| format!("{what}: {e}"))?;
+    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        pipe.write_all(input.as_bytes())
+            .await
+            .map_err(|e| format!("{what}: {e}"))?;
+    }
+    let out = child
+        .wait_with_output()
+        .await
+        .map_err(|e| format!("{what}: {e}"))?;
+    match out.status.success() {
+        true => Ok(String::from_utf8_lossy(&out.stdout).into_owned()),
+        false => Err(format!(
+            "{what}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(mode: EgressMode) -> Policy {
+        Policy::parse(&Egress {
+            mode,
+            vpc_id: Some("vpc-a".into()),
+            vpc_cidrs: vec!["10.9.0.0/16".into(), "fd00::/8".into()],
+            refused_cidrs: vec!["10.8.0.0/16".into()],
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn rules_follow_the_mode() {
+        let s: Ipv4Net = "10.213.0.0/16".parse().unwrap();
+        let inet = policy(EgressMode::Internet).rules(s);
+        assert!(inet.contains("-A OUTPUT -d 10.9.0.0/16 -j FNGATE-REFUSE"));
+        assert!(inet.contains("fngate:out:internet -j ACCEPT"));
+        let vpc = policy(EgressMode::Vpc).rules(s);
+        assert!(vpc.contains("-d 10.9.0.0/16 -m comment --comment fngate:out:vpc-a -j ACCEPT"));
+        assert!(!vpc.contains("fngate:out:internet"));
+        let none = policy(EgressMode::None).rules(s);
+        assert!(!none.contains("fngate:out"));
+        for r in [&inet, &vpc, &none] {
+            // Refusals come before anything accepted by class.
+            let refuse = r.find("-d 10.8.0.0/16 -j FNGATE-REFUSE").unwrap();
+            assert!(r.find("-d 10.213.0.0/16 -j FNGATE-REFUSE").unwrap() < refuse);
+            if let Some(acc) = r.find("comment fngate:out") {
+                assert!(refuse < acc);
+            }
+            assert!(r.ends_with("-A OUTPUT -j FNGATE-REFUSE\nCOMMIT\n"));
+            assert!(!r.contains("fd00"));
+        }
+    }
+
+    #[test]
+    fn policies_are_checked() {
+        let e = |mode, id: Option<&str>, cidr: &str| Egress {
+            mode,
+            vpc_id: id.map(String::from),
+            vpc_cidrs: vec![cidr.into()],
+            refused_cidrs: vec![],
+        };
+        assert!(Policy::parse(&e(EgressMode::Vpc, None, "10.0.0.0/8")).is_err());
+        assert!(Policy::parse(&e(EgressMode::Both, Some("a b"), "10.0.0.0/8")).is_err());
+        assert!(Policy::parse(&e(EgressMode::Vpc, Some("v"), "10.0.0/8")).is_err());
+        assert!(Policy::parse(&e(EgressMode::Internet, None, "10.0.0.0/8")).is_ok());
+    }
+
+    #[test]
+    fn counters_are_summed_by_tag() {
+        let text = "*filter\n:OUTPUT DROP [3:180]\n\
+            [10:1000] -A OUTPUT -d 10.9.0.0/16 -m comment --comment fngate:out:vpc-a -j ACCEPT\n\
+            [1:24] -A OUTPUT -d 10.10.0.0/16 -m comment --comment \"fngate:out:vpc-a\" -j ACCEPT\n\
+            [5:500] -A INPUT -m comment --comment fngate:in:internet -j ACCEPT\n\
+            [7:70] -A OUTPUT -j FNGATE-REFUSE\nCOMMIT\n";
+        let m = parse_counters(text);
+        assert_eq!(m[&("vpc-a".to_string(), "out")], 1024);
+        assert_eq!(m[&("internet".to_string(), "in")], 500);
+        assert_eq!(m.len(), 2);
+    }
+}
