@@ -117,6 +117,14 @@ def overview():
         f'histogram_quantile(0.99, sum by (le, backend) (rate(fngate_backend_request_duration_seconds_bucket[{RI}])))',
         f'sum by (network, direction) (rate(fngate_backend_traffic_bytes_total[{RI}]))'], "short", 12, 72,
         legend=["{{backend}} p99 (s)", "{{network}} {{direction}} (bytes/s)"]))
+    # What isolated instances send out and receive, by destination network
+    # (the workers' live counters; the gateway's, added at each release).
+    p.append(panel(21, "Instance egress by function and network (bytes/s, workers)", [
+        f'sum by (function, network, direction) (rate(fngate_egress_bytes_total[{RI}]))'], "Bps", 0, 80,
+        legend=["{{function}} {{network}} {{direction}}"]))
+    p.append(panel(22, "Egress of released instances by network (bytes, gateway)", [
+        f'sum by (network, direction) (increase(fngate_instance_egress_bytes_total[{RI}]))'], "bytes", 12, 80,
+        legend=["{{network}} {{direction}}"]))
     return dashboard("fngate-overview", "fngate overview", p)
 
 

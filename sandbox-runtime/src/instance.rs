@@ -91,6 +91,19 @@ pub struct Instance {
 impl Instance {
     /// Spawns the instance and waits until it is ready.
     pub async fn start(spec: Spec, limit: InstanceLimit) -> Result<Arc<Instance>, StartError> {
+        if let Some(n) = &spec.net {
+            // Its series exist at zero before its first byte, so that a
+            // rate() over them sees that byte.
+            for network in n.networks() {
+                for direction in ["in", "out"] {
+                    spec.egress_metric.with_label_values(&[
+                        spec.function.as_str(),
+                        network,
+                        direction,
+                    ]);
+                }
+            }
+        }
         let (host, port) = match &spec.net {
             Some(n) => (
                 std::net::IpAddr::V4(n.addr()),

@@ -1,6 +1,6 @@
 //! Instance isolation: `--isolation namespaces` runs each instance in its own
-//! PID, mount, UTS and IPC namespaces; `process` (the default for now) runs
-//! it as a plain child process.
+//! PID, mount, UTS, IPC and network namespaces; `process` (the default for
+//! now) runs it as a plain child process.
 //!
 //! How an isolated instance starts. The worker spawns its own executable
 //! with [`INIT_ARG`] and the instance's command, having unshared the mount,
@@ -32,8 +32,8 @@
 //! The process count and CPU share are [`crate::bounds`]' (`--max-pids`,
 //! `cpu.shares` by memory).
 //!
-//! Not yet here (issue 15 continues): a network namespace and egress policy,
-//! CPU shares.
+//! The network namespace (and the egress policy in it) is
+//! [`crate::network`]'s: made before the process, joined in `pre_exec`.
 
 use std::ffi::{CString, OsString};
 use std::os::unix::ffi::OsStrExt;

@@ -392,6 +392,17 @@ impl InstanceNet {
         self.addr
     }
 
+    /// The networks its traffic can be counted under.
+    pub fn networks(&self) -> impl Iterator<Item = &str> {
+        let vpc = match self.policy.mode {
+            EgressMode::Vpc | EgressMode::Both => Some(self.policy.vpc_id.as_str()),
+            _ => None,
+        };
+        let internet = matches!(self.policy.mode, EgressMode::Internet | EgressMode::Both)
+            .then_some("internet");
+        internet.into_iter().chain(vpc)
+    }
+
     /// The namespace, for the instance's process to join.
     /// (Valid until [`InstanceNet::remove`]: callers spawn with it before.)
     pub fn fd(&self) -> Option<std::os::fd::RawFd> {

@@ -211,6 +211,15 @@ impl Scheduler {
         let functions = functions
             .iter()
             .map(|f| {
+                // Egress series at zero up front (see the metrics invariant).
+                let own_vpc = f.egress.vpc_id.iter().map(String::as_str);
+                for network in std::iter::once("internet").chain(own_vpc) {
+                    for direction in ["in", "out"] {
+                        metrics
+                            .instance_egress
+                            .with_label_values(&[&*f.name, network, direction]);
+                    }
+                }
                 let t = &f.throttle;
                 let pool = FunctionPool {
                     cfg: f.clone(),

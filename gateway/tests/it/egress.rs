@@ -11,7 +11,7 @@ use std::time::Duration;
 
 /// A test host's server: HTTP `GET /bytes/N` answers N bytes on port 8080,
 /// and UDP port 53 echoes each datagram (a stand-in for DNS).
-const HOST_SERVER: &str = r#"
+pub const HOST_SERVER: &str = r#"
 import http.server, socket, sys, threading
 addr = sys.argv[1]
 class H(http.server.BaseHTTPRequestHandler):
@@ -37,7 +37,7 @@ s.serve_forever()
 
 /// The function: tries every target it is given and says what happened
 /// (bytes received, or the errno and how long failing took).
-const REACHER: &str = r#"
+pub const REACHER: &str = r#"
 import http.server, json, os, socket, time
 def tcp(host, port, n):
     t = time.monotonic()
@@ -80,14 +80,14 @@ http.server.ThreadingHTTPServer((os.environ["FC_SERVER_HOST"], int(os.environ["F
 "#;
 
 /// A network namespace standing for a remote host, with its server.
-struct TestHost {
+pub struct TestHost {
     ns: String,
     server: Child,
 }
 
 impl TestHost {
     /// `host_ip` on the host's end, `ip` (a /24 with it) inside.
-    fn start(tag: &str, host_ip: &str, ip: &str, script: &std::path::Path) -> TestHost {
+    pub fn start(tag: &str, host_ip: &str, ip: &str, script: &std::path::Path) -> TestHost {
         let pid = std::process::id() % 100_000;
         let ns = format!("fngate-test-{tag}-{pid}");
         let link = format!("ft{tag}{pid}");

@@ -166,8 +166,16 @@ pub fn config(extra_gateway: &str, rest: &str, dir: &Path) -> String {
     } else {
         "listen = \"127.0.0.1:0\"\n"
     };
+    // FNGATE_TEST_ISOLATION=namespaces: the suite with isolated instances.
+    let isolation = match isolated_suite() && !extra_gateway.contains("embedded_worker_isolation") {
+        true => format!(
+            "embedded_worker_isolation = \"namespaces\"\nembedded_worker_subnet = \"{}\"\n",
+            instance_subnet()
+        ),
+        false => String::new(),
+    };
     format!(
-        "[gateway]\n{listen}admin_listen = \"127.0.0.1:0\"\nself_signed_cert_path = \"{}\"\n{extra_gateway}\n{rest}",
+        "[gateway]\n{listen}{isolation}admin_listen = \"127.0.0.1:0\"\nself_signed_cert_path = \"{}\"\n{extra_gateway}\n{rest}",
         dir.join("ca.pem").display()
     )
 }
@@ -260,6 +268,28 @@ impl Gateway {
             .into_iter()
             .filter(|i| i["function"] == function)
             .collect()
+    }
+
+    /// The host pid of the instance that served `resp` (its worker's view:
+    /// an isolated instance is PID 1 inside, its keeper's pid outside).
+    pub async fn instance_pid(&self, resp: &Resp) -> i32 {
+        let id = resp.header("x-fc-instance-id").expect("instance id");
+        let all = self.instances().await;
+        let inst = all
+            .iter()
+            .find(|i| i["instance_id"] == id)
+            .expect("instance listed");
+        let worker: SocketAddr = inst["worker"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("http://")
+            .parse()
+            .unwrap();
+        let (status, body) = plain_get(worker, &format!("/v1/instances/{id}")).await;
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()["pid"]
+            .as_i64()
+            .unwrap() as i32
     }
 
     /// The value of one sample in `/metrics` (0 when absent).
@@ -530,13 +560,19 @@ pub fn start_worker(memory_mb: u64) -> WorkerProc {
 }
 
 /// A worker with more command-line arguments.
+/// Whether every worker of this run isolates its instances
+/// (`FNGATE_TEST_ISOLATION=namespaces`; `scripts/test-isolated.sh`).
+pub fn isolated_suite() -> bool {
+    std::env::var("FNGATE_TEST_ISOLATION").is_ok_and(|v| v == "namespaces")
+}
+
 /// A private range of its own for an isolated worker's instances (a
 /// worker refuses a range another worker on the host holds).
 pub fn instance_subnet() -> String {
     static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    assert!(n < 64, "out of test subnets");
-    format!("10.214.{}.0/22", n * 4)
+    assert!(n < 256, "out of test subnets");
+    format!("10.{}.{}.0/22", 214 + n / 64, (n % 64) * 4)
 }
 
 pub fn start_worker_with(memory_mb: u64, extra: &[&str]) -> WorkerProc {
@@ -548,7 +584,14 @@ pub fn start_worker_with(memory_mb: u64, extra: &[&str]) -> WorkerProc {
         &memory_mb.to_string(),
     ]);
     cmd.args(extra);
-    if extra.contains(&"namespaces") && !extra.contains(&"--instance-subnet") {
+    let isolated = match extra.contains(&"--isolation") {
+        true => extra.contains(&"namespaces"),
+        false => isolated_suite(),
+    };
+    if isolated && !extra.contains(&"--isolation") {
+        cmd.args(["--isolation", "namespaces"]);
+    }
+    if isolated && !extra.contains(&"--instance-subnet") {
         cmd.args(["--instance-subnet", &instance_subnet()]);
     }
     let proc = Proc::spawn(cmd);

@@ -129,7 +129,7 @@ async fn idle_crash_is_noticed_without_an_invocation() {
     let gw = Gateway::start("", &echo_fn("lonely", ""));
     let mut c = gw.h1().await;
     let r = c.invoke("lonely", "fngate:whoami").await;
-    let pid = r.json()["pid"].as_i64().unwrap() as i32;
+    let pid = gw.instance_pid(&r).await;
     // SAFETY: plain syscall; the pid is the instance the gateway just started.
     unsafe { libc::kill(pid, libc::SIGKILL) };
     gw.until(
@@ -145,9 +145,8 @@ async fn idle_crash_is_noticed_without_an_invocation() {
 async fn graceful_shutdown_lets_in_flight_invocations_finish() {
     let mut gw = Gateway::start("drain_timeout_s = 20", &echo_fn("work", ""));
     let mut c = gw.h1().await;
-    let pid = c.invoke("work", "fngate:whoami").await.json()["pid"]
-        .as_i64()
-        .unwrap() as i32;
+    let r = c.invoke("work", "fngate:whoami").await;
+    let pid = gw.instance_pid(&r).await;
     let call = tokio::spawn(async move { c.invoke("work", "fngate:sleep:1500").await });
     gw.until(
         "one invocation in flight",

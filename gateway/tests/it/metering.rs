@@ -207,9 +207,8 @@ async fn usage_log_survives_sigkill_within_its_bound_and_sigterm_loses_nothing()
     // Run 1: steady traffic, then SIGKILL.
     let gw = Gateway::start("", &cfg);
     let (stop_tx, load) = steady_traffic(&gw, CLIENTS).await;
-    let instance_pid = gw.h1().await.invoke("echo", "fngate:whoami").await.json()["pid"]
-        .as_i64()
-        .unwrap() as i32;
+    let r = gw.h1().await.invoke("echo", "fngate:whoami").await;
+    let instance_pid = gw.instance_pid(&r).await;
     let killed_at = tokio::time::Instant::now();
     gw.proc.signal(libc::SIGKILL);
     let acks_1 = load.await.unwrap();

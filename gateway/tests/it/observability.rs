@@ -78,7 +78,15 @@ fn values(result: &serde_json::Value) -> Vec<f64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboards_query_real_prometheus_and_every_panel_has_data() {
-    let worker = start_worker(2048);
+    // Isolated instances, so that the egress panels have traffic to show:
+    // a function downloads from a test host standing for the internet.
+    let worker = start_worker_with(2048, &["--isolation", "namespaces"]);
+    let egress_dir = tempfile::tempdir().unwrap();
+    let host_py = egress_dir.path().join("host.py");
+    std::fs::write(&host_py, crate::egress::HOST_SERVER).unwrap();
+    let reach_py = egress_dir.path().join("reach.py");
+    std::fs::write(&reach_py, crate::egress::REACHER).unwrap();
+    let _internet_host = crate::egress::TestHost::start("o", "198.18.3.1", "198.18.3.2", &host_py);
     let worker_addr: SocketAddr = worker.url.trim_start_matches("http://").parse().unwrap();
     let sink = Sink::start("127.0.0.1:0".parse().unwrap()).await;
     // An HTTPS service standing for a cloud backend.
@@ -86,8 +94,12 @@ async fn dashboards_query_real_prometheus_and_every_panel_has_data() {
     let backend_ca = backend_dir.path().join("backend.pem");
     let backend = Sink::start_tls("127.0.0.1:0".parse().unwrap(), &backend_ca).await;
     let cfg = format!(
-        "[[workers]]\nurl = \"{}\"\n[[networks]]\nvpc_id = \"vpc-a\"\ncidrs = [\"127.0.0.2/32\"]\n{}{}{}{}{}",
+        "[[workers]]\nurl = \"{}\"\n[[networks]]\nvpc_id = \"vpc-a\"\ncidrs = [\"127.0.0.2/32\"]\n{}{}{}{}{}{}",
         worker.url,
+        format_args!(
+            "[[functions]]\nname = \"fetch\"\ncommand = [\"python3\", \"{}\"]\nidle_timeout_s = 1\n",
+            reach_py.display()
+        ),
         echo_fn(
             "echo",
             "min_instances = 1\ninstance_concurrency = 4\nvpc_bindings = [\"vpc-a\"]\ncaller_rate_limit = { per_second = 50.0, burst = 20 }"
@@ -186,6 +198,11 @@ async fn dashboards_query_real_prometheus_and_every_panel_has_data() {
         assert_eq!(internet.invoke("echo", "x").await.status, 403);
     }
     assert_eq!(internet.invoke("brief", "y").await.status, 200);
+    let r = internet
+        .invoke("fetch", r#"{"a": ["tcp", "198.18.3.2", 8080, 50000]}"#)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["a"]["ok"], 50000, "{}", r.text());
     for _ in 0..3 {
         assert_eq!(
             internet.invoke("remote", "{\"to\":\"cloud\"}").await.status,
