@@ -271,6 +271,9 @@ struct FunctionSection {
     egress: sandbox_runtime::api::EgressMode,
     /// The `[[networks]]` VPC its instances reach in `vpc` / `both` mode.
     vpc_id: Option<String>,
+    /// Host directories its isolated instances may write.
+    #[serde(default)]
+    writable_paths: Vec<String>,
     /// Absent: the gateway's default rules apply. Present (even empty): these.
     access_rules: Option<Vec<RuleSection>>,
     rate_limit: Option<Rate>,
@@ -515,6 +518,8 @@ pub struct FunctionConfig {
     /// Where its instances may send traffic: its mode, its VPC's CIDRs and
     /// the other VPCs' (never reachable), for isolated workers to enforce.
     pub egress: sandbox_runtime::api::Egress,
+    /// Host directories its isolated instances may write (same paths).
+    pub writable_paths: Vec<String>,
 }
 
 /// A function's egress policy: `vpc` and `both` need a `vpc_id` of
@@ -926,6 +931,14 @@ impl Config {
                 queue_max: f.queue_max as usize,
             };
             let egress = egress_policy(&key, f.egress, f.vpc_id.as_deref(), &vpc_cidrs)?;
+            for (j, p) in f.writable_paths.iter().enumerate() {
+                if !p.starts_with('/') || p.split('/').any(|c| c == "..") || j >= 16 {
+                    return Err(invalid(
+                        key(&format!("writable_paths[{j}]")),
+                        "at most 16 absolute paths, without \"..\"",
+                    ));
+                }
+            }
             let (auth, auth_level, function_keys) = auth::function(
                 &key,
                 &gw_auth,
@@ -970,6 +983,7 @@ impl Config {
                 auth_level,
                 function_keys,
                 egress,
+                writable_paths: f.writable_paths,
             }));
         }
 

@@ -42,6 +42,10 @@ pub struct CreateInstance {
     /// a plain-process worker refuses anything but the default).
     #[serde(default)]
     pub egress: Egress,
+    /// Host directories (absolute) an isolated instance may write, seen at
+    /// the same paths; a plain process can write them anyway.
+    #[serde(default)]
+    pub writable_paths: Vec<String>,
 }
 
 /// An instance's outbound network policy.

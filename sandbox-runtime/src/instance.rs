@@ -38,6 +38,8 @@ pub struct Spec {
     pub net: Option<crate::network::InstanceNet>,
     /// Where its egress bytes are counted.
     pub egress_metric: prometheus::IntCounterVec,
+    /// Host directories an isolated instance may write.
+    pub writable: Vec<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -138,6 +140,7 @@ impl Instance {
                     tmpfs_mb: spec.memory_mb,
                     max_open_files: spec.max_open_files,
                     hostname: &hostname,
+                    writable: &spec.writable,
                 };
                 let mut c = tokio::process::Command::new(exe);
                 c.args(crate::isolation::init_args(&init, &spec.command));

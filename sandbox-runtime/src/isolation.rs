@@ -76,6 +76,8 @@ pub struct Init<'a> {
     pub tmpfs_mb: u32,
     pub max_open_files: u32,
     pub hostname: &'a str,
+    /// Host directories the instance may write (bind-mounted read-write).
+    pub writable: &'a [PathBuf],
 }
 
 /// The keeper's arguments after [`INIT_ARG`].
@@ -87,8 +89,9 @@ pub fn init_args(init: &Init<'_>, command: &[String]) -> Vec<OsString> {
         init.tmpfs_mb.to_string().into(),
         init.max_open_files.to_string().into(),
         init.hostname.into(),
-        "--".into(),
     ];
+    a.extend(init.writable.iter().map(|p| p.as_os_str().to_owned()));
+    a.push("--".into());
     a.extend(command.iter().map(OsString::from));
     a
 }
@@ -125,7 +128,7 @@ fn die(what: &str) -> ! {
 /// The keeper: `args` are those after [`INIT_ARG`]. Never returns.
 pub fn init_main(args: &[OsString]) -> ! {
     let sep = args.iter().position(|a| a == "--");
-    let (Some(sep), true) = (sep, args.len() >= 7) else {
+    let (Some(sep), true) = (sep, args.len() >= 7 && sep.is_some_and(|s| s >= 5)) else {
         eprintln!("fngate instance init: bad arguments");
         std::process::exit(126)
     };
@@ -135,6 +138,7 @@ pub fn init_main(args: &[OsString]) -> ! {
     let tmpfs_mb = number(&args[2]).unwrap_or(64);
     let max_open_files = number(&args[3]).unwrap_or(1024);
     let hostname = args[4].clone();
+    let writable = &args[5..sep];
     let command = &args[sep + 1..];
     if command.is_empty() {
         eprintln!("fngate instance init: no command");
@@ -149,6 +153,7 @@ pub fn init_main(args: &[OsString]) -> ! {
             tmpfs_mb,
             max_open_files,
             &hostname,
+            writable,
             command,
         ),
         child => keep(child),
@@ -308,6 +313,7 @@ fn instance(
     tmpfs_mb: u32,
     max_open_files: u32,
     hostname: &OsString,
+    writable: &[OsString],
     command: &[OsString],
 ) -> ! {
     let null = std::ptr::null::<libc::c_char>();
@@ -333,6 +339,24 @@ fn instance(
                     "remounting {} read-only",
                     String::from_utf8_lossy(&point)
                 ));
+            }
+        }
+        // The function's writable host directories: a bind of each, made
+        // read-write again (the mount flag is per mount, the file system
+        // itself is the host's).
+        for w in writable {
+            let p = cstr(w.as_bytes());
+            let rw = libc::MS_REMOUNT | libc::MS_BIND | libc::MS_NOSUID | libc::MS_NODEV;
+            if libc::mount(
+                p.as_ptr(),
+                p.as_ptr(),
+                null,
+                libc::MS_BIND | libc::MS_REC,
+                no_data,
+            ) != 0
+                || libc::mount(null, p.as_ptr(), null, rw, no_data) != 0
+            {
+                die(&format!("making {} writable", w.to_string_lossy()));
             }
         }
         let proc_flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;

@@ -432,6 +432,7 @@ impl Worker {
                 req.egress.mode.as_str()
             )));
         }
+        let writable = self.writable_paths(req)?;
         let limit = self
             .inner
             .enforcer
@@ -463,8 +464,32 @@ impl Worker {
             bounds,
             net,
             egress_metric: self.inner.metrics.egress_bytes.clone(),
+            writable,
         };
         Instance::start(spec, limit).await
+    }
+
+    /// Checks a request's writable host directories: absolute, existing,
+    /// and outside the work root (which the instance's tmpfs covers).
+    fn writable_paths(&self, req: &CreateInstance) -> Result<Vec<PathBuf>, StartError> {
+        let mut out = Vec::with_capacity(req.writable_paths.len());
+        for p in &req.writable_paths {
+            let path = PathBuf::from(p);
+            let bad = |why: &str| {
+                StartError::Prepare(std::io::Error::other(format!("writable path {p:?}: {why}")))
+            };
+            if !path.is_absolute() || p.split('/').any(|c| c == "..") {
+                return Err(bad("must be absolute, without \"..\""));
+            }
+            if !path.is_dir() {
+                return Err(bad("not a directory on this worker"));
+            }
+            if path.starts_with(&self.inner.work_root) || self.inner.work_root.starts_with(&path) {
+                return Err(bad("overlaps the worker's work root"));
+            }
+            out.push(path);
+        }
+        Ok(out)
     }
 
     /// Returns an instance's memory when its process ends, however it ends.

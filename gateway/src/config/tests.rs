@@ -122,6 +122,14 @@ fn invalid_configs_name_the_key() {
             "[[functions]]\nname = \"f\"\ncommand = [\"x\"]\negress = \"everywhere\"\n",
             "unknown variant",
         ),
+        (
+            "[[functions]]\nname = \"f\"\ncommand = [\"x\"]\nwritable_paths = [\"/ok\", \"rel/dir\"]\n",
+            "functions[0].writable_paths[1]",
+        ),
+        (
+            "[[functions]]\nname = \"f\"\ncommand = [\"x\"]\nwritable_paths = [\"/a/../etc\"]\n",
+            "functions[0].writable_paths[0]",
+        ),
         ("[gateway]\nasync_store = \"sqlite\"\n", "unknown variant"),
         (
             "[gateway]\nmax_async_queued_bytes = 0\n",

@@ -59,6 +59,7 @@ pub(super) async fn start_on_best_fit(
             memory_mb: f.memory_mb,
             start_timeout_ms: sched.start_timeout.as_millis() as u64,
             egress: f.egress.clone(),
+            writable_paths: f.writable_paths.clone(),
         };
         match worker.create(&req).await {
             Ok(info) => return Ok((worker.clone(), info)),

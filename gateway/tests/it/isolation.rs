@@ -26,6 +26,13 @@ class H(http.server.BaseHTTPRequestHandler):
                 r[what] = "written"
             except OSError as e:
                 r[what] = e.errno
+        shared = os.environ.get("PROBE_SHARED")
+        if shared:
+            try:
+                open(os.path.join(shared, os.environ["FC_INSTANCE_ID"]), "w").write("x")
+                r["shared"] = "written"
+            except OSError as e:
+                r["shared"] = e.errno
         open("here.txt", "w").write("ok")
         r["cwd_write"] = open("here.txt").read()
         # MS_REMOUNT | MS_BIND: making its view writable again.
@@ -74,10 +81,14 @@ async fn an_isolated_instance_sees_only_itself_and_writes_only_its_own_tmpfs() {
             work_root.to_str().unwrap(),
         ],
     );
+    // One host directory the functions may write (`writable_paths`).
+    let shared = dir.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
     let function = |name: &str| {
         format!(
-            "[[functions]]\nname = \"{name}\"\ncommand = [\"python3\", \"{}\"]\n",
-            script.display()
+            "[[functions]]\nname = \"{name}\"\ncommand = [\"python3\", \"{}\"]\nwritable_paths = [\"{1}\"]\nenv = {{ PROBE_SHARED = \"{1}\" }}\n",
+            script.display(),
+            shared.display()
         )
     };
     let mut gw = Gateway::start(
@@ -100,6 +111,9 @@ async fn an_isolated_instance_sees_only_itself_and_writes_only_its_own_tmpfs() {
         assert_eq!(v["etc"], 30, "{v}");
         assert_eq!(v["tmp"], 30, "{v}");
         assert_eq!(v["cwd_write"], "ok");
+        // Its writable host directory is, and what it wrote there stays.
+        assert_eq!(v["shared"], "written", "{v}");
+        assert!(shared.join(&id).exists());
         // No capability, and the calls that could undo the view are refused
         // (EPERM); the kernel's tunables are read-only (EROFS).
         assert_eq!(v["cap_eff"], "0000000000000000", "{v}");

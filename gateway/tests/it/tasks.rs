@@ -57,13 +57,22 @@ fn lines(path: &Path) -> Vec<String> {
         .collect()
 }
 
+/// The test's directory, writable by the function's instances even when
+/// they are isolated (`scripts/test-isolated.sh`).
+fn writable(dir: &std::path::Path) -> String {
+    format!("writable_paths = [\"{}\"]", dir.display())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_accepted_before_a_graceful_stop_runs_after_the_restart() {
     let dir = tempfile::tempdir().unwrap();
     let (out, release) = (dir.path().join("out"), dir.path().join("release"));
     let mut gw = Gateway::start(
         "drain_timeout_s = 1",
-        &echo_fn("f", "async_max_concurrency = 1"),
+        &echo_fn(
+            "f",
+            &format!("async_max_concurrency = 1\n{}", writable(dir.path())),
+        ),
     );
     let mut c = gw.h1().await;
     // The function's only asynchronous slot is held, so "late" waits.
@@ -132,8 +141,10 @@ async fn retries_follow_the_rules_and_outcomes_reach_their_destinations() {
     let dest = format!("on_success = \"{0}\"\non_failure = \"{0}\"", sink.url());
     let gw = Gateway::start(
         "async_retry_base_ms = 200",
-        &(echo_fn("flaky", &format!("async_max_retries = 3\n{dest}"))
-            + &echo_fn("broken", &format!("async_max_retries = 2\n{dest}"))
+        &(echo_fn(
+            "flaky",
+            &format!("async_max_retries = 3\n{dest}\n{}", writable(dir.path())),
+        ) + &echo_fn("broken", &format!("async_max_retries = 2\n{dest}"))
             + &echo_fn(
                 "busy",
                 &format!("max_concurrency = 1\nasync_max_event_age_s = 2\n{dest}"),
@@ -308,7 +319,10 @@ async fn the_task_api_deduplicates_stops_lists_and_meets_ingress() {
     let gw = Gateway::start(
         "",
         &("[[networks]]\nvpc_id = \"vpc-a\"\ncidrs = [\"127.0.0.2/32\"]\n".to_string()
-            + &echo_fn("f", "instance_concurrency = 10")
+            + &echo_fn(
+                "f",
+                &format!("instance_concurrency = 10\n{}", writable(dir.path())),
+            )
             + &echo_fn("private", "vpc_bindings = [\"vpc-a\"]")
             + &echo_fn("g", "")),
     );
