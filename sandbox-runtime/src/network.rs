@@ -488,13 +488,16 @@ impl InstanceNet {
         }
         drop(self.fd.lock().unwrap().take());
         let _ = run(Command::new("ip").args(["netns", "del", &self.name]), None).await;
-        // The host's end goes with the namespace; a failed build may have
-        // left it alone.
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.host_if])
-            .stderr(std::process::Stdio::null())
-            .status()
-            .await;
+        // The host's end goes with the namespace; only a failed build can
+        // have left it alone.
+        let left = std::path::Path::new("/sys/class/net").join(&self.host_if);
+        if left.exists() {
+            let _ = Command::new("ip")
+                .args(["link", "del", &self.host_if])
+                .stderr(std::process::Stdio::null())
+                .status()
+                .await;
+        }
         self.free.lock().unwrap().push(self.slot);
     }
 }

@@ -234,9 +234,14 @@ impl Worker {
         self.inner.tasks.wait().await;
         self.inner.enforcer.cleanup();
         self.inner.bounds.cleanup();
-        if let Some(n) = &self.inner.network {
-            n.cleanup();
-        }
+        // iptables processes: off the runtime's threads.
+        let inner = self.inner.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Some(n) = &inner.network {
+                n.cleanup();
+            }
+        })
+        .await;
         let _ = std::fs::remove_dir_all(&self.inner.work_root);
         tracing::info!(released = all.len(), "sandbox worker stopped");
     }
