@@ -14,6 +14,9 @@ command -v testssl >/dev/null 2>&1 || need_apt+=(testssl.sh)
 { command -v python3 >/dev/null 2>&1 && python3 -c 'import ensurepip, venv' 2>/dev/null; } || need_apt+=(python3-venv)
 # A real Prometheus (and promtool) for the observability tests.
 { command -v promtool && command -v prometheus; } >/dev/null 2>&1 || need_apt+=(prometheus)
+# Instance networking (network namespaces, veth pairs, per-instance rules).
+command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
+{ command -v iptables && command -v iptables-restore && command -v iptables-save; } >/dev/null 2>&1 || need_apt+=(iptables)
 # A Docker engine for the image test (no registry is reachable: the image is FROM scratch).
 { command -v dockerd && command -v docker; } >/dev/null 2>&1 || need_apt+=(docker.io)
 if [ ${#need_apt[@]} -gt 0 ]; then
