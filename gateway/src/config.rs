@@ -197,7 +197,7 @@ impl Default for GatewaySection {
             instance_start_timeout_ms: 30_000,
             worker_timeout_ms: 5_000,
             embedded_worker_memory_mb: 4096,
-            embedded_worker_isolation: sandbox_runtime::isolation::Isolation::Process,
+            embedded_worker_isolation: sandbox_runtime::isolation::Isolation::Namespaces,
             embedded_worker_subnet: None,
             threads: None,
             max_async_queued: 100_000,

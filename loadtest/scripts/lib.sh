@@ -30,9 +30,15 @@ place() {
 place 1
 
 # start_gateway CONFIG.toml [BINARY]: the gateway (default: this build's) on
-# core 1 (or as SRV says), logging to CONFIG.log; sets GW_PID.
+# core 1 (or as SRV says), logging to CONFIG.log; sets GW_PID. Its embedded
+# worker runs plain processes, as the peers' setups compare, unless the
+# config says otherwise or BENCH_ISOLATION=namespaces (a binary that predates
+# the key, a base revision's, knows only plain processes).
 start_gateway() {
     local log="${1%.toml}.log"
+    if ! grep -q '^embedded_worker_isolation' "$1" && grep -qa embedded_worker_isolation "${2:-$T/gateway}"; then
+        sed -i "0,/^\[gateway\]/s//[gateway]\nembedded_worker_isolation = \"${BENCH_ISOLATION:-process}\"/" "$1"
+    fi
     RUST_LOG=warn,fngate=info "${SRV[@]}" "${2:-$T/gateway}" --config "$1" 2> "$log" &
     GW_PID=$!
     pids+=($!)

@@ -1,6 +1,7 @@
-//! Instance isolation: `--isolation namespaces` runs each instance in its own
-//! PID, mount, UTS, IPC and network namespaces; `process` (the default for
-//! now) runs it as a plain child process.
+//! Instance isolation: `--isolation namespaces` (the default) runs each
+//! instance in its own PID, mount, UTS, IPC and network namespaces;
+//! `process`, only when asked for, runs it as a plain child process. A
+//! worker that cannot isolate refuses to start rather than fall back.
 //!
 //! How an isolated instance starts. The worker spawns its own executable
 //! with [`INIT_ARG`] and the instance's command, having unshared the mount,
@@ -47,9 +48,9 @@ pub const INIT_ARG: &str = "__fngate-instance-init";
 #[serde(rename_all = "lowercase")]
 pub enum Isolation {
     /// A plain child process (shares the host's process table and files).
-    #[default]
     Process,
-    /// Its own PID, mount, UTS and IPC namespaces (Linux, root).
+    /// Its own PID, mount, UTS, IPC and network namespaces (Linux, root).
+    #[default]
     Namespaces,
 }
 

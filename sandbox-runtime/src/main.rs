@@ -27,9 +27,10 @@ struct Args {
     /// How instance memory sizes are enforced.
     #[arg(long, value_enum, default_value_t = MemoryLimitMode::Auto)]
     memory_limit: MemoryLimitMode,
-    /// How instances are isolated: plain processes, or each in its own PID,
-    /// mount, UTS and IPC namespaces (root).
-    #[arg(long, value_enum, default_value_t = Isolation::Process)]
+    /// How instances are isolated: each in its own PID, mount, UTS, IPC and
+    /// network namespaces (root; the worker refuses to start where it
+    /// cannot), or, only when asked for, as plain processes.
+    #[arg(long, value_enum, default_value_t = Isolation::Namespaces)]
     isolation: Isolation,
     /// Processes per instance at most (a cgroup v1 pids limit; an error
     /// where there is none). Default: 1024 with --isolation namespaces where

@@ -291,6 +291,9 @@ async fn image_builds_and_serves_tls_from_a_gateway_and_a_worker_container() {
         "1024",
         "--work-root",
         "/data/work",
+        // Isolating instances needs a privileged container.
+        "--isolation",
+        "process",
     ]);
     docker_log_line(&worker, "sandbox-runtime listening");
 

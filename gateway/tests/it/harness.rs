@@ -166,13 +166,16 @@ pub fn config(extra_gateway: &str, rest: &str, dir: &Path) -> String {
     } else {
         "listen = \"127.0.0.1:0\"\n"
     };
-    // FNGATE_TEST_ISOLATION=namespaces: the suite with isolated instances.
-    let isolation = match isolated_suite() && !extra_gateway.contains("embedded_worker_isolation") {
-        true => format!(
-            "embedded_worker_isolation = \"namespaces\"\nembedded_worker_subnet = \"{}\"\n",
-            instance_subnet()
-        ),
-        false => String::new(),
+    // Isolated instances (the default) unless the test or
+    // FNGATE_TEST_ISOLATION=process says otherwise; every embedded worker
+    // takes a range of its own (a worker refuses one another holds).
+    let isolation = match (
+        extra_gateway.contains("embedded_worker_isolation"),
+        isolated_suite(),
+    ) {
+        (true, _) => String::new(),
+        (false, true) => format!("embedded_worker_subnet = \"{}\"\n", instance_subnet()),
+        (false, false) => "embedded_worker_isolation = \"process\"\n".to_string(),
     };
     format!(
         "[gateway]\n{listen}{isolation}admin_listen = \"127.0.0.1:0\"\nself_signed_cert_path = \"{}\"\n{extra_gateway}\n{rest}",
@@ -559,11 +562,11 @@ pub fn start_worker(memory_mb: u64) -> WorkerProc {
     start_worker_with(memory_mb, &[])
 }
 
-/// A worker with more command-line arguments.
-/// Whether every worker of this run isolates its instances
-/// (`FNGATE_TEST_ISOLATION=namespaces`; `scripts/test-isolated.sh`).
+/// Whether the workers of this run isolate their instances, as workers do
+/// by default (`FNGATE_TEST_ISOLATION=process`, `scripts/test-process.sh`:
+/// the suite with plain processes).
 pub fn isolated_suite() -> bool {
-    std::env::var("FNGATE_TEST_ISOLATION").is_ok_and(|v| v == "namespaces")
+    std::env::var("FNGATE_TEST_ISOLATION").map_or(true, |v| v != "process")
 }
 
 /// A private range of its own for an isolated worker's instances (a
@@ -571,10 +574,12 @@ pub fn isolated_suite() -> bool {
 pub fn instance_subnet() -> String {
     static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    assert!(n < 256, "out of test subnets");
+    // 10.214.0.0 to 10.245.255.255: clear of the ranges tests classify.
+    assert!(n < 32 * 64, "out of test subnets");
     format!("10.{}.{}.0/22", 214 + n / 64, (n % 64) * 4)
 }
 
+/// A worker with more command-line arguments.
 pub fn start_worker_with(memory_mb: u64, extra: &[&str]) -> WorkerProc {
     let mut cmd = Command::new(workspace_bin("sandbox-runtime"));
     cmd.args([
@@ -588,8 +593,8 @@ pub fn start_worker_with(memory_mb: u64, extra: &[&str]) -> WorkerProc {
         true => extra.contains(&"namespaces"),
         false => isolated_suite(),
     };
-    if isolated && !extra.contains(&"--isolation") {
-        cmd.args(["--isolation", "namespaces"]);
+    if !isolated && !extra.contains(&"--isolation") {
+        cmd.args(["--isolation", "process"]);
     }
     if isolated && !extra.contains(&"--instance-subnet") {
         cmd.args(["--instance-subnet", &instance_subnet()]);

@@ -58,7 +58,7 @@ fn lines(path: &Path) -> Vec<String> {
 }
 
 /// The test's directory, writable by the function's instances even when
-/// they are isolated (`scripts/test-isolated.sh`).
+/// they are isolated (as they are by default).
 fn writable(dir: &std::path::Path) -> String {
     format!("writable_paths = [\"{}\"]", dir.display())
 }

@@ -109,7 +109,16 @@ async fn tls10_and_tls11_clients_are_refused_at_the_handshake() {
             reply[6]
         );
     }
-    assert_eq!(gw.metric("fngate_tls_handshake_failures_total").await, 2.0);
+    // The client sees the alert and the close before the handshake's task
+    // counts its failure: wait for the count, then check that it is exact.
+    let failures = "fngate_tls_handshake_failures_total";
+    gw.until(
+        "two handshake failures counted",
+        Duration::from_secs(10),
+        || async { gw.metric(failures).await >= 2.0 },
+    )
+    .await;
+    assert_eq!(gw.metric(failures).await, 2.0);
 }
 
 /// A certificate for localhost and 127.0.0.1 (90 days), written as PEM:

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The integration suite with instances as plain processes (`--isolation
+# process` on every worker, the embedded one included) instead of the
+# default isolation. Tests that need isolation (isolation, egress) keep
+# asking for it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --workspace --bins
+FNGATE_TEST_ISOLATION=process cargo test -p gateway --test it -- "$@"
