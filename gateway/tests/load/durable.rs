@@ -60,7 +60,11 @@ async fn every_accepted_invocation_runs_after_a_sigkill() {
         "async_retry_base_ms = 50",
         &echo_fn(
             "sink",
-            "instance_concurrency = 20\nasync_max_concurrency = 20",
+            // The test's directory is writable by isolated instances too.
+            &format!(
+                "instance_concurrency = 20\nasync_max_concurrency = 20\nwritable_paths = [\"{}\"]",
+                dir.path().display()
+            ),
         ),
     );
     let next = Arc::new(AtomicUsize::new(0));
