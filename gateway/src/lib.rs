@@ -155,6 +155,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         None => (None, None),
     };
     let usage_health = usage_log.as_ref().map(|l| l.health.clone());
+    if let Some(log) = &usage_log {
+        scheduler.set_usage_log(log.clone());
+    }
     let queue = asynchronous::AsyncQueue::open(
         g.asynchronous.clone(),
         config

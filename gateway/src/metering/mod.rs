@@ -61,6 +61,32 @@ fn fc() -> String {
     "fc".into()
 }
 
+/// The marker of an [`InstanceRecord`]'s line (invocation records have no
+/// `record` field, as before there were instance records).
+pub const INSTANCE_RECORD: &str = "instance";
+
+/// An instance's lifetime, written to the usage log when its worker has
+/// released it: what it sent and received outside (isolated instances; the
+/// kernel's counters, by destination network), how long it lived and why it
+/// ended. Invocation records stay per invocation; egress is an instance's,
+/// not a call's (connections outlive calls).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct InstanceRecord {
+    /// Always [`INSTANCE_RECORD`].
+    pub record: String,
+    pub function: String,
+    pub instance_id: String,
+    pub worker: String,
+    pub memory_mb: u32,
+    pub start_unix_ms: u64,
+    pub end_unix_ms: u64,
+    /// Why the gateway released it (`idle`, `shutdown`, `exited`, ...).
+    pub reason: String,
+    /// Bytes by network (`internet` or a VPC id) and direction (`out`: sent
+    /// by the instance, `in`: received); empty for a plain process.
+    pub egress: Vec<sandbox_runtime::api::EgressBytes>,
+}
+
 /// GB-seconds billed for `duration` at `memory_mb` (duration rounded up to 1 ms).
 pub fn billed_gb_s(memory_mb: u32, duration: std::time::Duration) -> f64 {
     let ms = duration.as_nanos().div_ceil(1_000_000) as f64;

@@ -1,7 +1,8 @@
 //! `gateway usage summarize FILE...`: usage records summed by function and
-//! network, for billing and capacity planning.
+//! network, for billing and capacity planning; and instances' egress (their
+//! lifetime records) summed by function and destination network.
 
-use super::usage_log::read_records;
+use super::usage_log::read_all;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
@@ -14,15 +15,42 @@ pub struct Totals {
     pub cold_starts: u64,
 }
 
+/// What instances sent and received outside, to one network.
+#[derive(Debug, Default, Clone, PartialEq, serde::Serialize)]
+pub struct EgressTotals {
+    /// Instances that reached the network (sent or received a byte).
+    pub instances: u64,
+    pub bytes_out: u64,
+    pub bytes_in: u64,
+}
+
 #[derive(Debug, Default)]
 pub struct Summary {
     /// (function, network) → totals; network is `internet`, `vpc:<id>` or `internal`.
     pub rows: BTreeMap<(String, String), Totals>,
+    /// (function, network) → instances' egress; network is `internet` or a VPC id.
+    pub egress: BTreeMap<(String, String), EgressTotals>,
     pub skipped_lines: usize,
 }
 
 pub fn summarize(files: &[PathBuf]) -> std::io::Result<Summary> {
-    let (records, skipped_lines) = read_records(files)?;
+    let (records, instances, skipped_lines) = read_all(files)?;
+    let mut egress: BTreeMap<(String, String), EgressTotals> = BTreeMap::new();
+    for i in instances {
+        let mut reached = std::collections::BTreeSet::new();
+        for e in i.egress {
+            let t = egress
+                .entry((i.function.clone(), e.network.clone()))
+                .or_default();
+            match e.direction.as_str() {
+                "out" => t.bytes_out += e.bytes,
+                _ => t.bytes_in += e.bytes,
+            }
+            if e.bytes > 0 && reached.insert(e.network.clone()) {
+                t.instances += 1;
+            }
+        }
+    }
     let mut rows: BTreeMap<(String, String), Totals> = BTreeMap::new();
     for r in records {
         let network = match &r.vpc_id {
@@ -38,6 +66,7 @@ pub fn summarize(files: &[PathBuf]) -> std::io::Result<Summary> {
     }
     Ok(Summary {
         rows,
+        egress,
         skipped_lines,
     })
 }
@@ -60,6 +89,18 @@ impl Summary {
                 t.invocations, t.bytes_in, t.bytes_out, t.billed_gb_s, t.cold_starts
             ));
         }
+        if !self.egress.is_empty() {
+            out.push_str(&format!(
+                "\n{:<24} {:<20} {:>12} {:>16} {:>16}\n",
+                "function", "egress to", "instances", "bytes_out", "bytes_in"
+            ));
+            for ((f, n), t) in &self.egress {
+                out.push_str(&format!(
+                    "{f:<24} {n:<20} {:>12} {:>16} {:>16}\n",
+                    t.instances, t.bytes_out, t.bytes_in
+                ));
+            }
+        }
         if self.skipped_lines > 0 {
             out.push_str(&format!(
                 "({} torn or invalid lines skipped)\n",
@@ -80,7 +121,17 @@ impl Summary {
                 v
             })
             .collect();
-        let doc = serde_json::json!({ "rows": rows, "skipped_lines": self.skipped_lines });
+        let egress: Vec<serde_json::Value> = self
+            .egress
+            .iter()
+            .map(|((f, n), t)| {
+                let mut v = serde_json::to_value(t).unwrap_or_default();
+                v["function"] = f.clone().into();
+                v["network"] = n.clone().into();
+                v
+            })
+            .collect();
+        let doc = serde_json::json!({ "rows": rows, "egress": egress, "skipped_lines": self.skipped_lines });
         format!("{doc}\n")
     }
 }

@@ -21,7 +21,7 @@
 //! middle of a write) is terminated with a newline when the log is reopened,
 //! and readers ([`read_records`]) skip lines that do not parse.
 
-use super::UsageRecord;
+use super::{InstanceRecord, UsageRecord};
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -64,6 +64,7 @@ pub struct UsageLogConfig {
 
 enum Msg {
     Record(Box<UsageRecord>),
+    Instance(Box<InstanceRecord>),
     Tick,
     Close(oneshot::Sender<()>),
 }
@@ -120,8 +121,17 @@ impl UsageLog {
 
     /// Queues a record; waits only while the writer is behind (never drops).
     pub async fn record(&self, r: Box<UsageRecord>) {
+        self.send(Msg::Record(r)).await
+    }
+
+    /// Queues an instance's lifetime record, like [`UsageLog::record`].
+    pub async fn instance(&self, r: Box<InstanceRecord>) {
+        self.send(Msg::Instance(r)).await
+    }
+
+    async fn send(&self, m: Msg) {
         use tokio::sync::mpsc::error::TrySendError;
-        match self.tx.try_send(Msg::Record(r)) {
+        match self.tx.try_send(m) {
             // The wait is rare: boxed, it adds nothing to every caller's future.
             Err(TrySendError::Full(m)) => {
                 let _ = Box::pin(self.tx.send(m)).await;
@@ -225,6 +235,12 @@ fn writer(cfg: UsageLogConfig, mut file: File, mut rx: mpsc::Receiver<Msg>, heal
                     }
                     n += 1;
                 }
+                Msg::Instance(r) => {
+                    if serde_json::to_writer(&mut buf, &*r).is_ok() {
+                        buf.push(b'\n');
+                    }
+                    n += 1;
+                }
                 Msg::Tick => {}
                 Msg::Close(ack) => {
                     closing = Some(ack);
@@ -274,10 +290,30 @@ fn writer(cfg: UsageLogConfig, mut file: File, mut rx: mpsc::Receiver<Msg>, heal
     }
 }
 
-/// Reads records from usage log files; returns them and how many lines were
-/// skipped (torn or not a record).
+/// Reads the invocation records of usage log files; returns them and how
+/// many lines were skipped (torn or not a record). Instance records are
+/// [`read_instance_records`]'.
 pub fn read_records(paths: &[PathBuf]) -> std::io::Result<(Vec<UsageRecord>, usize)> {
+    let (records, _, skipped) = read_all(paths)?;
+    Ok((records, skipped))
+}
+
+/// Reads the instance records of usage log files.
+pub fn read_instance_records(paths: &[PathBuf]) -> std::io::Result<Vec<InstanceRecord>> {
+    Ok(read_all(paths)?.1)
+}
+
+/// Both kinds of record, and how many lines were skipped.
+pub(crate) fn read_all(
+    paths: &[PathBuf],
+) -> std::io::Result<(Vec<UsageRecord>, Vec<InstanceRecord>, usize)> {
+    #[derive(serde::Deserialize)]
+    struct Kind<'a> {
+        #[serde(borrow)]
+        record: Option<&'a str>,
+    }
     let mut out = Vec::new();
+    let mut instances = Vec::new();
     let mut skipped = 0;
     for p in paths {
         let f = File::open(p)?;
@@ -286,13 +322,22 @@ pub fn read_records(paths: &[PathBuf]) -> std::io::Result<(Vec<UsageRecord>, usi
             if line.is_empty() {
                 continue;
             }
-            match serde_json::from_slice::<UsageRecord>(&line) {
-                Ok(r) => out.push(r),
-                Err(_) => skipped += 1,
+            let kind = serde_json::from_slice::<Kind>(&line).ok();
+            match kind.and_then(|k| k.record) {
+                Some(super::INSTANCE_RECORD) => {
+                    match serde_json::from_slice::<InstanceRecord>(&line) {
+                        Ok(r) => instances.push(r),
+                        Err(_) => skipped += 1,
+                    }
+                }
+                _ => match serde_json::from_slice::<UsageRecord>(&line) {
+                    Ok(r) => out.push(r),
+                    Err(_) => skipped += 1,
+                },
             }
         }
     }
-    Ok((out, skipped))
+    Ok((out, instances, skipped))
 }
 
 #[cfg(test)]

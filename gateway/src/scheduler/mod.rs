@@ -40,6 +40,8 @@ pub struct Scheduler {
     gone: Notify,
     live_gauge: prometheus::IntGauge,
     instance_egress: prometheus::IntCounterVec,
+    /// Where released instances' lifetime records go (`[usage]`), once set.
+    usage: OnceLock<crate::metering::usage_log::UsageLog>,
     worker_memory: prometheus::IntGaugeVec,
     workers: Vec<Arc<Worker>>,
     ids: IdGen,
@@ -252,6 +254,7 @@ impl Scheduler {
             gone: Notify::new(),
             live_gauge: metrics.live_instances.clone(),
             instance_egress: metrics.instance_egress.clone(),
+            usage: OnceLock::new(),
             worker_memory: metrics.worker_memory.clone(),
             workers,
             ids: IdGen::new(),
@@ -500,6 +503,8 @@ impl Scheduler {
             let id = inst.id.clone();
             let mb = u64::from(inst.memory_mb);
             let egress = self.instance_egress.clone();
+            let usage = self.usage.get().cloned();
+            let lived = inst.created.elapsed();
             tracing::info!(function = %inst.function, instance = %id, reason = why, "releasing instance");
             self.tasks.spawn(async move {
                 match worker.release(&id).await {
@@ -509,6 +514,21 @@ impl Scheduler {
                             egress
                                 .with_label_values(&[&info.function, &e.network, &e.direction])
                                 .inc_by(e.bytes);
+                        }
+                        if let Some(log) = usage {
+                            let end = crate::metering::unix_ms(std::time::SystemTime::now());
+                            let record = crate::metering::InstanceRecord {
+                                record: crate::metering::INSTANCE_RECORD.into(),
+                                function: info.function,
+                                instance_id: info.instance_id,
+                                worker: worker.url.clone(),
+                                memory_mb: info.memory_mb,
+                                start_unix_ms: end.saturating_sub(lived.as_millis() as u64),
+                                end_unix_ms: end,
+                                reason: why.into(),
+                                egress: info.egress,
+                            };
+                            log.instance(Box::new(record)).await;
                         }
                     }
                     Err(e) => tracing::debug!(instance = %id, error = %e, "release"),
@@ -642,6 +662,11 @@ impl Scheduler {
         }
         self.tasks.close();
         let _ = tokio::time::timeout(Duration::from_secs(10), self.tasks.wait()).await;
+    }
+
+    /// Sends released instances' lifetime records to `log` from now on.
+    pub fn set_usage_log(&self, log: crate::metering::usage_log::UsageLog) {
+        let _ = self.usage.set(log);
     }
 
     /// `instance_start_timeout_ms`.

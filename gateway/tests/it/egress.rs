@@ -233,9 +233,11 @@ async fn egress_bytes_are_metered_by_destination_network() {
     let _inet = TestHost::start("j", "198.18.2.1", "198.18.2.2", &server);
     let _vpc = TestHost::start("w", "10.79.0.1", "10.79.0.2", &server);
     let worker = start_worker_with(1024, &["--isolation", "namespaces"]);
+    let log = dir.path().join("usage.jsonl");
     let gw = Gateway::start(
         "",
         &(format!("[[workers]]\nurl = \"{}\"\n", worker.url)
+            + &format!("[usage]\npath = \"{}\"\n", log.display())
             + "[[networks]]\nvpc_id = \"vpc-m\"\ncidrs = [\"10.79.0.0/24\"]\n"
             + &format!(
                 "[[functions]]\nname = \"meter\"\ncommand = [\"python3\", \"{}\"]\negress = \"both\"\nvpc_id = \"vpc-m\"\nidle_timeout_s = 1\n",
@@ -306,4 +308,54 @@ async fn egress_bytes_are_metered_by_destination_network() {
             >= want
     })
     .await;
+    // And the instance's lifetime record in the usage log, with the same
+    // totals (the release answer's), by network and direction.
+    gw.until(
+        "the instance's usage record",
+        Duration::from_secs(10),
+        || async { !instance_records(&log).is_empty() },
+    )
+    .await;
+    let records = instance_records(&log);
+    assert_eq!(records.len(), 1, "{records:?}");
+    let rec = &records[0];
+    assert_eq!(rec["function"], "meter");
+    assert_eq!(rec["instance_id"], id.as_str());
+    assert_eq!(rec["reason"], "idle");
+    assert!(rec["end_unix_ms"].as_u64() > rec["start_unix_ms"].as_u64());
+    for (network, n) in [("internet", N), ("vpc-m", M)] {
+        let got = rec["egress"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["network"] == network && e["direction"] == "in")
+            .and_then(|e| e["bytes"].as_u64())
+            .unwrap_or(0);
+        assert!(
+            got >= bytes(network, "in") && got <= n + n / 20 + 4096,
+            "{rec}"
+        );
+    }
+    // `usage summarize` sums instances' egress by function and network.
+    let out = gateway_cli([
+        "usage".as_ref(),
+        "summarize".as_ref(),
+        "--json".as_ref(),
+        log.as_os_str(),
+    ]);
+    let summary: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    let row = summary["egress"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["function"] == "meter" && r["network"] == "internet")
+        .cloned()
+        .unwrap_or_else(|| panic!("no egress row: {summary}"));
+    assert_eq!(row["instances"], 1, "{summary}");
+    assert!(row["bytes_in"].as_u64().unwrap() >= N, "{summary}");
+    assert_eq!(summary["skipped_lines"], 0, "{summary}");
+    // Invocation records are apart: the one call, no egress field.
+    let calls = usage_records(&log);
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert!(calls[0].get("egress").is_none());
 }

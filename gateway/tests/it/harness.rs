@@ -20,10 +20,25 @@ pub fn repo() -> PathBuf {
         .to_path_buf()
 }
 
-/// The records of a usage log (JSON lines), in order.
+/// The invocation records of a usage log (JSON lines), in order.
 pub fn usage_records(log: &Path) -> Vec<serde_json::Value> {
+    all_usage_lines(log)
+        .into_iter()
+        .filter(|r| r.get("record").is_none())
+        .collect()
+}
+
+/// The instance records of a usage log (`"record": "instance"`), in order.
+pub fn instance_records(log: &Path) -> Vec<serde_json::Value> {
+    all_usage_lines(log)
+        .into_iter()
+        .filter(|r| r["record"] == "instance")
+        .collect()
+}
+
+fn all_usage_lines(log: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(log)
-        .unwrap()
+        .unwrap_or_default()
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()

@@ -71,6 +71,7 @@ async fn arrival_span(
             .unwrap_or_default()
             .lines()
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|r| r.get("record").is_none())
             .filter(|r| r["function"] == function && vpc.is_none_or(|v| r["vpc_id"] == v))
             .map(|r| r["start_unix_ms"].as_u64().unwrap())
             .collect();

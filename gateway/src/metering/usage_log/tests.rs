@@ -53,6 +53,35 @@ async fn everything_recorded_is_on_disk_after_close() {
 }
 
 #[tokio::test]
+async fn instance_records_are_read_apart_from_invocation_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, task) = UsageLog::start(cfg(dir.path(), u64::MAX), health()).unwrap();
+    let inst = crate::metering::InstanceRecord {
+        record: crate::metering::INSTANCE_RECORD.into(),
+        function: "f".into(),
+        instance_id: "c-1".into(),
+        worker: "http://127.0.0.1:7070".into(),
+        memory_mb: 128,
+        start_unix_ms: 1,
+        end_unix_ms: 2,
+        reason: "idle".into(),
+        egress: vec![sandbox_runtime::api::EgressBytes {
+            network: "internet".into(),
+            direction: "in".into(),
+            bytes: 42,
+        }],
+    };
+    log.record(Box::new(rec(1))).await;
+    log.instance(Box::new(inst.clone())).await;
+    log.record(Box::new(rec(2))).await;
+    task.close().await;
+    let paths = [dir.path().join("usage.jsonl")];
+    let (records, skipped) = read_records(&paths).unwrap();
+    assert_eq!((records, skipped), (vec![rec(1), rec(2)], 0));
+    assert_eq!(read_instance_records(&paths).unwrap(), vec![inst]);
+}
+
+#[tokio::test]
 async fn a_torn_last_line_is_skipped_and_the_log_continues_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("usage.jsonl");
