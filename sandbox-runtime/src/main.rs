@@ -32,9 +32,9 @@ struct Args {
     /// cannot), or, only when asked for, as plain processes.
     #[arg(long, value_enum, default_value_t = Isolation::Namespaces)]
     isolation: Isolation,
-    /// Processes per instance at most (a cgroup v1 pids limit; an error
+    /// Processes per instance at most (a cgroup v1 pids limit or v2 pids.max; an error
     /// where there is none). Default: 1024 with --isolation namespaces where
-    /// the pids hierarchy exists (a warning where it does not), else none.
+    /// a pids controller (v1 or v2) exists (a warning where none does), else none.
     #[arg(long)]
     max_pids: Option<u32>,
     /// Open files per process of an isolated instance.

@@ -32,6 +32,17 @@ pub struct MemoryEnforcer {
     kind: MemoryLimit,
     /// Parent cgroup directory for this worker's instances (cgroup kinds only).
     parent: Option<PathBuf>,
+    /// cgroup v2: the other controllers delegated to the instances' cgroups
+    /// (there one cgroup holds every bound; [`crate::bounds`] uses them).
+    v2: V2Controllers,
+}
+
+/// Which of cgroup v2's `pids` and `cpu` controllers the worker's parent
+/// cgroup could delegate to its instances.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct V2Controllers {
+    pub pids: bool,
+    pub cpu: bool,
 }
 
 /// Per-instance enforcement state, held for the instance's lifetime.
@@ -46,9 +57,10 @@ pub struct InstanceLimit {
 impl MemoryEnforcer {
     pub fn detect(mode: MemoryLimitMode) -> io::Result<Self> {
         let tag = format!("fngate-worker-{}", std::process::id());
-        let try_v2 = || cgroup_v2_parent(&tag).map(|p| (MemoryLimit::CgroupV2, p));
+        let try_v2 = || cgroup_v2_parent(&tag).map(|(p, v2)| (MemoryLimit::CgroupV2, p, v2));
         let try_v1 = || {
-            v1_parent("memory", "memory.limit_in_bytes", &tag).map(|p| (MemoryLimit::CgroupV1, p))
+            v1_parent("memory", "memory.limit_in_bytes", &tag)
+                .map(|p| (MemoryLimit::CgroupV1, p, V2Controllers::default()))
         };
         let found = match mode {
             MemoryLimitMode::Auto => try_v2().or_else(|_| try_v1()).ok(),
@@ -59,19 +71,27 @@ impl MemoryEnforcer {
                 return Ok(Self {
                     kind: MemoryLimit::None,
                     parent: None,
+                    v2: V2Controllers::default(),
                 });
             }
         };
         Ok(match found {
-            Some((kind, parent)) => Self {
+            Some((kind, parent, v2)) => Self {
                 kind,
                 parent: Some(parent),
+                v2,
             },
             None => Self {
                 kind: MemoryLimit::Rlimit,
                 parent: None,
+                v2: V2Controllers::default(),
             },
         })
+    }
+
+    /// The cgroup v2 controllers instances' cgroups have besides memory.
+    pub fn v2_controllers(&self) -> V2Controllers {
+        self.v2
     }
 
     pub fn kind(&self) -> MemoryLimit {
@@ -120,6 +140,14 @@ impl MemoryEnforcer {
 impl InstanceLimit {
     pub fn kind(&self) -> MemoryLimit {
         self.kind
+    }
+
+    /// The instance's cgroup v2 directory (where its other bounds go too).
+    pub fn v2_cgroup(&self) -> Option<&Path> {
+        match self.kind {
+            MemoryLimit::CgroupV2 => self.cgroup.as_deref(),
+            _ => None,
+        }
     }
 
     /// Installs the limit in the child between fork and exec.
@@ -274,7 +302,7 @@ pub(crate) fn v1_parent(controller: &str, file: &str, tag: &str) -> io::Result<P
     Ok(dir)
 }
 
-fn cgroup_v2_parent(tag: &str) -> io::Result<PathBuf> {
+fn cgroup_v2_parent(tag: &str) -> io::Result<(PathBuf, V2Controllers)> {
     // A pure v2 host mounts at /sys/fs/cgroup; hybrid hosts at .../unified.
     let root = [
         Path::new("/sys/fs/cgroup"),
@@ -295,14 +323,24 @@ fn cgroup_v2_parent(tag: &str) -> io::Result<PathBuf> {
     let dir = base.join(tag);
     remove_stale_parents(&dir);
     fs::create_dir_all(&dir)?;
-    let _ = fs::write(dir.join("cgroup.subtree_control"), "+memory");
+    // One at a time: a controller the parent lacks must not stop the others.
+    for c in ["+memory", "+pids", "+cpu"] {
+        let _ = fs::write(dir.join("cgroup.subtree_control"), c);
+    }
     let enabled = fs::read_to_string(dir.join("cgroup.subtree_control")).unwrap_or_default();
-    if !enabled.split_whitespace().any(|c| c == "memory") {
+    let has = |name: &str| enabled.split_whitespace().any(|c| c == name);
+    if !has("memory") {
         let _ = fs::remove_dir(&dir);
         return Err(io::Error::new(
             io::ErrorKind::Unsupported,
             "cannot delegate the v2 memory controller",
         ));
     }
-    Ok(dir)
+    Ok((
+        dir,
+        V2Controllers {
+            pids: has("pids"),
+            cpu: has("cpu"),
+        },
+    ))
 }

@@ -83,7 +83,7 @@ impl Worker {
         let enforcer = MemoryEnforcer::detect(cfg.memory_limit)?;
         // CPU by memory for isolated instances (plain processes as before).
         let cpu_shares = cfg.isolation == crate::isolation::Isolation::Namespaces;
-        let bounds = crate::bounds::Bounds::detect(cfg.max_pids, cpu_shares)?;
+        let bounds = crate::bounds::Bounds::detect(cfg.max_pids, cpu_shares, &enforcer)?;
         if cfg.isolation == crate::isolation::Isolation::Namespaces {
             // Loudly, at start: never a silent fall back to plain processes.
             crate::isolation::probe().map_err(std::io::Error::other)?;
@@ -446,7 +446,7 @@ impl Worker {
         let bounds = self
             .inner
             .bounds
-            .prepare(&req.instance_id, req.memory_mb)
+            .prepare(&req.instance_id, req.memory_mb, limit.v2_cgroup())
             .map_err(StartError::Prepare)?;
         // Last: everything above is undone by dropping it, the network by
         // the instance (or its failed start).
