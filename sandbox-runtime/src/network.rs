@@ -57,9 +57,8 @@ const LOCK_DIR: &str = "/run/fngate";
 /// The worker's share of the host's network.
 pub struct Network {
     subnet: Ipv4Net,
-    tag: String,
     free: Arc<Mutex<Vec<u32>>>,
-    _lock: std::fs::File,
+    lock: (std::fs::File, PathBuf),
 }
 
 impl Network {
@@ -83,11 +82,7 @@ impl Network {
             }
         }
         std::fs::create_dir_all(LOCK_DIR).map_err(|e| format!("{LOCK_DIR}: {e}"))?;
-        let lock_path = PathBuf::from(LOCK_DIR).join(format!(
-            "subnet-{}-{}.lock",
-            subnet.network(),
-            subnet.prefix_len()
-        ));
+        let lock_path = lock_path(subnet);
         let lock = std::fs::File::create(&lock_path)
             .map_err(|e| format!("{}: {e}", lock_path.display()))?;
         // SAFETY: flock on a descriptor we own.
@@ -101,20 +96,22 @@ impl Network {
         let slots = 1u32 << (32 - subnet.prefix_len() - 2);
         let net = Network {
             subnet,
-            tag: format!("fngate:{subnet}"),
             free: Arc::new(Mutex::new((0..slots).rev().collect())),
-            _lock: lock,
+            lock: (lock, lock_path),
         };
-        net.remove_stale();
-        net.remove_host_rules();
-        for rule in net.rules() {
+        // What a killed worker left: of this range, and of ranges no
+        // worker holds any more.
+        remove_namespaces_in(subnet);
+        remove_host_rules(subnet);
+        sweep_orphans(&net.lock.1);
+        for rule in host_rules(subnet) {
             let out = std::process::Command::new("iptables")
                 .args(["-w", "-t", rule.0, "-I"])
                 .args(&rule.1)
                 .output()
                 .map_err(|e| format!("iptables: {e}"))?;
             if !out.status.success() {
-                net.remove_host_rules();
+                remove_host_rules(subnet);
                 return Err(format!(
                     "iptables -t {} -I {}: {}",
                     rule.0,
@@ -130,116 +127,11 @@ impl Network {
         self.subnet
     }
 
-    /// The host's rules for the range: (table, chain and rule).
-    fn rules(&self) -> Vec<(&'static str, Vec<String>)> {
-        let s = self.subnet.to_string();
-        let tag = self.tag.clone();
-        let v = |a: &[&str]| -> Vec<String> {
-            let mut r: Vec<String> = a.iter().map(|x| x.to_string()).collect();
-            r.extend(["-m", "comment", "--comment", &tag].map(String::from));
-            r
-        };
-        vec![
-            ("filter", v(&["FORWARD", "-s", &s, "-j", "ACCEPT"])),
-            (
-                "filter",
-                v(&[
-                    "FORWARD",
-                    "-d",
-                    &s,
-                    "-m",
-                    "conntrack",
-                    "--ctstate",
-                    "RELATED,ESTABLISHED",
-                    "-j",
-                    "ACCEPT",
-                ]),
-            ),
-            // Instances never open connections to the host itself.
-            (
-                "filter",
-                v(&[
-                    "INPUT",
-                    "-s",
-                    &s,
-                    "-p",
-                    "tcp",
-                    "-m",
-                    "conntrack",
-                    "--ctstate",
-                    "NEW",
-                    "-j",
-                    "REJECT",
-                    "--reject-with",
-                    "tcp-reset",
-                ]),
-            ),
-            (
-                "filter",
-                v(&[
-                    "INPUT",
-                    "-s",
-                    &s,
-                    "-m",
-                    "conntrack",
-                    "--ctstate",
-                    "NEW",
-                    "-j",
-                    "REJECT",
-                    "--reject-with",
-                    "icmp-port-unreachable",
-                ]),
-            ),
-            (
-                "nat",
-                v(&["POSTROUTING", "-s", &s, "!", "-d", &s, "-j", "MASQUERADE"]),
-            ),
-        ]
-    }
-
-    /// Removes the host's rules (every copy: a crashed worker's too).
-    fn remove_host_rules(&self) {
-        for (table, rule) in self.rules() {
-            for _ in 0..16 {
-                let ok = std::process::Command::new("iptables")
-                    .args(["-w", "-t", table, "-D"])
-                    .args(&rule)
-                    .stdout(std::process::Stdio::null())
-                    .stderr(std::process::Stdio::null())
-                    .status()
-                    .is_ok_and(|s| s.success());
-                if !ok {
-                    break;
-                }
-            }
-        }
-    }
-
-    /// Namespaces a crashed worker of this range left behind.
-    fn remove_stale(&self) {
-        let Ok(dir) = std::fs::read_dir(NETNS_DIR) else {
-            return;
-        };
-        for e in dir.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let Some(addr) = name
-                .strip_prefix("fngate-")
-                .and_then(|h| u32::from_str_radix(h, 16).ok())
-                .map(Ipv4Addr::from)
-            else {
-                continue;
-            };
-            if self.subnet.contains(&addr) {
-                let _ = std::process::Command::new("ip")
-                    .args(["netns", "del", &name])
-                    .status();
-            }
-        }
-    }
-
-    /// Removes the host's rules; at the worker's stop.
+    /// Removes the host's rules and gives up the range; at the worker's stop.
     pub fn cleanup(&self) {
-        self.remove_host_rules();
+        remove_host_rules(self.subnet);
+        // Still held: a worker starting on the range now makes a new file.
+        let _ = std::fs::remove_file(&self.lock.1);
     }
 
     /// Makes an instance's namespace, link and rules.
@@ -509,6 +401,164 @@ impl InstanceNet {
     }
 }
 
+/// The lock file of a range (held by its worker while it lives).
+fn lock_path(subnet: Ipv4Net) -> PathBuf {
+    PathBuf::from(LOCK_DIR).join(format!(
+        "subnet-{}-{}.lock",
+        subnet.network(),
+        subnet.prefix_len()
+    ))
+}
+
+/// The host's rules for a range: (table, chain and rule), commented
+/// `fngate:<range>`.
+fn host_rules(subnet: Ipv4Net) -> Vec<(&'static str, Vec<String>)> {
+    let s = subnet.to_string();
+    let tag = format!("fngate:{subnet}");
+    let v = |a: &[&str]| -> Vec<String> {
+        let mut r: Vec<String> = a.iter().map(|x| x.to_string()).collect();
+        r.extend(["-m", "comment", "--comment", &tag].map(String::from));
+        r
+    };
+    vec![
+        ("filter", v(&["FORWARD", "-s", &s, "-j", "ACCEPT"])),
+        (
+            "filter",
+            v(&[
+                "FORWARD",
+                "-d",
+                &s,
+                "-m",
+                "conntrack",
+                "--ctstate",
+                "RELATED,ESTABLISHED",
+                "-j",
+                "ACCEPT",
+            ]),
+        ),
+        // Instances never open connections to the host itself.
+        (
+            "filter",
+            v(&[
+                "INPUT",
+                "-s",
+                &s,
+                "-p",
+                "tcp",
+                "-m",
+                "conntrack",
+                "--ctstate",
+                "NEW",
+                "-j",
+                "REJECT",
+                "--reject-with",
+                "tcp-reset",
+            ]),
+        ),
+        (
+            "filter",
+            v(&[
+                "INPUT",
+                "-s",
+                &s,
+                "-m",
+                "conntrack",
+                "--ctstate",
+                "NEW",
+                "-j",
+                "REJECT",
+                "--reject-with",
+                "icmp-port-unreachable",
+            ]),
+        ),
+        (
+            "nat",
+            v(&["POSTROUTING", "-s", &s, "!", "-d", &s, "-j", "MASQUERADE"]),
+        ),
+    ]
+}
+
+/// Removes the host's rules of a range (every copy: a crashed worker's too).
+fn remove_host_rules(subnet: Ipv4Net) {
+    for (table, rule) in host_rules(subnet) {
+        for _ in 0..16 {
+            let ok = std::process::Command::new("iptables")
+                .args(["-w", "-t", table, "-D"])
+                .args(&rule)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if !ok {
+                break;
+            }
+        }
+    }
+}
+
+/// Removes the instance namespaces of a range (a killed worker's).
+fn remove_namespaces_in(subnet: Ipv4Net) {
+    let Ok(dir) = std::fs::read_dir(NETNS_DIR) else {
+        return;
+    };
+    for e in dir.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(addr) = name
+            .strip_prefix("fngate-")
+            .and_then(|h| u32::from_str_radix(h, 16).ok())
+            .map(Ipv4Addr::from)
+        else {
+            continue;
+        };
+        if subnet.contains(&addr) {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", &name])
+                .status();
+        }
+    }
+}
+
+/// Cleans up after workers killed without their cleanup (their ranges'
+/// lock files are not held by anyone): their namespaces, their host rules
+/// and the lock file. `own` is this worker's lock file.
+fn sweep_orphans(own: &std::path::Path) {
+    let Ok(dir) = std::fs::read_dir(LOCK_DIR) else {
+        return;
+    };
+    for e in dir.flatten() {
+        let path = e.path();
+        let Some(subnet) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(parse_lock_name)
+        else {
+            continue;
+        };
+        if path == own {
+            continue;
+        }
+        let Ok(file) = std::fs::OpenOptions::new().write(true).open(&path) else {
+            continue;
+        };
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            continue; // its worker lives
+        }
+        tracing::info!(instance_subnet = %subnet, "removing what a stopped worker left of its range");
+        remove_namespaces_in(subnet);
+        remove_host_rules(subnet);
+        // While still held: a worker starting on it now gets a new file.
+        let _ = std::fs::remove_file(&path);
+    }
+}
+
+/// `subnet-<network>-<len>.lock` → the range.
+fn parse_lock_name(name: &str) -> Option<Ipv4Net> {
+    let rest = name.strip_prefix("subnet-")?.strip_suffix(".lock")?;
+    let (net, len) = rest.rsplit_once('-')?;
+    Ipv4Net::new(net.parse().ok()?, len.parse().ok()?).ok()
+}
+
 fn totals(m: &BTreeMap<(String, &'static str), u64>) -> Vec<EgressBytes> {
     m.iter()
         .map(|(k, &bytes)| EgressBytes {
@@ -594,6 +644,22 @@ async fn run(cmd: &mut Command, stdin: Option<String>) -> Result<String, String>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lock_files_name_their_range() {
+        let net: Ipv4Net = "10.214.4.0/22".parse().unwrap();
+        let name = lock_path(net);
+        let name = name.file_name().unwrap().to_str().unwrap();
+        assert_eq!(name, "subnet-10.214.4.0-22.lock");
+        assert_eq!(parse_lock_name(name), Some(net));
+        for bad in [
+            "subnet-10.0.0.0.lock",
+            "x-10.0.0.0-8.lock",
+            "subnet-10.0.0.0-40.lock",
+        ] {
+            assert_eq!(parse_lock_name(bad), None, "{bad}");
+        }
+    }
 
     fn policy(mode: EgressMode) -> Policy {
         Policy::parse(&Egress {

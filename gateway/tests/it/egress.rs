@@ -359,3 +359,77 @@ async fn egress_bytes_are_metered_by_destination_network() {
     assert_eq!(calls.len(), 1, "{calls:?}");
     assert!(calls[0].get("egress").is_none());
 }
+
+/// A worker killed before its cleanup leaves its instances' namespaces, its
+/// host rules and its range's lock file; the next worker to start on the
+/// host removes them (the range's lock is no longer held).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_killed_worker_left_is_removed_by_the_next_to_start() {
+    let subnet = instance_subnet();
+    let net: ipnet::Ipv4Net = subnet.parse().unwrap();
+    let mut worker = start_worker_with(
+        1024,
+        &["--isolation", "namespaces", "--instance-subnet", &subnet],
+    );
+    let gw = Gateway::start(
+        "",
+        &(format!("[[workers]]\nurl = \"{}\"\n", worker.url) + &echo_fn("left", "")),
+    );
+    let r = gw.h1().await.invoke("left", "x").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let namespaces = || -> Vec<String> {
+        std::fs::read_dir("/run/netns")
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| {
+                        n.strip_prefix("fngate-")
+                            .and_then(|h| u32::from_str_radix(h, 16).ok())
+                            .is_some_and(|a| net.contains(&std::net::Ipv4Addr::from(a)))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let rules = || -> usize {
+        let tag = format!("fngate:{net}");
+        ["filter", "nat"]
+            .iter()
+            .map(|t| {
+                let out = Command::new("iptables-save")
+                    .args(["-t", t])
+                    .output()
+                    .unwrap();
+                String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .filter(|l| l.contains(&tag))
+                    .count()
+            })
+            .sum()
+    };
+    let lock = std::path::PathBuf::from(format!(
+        "/run/fngate/subnet-{}-{}.lock",
+        net.network(),
+        net.prefix_len()
+    ));
+    assert_eq!(namespaces().len(), 1, "{:?}", namespaces());
+    assert_eq!(rules(), 5);
+    assert!(lock.exists());
+    worker.proc.signal(libc::SIGKILL);
+    assert_eq!(worker.proc.wait_exit(Duration::from_secs(10)), None);
+    drop(gw);
+
+    // Any worker's start sweeps (another test's may be the one that does).
+    let _next = start_worker_with(1024, &["--isolation", "namespaces"]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !(namespaces().is_empty() && rules() == 0 && !lock.exists()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "left behind: namespaces {:?}, {} rules, lock file {}",
+            namespaces(),
+            rules(),
+            lock.exists()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
