@@ -6,4 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --workspace --bins
+# The private Docker engine scripts/test.sh starts, when it still runs.
+sock=${TMPDIR:-/tmp}/fngate-test-docker/docker.sock
+if [ -z "${DOCKER_HOST:-}" ] && [ -S "$sock" ]; then export DOCKER_HOST="unix://$sock"; fi
 FNGATE_TEST_ISOLATION=process cargo test -p gateway --test it -- "$@"
