@@ -209,12 +209,10 @@ pub fn default_max_pids(isolation: crate::isolation::Isolation) -> Option<u32> {
     if isolation != crate::isolation::Isolation::Namespaces {
         return None;
     }
-    let v2_pids = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
-        .iter()
-        .any(|root| {
-            fs::read_to_string(Path::new(root).join("cgroup.controllers"))
-                .is_ok_and(|c| c.split_whitespace().any(|c| c == "pids"))
-        });
+    let v2_pids = crate::memory::cgroup2_root().is_some_and(|root| {
+        fs::read_to_string(root.join("cgroup.controllers"))
+            .is_ok_and(|c| c.split_whitespace().any(|c| c == "pids"))
+    });
     if Path::new("/sys/fs/cgroup/pids/cgroup.procs").exists() || v2_pids {
         return Some(1024);
     }

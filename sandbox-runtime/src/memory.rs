@@ -302,15 +302,20 @@ pub(crate) fn v1_parent(controller: &str, file: &str, tag: &str) -> io::Result<P
     Ok(dir)
 }
 
-fn cgroup_v2_parent(tag: &str) -> io::Result<(PathBuf, V2Controllers)> {
-    // A pure v2 host mounts at /sys/fs/cgroup; hybrid hosts at .../unified.
-    let root = [
+/// The cgroup2 mount: a pure v2 host mounts it at /sys/fs/cgroup, a hybrid
+/// host at .../unified.
+pub(crate) fn cgroup2_root() -> Option<&'static Path> {
+    [
         Path::new("/sys/fs/cgroup"),
         Path::new("/sys/fs/cgroup/unified"),
     ]
     .into_iter()
     .find(|p| p.join("cgroup.controllers").exists())
-    .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no cgroup2 mount"))?;
+}
+
+fn cgroup_v2_parent(tag: &str) -> io::Result<(PathBuf, V2Controllers)> {
+    let root = cgroup2_root()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no cgroup2 mount"))?;
     let own = own_cgroup(None)?;
     let base = root.join(own.trim_start_matches('/'));
     let controllers = fs::read_to_string(base.join("cgroup.controllers")).unwrap_or_default();

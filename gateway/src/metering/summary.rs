@@ -111,27 +111,23 @@ impl Summary {
     }
 
     pub fn to_json(&self) -> String {
-        let rows: Vec<serde_json::Value> = self
-            .rows
-            .iter()
-            .map(|((f, n), t)| {
-                let mut v = serde_json::to_value(t).unwrap_or_default();
-                v["function"] = f.clone().into();
-                v["network"] = n.clone().into();
-                v
-            })
-            .collect();
-        let egress: Vec<serde_json::Value> = self
-            .egress
-            .iter()
-            .map(|((f, n), t)| {
-                let mut v = serde_json::to_value(t).unwrap_or_default();
-                v["function"] = f.clone().into();
-                v["network"] = n.clone().into();
-                v
-            })
-            .collect();
-        let doc = serde_json::json!({ "rows": rows, "egress": egress, "skipped_lines": self.skipped_lines });
+        let doc = serde_json::json!({
+            "rows": keyed(&self.rows),
+            "egress": keyed(&self.egress),
+            "skipped_lines": self.skipped_lines,
+        });
         format!("{doc}\n")
     }
+}
+
+/// Each (function, network) row as one object: its totals and its key.
+fn keyed<T: serde::Serialize>(rows: &BTreeMap<(String, String), T>) -> Vec<serde_json::Value> {
+    rows.iter()
+        .map(|((f, n), t)| {
+            let mut v = serde_json::to_value(t).unwrap_or_default();
+            v["function"] = f.clone().into();
+            v["network"] = n.clone().into();
+            v
+        })
+        .collect()
 }

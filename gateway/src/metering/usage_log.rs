@@ -230,15 +230,11 @@ fn writer(cfg: UsageLogConfig, mut file: File, mut rx: mpsc::Receiver<Msg>, heal
         while let Some(msg) = next.take() {
             match msg {
                 Msg::Record(r) => {
-                    if serde_json::to_writer(&mut buf, &*r).is_ok() {
-                        buf.push(b'\n');
-                    }
+                    push_line(&mut buf, &*r);
                     n += 1;
                 }
                 Msg::Instance(r) => {
-                    if serde_json::to_writer(&mut buf, &*r).is_ok() {
-                        buf.push(b'\n');
-                    }
+                    push_line(&mut buf, &*r);
                     n += 1;
                 }
                 Msg::Tick => {}
@@ -290,6 +286,13 @@ fn writer(cfg: UsageLogConfig, mut file: File, mut rx: mpsc::Receiver<Msg>, heal
     }
 }
 
+/// Appends `r` as one JSON line.
+fn push_line(buf: &mut Vec<u8>, r: &impl serde::Serialize) {
+    if serde_json::to_writer(&mut *buf, r).is_ok() {
+        buf.push(b'\n');
+    }
+}
+
 /// Reads the invocation records of usage log files; returns them and how
 /// many lines were skipped (torn or not a record). Instance records are
 /// [`read_instance_records`]'.
@@ -307,11 +310,6 @@ pub fn read_instance_records(paths: &[PathBuf]) -> std::io::Result<Vec<InstanceR
 pub(crate) fn read_all(
     paths: &[PathBuf],
 ) -> std::io::Result<(Vec<UsageRecord>, Vec<InstanceRecord>, usize)> {
-    #[derive(serde::Deserialize)]
-    struct Kind<'a> {
-        #[serde(borrow)]
-        record: Option<&'a str>,
-    }
     let mut out = Vec::new();
     let mut instances = Vec::new();
     let mut skipped = 0;
@@ -322,18 +320,14 @@ pub(crate) fn read_all(
             if line.is_empty() {
                 continue;
             }
-            let kind = serde_json::from_slice::<Kind>(&line).ok();
-            match kind.and_then(|k| k.record) {
-                Some(super::INSTANCE_RECORD) => {
-                    match serde_json::from_slice::<InstanceRecord>(&line) {
-                        Ok(r) => instances.push(r),
-                        Err(_) => skipped += 1,
-                    }
-                }
-                _ => match serde_json::from_slice::<UsageRecord>(&line) {
-                    Ok(r) => out.push(r),
-                    Err(_) => skipped += 1,
-                },
+            // Invocation records first, the many: one parse each. An
+            // instance record lacks their fields (and they its `record`).
+            if let Ok(r) = serde_json::from_slice::<UsageRecord>(&line) {
+                out.push(r);
+            } else if let Ok(r) = serde_json::from_slice::<InstanceRecord>(&line) {
+                instances.push(r);
+            } else {
+                skipped += 1;
             }
         }
     }
