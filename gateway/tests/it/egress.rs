@@ -268,15 +268,7 @@ async fn egress_bytes_are_metered_by_destination_network() {
     let (status, body) = plain_get(worker_addr, &format!("/v1/instances/{id}")).await;
     assert_eq!(status, 200, "{body}");
     let info: serde_json::Value = serde_json::from_str(&body).unwrap();
-    let bytes = |network: &str, direction: &str| -> u64 {
-        info["egress"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|e| e["network"] == network && e["direction"] == direction)
-            .and_then(|e| e["bytes"].as_u64())
-            .unwrap_or(0)
-    };
+    let bytes = |network: &str, direction: &str| egress_bytes(&info["egress"], network, direction);
     eprintln!("metered for {N} and {M} body bytes: {}", info["egress"]);
     // Counted as IP packets: the body, plus the answer's HTTP head, plus
     // 52 bytes of IP and TCP headers per segment of at most 1448 bytes
@@ -324,13 +316,7 @@ async fn egress_bytes_are_metered_by_destination_network() {
     assert_eq!(rec["reason"], "idle");
     assert!(rec["end_unix_ms"].as_u64() > rec["start_unix_ms"].as_u64());
     for (network, n) in [("internet", N), ("vpc-m", M)] {
-        let got = rec["egress"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|e| e["network"] == network && e["direction"] == "in")
-            .and_then(|e| e["bytes"].as_u64())
-            .unwrap_or(0);
+        let got = egress_bytes(&rec["egress"], network, "in");
         assert!(
             got >= bytes(network, "in") && got <= n + n / 20 + 4096,
             "{rec}"
@@ -358,6 +344,17 @@ async fn egress_bytes_are_metered_by_destination_network() {
     let calls = usage_records(&log);
     assert_eq!(calls.len(), 1, "{calls:?}");
     assert!(calls[0].get("egress").is_none());
+}
+
+/// The bytes of an `egress` list (`[{network, direction, bytes}]`) to one
+/// network in one direction (0 when absent).
+fn egress_bytes(list: &serde_json::Value, network: &str, direction: &str) -> u64 {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["network"] == network && e["direction"] == direction)
+        .and_then(|e| e["bytes"].as_u64())
+        .unwrap_or(0)
 }
 
 /// A worker killed before its cleanup leaves its instances' namespaces, its
