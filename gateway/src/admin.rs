@@ -1,7 +1,7 @@
 //! The admin listener: plain HTTP, meant for localhost or a private network.
 //!
 //! `/healthz` (the process is up), `/readyz` (listeners bound, every
-//! function's `min_instances` ready, and the usage log's writes succeeding), `/metrics` (Prometheus text),
+//! function's `min_instances` ready, the usage log's writes succeeding and, in a fleet, the engine reachable), `/metrics` (Prometheus text),
 //! `/admin/instances` and `/admin/functions` (JSON: each function's settings
 //! and its effective ingress policy).
 
@@ -25,6 +25,7 @@ pub struct Admin {
     pub scheduler: Arc<Scheduler>,
     pub routes: crate::backend::RouteTable,
     pub usage: Option<Arc<crate::metering::usage_log::LogHealth>>,
+    pub fleet: Option<Arc<crate::fleet::Fleet>>,
     pub started: AtomicBool,
 }
 
@@ -76,6 +77,9 @@ impl Admin {
         }
         if self.usage.as_ref().is_some_and(|h| h.failing()) {
             return Some("the usage log cannot be written");
+        }
+        if let Some(why) = self.fleet.as_ref().and_then(|f| f.not_ready()) {
+            return Some(why);
         }
         let provisioned = self.scheduler.functions().all(|p| {
             let ready = p

@@ -8,6 +8,7 @@
 
 mod auth;
 pub mod backends;
+pub mod fleet;
 
 use crate::api::lambda;
 use crate::auth::{AuthLevel, AuthMode, GatewayAuth, NamedKey};
@@ -68,6 +69,7 @@ struct File {
     azure: auth::AzureSection,
     #[serde(default)]
     outbound_credentials: Vec<backends::OutboundCredentialSection>,
+    fleet: Option<fleet::FleetSection>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -364,6 +366,8 @@ pub struct Config {
     pub usage: Option<crate::metering::usage_log::UsageLogConfig>,
     pub auth: GatewayAuth,
     pub lambda: lambda::Settings,
+    /// `[fleet]`; `None`: this gateway runs alone.
+    pub fleet: Option<fleet::FleetConfig>,
 }
 
 /// Where callers stand, compiled at load (see [`crate::ingress`]).
@@ -1066,6 +1070,10 @@ impl Config {
             functions,
             auth: gw_auth,
             lambda: file.lambda,
+            fleet: file
+                .fleet
+                .map(|f| fleet::fleet(f, config_dir))
+                .transpose()?,
             usage: match file.usage {
                 None => None,
                 Some(u) => {

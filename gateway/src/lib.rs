@@ -23,6 +23,7 @@ pub mod backend;
 pub mod config;
 pub mod connection;
 pub mod error;
+pub mod fleet;
 pub mod ids;
 pub mod ingress;
 pub mod metering;
@@ -69,6 +70,8 @@ pub enum RunError {
     AsyncStore(#[from] asynchronous::OpenError),
     #[error("backends: {0}")]
     Backends(String),
+    #[error("fleet: {0}")]
+    Fleet(#[from] fleet::FleetError),
 }
 
 /// Runs the gateway until `shutdown` resolves, then drains: stops accepting,
@@ -134,6 +137,17 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         },
     );
     scheduler::reaper::spawn(&scheduler);
+    // Fleet mode: connected before anything is served, so the first answer
+    // already counts the other members.
+    let fleet = match &config.fleet {
+        Some(cfg) => {
+            let f = fleet::Fleet::connect(cfg.clone(), &metrics.registry).await?;
+            let kv = fleet::membership::bucket(&f).await?;
+            tracing::info!(fleet = %cfg.name, id = %cfg.id, "joined the fleet's engine");
+            Some((f, kv))
+        }
+        None => None,
+    };
 
     let (tls_config, certificates) = connection::tls::server_config(&g.tls)?;
     let tls = tokio_rustls::TlsAcceptor::from(tls_config);
@@ -217,6 +231,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     }
 
     let stop_accepting = CancellationToken::new();
+    let stop_membership = CancellationToken::new();
     let conns = Arc::new(connection::Connections {
         // One connection budget shared by every listener.
         permits: Arc::new(tokio::sync::Semaphore::new(
@@ -243,11 +258,35 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         scheduler: scheduler.clone(),
         routes,
         usage: usage_health,
+        fleet: fleet.as_ref().map(|(f, _)| f.clone()),
         started: Default::default(),
     });
     let admin_task = tokio::spawn(admin.clone().serve(admin_l, stop.clone()));
     let reloads = metrics.tls_reloads.clone();
     let cert_task = tokio::spawn(certificates.watch(reloads, stop.clone()));
+    let membership = fleet.map(|(f, kv)| {
+        let me = fleet::membership::Member {
+            id: f.cfg.id.clone(),
+            started_unix_ms: asynchronous::now_ms(),
+            https: https_addr.map(|a| a.to_string()).unwrap_or_default(),
+            admin: admin_addr.map(|a| a.to_string()).unwrap_or_default(),
+        };
+        let split = f.cfg.rate_limits == config::fleet::RateLimitMode::Split;
+        let (sched, share) = (scheduler.clone(), f.metrics.share.clone());
+        let on_change = move |n: u32| {
+            if split {
+                sched.split_limits(n);
+                share.set(i64::from(sched.limits().share()));
+            }
+        };
+        tokio::spawn(fleet::membership::run(
+            f,
+            kv,
+            me,
+            on_change,
+            stop_membership.clone(),
+        ))
+    });
     admin
         .started
         .store(true, std::sync::atomic::Ordering::Release);
@@ -261,6 +300,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 
     shutdown.await;
     tracing::info!("draining");
+    // Out of the fleet first: the others take this gateway's share now.
+    stop_membership.cancel();
+    if let Some(m) = membership {
+        let _ = m.await;
+    }
     // Stop accepting; the accept loop drops its listener as it returns.
     stop_accepting.cancel();
     for a in accepts {

@@ -359,3 +359,33 @@ fn egress_names_its_vpc_and_refuses_the_others() {
     assert_eq!(g.mode, sandbox_runtime::api::EgressMode::Internet);
     assert_eq!(g.refused_cidrs.len(), 3);
 }
+
+#[test]
+fn fleet_section_is_checked() {
+    assert!(parse(FN).unwrap().fleet.is_none());
+    let ok = format!("{FN}[fleet]\nid = \"gw-1\"\nnats_urls = [\"nats://127.0.0.1:4222\"]\n");
+    let f = parse(&ok).unwrap().fleet.unwrap();
+    assert_eq!((f.id.as_str(), f.name.as_str()), ("gw-1", "fngate"));
+    assert_eq!(f.member_ttl, Duration::from_secs(5));
+    let bad = |extra: &str, key: &str| {
+        let text = format!("{FN}[fleet]\nnats_urls = [\"nats://127.0.0.1:4222\"]\n{extra}\n");
+        match parse(&text) {
+            Err(ConfigError::Invalid { key: k, .. }) => assert_eq!(k, key, "{extra}"),
+            other => panic!("{extra}: {other:?}"),
+        }
+    };
+    bad("id = \"a.b\"", "fleet.id");
+    bad(
+        "id = \"a\"\nheartbeat_ms = 1000\nmember_ttl_ms = 1500",
+        "fleet.member_ttl_ms",
+    );
+    bad("id = \"a\"\nnats_user = \"u\"", "fleet");
+    bad(
+        "id = \"a\"\nnats_token = \"t\"\nnats_user = \"u\"\nnats_password = \"p\"",
+        "fleet",
+    );
+    bad(
+        "id = \"a\"\nnats_token_env = \"FNGATE_TEST_UNSET_TOKEN\"",
+        "fleet.nats_token.nats_token_env",
+    );
+}

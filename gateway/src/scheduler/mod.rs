@@ -279,6 +279,18 @@ impl Scheduler {
         &self.limits
     }
 
+    /// Fleet mode, `split` limits: this gateway's part of every rate and
+    /// scale-out limit when `n` gateways are live.
+    pub fn split_limits(&self, n: u32) {
+        if self.limits.split(n) {
+            for p in self.functions.values() {
+                p.limits.split(n);
+            }
+            // A larger share of `max_instances` may admit a waiting start.
+            self.gone.notify_waiters();
+        }
+    }
+
     pub fn workers(&self) -> &[Arc<Worker>] {
         &self.workers
     }

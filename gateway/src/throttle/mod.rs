@@ -13,6 +13,11 @@
 //! 5. on scale-out only (in the scheduler): `gateway.max_instances` and
 //!    `gateway.max_instance_starts_per_minute`.
 //!
+//! In fleet mode (`[fleet]`, `split` limits) every rate above and the
+//! scale-out limits are divided by the live gateways ([`GatewayLimits::split`],
+//! [`FunctionLimits::split`]): each limiter is rebuilt from its configured
+//! quota and swapped in, so the check stays one lock-free load plus GCRA.
+//!
 //! A caller is keyed by its source address, or by its VPC for VPC callers
 //! when `gateway.caller_key = "network"`, or by the access key its request
 //! was verified with when `gateway.caller_key = "access_key"` (callers with
@@ -20,6 +25,7 @@
 
 use crate::auth::KeyId;
 use crate::ingress::{Caller, Network, VpcId};
+use arc_swap::ArcSwap;
 use governor::clock::{Clock, DefaultClock, QuantaClock};
 use governor::middleware::NoOpMiddleware;
 use governor::state::keyed::DashMapStateStore;
@@ -184,13 +190,59 @@ fn check_direct(l: &Direct) -> Result<(), Duration> {
     l.check().map_err(|nu| nu.wait_time_from(l.clock().now()))
 }
 
+/// One gateway's part of a quota shared by `n` gateways: `1/n` of the rate,
+/// `ceil(burst / n)` of the burst (at least one call, so a fleet larger than
+/// the burst still admits; the documented bound counts that rounding).
+pub fn split_quota(q: Quota, n: u32) -> Quota {
+    let n = n.max(1);
+    if n == 1 {
+        return q;
+    }
+    let burst = q.burst_size().get().div_ceil(n);
+    Quota::with_period(q.replenish_interval().saturating_mul(n))
+        .expect("a non-zero period times n is non-zero")
+        .allow_burst(NonZeroU32::new(burst).expect("ceil of a positive burst"))
+}
+
+/// A limiter built from a configured quota, rebuilt when the fleet's share
+/// changes. A rebuild starts from a full burst: each membership change may
+/// admit one extra (split) burst, which the fleet bound counts.
+struct Shared<L> {
+    quota: Quota,
+    make: fn(Quota) -> L,
+    limiter: ArcSwap<L>,
+}
+
+impl<L> Shared<L> {
+    fn new(quota: Quota, make: fn(Quota) -> L) -> Self {
+        Shared {
+            quota,
+            make,
+            limiter: ArcSwap::from_pointee(make(quota)),
+        }
+    }
+
+    fn split(&self, n: u32) {
+        self.limiter
+            .store(Arc::new((self.make)(split_quota(self.quota, n))));
+    }
+}
+
+fn direct(q: Quota) -> Direct {
+    RateLimiter::direct(q)
+}
+
 /// Gateway-wide limits.
 pub struct GatewayLimits {
     pub keying: CallerKeying,
-    caller_rate: Option<KeyedLimiter>,
-    max_instances: u32,
+    caller_rate: Option<Shared<KeyedLimiter>>,
+    /// As configured (the fleet's total), and this gateway's part of it.
+    max_instances_total: u32,
+    max_instances: AtomicU32,
     live_instances: AtomicU32,
-    start_rate: Direct,
+    start_rate: Shared<Direct>,
+    /// Live gateways the limits are divided by (1 outside a fleet).
+    share: AtomicU32,
 }
 
 impl GatewayLimits {
@@ -203,20 +255,49 @@ impl GatewayLimits {
         let per_min = NonZeroU32::new(starts_per_minute.max(1)).expect("non-zero");
         GatewayLimits {
             keying,
-            caller_rate: caller_rate.map(KeyedLimiter::new),
-            max_instances,
+            caller_rate: caller_rate.map(|q| Shared::new(q, KeyedLimiter::new)),
+            max_instances_total: max_instances,
+            max_instances: AtomicU32::new(max_instances),
             live_instances: AtomicU32::new(0),
-            start_rate: RateLimiter::direct(Quota::per_minute(per_min)),
+            start_rate: Shared::new(Quota::per_minute(per_min), direct),
+            share: AtomicU32::new(1),
         }
+    }
+
+    /// Divides the gateway-wide limits among `n` live gateways; returns
+    /// whether the share changed (then the functions' limits follow).
+    pub fn split(&self, n: u32) -> bool {
+        let n = n.max(1);
+        if self.share.swap(n, Ordering::AcqRel) == n {
+            return false;
+        }
+        if let Some(l) = &self.caller_rate {
+            l.split(n);
+        }
+        self.start_rate.split(n);
+        self.max_instances
+            .store(self.max_instances_total.div_ceil(n), Ordering::Release);
+        true
+    }
+
+    /// Live gateways the limits are divided by.
+    pub fn share(&self) -> u32 {
+        self.share.load(Ordering::Acquire)
+    }
+
+    /// This gateway's `max_instances` (its part of the fleet's).
+    pub fn max_instances(&self) -> u32 {
+        self.max_instances.load(Ordering::Acquire)
     }
 
     /// Admits one more instance start, or says which scale-out limit bites.
     /// The caller must call [`GatewayLimits::instance_gone`] when it ends.
     pub fn admit_start(&self, retry_hint: Duration) -> Result<(), Throttled> {
+        let max = self.max_instances();
         let reserved = self
             .live_instances
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < self.max_instances).then_some(n + 1)
+                (n < max).then_some(n + 1)
             });
         if reserved.is_err() {
             return Err(Throttled {
@@ -224,7 +305,7 @@ impl GatewayLimits {
                 retry_after: retry_hint,
             });
         }
-        if let Err(wait) = check_direct(&self.start_rate) {
+        if let Err(wait) = check_direct(&self.start_rate.limiter.load()) {
             self.live_instances.fetch_sub(1, Ordering::AcqRel);
             return Err(Throttled {
                 limit: LimitKind::InstanceStartRate,
@@ -246,15 +327,15 @@ impl GatewayLimits {
 
     pub fn evict_idle(&self) {
         if let Some(l) = &self.caller_rate {
-            l.evict_idle();
+            l.limiter.load().evict_idle();
         }
     }
 }
 
 /// One function's limits.
 pub struct FunctionLimits {
-    rate: Option<Direct>,
-    caller_rate: Option<KeyedLimiter>,
+    rate: Option<Shared<Direct>>,
+    caller_rate: Option<Shared<KeyedLimiter>>,
     concurrency: Option<Arc<Semaphore>>,
     pub queue_timeout: Duration,
     queue_max: usize,
@@ -272,13 +353,23 @@ impl FunctionLimits {
         queue_max: usize,
     ) -> Self {
         FunctionLimits {
-            rate: rate.map(RateLimiter::direct),
-            caller_rate: caller_rate.map(KeyedLimiter::new),
+            rate: rate.map(|q| Shared::new(q, direct)),
+            caller_rate: caller_rate.map(|q| Shared::new(q, KeyedLimiter::new)),
             concurrency: max_concurrency.map(|n| Arc::new(Semaphore::new(n as usize))),
             queue_timeout,
             queue_max,
             queued: AtomicUsize::new(0),
             avg_duration_us: AtomicU64::new(0),
+        }
+    }
+
+    /// This gateway's part of the function's rates when `n` gateways share them.
+    pub fn split(&self, n: u32) {
+        if let Some(l) = &self.rate {
+            l.split(n);
+        }
+        if let Some(l) = &self.caller_rate {
+            l.split(n);
         }
     }
 
@@ -293,15 +384,20 @@ impl FunctionLimits {
         if let Some(c) = caller {
             let key = gw.keying.key(c, access_key);
             if let Some(l) = &self.caller_rate {
-                l.check(&key).map_err(throttled(LimitKind::CallerRate))?;
+                l.limiter
+                    .load()
+                    .check(&key)
+                    .map_err(throttled(LimitKind::CallerRate))?;
             }
             if let Some(l) = &gw.caller_rate {
-                l.check(&key)
+                l.limiter
+                    .load()
+                    .check(&key)
                     .map_err(throttled(LimitKind::GatewayCallerRate))?;
             }
         }
         if let Some(l) = &self.rate {
-            check_direct(l).map_err(throttled(LimitKind::FunctionRate))?;
+            check_direct(&l.limiter.load()).map_err(throttled(LimitKind::FunctionRate))?;
         }
         Ok(())
     }
@@ -354,7 +450,7 @@ impl FunctionLimits {
 
     pub fn evict_idle(&self) {
         if let Some(l) = &self.caller_rate {
-            l.evict_idle();
+            l.limiter.load().evict_idle();
         }
     }
 }

@@ -186,3 +186,38 @@ async fn futures_poll_once<F: std::future::Future + Unpin>(f: &mut F) -> Option<
     })
     .await
 }
+
+#[test]
+fn a_split_quota_is_a_share_of_rate_and_burst_rounded_up() {
+    let q =
+        Quota::per_second(NonZeroU32::new(30).unwrap()).allow_burst(NonZeroU32::new(10).unwrap());
+    assert_eq!(split_quota(q, 1), q);
+    let third = split_quota(q, 3);
+    assert_eq!(third.replenish_interval(), q.replenish_interval() * 3);
+    assert_eq!(third.burst_size().get(), 4);
+    // More gateways than burst: each still admits one call at once.
+    assert_eq!(split_quota(q, 64).burst_size().get(), 1);
+    assert_eq!(split_quota(q, 0), q);
+}
+
+#[test]
+fn split_limits_admit_their_share_and_give_it_back() {
+    let rate =
+        Quota::per_hour(NonZeroU32::new(1).unwrap()).allow_burst(NonZeroU32::new(9).unwrap());
+    let gw = GatewayLimits::new(CallerKeying::SourceIp, None, 7, 600);
+    let f = FunctionLimits::new(Some(rate), None, None, Duration::ZERO, 0);
+    let admitted = |f: &FunctionLimits| {
+        (0..20)
+            .filter(|_| f.check_rates(&gw, None, None).is_ok())
+            .count()
+    };
+    assert!(gw.split(3));
+    assert!(!gw.split(3), "the same share rebuilds nothing");
+    f.split(3);
+    assert_eq!(admitted(&f), 3);
+    assert_eq!(gw.max_instances(), 3, "ceil(7 / 3)");
+    assert!(gw.split(1));
+    f.split(1);
+    assert_eq!(admitted(&f), 9);
+    assert_eq!(gw.max_instances(), 7);
+}

@@ -6,6 +6,7 @@ mod backends;
 mod docker;
 mod doors;
 mod egress;
+mod fleet;
 mod h2_abuse;
 mod hardening;
 mod harness;

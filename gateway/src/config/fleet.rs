@@ -1,0 +1,174 @@
+//! `[fleet]`: several gateways as one service (see [`crate::fleet`]).
+//! Absent, the gateway runs alone and connects to nothing.
+
+use super::auth::secret;
+use super::{ConfigError, invalid};
+use crate::auth::Secret;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FleetSection {
+    /// This gateway's name in the fleet, unique among its members.
+    id: String,
+    /// Names the fleet's streams and buckets: fleets may share a NATS server.
+    #[serde(default = "default_name")]
+    name: String,
+    nats_urls: Vec<String>,
+    nats_user: Option<String>,
+    nats_password: Option<String>,
+    nats_password_file: Option<PathBuf>,
+    nats_password_env: Option<String>,
+    nats_token: Option<String>,
+    nats_token_file: Option<PathBuf>,
+    nats_token_env: Option<String>,
+    #[serde(default)]
+    rate_limits: RateLimitMode,
+    #[serde(default = "default_heartbeat_ms")]
+    heartbeat_ms: u64,
+    #[serde(default = "default_member_ttl_ms")]
+    member_ttl_ms: u64,
+    #[serde(default = "default_connect_timeout_ms")]
+    connect_timeout_ms: u64,
+    /// Bound on one engine round trip (a heartbeat, a queue operation).
+    #[serde(default = "default_engine_timeout_ms")]
+    engine_timeout_ms: u64,
+}
+
+fn default_name() -> String {
+    "fngate".into()
+}
+fn default_heartbeat_ms() -> u64 {
+    1000
+}
+fn default_member_ttl_ms() -> u64 {
+    5000
+}
+fn default_connect_timeout_ms() -> u64 {
+    30_000
+}
+fn default_engine_timeout_ms() -> u64 {
+    2000
+}
+
+/// How fleet-wide limits are enforced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RateLimitMode {
+    /// Each gateway enforces its part (limit ÷ live gateways): no round trip.
+    #[default]
+    Split,
+}
+
+#[derive(Debug, Clone)]
+pub enum NatsAuth {
+    None,
+    Token(Secret),
+    UserPassword { user: String, password: Secret },
+}
+
+#[derive(Debug, Clone)]
+pub struct FleetConfig {
+    pub id: String,
+    pub name: String,
+    pub nats_urls: Vec<String>,
+    pub auth: NatsAuth,
+    pub rate_limits: RateLimitMode,
+    pub heartbeat: Duration,
+    /// A member not heard from this long is gone.
+    pub member_ttl: Duration,
+    pub connect_timeout: Duration,
+    pub engine_timeout: Duration,
+}
+
+/// NATS names (bucket, stream): letters, digits, `-` and `_`.
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+pub(super) fn fleet(f: FleetSection, config_dir: &Path) -> Result<FleetConfig, ConfigError> {
+    if !valid_name(&f.id) {
+        return Err(invalid(
+            "fleet.id",
+            "1 to 64 letters, digits, '-' or '_' (unique in the fleet)",
+        ));
+    }
+    if !valid_name(&f.name) {
+        return Err(invalid("fleet.name", "1 to 64 letters, digits, '-' or '_'"));
+    }
+    if f.nats_urls.is_empty() {
+        return Err(invalid("fleet.nats_urls", "at least one NATS server URL"));
+    }
+    for u in &f.nats_urls {
+        if u.parse::<async_nats::ServerAddr>().is_err() {
+            return Err(invalid(
+                "fleet.nats_urls",
+                format!("{u:?} is not a NATS URL (nats://host:port)"),
+            ));
+        }
+    }
+    let password = (
+        &f.nats_password,
+        &f.nats_password_file,
+        &f.nats_password_env,
+    );
+    let token = (&f.nats_token, &f.nats_token_file, &f.nats_token_env);
+    let given = |(a, b, c): (&Option<String>, &Option<PathBuf>, &Option<String>)| {
+        a.is_some() || b.is_some() || c.is_some()
+    };
+    let auth = match (&f.nats_user, given(password), given(token)) {
+        (None, false, false) => NatsAuth::None,
+        (Some(user), true, false) => NatsAuth::UserPassword {
+            user: user.clone(),
+            password: secret(
+                "fleet.nats_password",
+                password,
+                ["nats_password", "nats_password_file", "nats_password_env"],
+                config_dir,
+            )?,
+        },
+        (None, false, true) => NatsAuth::Token(secret(
+            "fleet.nats_token",
+            token,
+            ["nats_token", "nats_token_file", "nats_token_env"],
+            config_dir,
+        )?),
+        _ => {
+            return Err(invalid(
+                "fleet",
+                "NATS credentials are either nats_user with a nats_password(_file/_env), or a nats_token(_file/_env)",
+            ));
+        }
+    };
+    if !(100..=60_000).contains(&f.heartbeat_ms) {
+        return Err(invalid("fleet.heartbeat_ms", "must be 100..=60000"));
+    }
+    if f.member_ttl_ms < 2 * f.heartbeat_ms || f.member_ttl_ms > 600_000 {
+        return Err(invalid(
+            "fleet.member_ttl_ms",
+            "must be at least twice heartbeat_ms (a late heartbeat is not a death), at most 600000",
+        ));
+    }
+    if !(100..=600_000).contains(&f.connect_timeout_ms) {
+        return Err(invalid("fleet.connect_timeout_ms", "must be 100..=600000"));
+    }
+    if !(10..=60_000).contains(&f.engine_timeout_ms) {
+        return Err(invalid("fleet.engine_timeout_ms", "must be 10..=60000"));
+    }
+    Ok(FleetConfig {
+        id: f.id,
+        name: f.name,
+        nats_urls: f.nats_urls,
+        auth,
+        rate_limits: f.rate_limits,
+        heartbeat: Duration::from_millis(f.heartbeat_ms),
+        member_ttl: Duration::from_millis(f.member_ttl_ms),
+        connect_timeout: Duration::from_millis(f.connect_timeout_ms),
+        engine_timeout: Duration::from_millis(f.engine_timeout_ms),
+    })
+}

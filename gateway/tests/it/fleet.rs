@@ -1,0 +1,144 @@
+//! Fleet mode against a real `nats-server -js` on loopback: several real
+//! gateway processes share membership, limits and (later) the async queue.
+
+use crate::harness::*;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// A `nats-server` with JetStream, its data in a temporary directory.
+pub struct Nats {
+    pub proc: Proc,
+    pub url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Nats {
+    pub fn start() -> Nats {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = Command::new("nats-server");
+        cmd.args(["-js", "-a", "127.0.0.1", "-p", "-1", "-sd"])
+            .arg(dir.path());
+        let proc = Proc::spawn(cmd);
+        let line = proc.wait_line(
+            "Listening for client connections on",
+            Duration::from_secs(30),
+        );
+        let addr = line.rsplit(' ').next().unwrap().trim().to_string();
+        proc.wait_line("Server is ready", Duration::from_secs(30));
+        Nats {
+            proc,
+            url: format!("nats://{addr}"),
+            _dir: dir,
+        }
+    }
+
+    /// The `[fleet]` section for gateway `id`, short heartbeats so that
+    /// tests see membership change within seconds.
+    pub fn fleet(&self, id: &str, extra: &str) -> String {
+        format!(
+            "[fleet]\nid = \"{id}\"\nnats_urls = [\"{}\"]\nheartbeat_ms = 200\nmember_ttl_ms = 1500\n{extra}\n",
+            self.url
+        )
+    }
+}
+
+/// One gateway of a fleet: its own embedded worker, `functions` as given.
+fn member(nats: &Nats, id: &str, functions: &str) -> Gateway {
+    Gateway::start("", &format!("{}\n{functions}", nats.fleet(id, "")))
+}
+
+async fn live(gw: &Gateway) -> f64 {
+    gw.metric("fngate_fleet_live_gateways").await
+}
+
+async fn wait_live(gw: &Gateway, n: f64) {
+    gw.until(
+        &format!("{n} live gateways"),
+        Duration::from_secs(20),
+        || async { live(gw).await == n && gw.metric("fngate_fleet_limit_share").await == n },
+    )
+    .await;
+}
+
+/// Sends `n` calls one after another; returns (admitted, throttled).
+async fn burst(gw: &Gateway, function: &str, n: usize) -> (usize, usize, Duration) {
+    let mut c = gw.h1().await;
+    let started = Instant::now();
+    let (mut ok, mut throttled) = (0, 0);
+    for _ in 0..n {
+        let r = c.invoke(function, "x").await;
+        match r.status {
+            200 => ok += 1,
+            429 => throttled += 1,
+            s => panic!("unexpected status {s}: {}", r.text()),
+        }
+    }
+    (ok, throttled, started.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn split_limits_follow_the_fleet_as_gateways_come_and_go() {
+    let nats = Nats::start();
+    // 0.3/s with a burst of 30 fleet-wide: a gateway's part is a burst of
+    // 30/n and one call per 10/3·n s, so a burst's admitted count is exact
+    // within the few seconds a test takes.
+    let f = echo_fn(
+        "limited",
+        "instance_concurrency = 100\nrate_limit = { per_second = 0.3, burst = 30 }",
+    );
+    let a = member(&nats, "gw-a", &f);
+    let b = member(&nats, "gw-b", &f);
+    let mut c = member(&nats, "gw-c", &f);
+    for gw in [&a, &b, &c] {
+        wait_live(gw, 3.0).await;
+        let (status, body) = gw.admin_get("/readyz").await;
+        assert_eq!(status, 200, "{body}");
+    }
+
+    // Three gateways: each admits a burst of 10 (plus one per 10 s).
+    let (ok, throttled, took) = burst(&a, "limited", 30).await;
+    let extra = (took.as_secs_f64() / 10.0).ceil() as usize;
+    assert!(
+        (10..=10 + extra).contains(&ok),
+        "admitted {ok}, throttled {throttled} in {took:?} (a third of the burst expected)"
+    );
+
+    // A gateway killed: counted out one TTL after its last heartbeat; the
+    // two left each take half.
+    c.proc.signal(libc::SIGKILL);
+    c.proc.wait_exit(Duration::from_secs(10));
+    wait_live(&a, 2.0).await;
+    wait_live(&b, 2.0).await;
+    let (ok, _, took) = burst(&b, "limited", 30).await;
+    let extra = (took.as_secs_f64() / (20.0 / 3.0)).ceil() as usize;
+    assert!(
+        (15..=15 + extra).contains(&ok),
+        "admitted {ok} in {took:?} (half of the burst expected)"
+    );
+
+    // A graceful stop leaves at once (its entry is deleted), well within
+    // the TTL the killed one needed.
+    let mut b = b;
+    b.proc.signal(libc::SIGTERM);
+    assert_eq!(b.proc.wait_exit(Duration::from_secs(30)), Some(0));
+    wait_live(&a, 1.0).await;
+    drop(c);
+
+    // The engine gone: the gateway says so and keeps serving on its last view.
+    let mut nats = nats;
+    nats.proc.signal(libc::SIGKILL);
+    nats.proc.wait_exit(Duration::from_secs(10));
+    a.until(
+        "not ready without NATS",
+        Duration::from_secs(20),
+        || async { a.admin_get("/readyz").await.0 == 503 },
+    )
+    .await;
+    let (_, why) = a.admin_get("/readyz").await;
+    assert!(why.contains("NATS") || why.contains("heartbeat"), "{why}");
+    let mut client = a.h1().await;
+    let r = client.invoke("limited", "x").await;
+    assert!([200, 429].contains(&r.status), "{}", r.status);
+    assert_eq!(live(&a).await, 1.0);
+    assert!(a.metric("fngate_fleet_heartbeat_age_seconds").await > 0.0);
+}
