@@ -172,6 +172,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     if let Some(log) = &usage_log {
         scheduler.set_usage_log(log.clone());
     }
+    // In a fleet, the queue is the fleet's (JetStream), shared by every member.
+    let shared_store: Option<Arc<dyn asynchronous::store::TaskStore>> = match &fleet {
+        Some((f, _)) => Some(fleet::queue::JetStreamStore::open(f.clone(), &g.asynchronous).await?),
+        None => None,
+    };
     let queue = asynchronous::AsyncQueue::open(
         g.asynchronous.clone(),
         config
@@ -179,9 +184,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             .iter()
             .map(|f| (&f.name, f.asynchronous.max_concurrency)),
         metrics.asynchronous.clone(),
+        shared_store,
     )?;
     let depth = queue.store.depth();
     match g.asynchronous.store {
+        _ if fleet.is_some() => {
+            tracing::info!("asynchronous tasks in the fleet's JetStream queue")
+        }
         config::AsyncStoreKind::Embedded => {
             tracing::info!(path = %g.asynchronous.store_path.display(), tasks = depth.tasks, destination_records = depth.deliveries, "asynchronous task store open")
         }

@@ -122,20 +122,32 @@ pub enum OpenError {
 }
 
 impl AsyncQueue {
+    /// `store`: a broker-backed store (fleet mode); `None` opens the
+    /// embedded one `limits` describe.
     pub fn open<'a>(
         limits: AsyncLimits,
         functions: impl Iterator<Item = (&'a Arc<str>, u32)>,
         metrics: AsyncMetrics,
+        store: Option<Arc<dyn TaskStore>>,
     ) -> Result<Self, OpenError> {
-        let bounds = embedded::Bounds {
-            max_tasks: limits.max_queued.into(),
-            max_bytes: limits.max_queued_bytes,
+        let store = match store {
+            Some(s) => s,
+            None => {
+                let bounds = embedded::Bounds {
+                    max_tasks: limits.max_queued.into(),
+                    max_bytes: limits.max_queued_bytes,
+                };
+                let path = match limits.store {
+                    AsyncStoreKind::Embedded => Some(limits.store_path.as_path()),
+                    AsyncStoreKind::Memory => None,
+                };
+                Arc::new(embedded::Embedded::open(
+                    path,
+                    bounds,
+                    metrics.commit_seconds.clone(),
+                )?)
+            }
         };
-        let path = match limits.store {
-            AsyncStoreKind::Embedded => Some(limits.store_path.as_path()),
-            AsyncStoreKind::Memory => None,
-        };
-        let store = embedded::Embedded::open(path, bounds, metrics.commit_seconds.clone())?;
         let ca = match &limits.destination_ca_file {
             None => None,
             Some(p) => Some(std::fs::read(p).map_err(|e| OpenError::CaFile {
@@ -162,7 +174,7 @@ impl AsyncQueue {
                 .map(|(name, _)| ((*name).clone(), Default::default()))
                 .collect(),
             limits,
-            store: Arc::new(store),
+            store,
             metrics,
             wake: Notify::new(),
             deliveries: Notify::new(),

@@ -32,6 +32,11 @@ pub(super) struct FleetSection {
     member_ttl_ms: u64,
     #[serde(default = "default_connect_timeout_ms")]
     connect_timeout_ms: u64,
+    /// How long an asynchronous attempt holds its task without a sign of
+    /// progress (sent every third of it): a killed gateway's tasks run
+    /// elsewhere this long after it died.
+    #[serde(default = "default_async_ack_wait_ms")]
+    async_ack_wait_ms: u64,
     /// Bound on one engine round trip (a heartbeat, a queue operation).
     #[serde(default = "default_engine_timeout_ms")]
     engine_timeout_ms: u64,
@@ -47,6 +52,9 @@ fn default_member_ttl_ms() -> u64 {
     5000
 }
 fn default_connect_timeout_ms() -> u64 {
+    30_000
+}
+fn default_async_ack_wait_ms() -> u64 {
     30_000
 }
 fn default_engine_timeout_ms() -> u64 {
@@ -81,6 +89,7 @@ pub struct FleetConfig {
     pub member_ttl: Duration,
     pub connect_timeout: Duration,
     pub engine_timeout: Duration,
+    pub async_ack_wait: Duration,
 }
 
 /// NATS names (bucket, stream): letters, digits, `-` and `_`.
@@ -160,6 +169,9 @@ pub(super) fn fleet(f: FleetSection, config_dir: &Path) -> Result<FleetConfig, C
     if !(10..=60_000).contains(&f.engine_timeout_ms) {
         return Err(invalid("fleet.engine_timeout_ms", "must be 10..=60000"));
     }
+    if !(1000..=3_600_000).contains(&f.async_ack_wait_ms) {
+        return Err(invalid("fleet.async_ack_wait_ms", "must be 1000..=3600000"));
+    }
     Ok(FleetConfig {
         id: f.id,
         name: f.name,
@@ -170,5 +182,6 @@ pub(super) fn fleet(f: FleetSection, config_dir: &Path) -> Result<FleetConfig, C
         member_ttl: Duration::from_millis(f.member_ttl_ms),
         connect_timeout: Duration::from_millis(f.connect_timeout_ms),
         engine_timeout: Duration::from_millis(f.engine_timeout_ms),
+        async_ack_wait: Duration::from_millis(f.async_ack_wait_ms),
     })
 }

@@ -23,6 +23,7 @@
 //! `fngate_fleet_heartbeat_age_seconds`, and serves.
 
 pub mod membership;
+pub mod queue;
 
 use crate::config::fleet::{FleetConfig, NatsAuth};
 use prometheus::{Histogram, HistogramOpts, IntGauge, Registry};

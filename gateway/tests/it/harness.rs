@@ -809,3 +809,40 @@ pub fn task_request(method: &str, function: &str, rest: &str) -> http::Request<F
         .body(Full::new(Bytes::new()))
         .unwrap()
 }
+
+/// A `nats-server` with JetStream, its data in a temporary directory.
+pub struct Nats {
+    pub proc: Proc,
+    pub url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Nats {
+    pub fn start() -> Nats {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = Command::new("nats-server");
+        cmd.args(["-js", "-a", "127.0.0.1", "-p", "-1", "-sd"])
+            .arg(dir.path());
+        let proc = Proc::spawn(cmd);
+        let line = proc.wait_line(
+            "Listening for client connections on",
+            Duration::from_secs(30),
+        );
+        let addr = line.rsplit(' ').next().unwrap().trim().to_string();
+        proc.wait_line("Server is ready", Duration::from_secs(30));
+        Nats {
+            proc,
+            url: format!("nats://{addr}"),
+            _dir: dir,
+        }
+    }
+
+    /// The `[fleet]` section for gateway `id`, short heartbeats so that
+    /// tests see membership change within seconds.
+    pub fn fleet(&self, id: &str, extra: &str) -> String {
+        format!(
+            "[fleet]\nid = \"{id}\"\nnats_urls = [\"{}\"]\nheartbeat_ms = 200\nmember_ttl_ms = 1500\n{extra}\n",
+            self.url
+        )
+    }
+}

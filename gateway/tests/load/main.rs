@@ -4,6 +4,7 @@
 //! bounds for no fault of the gateway).
 
 mod durable;
+mod fleet;
 #[path = "../it/harness.rs"]
 #[allow(dead_code)] // the load tests use part of it
 mod harness;

@@ -108,6 +108,7 @@ async fn pipeline(fake: Arc<Fake>, extra: &str) -> (Arc<Pipeline>, Arc<FunctionP
         limits,
         std::iter::empty(),
         metrics.asynchronous.clone(),
+        None,
     )
     .unwrap();
     let p = Arc::new(Pipeline::new(

@@ -1,0 +1,605 @@
+//! The fleet's asynchronous queue: a [`TaskStore`] on NATS JetStream,
+//! shared by every gateway of the fleet.
+//!
+//! ```text
+//! submit ──publish (Nats-Msg-Id = task key)──▶ stream <fleet>_queue (work queue, file)
+//!                                                 │ subjects <fleet>.tasks.<function>
+//!                           durable pull consumer tasks_<function>, shared by every gateway
+//!                                                 ▼
+//! lease ── fetch ── record from KV <fleet>_tasks (CAS on its revision) ── attempt
+//! update ── KV write, then: done → ack (double), retry → NAK with the delay
+//! ```
+//!
+//! - The message carries the task as accepted (record and payload). The
+//!   record's later versions (attempts, retries, state) live in the
+//!   `<fleet>_tasks` bucket, the task API's source: any gateway answers.
+//! - Ack wait (`async_ack_wait_ms`) is the lease: a running attempt sends
+//!   "in progress" every third of it, so a long function keeps its task,
+//!   while a killed gateway's tasks are redelivered to the others one ack
+//!   wait after its last progress.
+//! - Every write of a record is conditional on the revision this gateway
+//!   read: an attempt whose task was stopped or taken over meanwhile does
+//!   not overwrite it (`update` answers `false`).
+//! - Destination records go to a second work-queue stream, `<fleet>_deliveries`.
+//!
+//! What the embedded store does and this one does not: payloads are not
+//! kept for the task API once a task is done (the message is gone), and
+//! done records expire with the bucket's `max_age` (`async_retention_s`)
+//! rather than by count.
+
+use super::{Fleet, FleetError};
+use crate::asynchronous::store::{
+    Appended, Delivery, Depth, Leased, Stop, StoreError, StoreFuture, TaskStore,
+};
+use crate::asynchronous::task::{TaskRecord, TaskState, task_key};
+use crate::config::AsyncLimits;
+use async_nats::jetstream::{self, AckKind, consumer, kv, stream};
+use bytes::{BufMut, Bytes, BytesMut};
+use futures_util::StreamExt;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Retries of a conditional write that lost to another writer.
+const CAS_TRIES: usize = 4;
+/// The most task records `list` reads.
+const LIST_SCAN: usize = 10_000;
+/// How long the server remembers a task key to drop a resubmission.
+const DEDUPE_WINDOW: Duration = Duration::from_secs(120);
+
+pub struct JetStreamStore {
+    fleet: Arc<Fleet>,
+    state: kv::Store,
+    tasks: stream::Stream,
+    deliveries: stream::Stream,
+    tasks_subject: String,
+    deliveries_subject: String,
+    ack_wait: Duration,
+    consumers: tokio::sync::Mutex<HashMap<String, consumer::PullConsumer>>,
+    deliverer: tokio::sync::OnceCell<consumer::PullConsumer>,
+    /// Messages leased here, by task key, with the record revision written
+    /// at lease time.
+    inflight: Arc<Mutex<HashMap<String, (jetstream::Message, u64)>>>,
+    inflight_deliveries: Mutex<HashMap<String, jetstream::Message>>,
+    depth: Arc<Mutex<Depth>>,
+}
+
+fn err(e: impl std::fmt::Display) -> StoreError {
+    StoreError::storage(e)
+}
+
+/// `[u32 length][record JSON][payload]`: the task as accepted.
+fn frame(task: &TaskRecord, payload: &[u8]) -> Bytes {
+    let json = serde_json::to_vec(task).expect("plain data");
+    let mut b = BytesMut::with_capacity(4 + json.len() + payload.len());
+    b.put_u32(json.len() as u32);
+    b.put_slice(&json);
+    b.put_slice(payload);
+    b.freeze()
+}
+
+fn unframe(b: &Bytes) -> Option<(TaskRecord, Bytes)> {
+    let len = u32::from_be_bytes(b.get(..4)?.try_into().ok()?) as usize;
+    let json = b.get(4..4 + len)?;
+    Some((serde_json::from_slice(json).ok()?, b.slice(4 + len..)))
+}
+
+impl JetStreamStore {
+    pub async fn open(fleet: Arc<Fleet>, limits: &AsyncLimits) -> Result<Arc<Self>, FleetError> {
+        let js = &fleet.jetstream;
+        let engine = |what: &str, e: &dyn std::fmt::Display| {
+            FleetError::JetStream(format!("cannot open {what}: {e}"))
+        };
+        let max_payload = fleet.client.server_info().max_payload as u64;
+        if limits.max_body_bytes + 64 * 1024 > max_payload {
+            return Err(FleetError::JetStream(format!(
+                "gateway.max_async_body_bytes ({}) does not fit NATS's max_payload ({max_payload}) with the task record",
+                limits.max_body_bytes
+            )));
+        }
+        let tasks_subject = format!("{}.tasks", fleet.cfg.name);
+        let deliveries_subject = format!("{}.deliveries", fleet.cfg.name);
+        let queue =
+            |name: String, subject: String, max_messages: i64, max_bytes: i64| stream::Config {
+                name,
+                subjects: vec![subject],
+                retention: stream::RetentionPolicy::WorkQueue,
+                storage: stream::StorageType::File,
+                discard: stream::DiscardPolicy::New,
+                max_messages,
+                max_bytes,
+                duplicate_window: DEDUPE_WINDOW,
+                num_replicas: 1,
+                ..Default::default()
+            };
+        let tasks_name = fleet.scoped("queue");
+        let tasks = js
+            .get_or_create_stream(queue(
+                tasks_name.clone(),
+                format!("{tasks_subject}.>"),
+                i64::from(limits.max_queued),
+                limits.max_queued_bytes as i64,
+            ))
+            .await
+            .map_err(|e| engine(&tasks_name, &e))?;
+        let deliveries_name = fleet.scoped("deliveries");
+        let deliveries = js
+            .get_or_create_stream(queue(
+                deliveries_name.clone(),
+                deliveries_subject.clone(),
+                -1,
+                -1,
+            ))
+            .await
+            .map_err(|e| engine(&deliveries_name, &e))?;
+        let state = fleet
+            .bucket("tasks", 1, limits.retention, stream::StorageType::File)
+            .await?;
+        let store = Arc::new(JetStreamStore {
+            ack_wait: fleet.cfg.async_ack_wait,
+            fleet,
+            state,
+            tasks,
+            deliveries,
+            tasks_subject,
+            deliveries_subject,
+            consumers: Default::default(),
+            deliverer: Default::default(),
+            inflight: Default::default(),
+            inflight_deliveries: Default::default(),
+            depth: Default::default(),
+        });
+        tokio::spawn(Self::keep_up(Arc::downgrade(&store)));
+        Ok(store)
+    }
+
+    /// While the store lives: "in progress" for every attempt running here,
+    /// and the queue's depth, both every third of the ack wait (at most 1 s
+    /// apart for the depth).
+    async fn keep_up(this: std::sync::Weak<Self>) {
+        let Some(ack_wait) = this.upgrade().map(|s| s.ack_wait) else {
+            return;
+        };
+        let mut tick = tokio::time::interval((ack_wait / 3).min(Duration::from_secs(1)));
+        let mut last_progress = tokio::time::Instant::now();
+        loop {
+            tick.tick().await;
+            let Some(s) = this.upgrade() else { return };
+            if last_progress.elapsed() >= ack_wait / 3 {
+                last_progress = tokio::time::Instant::now();
+                let running: Vec<_> = s
+                    .inflight
+                    .lock()
+                    .unwrap()
+                    .values()
+                    .map(|(m, _)| m.clone())
+                    .collect();
+                for m in running {
+                    let _ = m.ack_with(AckKind::Progress).await;
+                }
+            }
+            let timeout = s.fleet.cfg.engine_timeout;
+            let (tasks, deliveries) = tokio::join!(
+                tokio::time::timeout(timeout, s.tasks.get_info()),
+                tokio::time::timeout(timeout, s.deliveries.get_info()),
+            );
+            let mut d = s.depth.lock().unwrap();
+            if let Ok(Ok(t)) = tasks {
+                d.tasks = t.state.messages;
+                d.bytes = t.state.bytes;
+                d.oldest_accepted_ms = (t.state.messages > 0)
+                    .then(|| (t.state.first_timestamp.unix_timestamp_nanos() / 1_000_000) as u64);
+            }
+            if let Ok(Ok(i)) = deliveries {
+                d.deliveries = i.state.messages;
+            }
+        }
+    }
+
+    async fn consumer(&self, function: &str) -> Result<consumer::PullConsumer, StoreError> {
+        let mut consumers = self.consumers.lock().await;
+        if let Some(c) = consumers.get(function) {
+            return Ok(c.clone());
+        }
+        let name = format!("tasks_{function}");
+        let c = self
+            .tasks
+            .get_or_create_consumer(
+                &name,
+                consumer::pull::Config {
+                    durable_name: Some(name.clone()),
+                    filter_subject: format!("{}.{function}", self.tasks_subject),
+                    ack_policy: consumer::AckPolicy::Explicit,
+                    ack_wait: self.ack_wait,
+                    // Retries are the retry rule's, not the engine's.
+                    max_deliver: -1,
+                    max_ack_pending: 100_000,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(err)?;
+        consumers.insert(function.to_string(), c.clone());
+        Ok(c)
+    }
+
+    async fn deliverer(&self, ack_wait: Duration) -> Result<&consumer::PullConsumer, StoreError> {
+        self.deliverer
+            .get_or_try_init(|| async {
+                self.deliveries
+                    .get_or_create_consumer(
+                        "deliverer",
+                        consumer::pull::Config {
+                            durable_name: Some("deliverer".into()),
+                            ack_policy: consumer::AckPolicy::Explicit,
+                            ack_wait,
+                            max_deliver: -1,
+                            ..Default::default()
+                        },
+                    )
+                    .await
+                    .map_err(err)
+            })
+            .await
+    }
+
+    /// The current record and its revision (0: not written yet).
+    async fn record(&self, key: &str) -> Result<Option<(TaskRecord, u64)>, StoreError> {
+        match self.state.entry(key).await.map_err(err)? {
+            Some(e) if e.operation == kv::Operation::Put => {
+                let r = serde_json::from_slice(&e.value).map_err(err)?;
+                Ok(Some((r, e.revision)))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Writes `r` if the record is still at `revision` (0: absent). `None`:
+    /// another writer came first.
+    async fn write(&self, r: &TaskRecord, revision: u64) -> Result<Option<u64>, StoreError> {
+        let value = Bytes::from(serde_json::to_vec(r).expect("plain data"));
+        let key = r.key();
+        let done = if revision == 0 {
+            self.state
+                .create(&key, value)
+                .await
+                .map_err(|e| (e.kind() != kv::CreateErrorKind::AlreadyExists).then(|| err(e)))
+        } else {
+            self.state
+                .update(&key, value, revision)
+                .await
+                .map_err(|e| (e.kind() != kv::UpdateErrorKind::WrongLastRevision).then(|| err(e)))
+        };
+        match done {
+            Ok(rev) => Ok(Some(rev)),
+            Err(None) => Ok(None),
+            Err(Some(e)) => Err(e),
+        }
+    }
+
+    async fn publish(&self, subject: String, id: &str, body: Bytes) -> Result<bool, StoreError> {
+        let ack = self
+            .fleet
+            .jetstream
+            .send_publish(
+                subject,
+                jetstream::message::PublishMessage::build()
+                    .message_id(id)
+                    .payload(body),
+            )
+            .await
+            .map_err(err)?
+            .await
+            .map_err(|e| {
+                let text = e.to_string();
+                if text.contains("maximum messages") {
+                    StoreError::Full("max_async_queued")
+                } else if text.contains("maximum bytes") {
+                    StoreError::Full("max_async_queued_bytes")
+                } else {
+                    err(text)
+                }
+            })?;
+        Ok(ack.duplicate)
+    }
+
+    async fn do_append(&self, task: TaskRecord, payload: Bytes) -> Result<Appended, StoreError> {
+        let key = task.key();
+        let subject = format!("{}.{}", self.tasks_subject, task.function);
+        let duplicate = self.publish(subject, &key, frame(&task, &payload)).await?;
+        if duplicate {
+            let known = self.record(&key).await?.map(|(r, _)| r).unwrap_or(task);
+            return Ok(Appended::Known(Box::new(known)));
+        }
+        // The task is durable from here; its record follows (a lease that
+        // finds none uses the message's own).
+        self.write(&task, 0).await?;
+        Ok(Appended::New)
+    }
+
+    async fn do_lease(
+        &self,
+        function: &str,
+        now: u64,
+        max: usize,
+        until: u64,
+    ) -> Result<Vec<Leased>, StoreError> {
+        let c = self.consumer(function).await?;
+        let mut batch = c.fetch().max_messages(max).messages().await.map_err(err)?;
+        let mut leased = Vec::new();
+        while let Some(m) = batch.next().await {
+            let m = m.map_err(err)?;
+            let Some((accepted, payload)) = unframe(&m.payload) else {
+                tracing::error!(subject = %m.subject, "dropping an unreadable task message");
+                let _ = m.ack_with(AckKind::Term).await;
+                continue;
+            };
+            let key = accepted.key();
+            let (old, rev) = self.record(&key).await?.unwrap_or((accepted, 0));
+            if old.state.is_done() {
+                // Stopped (or done by an attempt whose ack was lost).
+                let _ = m.ack().await;
+                continue;
+            }
+            if old.state == TaskState::Enqueued && old.due_ms > now {
+                let _ = m
+                    .ack_with(AckKind::Nak(Some(Duration::from_millis(old.due_ms - now))))
+                    .await;
+                continue;
+            }
+            let mut t = old.clone();
+            t.state = TaskState::Running;
+            t.attempts += 1;
+            t.due_ms = until;
+            t.started_ms.get_or_insert(now);
+            t.event("Running", now, format!("attempt {}", t.attempts));
+            match self.write(&t, rev).await? {
+                Some(rev) => {
+                    self.inflight.lock().unwrap().insert(key, (m, rev));
+                    leased.push(Leased {
+                        task: t,
+                        payload,
+                        was_due_ms: old.due_ms,
+                    });
+                }
+                // Changed meanwhile (a stop): look again at once.
+                None => {
+                    let _ = m.ack_with(AckKind::Nak(None)).await;
+                }
+            }
+        }
+        Ok(leased)
+    }
+
+    async fn do_update(
+        &self,
+        task: TaskRecord,
+        delivery: Option<Delivery>,
+    ) -> Result<bool, StoreError> {
+        let key = task.key();
+        let Some((m, rev)) = self.inflight.lock().unwrap().remove(&key) else {
+            return Ok(false);
+        };
+        if let Some(d) = &delivery {
+            let body = Bytes::from(serde_json::to_vec(d).expect("plain data"));
+            self.publish(self.deliveries_subject.clone(), &d.id, body)
+                .await?;
+        }
+        if self.write(&task, rev).await?.is_none() {
+            // Stopped, or taken over after this gateway's lease lapsed.
+            if let Some((now, _)) = self.record(&key).await?
+                && now.state.is_done()
+            {
+                let _ = m.ack().await;
+            }
+            return Ok(false);
+        }
+        if task.state.is_done() {
+            m.double_ack().await.map_err(err)?;
+        } else {
+            let wait = task.due_ms.saturating_sub(crate::asynchronous::now_ms());
+            let _ = m
+                .ack_with(AckKind::Nak(Some(Duration::from_millis(wait))))
+                .await;
+        }
+        Ok(true)
+    }
+
+    async fn do_stop(&self, function: &str, id: &str, now: u64) -> Result<Stop, StoreError> {
+        let key = task_key(function, id);
+        for _ in 0..CAS_TRIES {
+            let Some((old, rev)) = self.record(&key).await? else {
+                return Ok(Stop::NotFound);
+            };
+            if old.state.is_done() {
+                return Ok(Stop::Done(old));
+            }
+            let mut t = old.clone();
+            t.state = TaskState::Stopped;
+            t.ended_ms = Some(now);
+            t.event("Stopped", now, String::new());
+            if self.write(&t, rev).await?.is_some() {
+                return Ok(Stop::Stopped {
+                    task: t,
+                    was_running: old.state == TaskState::Running,
+                });
+            }
+        }
+        Err(err("the task kept changing while it was being stopped"))
+    }
+
+    async fn do_list(
+        &self,
+        function: &str,
+        state: Option<TaskState>,
+        limit: usize,
+    ) -> Result<Vec<TaskRecord>, StoreError> {
+        let prefix = task_key(function, "");
+        let mut keys = self.state.keys().await.map_err(err)?;
+        let mut found = Vec::new();
+        let mut scanned = 0;
+        while let Some(k) = keys.next().await {
+            let k = k.map_err(err)?;
+            scanned += 1;
+            if scanned > LIST_SCAN {
+                break;
+            }
+            if !k.starts_with(&prefix) {
+                continue;
+            }
+            if let Some((r, _)) = self.record(&k).await?
+                && state.is_none_or(|s| r.state == s)
+            {
+                found.push(r);
+            }
+        }
+        found.sort_by_key(|r| std::cmp::Reverse(r.accepted_ms));
+        found.truncate(limit);
+        Ok(found)
+    }
+
+    async fn do_lease_deliveries(
+        &self,
+        now: u64,
+        max: usize,
+        until: u64,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        let c = self
+            .deliverer(Duration::from_millis(until.saturating_sub(now).max(1000)))
+            .await?;
+        let mut batch = c.fetch().max_messages(max).messages().await.map_err(err)?;
+        let mut out = Vec::new();
+        while let Some(m) = batch.next().await {
+            let m = m.map_err(err)?;
+            let Ok(d) = serde_json::from_slice::<Delivery>(&m.payload) else {
+                let _ = m.ack_with(AckKind::Term).await;
+                continue;
+            };
+            if d.due_ms > now {
+                let _ = m
+                    .ack_with(AckKind::Nak(Some(Duration::from_millis(d.due_ms - now))))
+                    .await;
+                continue;
+            }
+            self.inflight_deliveries
+                .lock()
+                .unwrap()
+                .insert(d.id.clone(), m);
+            out.push(d);
+        }
+        Ok(out)
+    }
+}
+
+/// How often a function's consumer is asked for work when none arrived:
+/// other gateways enqueue without waking this one.
+const POLL_MS: u64 = 100;
+
+impl TaskStore for JetStreamStore {
+    fn append(&self, task: TaskRecord, payload: Bytes) -> StoreFuture<'_, Appended> {
+        Box::pin(self.do_append(task, payload))
+    }
+
+    fn lease(
+        &self,
+        function: &str,
+        now_ms: u64,
+        max: usize,
+        lease_until_ms: u64,
+    ) -> StoreFuture<'_, (Vec<Leased>, Option<u64>)> {
+        let function = function.to_string();
+        Box::pin(async move {
+            let leased = self
+                .do_lease(&function, now_ms, max, lease_until_ms)
+                .await?;
+            Ok((leased, Some(now_ms + POLL_MS)))
+        })
+    }
+
+    fn update(&self, task: TaskRecord, delivery: Option<Delivery>) -> StoreFuture<'_, bool> {
+        Box::pin(self.do_update(task, delivery))
+    }
+
+    fn stop(&self, function: &str, id: &str, now_ms: u64) -> StoreFuture<'_, Stop> {
+        let (function, id) = (function.to_string(), id.to_string());
+        Box::pin(async move { self.do_stop(&function, &id, now_ms).await })
+    }
+
+    fn get(
+        &self,
+        function: &str,
+        id: &str,
+    ) -> StoreFuture<'_, Option<(TaskRecord, Option<Bytes>)>> {
+        let key = task_key(function, id);
+        Box::pin(async move { Ok(self.record(&key).await?.map(|(r, _)| (r, None))) })
+    }
+
+    fn list(
+        &self,
+        function: &str,
+        state: Option<TaskState>,
+        limit: usize,
+    ) -> StoreFuture<'_, Vec<TaskRecord>> {
+        let function = function.to_string();
+        Box::pin(async move { self.do_list(&function, state, limit).await })
+    }
+
+    /// Nothing to do: the engine redelivers what a dead gateway held, one
+    /// ack wait after its last sign of progress.
+    fn recover(&self, _now_ms: u64) -> StoreFuture<'_, u64> {
+        Box::pin(async { Ok(0) })
+    }
+
+    /// Done records expire with the bucket's `max_age`.
+    fn purge(&self, _before_ms: u64, _keep: u64) -> StoreFuture<'_, u64> {
+        Box::pin(async { Ok(0) })
+    }
+
+    fn lease_deliveries(
+        &self,
+        now_ms: u64,
+        max: usize,
+        lease_until_ms: u64,
+    ) -> StoreFuture<'_, (Vec<Delivery>, Option<u64>)> {
+        Box::pin(async move {
+            let out = self
+                .do_lease_deliveries(now_ms, max, lease_until_ms)
+                .await?;
+            Ok((out, Some(now_ms + POLL_MS)))
+        })
+    }
+
+    fn delivered(&self, id: &str) -> StoreFuture<'_, ()> {
+        let m = self.inflight_deliveries.lock().unwrap().remove(id);
+        Box::pin(async move {
+            if let Some(m) = m {
+                m.double_ack().await.map_err(err)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn redeliver(&self, delivery: Delivery) -> StoreFuture<'_, ()> {
+        let m = self
+            .inflight_deliveries
+            .lock()
+            .unwrap()
+            .remove(&delivery.id);
+        Box::pin(async move {
+            // The next try as a new message (its count and due time are in
+            // it), then the old one acknowledged: a crash between sends twice.
+            let id = format!("{}#{}", delivery.id, delivery.attempts);
+            let body = Bytes::from(serde_json::to_vec(&delivery).expect("plain data"));
+            self.publish(self.deliveries_subject.clone(), &id, body)
+                .await?;
+            if let Some(m) = m {
+                let _ = m.ack().await;
+            }
+            Ok(())
+        })
+    }
+
+    fn depth(&self) -> Depth {
+        *self.depth.lock().unwrap()
+    }
+}
