@@ -88,7 +88,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     // Workers: the configured ones, or one embedded in this process.
     let mut embedded = None;
     let mut urls = config.workers.clone();
-    if urls.is_empty() {
+    // A fleet gateway that discovers its workers has no embedded one.
+    let discovers = config.fleet.as_ref().is_some_and(|f| f.discover_workers);
+    if urls.is_empty() && !discovers {
         let cfg = sandbox_runtime::Config {
             listen: "127.0.0.1:0".parse().expect("literal"),
             memory_mb: g.embedded_worker_memory_mb,
@@ -99,6 +101,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             max_pids: sandbox_runtime::bounds::default_max_pids(g.embedded_worker_isolation),
             max_open_files: 1024,
             instance_subnet: g.embedded_worker_subnet,
+            // Private to this gateway: it lives and dies with it.
+            fleet: None,
         };
         let worker = sandbox_runtime::Worker::new(&cfg).map_err(RunError::EmbeddedWorker)?;
         let listener = TcpListener::bind(cfg.listen)
@@ -142,9 +146,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let fleet = match &config.fleet {
         Some(cfg) => {
             let f = fleet::Fleet::connect(cfg.clone(), &metrics.registry).await?;
-            let kv = fleet::membership::bucket(&f).await?;
+            let buckets = fleet::membership::buckets(&f).await?;
+            scheduler.set_owner(cfg.id.clone());
             tracing::info!(fleet = %cfg.name, id = %cfg.id, "joined the fleet's engine");
-            Some((f, kv))
+            Some((f, buckets))
         }
         None => None,
     };
@@ -273,26 +278,23 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let admin_task = tokio::spawn(admin.clone().serve(admin_l, stop.clone()));
     let reloads = metrics.tls_reloads.clone();
     let cert_task = tokio::spawn(certificates.watch(reloads, stop.clone()));
-    let membership = fleet.map(|(f, kv)| {
+    let membership = fleet.map(|(f, buckets)| {
         let me = fleet::membership::Member {
             id: f.cfg.id.clone(),
             started_unix_ms: asynchronous::now_ms(),
             https: https_addr.map(|a| a.to_string()).unwrap_or_default(),
             admin: admin_addr.map(|a| a.to_string()).unwrap_or_default(),
         };
-        let split = f.cfg.rate_limits == config::fleet::RateLimitMode::Split;
-        let (sched, share) = (scheduler.clone(), f.metrics.share.clone());
-        let on_change = move |n: u32| {
-            if split {
-                sched.split_limits(n);
-                share.set(i64::from(sched.limits().share()));
-            }
+        let discovery = fleet::membership::Discovery {
+            client: client.clone(),
+            timeouts,
         };
         tokio::spawn(fleet::membership::run(
             f,
-            kv,
+            buckets,
             me,
-            on_change,
+            scheduler.clone(),
+            discovery,
             stop_membership.clone(),
         ))
     });

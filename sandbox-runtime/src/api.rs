@@ -46,6 +46,10 @@ pub struct CreateInstance {
     /// the same paths; a plain process can write them anyway.
     #[serde(default)]
     pub writable_paths: Vec<String>,
+    /// The fleet id of the gateway that owns it: a worker in a fleet
+    /// releases it once that gateway's heartbeat has expired.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 /// An instance's outbound network policy.

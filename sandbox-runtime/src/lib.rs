@@ -10,11 +10,14 @@
 //! - [`isolation`]: instances in their own namespaces (`--isolation namespaces`).
 //! - [`bounds`]: an instance's process count and CPU share (cgroup v1 pids, cpu).
 //! - [`metrics`]: the worker's Prometheus metrics.
+//! - [`fleet`]: fleet membership on NATS key-value buckets (shared with the
+//!   gateway), and the worker's leases: instances of dead gateways are released.
 //! - [`cli`]: logging and signal handling shared by the fngate binaries.
 
 pub mod api;
 pub mod bounds;
 pub mod cli;
+pub mod fleet;
 pub mod instance;
 pub mod isolation;
 pub mod memory;

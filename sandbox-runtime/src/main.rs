@@ -45,6 +45,26 @@ struct Args {
     /// per worker on a host).
     #[arg(long, default_value = sandbox_runtime::network::DEFAULT_SUBNET)]
     instance_subnet: ipnet::Ipv4Net,
+    /// Fleet mode: a NATS server of the fleet (repeat for several). The
+    /// worker registers in the fleet, so gateways find it, and releases
+    /// the instances of gateways whose heartbeat has expired.
+    #[arg(long = "fleet-nats-url")]
+    fleet_nats_urls: Vec<String>,
+    /// The fleet's name (the gateways' `[fleet] name`).
+    #[arg(long, default_value = "fngate")]
+    fleet_name: String,
+    /// This worker's id in the fleet (default: its advertised URL's host and port).
+    #[arg(long)]
+    fleet_id: Option<String>,
+    /// The URL gateways reach this worker's API at (default: http:// and the bound address).
+    #[arg(long)]
+    advertise_url: Option<String>,
+    #[arg(long, default_value_t = 1000)]
+    fleet_heartbeat_ms: u64,
+    /// The gateways' `member_ttl_ms`: a gateway not heard from this long
+    /// has lost its instances here.
+    #[arg(long, default_value_t = 5000)]
+    fleet_member_ttl_ms: u64,
 }
 
 fn main() -> std::process::ExitCode {
@@ -80,6 +100,21 @@ async fn serve() -> std::process::ExitCode {
             .or_else(|| sandbox_runtime::bounds::default_max_pids(a.isolation)),
         max_open_files: a.max_open_files,
         instance_subnet: Some(a.instance_subnet),
+        fleet: (!a.fleet_nats_urls.is_empty()).then(|| {
+            let url = a.advertise_url.clone().unwrap_or_default();
+            sandbox_runtime::fleet::WorkerFleet {
+                // Empty: derived from the URL once the listener is bound.
+                id: a.fleet_id.clone().unwrap_or_default(),
+                nats_urls: a.fleet_nats_urls.clone(),
+                name: a.fleet_name.clone(),
+                url,
+                heartbeat: std::time::Duration::from_millis(a.fleet_heartbeat_ms.max(100)),
+                member_ttl: std::time::Duration::from_millis(
+                    a.fleet_member_ttl_ms.max(2 * a.fleet_heartbeat_ms),
+                ),
+                engine_timeout: std::time::Duration::from_secs(2),
+            }
+        }),
     };
     match sandbox_runtime::run(cfg, sandbox_runtime::cli::shutdown_signal()).await {
         Ok(()) => std::process::ExitCode::SUCCESS,

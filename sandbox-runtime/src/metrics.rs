@@ -7,6 +7,8 @@ pub struct Metrics {
     pub instances: IntGauge,
     pub process_starts: IntCounterVec,
     pub crashes: IntCounter,
+    /// Instances released because their owner gateway's lease expired.
+    pub lease_releases: IntCounter,
     pub oom_kills: IntCounter,
     pub memory_capacity_bytes: IntGauge,
     pub memory_used_bytes: IntGauge,
@@ -33,6 +35,11 @@ impl Metrics {
         let crashes = IntCounter::new(
             "fngate_sandbox_instance_crashes_total",
             "Instances that exited without being released.",
+        )
+        .unwrap();
+        let lease_releases = IntCounter::new(
+            "fngate_sandbox_lease_releases_total",
+            "Instances released because the gateway that owned them stopped heartbeating (fleet mode).",
         )
         .unwrap();
         let oom_kills = IntCounter::new(
@@ -70,6 +77,7 @@ impl Metrics {
             Box::new(instances.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(process_starts.clone()),
             Box::new(crashes.clone()),
+            Box::new(lease_releases.clone()),
             Box::new(oom_kills.clone()),
             Box::new(memory_capacity_bytes.clone()),
             Box::new(memory_used_bytes.clone()),
@@ -83,6 +91,7 @@ impl Metrics {
             instances,
             process_starts,
             crashes,
+            lease_releases,
             oom_kills,
             memory_capacity_bytes,
             memory_used_bytes,

@@ -45,6 +45,10 @@ pub struct Config {
     /// The private range isolated instances take addresses from
     /// (default [`crate::network::DEFAULT_SUBNET`]).
     pub instance_subnet: Option<ipnet::Ipv4Net>,
+    /// Fleet mode: register in the fleet and honour gateways' leases. An
+    /// empty `url` is filled with `http://` and the bound address, an empty
+    /// `id` from the URL.
+    pub fleet: Option<crate::fleet::WorkerFleet>,
 }
 
 /// How often isolated instances' egress counters are read into metrics.
@@ -75,6 +79,8 @@ struct Table {
     instances: HashMap<String, Arc<Instance>>,
     /// Ids being started (reserved, not yet in `instances`).
     starting: HashMap<String, u32>,
+    /// Instance id -> the gateway that owns it (fleet mode).
+    owners: HashMap<String, String>,
     reserved_mb: u64,
 }
 
@@ -246,6 +252,42 @@ impl Worker {
         tracing::info!(released = all.len(), "sandbox worker stopped");
     }
 
+    /// Releases the instances whose owner is not in `live` and which are
+    /// older than `min_age` (an owner that just started may not be seen
+    /// yet). Instances with no owner are left alone.
+    pub async fn release_orphans(
+        &self,
+        live: &std::collections::HashSet<String>,
+        min_age: Duration,
+    ) {
+        let now = crate::instance::unix_now();
+        let orphans: Vec<(Arc<Instance>, String)> = {
+            let mut t = self.inner.state.lock().unwrap();
+            let ids: Vec<String> = t
+                .owners
+                .iter()
+                .filter(|(id, owner)| {
+                    !live.contains(*owner)
+                        && t.instances.get(*id).is_some_and(|i| {
+                            now.saturating_sub(i.created_unix) >= min_age.as_secs()
+                        })
+                })
+                .map(|(id, _)| id.clone())
+                .collect();
+            ids.into_iter()
+                .filter_map(|id| {
+                    let owner = t.owners.remove(&id)?;
+                    Some((t.instances.remove(&id)?, owner))
+                })
+                .collect()
+        };
+        for (instance, owner) in orphans {
+            let exit = instance.release().await;
+            self.inner.metrics.lease_releases.inc();
+            tracing::info!(instance = %instance.id, function = %instance.function, %owner, %exit, "instance released: its gateway's lease expired");
+        }
+    }
+
     pub fn capacity(&self) -> Capacity {
         let t = self.inner.state.lock().unwrap();
         Capacity {
@@ -328,13 +370,32 @@ impl Worker {
                     Err(e) => return api_error(ApiErrorCode::BadRequest, e.to_string(), ""),
                 };
                 match serde_json::from_slice::<CreateInstance>(&body) {
-                    Ok(create) => self.create(create).await,
+                    // On a task of its own: a gateway that goes away mid-start
+                    // (killed, timed out) must not cancel it halfway, leaking
+                    // its reservation; the instance it gets is released by
+                    // its owner's lease or reclaimed by the gateway.
+                    Ok(create) => {
+                        let w = self.clone();
+                        match self
+                            .inner
+                            .tasks
+                            .spawn(async move { w.create(create).await })
+                            .await
+                        {
+                            Ok(r) => r,
+                            Err(e) => api_error(ApiErrorCode::StartFailed, e.to_string(), ""),
+                        }
+                    }
                     Err(e) => api_error(ApiErrorCode::BadRequest, e.to_string(), ""),
                 }
             }
             (&Method::DELETE, p) if p.starts_with("/v1/instances/") => {
                 let id = &p["/v1/instances/".len()..];
-                let found = self.inner.state.lock().unwrap().instances.remove(id);
+                let found = {
+                    let mut t = self.inner.state.lock().unwrap();
+                    t.owners.remove(id);
+                    t.instances.remove(id)
+                };
                 match found {
                     Some(instance) => {
                         let exit = instance.release().await;
@@ -398,6 +459,9 @@ impl Worker {
         match result {
             Ok(instance) => {
                 t.instances.insert(instance.id.clone(), instance.clone());
+                if let Some(owner) = &req.owner {
+                    t.owners.insert(instance.id.clone(), owner.clone());
+                }
                 self.publish_usage(&t);
                 drop(t);
                 self.inner
@@ -528,8 +592,34 @@ impl Worker {
 pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
     let worker = Worker::new(&cfg)?;
     let listener = TcpListener::bind(cfg.listen).await?;
-    tracing::info!(addr = %listener.local_addr()?, "sandbox-runtime listening");
-    worker.serve(listener, shutdown).await
+    let addr = listener.local_addr()?;
+    let stop = CancellationToken::new();
+    let fleet = match cfg.fleet.clone() {
+        Some(mut f) => {
+            if f.url.is_empty() {
+                f.url = format!("http://{addr}");
+            }
+            if f.id.is_empty() {
+                f.id = crate::fleet::id_from_url(&f.url);
+            }
+            // Joined before serving: fail loudly when the engine is unreachable.
+            let w = worker.clone();
+            let token = stop.clone();
+            Some(tokio::spawn(async move {
+                if let Err(e) = w.join_fleet(f, token).await {
+                    tracing::error!(error = %e, "the worker could not join its fleet");
+                }
+            }))
+        }
+        None => None,
+    };
+    tracing::info!(%addr, "sandbox-runtime listening");
+    let served = worker.serve(listener, shutdown).await;
+    stop.cancel();
+    if let Some(f) = fleet {
+        let _ = f.await;
+    }
+    served
 }
 
 fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {

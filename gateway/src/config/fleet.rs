@@ -26,6 +26,10 @@ pub(super) struct FleetSection {
     nats_token_env: Option<String>,
     #[serde(default)]
     rate_limits: RateLimitMode,
+    /// Place instances on the workers registered in the fleet too (beside
+    /// `[[workers]]`); no embedded worker then unless this is `false`.
+    #[serde(default = "yes")]
+    discover_workers: bool,
     #[serde(default = "default_heartbeat_ms")]
     heartbeat_ms: u64,
     #[serde(default = "default_member_ttl_ms")]
@@ -42,6 +46,9 @@ pub(super) struct FleetSection {
     engine_timeout_ms: u64,
 }
 
+fn yes() -> bool {
+    true
+}
 fn default_name() -> String {
     "fngate".into()
 }
@@ -84,6 +91,7 @@ pub struct FleetConfig {
     pub nats_urls: Vec<String>,
     pub auth: NatsAuth,
     pub rate_limits: RateLimitMode,
+    pub discover_workers: bool,
     pub heartbeat: Duration,
     /// A member not heard from this long is gone.
     pub member_ttl: Duration,
@@ -178,6 +186,7 @@ pub(super) fn fleet(f: FleetSection, config_dir: &Path) -> Result<FleetConfig, C
         nats_urls: f.nats_urls,
         auth,
         rate_limits: f.rate_limits,
+        discover_workers: f.discover_workers,
         heartbeat: Duration::from_millis(f.heartbeat_ms),
         member_ttl: Duration::from_millis(f.member_ttl_ms),
         connect_timeout: Duration::from_millis(f.connect_timeout_ms),

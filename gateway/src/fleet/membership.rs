@@ -1,20 +1,20 @@
-//! Heartbeats and the live count (see [`super`]).
+//! The gateway's heartbeat, the live count and worker discovery (see
+//! [`super`]; the roster itself is [`sandbox_runtime::fleet`], shared with
+//! workers).
 //!
-//! One task per gateway: it puts this gateway's entry every `heartbeat_ms`
-//! and follows the bucket's changes with a watch, so learning of a member
-//! costs no polling. Liveness is judged locally: a member is live until one
-//! member TTL after its last entry was written (the entry's server time,
-//! which a member's first sighting needs; later ones arrive as they are
-//! written). NATS 2.9 has no delete markers for aged-out entries, so the
-//! local sweep is what counts a killed gateway out.
+//! One task per gateway: it puts this gateway's entry every `heartbeat_ms`,
+//! follows `<fleet>_gateways` (the live count divides the limits) and, with
+//! `discover_workers`, `<fleet>_workers` (a worker that registers is
+//! connected to and placed on; one whose entry expires is placed on no more).
 
-use super::{Fleet, FleetError};
+use super::Fleet;
+use crate::scheduler::Scheduler;
+use crate::workers::{HttpClient, Worker, WorkerTimeouts};
 use async_nats::jetstream::kv;
-use futures_util::StreamExt;
-use std::collections::HashMap;
+use sandbox_runtime::fleet::{Heartbeat, Roster, WorkerEntry};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 /// What a gateway publishes about itself.
@@ -27,111 +27,156 @@ pub struct Member {
     pub admin: String,
 }
 
-/// Opens (creating when needed) the fleet's membership bucket.
-pub async fn bucket(fleet: &Fleet) -> Result<kv::Store, FleetError> {
-    fleet
-        .bucket(
-            "gateways",
-            1,
-            fleet.cfg.member_ttl,
-            async_nats::jetstream::stream::StorageType::Memory,
-        )
-        .await
+/// The buckets a gateway follows.
+pub struct Buckets {
+    pub gateways: kv::Store,
+    /// `None` unless `discover_workers`.
+    pub workers: Option<kv::Store>,
+}
+
+pub async fn buckets(fleet: &Fleet) -> Result<Buckets, super::FleetError> {
+    let memory = async_nats::jetstream::stream::StorageType::Memory;
+    let ttl = fleet.cfg.member_ttl;
+    let gateways = fleet.bucket("gateways", 1, ttl, memory).await?;
+    let workers = match fleet.cfg.discover_workers {
+        true => Some(fleet.bucket("workers", 1, ttl, memory).await?),
+        false => None,
+    };
+    Ok(Buckets { gateways, workers })
+}
+
+/// How discovered workers are reached.
+pub struct Discovery {
+    pub client: HttpClient,
+    pub timeouts: WorkerTimeouts,
 }
 
 /// Runs until `stop`; then deletes this gateway's entry so the others count
-/// it out at once. `on_change` gets the live count whenever it changes.
+/// it out at once.
 pub async fn run(
     fleet: Arc<Fleet>,
-    kv: kv::Store,
+    buckets: Buckets,
     me: Member,
-    on_change: impl Fn(u32) + Send + 'static,
+    sched: Arc<Scheduler>,
+    discovery: Discovery,
     stop: CancellationToken,
 ) {
     let ttl = fleet.cfg.member_ttl;
     let timeout = fleet.cfg.engine_timeout;
+    let split = fleet.cfg.rate_limits == crate::config::fleet::RateLimitMode::Split;
     let value = bytes::Bytes::from(serde_json::to_vec(&me).expect("plain data"));
-    // Member id -> when it is counted out (local clock).
-    let mut members: HashMap<String, Instant> = HashMap::new();
-    let mut watch: Option<kv::Watch> = None;
+    let mut beat = Heartbeat::new(buckets.gateways.clone(), me.id.clone(), value);
+    let mut gateways = Roster::new(buckets.gateways, ttl);
+    let mut workers = buckets.workers.map(|w| Roster::new(w, ttl));
+    // Workers this gateway learned from the fleet, or is connecting to;
+    // configured ones are never dropped.
+    let configured: HashSet<String> = sched.workers().iter().map(|w| w.url.clone()).collect();
+    let mut discovered: HashSet<String> = HashSet::new();
+    let (connected_tx, mut connected) =
+        tokio::sync::mpsc::unbounded_channel::<Result<Arc<Worker>, String>>();
     let mut tick = tokio::time::interval(fleet.cfg.heartbeat);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_ok: Option<Instant> = None;
     let mut live = 1;
+    fleet.metrics.workers.set(configured.len() as i64);
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
             _ = tick.tick() => {
-                let sent = Instant::now();
-                match tokio::time::timeout(timeout, kv.put(&me.id, value.clone())).await {
-                    Ok(Ok(_)) => {
-                        fleet.metrics.engine_rtt.observe(sent.elapsed().as_secs_f64());
-                        last_ok = Some(Instant::now());
-                        fleet
-                            .last_heartbeat_ms
-                            .store(crate::asynchronous::now_ms(), Ordering::Release);
-                        members.insert(me.id.clone(), Instant::now() + ttl);
-                    }
-                    Ok(Err(e)) => tracing::warn!(error = %e, "fleet heartbeat failed"),
-                    Err(_) => tracing::warn!(timeout_ms = timeout.as_millis() as u64, "fleet heartbeat timed out"),
+                if let Some(rtt) = beat.beat(timeout).await {
+                    fleet.metrics.engine_rtt.observe(rtt.as_secs_f64());
+                    fleet
+                        .last_heartbeat_ms
+                        .store(crate::asynchronous::now_ms(), Ordering::Release);
+                    gateways.seen(&beat.key, beat.value.clone());
                 }
-                fleet.metrics.heartbeat_age.set(
-                    last_ok.map_or(f64::INFINITY, |t| t.elapsed().as_secs_f64()),
-                );
-                if watch.is_none() {
-                    match tokio::time::timeout(timeout, kv.watch_all()).await {
-                        Ok(Ok(w)) => watch = Some(w),
-                        Ok(Err(e)) => tracing::warn!(error = %e, "cannot watch the fleet's members"),
-                        Err(_) => tracing::warn!("watching the fleet's members timed out"),
-                    }
+                fleet
+                    .metrics
+                    .heartbeat_age
+                    .set(beat.age().map_or(f64::INFINITY, |a| a.as_secs_f64()));
+                gateways.ensure_watch(timeout).await;
+                if let Some(w) = &mut workers {
+                    w.ensure_watch(timeout).await;
                 }
             }
-            entry = next(&mut watch) => match entry {
-                Some(Ok(e)) => seen(&mut members, e, ttl),
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "the fleet's member watch failed; watching again");
-                    watch = None;
+            change = gateways.changed() => gateways.apply(change),
+            change = async {
+                match &mut workers {
+                    Some(w) => w.changed().await,
+                    None => std::future::pending().await,
                 }
-                None => watch = None,
+            } => {
+                if let Some(w) = &mut workers {
+                    w.apply(change);
+                }
+            }
+            Some(result) = connected.recv() => match result {
+                Ok(w) => {
+                    if sched.add_worker(w.clone()) {
+                        tracing::info!(worker = %w.url, memory_mb = w.memory_mb_total, "worker joined from the fleet");
+                    }
+                    fleet.metrics.workers.set(sched.workers().len() as i64);
+                }
+                // Tried again at the next pass.
+                Err(url) => {
+                    discovered.remove(&url);
+                }
             },
         }
-        let now = Instant::now();
         // While the engine is unreachable every other entry would age out:
         // keep the last view instead (a partitioned gateway must not take
-        // the whole limit).
-        if last_ok.is_some_and(|t| now.duration_since(t) < ttl) {
-            members.retain(|id, until| *until > now || *id == me.id);
+        // the whole limit, nor forget its workers).
+        if !beat.healthy(ttl) {
+            continue;
         }
-        let n = (members.len() as u32).max(1);
+        gateways.sweep();
+        let n = (gateways.len() as u32).max(1);
         if n != live {
             tracing::info!(live_gateways = n, "fleet membership changed");
             live = n;
             fleet.live.store(n, Ordering::Release);
             fleet.metrics.live_gateways.set(i64::from(n));
-            on_change(n);
+            if split {
+                sched.split_limits(n);
+                fleet.metrics.share.set(i64::from(sched.limits().share()));
+            }
+        }
+        if let Some(w) = &mut workers {
+            w.sweep();
+            let urls: HashSet<String> = w
+                .live()
+                .filter_map(|(_, v)| serde_json::from_slice::<WorkerEntry>(v).ok())
+                .map(|e| e.url)
+                .collect();
+            let new: Vec<String> = urls
+                .difference(&discovered)
+                .filter(|u| !configured.contains(*u))
+                .cloned()
+                .collect();
+            for url in new {
+                discovered.insert(url.clone());
+                let tx = connected_tx.clone();
+                let (client, timeouts) = (discovery.client.clone(), discovery.timeouts);
+                tokio::spawn(async move {
+                    let _ = tx.send(match Worker::connect(url.clone(), client, timeouts).await {
+                        Ok(w) => Ok(Arc::new(w)),
+                        Err(e) => {
+                            tracing::warn!(worker = %url, error = %e, "a worker of the fleet is not reachable");
+                            Err(url)
+                        }
+                    });
+                });
+            }
+            if w.settled() {
+                let gone: Vec<String> = discovered.difference(&urls).cloned().collect();
+                for url in gone {
+                    discovered.remove(&url);
+                    if sched.remove_worker(&url) {
+                        tracing::info!(worker = %url, "worker left the fleet");
+                    }
+                    fleet.metrics.workers.set(sched.workers().len() as i64);
+                }
+            }
         }
     }
-    let _ = tokio::time::timeout(timeout, kv.delete(&me.id)).await;
-}
-
-async fn next(watch: &mut Option<kv::Watch>) -> Option<Result<kv::Entry, kv::WatcherError>> {
-    match watch {
-        Some(w) => w.next().await,
-        None => std::future::pending().await,
-    }
-}
-
-fn seen(members: &mut HashMap<String, Instant>, e: kv::Entry, ttl: Duration) {
-    match e.operation {
-        kv::Operation::Put => {
-            let written_ns = e.created.unix_timestamp_nanos();
-            let now_ns = crate::asynchronous::now_ms() as i128 * 1_000_000;
-            let age =
-                Duration::from_nanos((now_ns - written_ns).clamp(0, ttl.as_nanos() as i128) as u64);
-            members.insert(e.key, Instant::now() + (ttl - age));
-        }
-        kv::Operation::Delete | kv::Operation::Purge => {
-            members.remove(&e.key);
-        }
-    }
+    beat.leave(timeout).await;
 }

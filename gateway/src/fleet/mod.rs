@@ -33,12 +33,8 @@ use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FleetError {
-    #[error("cannot connect to NATS at {urls}: {source}")]
-    Connect {
-        urls: String,
-        #[source]
-        source: async_nats::ConnectError,
-    },
+    #[error("{0}")]
+    Connect(String),
     #[error("NATS JetStream: {0}")]
     JetStream(String),
 }
@@ -50,6 +46,8 @@ pub struct FleetMetrics {
     pub heartbeat_age: prometheus::Gauge,
     pub engine_rtt: Histogram,
     pub share: IntGauge,
+    /// Workers this gateway places on (configured and discovered).
+    pub workers: IntGauge,
 }
 
 impl FleetMetrics {
@@ -80,7 +78,13 @@ impl FleetMetrics {
                 "Gateways the configured limits are divided by (split limits)",
             )
             .unwrap(),
+            workers: IntGauge::new(
+                "fngate_fleet_workers",
+                "Workers this gateway places instances on, configured and learned from the fleet",
+            )
+            .unwrap(),
         };
+        registry.register(Box::new(m.workers.clone())).unwrap();
         registry
             .register(Box::new(m.live_gateways.clone()))
             .unwrap();
@@ -108,16 +112,7 @@ impl Fleet {
     /// Connects, retrying until `connect_timeout`; the client reconnects by
     /// itself afterwards.
     pub async fn connect(cfg: FleetConfig, registry: &Registry) -> Result<Arc<Fleet>, FleetError> {
-        let mut opts = async_nats::ConnectOptions::new()
-            .name(format!("fngate {}/{}", cfg.name, cfg.id))
-            .connection_timeout(cfg.engine_timeout.max(Duration::from_secs(1)))
-            .request_timeout(Some(cfg.engine_timeout))
-            .event_callback(|e| async move {
-                match e {
-                    async_nats::Event::Connected => tracing::info!("NATS connected"),
-                    e => tracing::warn!(event = %e, "NATS connection"),
-                }
-            });
+        let mut opts = async_nats::ConnectOptions::new();
         match &cfg.auth {
             NatsAuth::None => {}
             NatsAuth::Token(t) => {
@@ -130,27 +125,15 @@ impl Fleet {
                 );
             }
         }
-        let urls: Vec<async_nats::ServerAddr> = cfg
-            .nats_urls
-            .iter()
-            .map(|u| u.parse().expect("validated in config"))
-            .collect();
-        let deadline = tokio::time::Instant::now() + cfg.connect_timeout;
-        let client = loop {
-            match opts.clone().connect(urls.clone()).await {
-                Ok(c) => break c,
-                Err(e) if tokio::time::Instant::now() < deadline => {
-                    tracing::warn!(error = %e, "NATS not reachable yet; retrying");
-                    tokio::time::sleep(Duration::from_millis(250)).await;
-                }
-                Err(source) => {
-                    return Err(FleetError::Connect {
-                        urls: cfg.nats_urls.join(","),
-                        source,
-                    });
-                }
-            }
-        };
+        let client = sandbox_runtime::fleet::connect(
+            &cfg.nats_urls,
+            format!("fngate {}/{}", cfg.name, cfg.id),
+            cfg.engine_timeout,
+            opts,
+            cfg.connect_timeout,
+        )
+        .await
+        .map_err(FleetError::Connect)?;
         let jetstream = async_nats::jetstream::new(client.clone());
         let metrics = FleetMetrics::new(registry);
         metrics.live_gateways.set(1);
@@ -171,10 +154,6 @@ impl Fleet {
     }
 
     /// A key-value bucket scoped to this fleet, created when missing.
-    ///
-    /// The stream is made here, as the KV layout defines it, rather than by
-    /// `create_key_value`: the client reads account fields (`reserved_memory`)
-    /// that NATS 2.9 does not send.
     pub async fn bucket(
         &self,
         what: &str,
@@ -182,41 +161,15 @@ impl Fleet {
         max_age: Duration,
         storage: async_nats::jetstream::stream::StorageType,
     ) -> Result<async_nats::jetstream::kv::Store, FleetError> {
-        use async_nats::jetstream::stream;
-        let bucket = self.scoped(what);
-        let config = stream::Config {
-            name: format!("KV_{bucket}"),
-            subjects: vec![format!("$KV.{bucket}.>")],
-            max_messages_per_subject: history,
+        sandbox_runtime::fleet::bucket(
+            &self.jetstream,
+            &self.scoped(what),
+            history,
             max_age,
             storage,
-            allow_rollup: true,
-            deny_delete: true,
-            allow_direct: true,
-            discard: stream::DiscardPolicy::New,
-            num_replicas: 1,
-            ..Default::default()
-        };
-        let engine = |e: &dyn std::fmt::Display| {
-            FleetError::JetStream(format!("cannot open the bucket {bucket}: {e}"))
-        };
-        if let Err(create) = self.jetstream.create_stream(config).await {
-            // Made by another member with other settings (say, another
-            // TTL): used as it is.
-            if self
-                .jetstream
-                .get_stream(format!("KV_{bucket}"))
-                .await
-                .is_err()
-            {
-                return Err(engine(&create));
-            }
-            tracing::warn!(bucket, error = %create, "using the existing bucket as it is");
-        }
-        self.jetstream
-            .get_key_value(bucket.clone())
-            .await
-            .map_err(|e| engine(&e))
+        )
+        .await
+        .map_err(FleetError::JetStream)
     }
 
     /// Gateways live in the fleet, this one included (at least 1).

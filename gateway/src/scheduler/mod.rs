@@ -43,7 +43,10 @@ pub struct Scheduler {
     /// Where released instances' lifetime records go (`[usage]`), once set.
     usage: OnceLock<crate::metering::usage_log::UsageLog>,
     worker_memory: prometheus::IntGaugeVec,
-    workers: Vec<Arc<Worker>>,
+    /// Swapped whole when a worker joins or leaves the fleet.
+    workers: arc_swap::ArcSwap<Vec<Arc<Worker>>>,
+    /// This gateway's fleet id: instances it starts carry it as their owner.
+    owner: OnceLock<String>,
     ids: IdGen,
     start_timeout: Duration,
     worker_timeout: Duration,
@@ -256,7 +259,8 @@ impl Scheduler {
             instance_egress: metrics.instance_egress.clone(),
             usage: OnceLock::new(),
             worker_memory: metrics.worker_memory.clone(),
-            workers,
+            workers: arc_swap::ArcSwap::from_pointee(workers),
+            owner: OnceLock::new(),
             ids: IdGen::new(),
             start_timeout: times.start_timeout,
             worker_timeout: times.worker_timeout,
@@ -291,13 +295,50 @@ impl Scheduler {
         }
     }
 
-    pub fn workers(&self) -> &[Arc<Worker>] {
-        &self.workers
+    pub fn workers(&self) -> Arc<Vec<Arc<Worker>>> {
+        self.workers.load_full()
+    }
+
+    /// A worker learned from the fleet; `false` when one with its URL is known.
+    pub fn add_worker(&self, worker: Arc<Worker>) -> bool {
+        let mut added = false;
+        self.workers.rcu(|list| {
+            added = !list.iter().any(|w| w.url == worker.url);
+            let mut next = (**list).clone();
+            if added {
+                next.push(worker.clone());
+            }
+            next
+        });
+        added
+    }
+
+    /// A worker gone from the fleet: no more placements there (instances on
+    /// it keep their handle until they are reclaimed).
+    pub fn remove_worker(&self, url: &str) -> bool {
+        let mut removed = false;
+        self.workers.rcu(|list| {
+            removed = list.iter().any(|w| w.url == url);
+            list.iter()
+                .filter(|w| w.url != url)
+                .cloned()
+                .collect::<Vec<_>>()
+        });
+        removed
+    }
+
+    /// In a fleet: the id instances started here carry as their owner.
+    pub fn set_owner(&self, id: String) {
+        let _ = self.owner.set(id);
+    }
+
+    pub(crate) fn owner(&self) -> Option<String> {
+        self.owner.get().cloned()
     }
 
     /// Publishes each worker's memory capacity and reservation (reaper tick).
     pub fn publish_worker_memory(&self) {
-        for w in &self.workers {
+        for w in self.workers.load().iter() {
             let mib = 1024 * 1024;
             self.worker_memory
                 .with_label_values(&[&w.url, "capacity"])

@@ -30,11 +30,12 @@ pub(super) async fn start_on_best_fit(
     inst: &Instance,
 ) -> Result<(Arc<Worker>, InstanceInfo), InvokeError> {
     let want = u64::from(f.memory_mb);
-    let mut skip = vec![false; sched.workers.len()];
+    // One view of the workers for this placement (the fleet may change it).
+    let workers = sched.workers();
+    let mut skip = vec![false; workers.len()];
     let mut unanswered = false;
     loop {
-        let free = sched
-            .workers
+        let free = workers
             .iter()
             .zip(&skip)
             .map(|(w, s)| if *s { 0 } else { w.free_mb() });
@@ -47,7 +48,7 @@ pub(super) async fn start_on_best_fit(
                 }
             });
         };
-        let worker = &sched.workers[i];
+        let worker = &workers[i];
         if !worker.try_reserve(want) {
             continue; // Raced with another start; look again.
         }
@@ -60,6 +61,7 @@ pub(super) async fn start_on_best_fit(
             start_timeout_ms: sched.start_timeout.as_millis() as u64,
             egress: f.egress.clone(),
             writable_paths: f.writable_paths.clone(),
+            owner: sched.owner(),
         };
         match worker.create(&req).await {
             Ok(info) => return Ok((worker.clone(), info)),

@@ -118,7 +118,7 @@ pub(super) fn sweep(sched: &Arc<Scheduler>, pool: &Arc<FunctionPool>) {
 
 /// Reclaims instances whose process has exited on their worker.
 async fn sync_exits(sched: &Arc<Scheduler>) {
-    for worker in sched.workers() {
+    for worker in sched.workers().iter() {
         let Ok(list) = worker.list().await else {
             continue;
         };

@@ -104,3 +104,123 @@ async fn split_limits_follow_the_fleet_as_gateways_come_and_go() {
     assert_eq!(live(&a).await, 1.0);
     assert!(a.metric("fngate_fleet_heartbeat_age_seconds").await > 0.0);
 }
+
+/// A sample of a worker's own metrics.
+async fn worker_metric(w: &WorkerProc, name: &str) -> f64 {
+    let addr = w.url.trim_start_matches("http://").parse().unwrap();
+    let (_, text) = plain_get(addr, "/metrics").await;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_gateways_instances_are_released_by_the_workers_within_the_lease() {
+    let nats = Nats::start();
+    // Two shared workers of 512 MiB: eight 128 MiB instances fill both.
+    let workers = [nats.worker(512), nats.worker(512)];
+    let f = echo_fn("held", "memory_mb = 128\ninstance_concurrency = 1");
+    let start = |id: &str| {
+        Gateway::start(
+            "",
+            &format!("{}\n{f}", nats.fleet(id, "discover_workers = true")),
+        )
+    };
+    let mut x = start("gw-x");
+    let y = start("gw-y");
+    for gw in [&x, &y] {
+        gw.until(
+            "both workers learned from the fleet",
+            Duration::from_secs(20),
+            || async { gw.metric("fngate_fleet_workers").await == 2.0 },
+        )
+        .await;
+    }
+
+    // gw-x fills both workers with calls that never end on their own.
+    let never = x.dir.path().join("never");
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        let mut c = x.h1().await;
+        let payload = format!("fngate:hold:{}", never.display());
+        // Ends in an error when gw-x dies.
+        held.push(tokio::spawn(async move {
+            c.send(invoke_request("held", payload.into())).await
+        }));
+    }
+    x.until(
+        "eight instances on gw-x",
+        Duration::from_secs(60),
+        || async {
+            x.instances_of("held").await.len() == 8
+                && x.metric("fngate_invocations_in_flight{function=\"held\"}")
+                    .await
+                    == 8.0
+        },
+    )
+    .await;
+    let hosted = || async {
+        let mut n = 0;
+        for w in &workers {
+            let addr = w.url.trim_start_matches("http://").parse().unwrap();
+            let (_, body) = plain_get(addr, "/v1/instances").await;
+            n += serde_json::from_str::<Vec<serde_json::Value>>(&body)
+                .unwrap()
+                .len();
+        }
+        n
+    };
+    x.until(
+        "the workers to host all eight",
+        Duration::from_secs(60),
+        || async { hosted().await == 8 },
+    )
+    .await;
+    let mut c = y.h1().await;
+    let r = c.invoke("held", "x").await;
+    assert_eq!(r.status, 429, "the workers are full: {}", r.text());
+
+    // gw-x dies: its lease (its heartbeat) expires, the workers release its
+    // instances, and gw-y can place again.
+    x.proc.signal(libc::SIGKILL);
+    x.proc.wait_exit(Duration::from_secs(10));
+    let killed = std::time::Instant::now();
+    for h in held {
+        let _ = h.await;
+    }
+    // The TTL counts from the last heartbeat; the margin is for a loaded machine.
+    let deadline = killed + Duration::from_millis(1500) + Duration::from_secs(8);
+    loop {
+        let mut released = 0.0;
+        for w in &workers {
+            released += worker_metric(w, "fngate_sandbox_lease_releases_total").await;
+        }
+        if released == 8.0 {
+            break;
+        }
+        if std::time::Instant::now() >= deadline {
+            let mut lists = String::new();
+            for w in &workers {
+                let addr = w.url.trim_start_matches("http://").parse().unwrap();
+                lists += &plain_get(addr, "/v1/instances").await.1;
+                lists += "\n";
+            }
+            panic!(
+                "{released} of 8 instances released 9.5 s after gw-x died; instances:\n{lists}worker logs:\n{}\n---\n{}",
+                workers[0].proc.log(),
+                workers[1].proc.log()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let took = killed.elapsed();
+    eprintln!("lease: gw-x's 8 instances released {took:?} after its death (member TTL 1.5 s)");
+    let r = c.invoke("held", "x").await;
+    assert_eq!(r.status, 200, "capacity back for gw-y: {}", r.text());
+    for w in &workers {
+        assert_eq!(
+            worker_metric(w, "fngate_sandbox_instance_crashes_total").await,
+            0.0
+        );
+    }
+}

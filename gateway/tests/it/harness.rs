@@ -839,10 +839,31 @@ impl Nats {
 
     /// The `[fleet]` section for gateway `id`, short heartbeats so that
     /// tests see membership change within seconds.
+    /// Each gateway has its own embedded worker unless `extra` sets
+    /// `discover_workers`.
     pub fn fleet(&self, id: &str, extra: &str) -> String {
+        let embedded = match extra.contains("discover_workers") {
+            true => "",
+            false => "discover_workers = false\n",
+        };
         format!(
-            "[fleet]\nid = \"{id}\"\nnats_urls = [\"{}\"]\nheartbeat_ms = 200\nmember_ttl_ms = 1500\n{extra}\n",
+            "[fleet]\nid = \"{id}\"\nnats_urls = [\"{}\"]\nheartbeat_ms = 200\nmember_ttl_ms = 1500\n{embedded}{extra}\n",
             self.url
+        )
+    }
+
+    /// A standalone worker registered in this fleet (same heartbeat and TTL).
+    pub fn worker(&self, memory_mb: u64) -> WorkerProc {
+        start_worker_with(
+            memory_mb,
+            &[
+                "--fleet-nats-url",
+                &self.url,
+                "--fleet-heartbeat-ms",
+                "200",
+                "--fleet-member-ttl-ms",
+                "1500",
+            ],
         )
     }
 }
