@@ -19,6 +19,8 @@ command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
 { command -v iptables && command -v iptables-restore && command -v iptables-save; } >/dev/null 2>&1 || need_apt+=(iptables)
 # Fleet mode's engine: NATS with JetStream (started per test on loopback).
 command -v nats-server >/dev/null 2>&1 || need_apt+=(nats-server)
+# ...and Redis for its exact fleet-wide limits.
+command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 # A Docker engine for the image test (no registry is reachable: the image is FROM scratch).
 { command -v dockerd && command -v docker; } >/dev/null 2>&1 || need_apt+=(docker.io)
 if [ ${#need_apt[@]} -gt 0 ]; then

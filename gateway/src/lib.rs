@@ -212,6 +212,19 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         queue,
         routes.clone(),
     ));
+    if let Some(cfg) = config.fleet.as_ref()
+        && let Some(url) = &cfg.redis_url
+    {
+        let url = String::from_utf8_lossy(url.expose()).into_owned();
+        let exact =
+            fleet::exact::ExactLimits::new(&url, &cfg.name, cfg.redis_timeout, &metrics.registry)
+                .map_err(|e| RunError::Fleet(fleet::FleetError::Redis(e)))?;
+        pipeline.set_exact_limits(exact);
+        tracing::info!(
+            timeout_ms = cfg.redis_timeout.as_millis() as u64,
+            "fleet-wide rates checked on Redis"
+        );
+    }
     let dispatcher = tokio::spawn(asynchronous::AsyncQueue::dispatch(pipeline.clone()));
     let deliverer = tokio::spawn(asynchronous::AsyncQueue::deliver(pipeline.clone()));
     let server = connection::Server::new(

@@ -26,6 +26,14 @@ pub(super) struct FleetSection {
     nats_token_env: Option<String>,
     #[serde(default)]
     rate_limits: RateLimitMode,
+    /// `rate_limits = "redis"`: the server (`redis://[:password@]host:port`),
+    /// from exactly one of a value, a file or an environment variable.
+    redis_url: Option<String>,
+    redis_url_file: Option<PathBuf>,
+    redis_url_env: Option<String>,
+    /// A rate check slower than this falls back to the split limits.
+    #[serde(default = "default_redis_timeout_ms")]
+    redis_timeout_ms: u64,
     /// Place instances on the workers registered in the fleet too (beside
     /// `[[workers]]`); no embedded worker then unless this is `false`.
     #[serde(default = "yes")]
@@ -46,6 +54,9 @@ pub(super) struct FleetSection {
     engine_timeout_ms: u64,
 }
 
+fn default_redis_timeout_ms() -> u64 {
+    25
+}
 fn yes() -> bool {
     true
 }
@@ -75,6 +86,8 @@ pub enum RateLimitMode {
     /// Each gateway enforces its part (limit ÷ live gateways): no round trip.
     #[default]
     Split,
+    /// Exact: one Redis round trip per call (GCRA), split as the fallback.
+    Redis,
 }
 
 #[derive(Debug, Clone)]
@@ -91,6 +104,9 @@ pub struct FleetConfig {
     pub nats_urls: Vec<String>,
     pub auth: NatsAuth,
     pub rate_limits: RateLimitMode,
+    /// With `RateLimitMode::Redis`.
+    pub redis_url: Option<Secret>,
+    pub redis_timeout: Duration,
     pub discover_workers: bool,
     pub heartbeat: Duration,
     /// A member not heard from this long is gone.
@@ -177,6 +193,33 @@ pub(super) fn fleet(f: FleetSection, config_dir: &Path) -> Result<FleetConfig, C
     if !(10..=60_000).contains(&f.engine_timeout_ms) {
         return Err(invalid("fleet.engine_timeout_ms", "must be 10..=60000"));
     }
+    let redis = (&f.redis_url, &f.redis_url_file, &f.redis_url_env);
+    let redis_url = match f.rate_limits {
+        RateLimitMode::Redis => Some(secret(
+            "fleet.redis_url",
+            redis,
+            ["redis_url", "redis_url_file", "redis_url_env"],
+            config_dir,
+        )?),
+        RateLimitMode::Split if given(redis) => {
+            return Err(invalid(
+                "fleet.redis_url",
+                "only with rate_limits = \"redis\"",
+            ));
+        }
+        RateLimitMode::Split => None,
+    };
+    if let Some(u) = &redis_url
+        && redis::Client::open(String::from_utf8_lossy(u.expose()).as_ref()).is_err()
+    {
+        return Err(invalid(
+            "fleet.redis_url",
+            "not a Redis URL (redis://host:port)",
+        ));
+    }
+    if !(1..=10_000).contains(&f.redis_timeout_ms) {
+        return Err(invalid("fleet.redis_timeout_ms", "must be 1..=10000"));
+    }
     if !(1000..=3_600_000).contains(&f.async_ack_wait_ms) {
         return Err(invalid("fleet.async_ack_wait_ms", "must be 1000..=3600000"));
     }
@@ -186,6 +229,8 @@ pub(super) fn fleet(f: FleetSection, config_dir: &Path) -> Result<FleetConfig, C
         nats_urls: f.nats_urls,
         auth,
         rate_limits: f.rate_limits,
+        redis_url,
+        redis_timeout: Duration::from_millis(f.redis_timeout_ms),
         discover_workers: f.discover_workers,
         heartbeat: Duration::from_millis(f.heartbeat_ms),
         member_ttl: Duration::from_millis(f.member_ttl_ms),

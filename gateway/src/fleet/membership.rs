@@ -63,7 +63,6 @@ pub async fn run(
 ) {
     let ttl = fleet.cfg.member_ttl;
     let timeout = fleet.cfg.engine_timeout;
-    let split = fleet.cfg.rate_limits == crate::config::fleet::RateLimitMode::Split;
     let value = bytes::Bytes::from(serde_json::to_vec(&me).expect("plain data"));
     let mut beat = Heartbeat::new(buckets.gateways.clone(), me.id.clone(), value);
     let mut gateways = Roster::new(buckets.gateways, ttl);
@@ -135,10 +134,9 @@ pub async fn run(
             live = n;
             fleet.live.store(n, Ordering::Release);
             fleet.metrics.live_gateways.set(i64::from(n));
-            if split {
-                sched.split_limits(n);
-                fleet.metrics.share.set(i64::from(sched.limits().share()));
-            }
+            // The limits (split mode) or the fallback (redis mode).
+            sched.split_limits(n);
+            fleet.metrics.share.set(i64::from(sched.limits().share()));
         }
         if let Some(w) = &mut workers {
             w.sweep();

@@ -22,6 +22,7 @@
 //! NATS keeps its last view of the fleet, says so on `/readyz` and in
 //! `fngate_fleet_heartbeat_age_seconds`, and serves.
 
+pub mod exact;
 pub mod membership;
 pub mod queue;
 
@@ -37,6 +38,8 @@ pub enum FleetError {
     Connect(String),
     #[error("NATS JetStream: {0}")]
     JetStream(String),
+    #[error("Redis: {0}")]
+    Redis(String),
 }
 
 /// The fleet's metrics (registered only in fleet mode).

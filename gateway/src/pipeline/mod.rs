@@ -79,6 +79,8 @@ pub struct Pipeline {
     pub asynchronous: crate::asynchronous::AsyncQueue,
     /// The backends of functions that have them ([`crate::backend`]).
     routes: crate::backend::RouteTable,
+    /// Fleet mode with exact limits: rates checked on Redis.
+    exact: std::sync::OnceLock<crate::fleet::exact::ExactLimits>,
 }
 
 /// How one asynchronous attempt went (see [`Pipeline::attempt`]).
@@ -161,7 +163,13 @@ impl Pipeline {
             usage,
             drains: metrics.refused_body.clone(),
             routes,
+            exact: Default::default(),
         }
+    }
+
+    /// Fleet mode, `rate_limits = "redis"`: rates are checked on Redis.
+    pub fn set_exact_limits(&self, exact: crate::fleet::exact::ExactLimits) {
+        let _ = self.exact.set(exact);
     }
 
     /// What `pool`'s function demands of its callers (the gateway's default
@@ -482,10 +490,12 @@ impl Pipeline {
             Origin::Client(c) => Some(c),
             Origin::Internal => None,
         };
-        let admitted = match pool
-            .limits
-            .check_rates(self.scheduler.limits(), caller, key)
-        {
+        let gw = self.scheduler.limits();
+        let rates = match self.exact.get() {
+            Some(exact) => exact.check_rates(pool, gw, caller, key).await,
+            None => pool.limits.check_rates(gw, caller, key),
+        };
+        let admitted = match rates {
             Ok(()) if kind == Kind::Sync => pool.limits.admit().await,
             Ok(()) => Ok(None),
             Err(t) => Err(t),

@@ -280,6 +280,11 @@ impl GatewayLimits {
         true
     }
 
+    /// The gateway-wide per-caller quota as configured (the fleet's).
+    pub fn caller_quota(&self) -> Option<Quota> {
+        self.caller_rate.as_ref().map(|l| l.quota)
+    }
+
     /// Live gateways the limits are divided by.
     pub fn share(&self) -> u32 {
         self.share.load(Ordering::Acquire)
@@ -361,6 +366,14 @@ impl FunctionLimits {
             queued: AtomicUsize::new(0),
             avg_duration_us: AtomicU64::new(0),
         }
+    }
+
+    /// The function's rate and per-caller rate as configured (the fleet's).
+    pub fn quotas(&self) -> (Option<Quota>, Option<Quota>) {
+        (
+            self.rate.as_ref().map(|l| l.quota),
+            self.caller_rate.as_ref().map(|l| l.quota),
+        )
     }
 
     /// This gateway's part of the function's rates when `n` gateways share them.

@@ -224,3 +224,160 @@ async fn a_dead_gateways_instances_are_released_by_the_workers_within_the_lease(
         );
     }
 }
+
+/// Offers about twice `rate` per second to `function`, spread evenly over
+/// `gws`, for `secs`; returns each gateway's admitted count and the window
+/// (first send to last answer) they were admitted in.
+async fn offer_twice(
+    gws: &[&Gateway],
+    function: &str,
+    rate: f64,
+    secs: f64,
+) -> (Vec<usize>, Duration) {
+    let every = Duration::from_secs_f64(gws.len() as f64 / (2.0 * rate));
+    let sends = (secs / every.as_secs_f64()) as usize;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for gw in gws {
+        let mut c = gw.h1().await;
+        let function = function.to_string();
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            let mut ok = 0;
+            for _ in 0..sends {
+                tick.tick().await;
+                let r = c.invoke(&function, "x").await;
+                match r.status {
+                    200 => ok += 1,
+                    429 => {}
+                    s => panic!("unexpected {s}: {}", r.text()),
+                }
+            }
+            ok
+        }));
+    }
+    let mut admitted = Vec::new();
+    for t in tasks {
+        admitted.push(t.await.unwrap());
+    }
+    (admitted, started.elapsed())
+}
+
+const RATE: f64 = 40.0;
+const BURST: u32 = 10;
+
+fn rated(nats: &Nats, id: &str, extra: &str) -> Gateway {
+    let f = echo_fn(
+        "rated",
+        &format!(
+            "instance_concurrency = 100\nrate_limit = {{ per_second = {RATE}, burst = {BURST} }}"
+        ),
+    );
+    Gateway::start("", &format!("{}\n{f}", nats.fleet(id, extra)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_mode_holds_a_fleet_to_the_rate_and_falls_back_to_split_without_redis() {
+    let nats = Nats::start();
+    let mut redis = Redis::start();
+    let extra = format!(
+        "rate_limits = \"redis\"\nredis_url = \"{}\"\nredis_timeout_ms = 200",
+        redis.url
+    );
+    let gws = [
+        rated(&nats, "gw-1", &extra),
+        rated(&nats, "gw-2", &extra),
+        rated(&nats, "gw-3", &extra),
+    ];
+    let gws: Vec<&Gateway> = gws.iter().collect();
+    for gw in &gws {
+        gw.until("three live gateways", Duration::from_secs(20), || async {
+            gw.metric("fngate_fleet_live_gateways").await == 3.0
+        })
+        .await;
+    }
+    let (each, window) = offer_twice(&gws, "rated", RATE, 3.0).await;
+    let admitted: usize = each.iter().sum();
+    let exact = RATE * window.as_secs_f64() + f64::from(BURST);
+    eprintln!("redis mode: admitted {admitted} ({each:?}) in {window:?}; R·t + burst = {exact:.0}");
+    assert!(
+        admitted as f64 <= 1.05 * exact,
+        "admitted {admitted}, at most {exact:.0} + 5%"
+    );
+    assert!(
+        admitted as f64 >= 0.95 * RATE * window.as_secs_f64(),
+        "admitted {admitted}, at least R·t - 5% ({:.0})",
+        RATE * window.as_secs_f64()
+    );
+    assert!(
+        each.iter().all(|n| *n > 0),
+        "spread over the gateways: {each:?}"
+    );
+    for gw in &gws {
+        assert_eq!(
+            gw.metric("fngate_fleet_limit_fallbacks_total{reason=\"timeout\"}")
+                .await,
+            0.0
+        );
+        assert_eq!(
+            gw.metric("fngate_fleet_limit_fallbacks_total{reason=\"error\"}")
+                .await,
+            0.0
+        );
+    }
+
+    // Redis gone: every gateway goes on, on its split share, and says so.
+    redis.proc.signal(libc::SIGKILL);
+    redis.proc.wait_exit(Duration::from_secs(10));
+    let (each, window) = offer_twice(&gws, "rated", RATE, 2.0).await;
+    let admitted: usize = each.iter().sum();
+    let split = RATE * window.as_secs_f64() + 3.0 * f64::from(BURST.div_ceil(3));
+    eprintln!("redis down: admitted {admitted} ({each:?}) in {window:?}; split bound {split:.0}");
+    assert!(
+        each.iter().all(|n| *n > 0),
+        "every gateway still admits: {each:?}"
+    );
+    assert!(
+        admitted as f64 <= 1.05 * split,
+        "admitted {admitted}, split bound {split:.0}"
+    );
+    for gw in &gws {
+        let mut fallbacks = 0.0;
+        for reason in ["timeout", "error", "unavailable"] {
+            fallbacks += gw
+                .metric(&format!(
+                    "fngate_fleet_limit_fallbacks_total{{reason=\"{reason}\"}}"
+                ))
+                .await;
+        }
+        assert!(fallbacks > 0.0, "no fallback counted on {}", gw.https);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn split_mode_holds_a_fleet_within_its_documented_bound() {
+    let nats = Nats::start();
+    let gws = [
+        rated(&nats, "gw-1", ""),
+        rated(&nats, "gw-2", ""),
+        rated(&nats, "gw-3", ""),
+    ];
+    let gws: Vec<&Gateway> = gws.iter().collect();
+    for gw in &gws {
+        wait_live(gw, 3.0).await;
+    }
+    let (each, window) = offer_twice(&gws, "rated", RATE, 3.0).await;
+    let admitted: usize = each.iter().sum();
+    // README: an even spread admits at most R·t + N·ceil(burst / N).
+    let bound = RATE * window.as_secs_f64() + 3.0 * f64::from(BURST.div_ceil(3));
+    eprintln!("split mode: admitted {admitted} ({each:?}) in {window:?}; bound {bound:.0}");
+    assert!(
+        admitted as f64 <= 1.05 * bound,
+        "admitted {admitted}, bound {bound:.0}"
+    );
+    assert!(
+        admitted as f64 >= 0.9 * RATE * window.as_secs_f64(),
+        "admitted {admitted}, R·t = {:.0}",
+        RATE * window.as_secs_f64()
+    );
+}

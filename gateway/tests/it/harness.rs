@@ -79,11 +79,23 @@ impl Proc {
         cmd.env("RUST_LOG", "info");
         let mut child = cmd.spawn().expect("spawn");
         let stderr = child.stderr.take().unwrap();
+        Self::collect(child, stderr)
+    }
+
+    /// Like [`Proc::spawn`], collecting stdout instead (servers that log there).
+    pub fn spawn_stdout(mut cmd: Command) -> Proc {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::null());
+        let mut child = cmd.spawn().expect("spawn");
+        let stdout = child.stdout.take().unwrap();
+        Self::collect(child, stdout)
+    }
+
+    fn collect(child: Child, out: impl std::io::Read + Send + 'static) -> Proc {
         let lines = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = mpsc::channel();
         let keep = lines.clone();
         std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
                 keep.lock().unwrap().push(line.clone());
                 let _ = tx.send(line);
             }
@@ -865,5 +877,36 @@ impl Nats {
                 "1500",
             ],
         )
+    }
+}
+
+/// A `redis-server` on a free loopback port, persisting nothing.
+pub struct Redis {
+    pub proc: Proc,
+    pub url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Redis {
+    pub fn start() -> Redis {
+        let dir = tempfile::tempdir().unwrap();
+        // A free port: redis-server cannot pick one and say which.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--save", "", "--appendonly", "no", "--dir"])
+            .arg(dir.path());
+        // redis-server logs to stdout.
+        let proc = Proc::spawn_stdout(cmd);
+        proc.wait_line("Ready to accept connections", Duration::from_secs(30));
+        Redis {
+            proc,
+            url: format!("redis://127.0.0.1:{port}"),
+            _dir: dir,
+        }
     }
 }

@@ -1,0 +1,251 @@
+//! Exact fleet-wide rates (`rate_limits = "redis"`): one Redis round trip
+//! per call, running GCRA for every rate the call meets in one script.
+//!
+//! - The script is governor's GCRA (state: the theoretical arrival time
+//!   `tat`; emission interval `T`, tolerance `τ = T × burst`; a call at `now`
+//!   is admitted when `now ≥ tat − τ`, then `tat = max(tat, now) + T`), on
+//!   Redis's clock, so gateways' clocks do not matter. All of a call's keys
+//!   (the caller's rate on the function, the caller's gateway-wide rate, the
+//!   function's rate) are checked together and updated only if all admit:
+//!   a call refused by one spends none of the others.
+//! - A denial is remembered here until its retry time: a flood of
+//!   throttled calls is answered locally without a round trip.
+//! - Redis unreachable, failing, or slower than `redis_timeout_ms`: the
+//!   call is checked against this gateway's split limits instead, counted in
+//!   `fngate_fleet_limit_fallbacks_total{reason}`, and Redis is not asked
+//!   again for a second (no per-call wait while it is down).
+//! - Concurrency, `max_instances` and the start rate stay split.
+
+use crate::ingress::Caller;
+use crate::throttle::{CallerKey, GatewayLimits, LimitKind, Throttled};
+use crate::{auth::KeyId, scheduler::FunctionPool};
+use dashmap::DashMap;
+use governor::Quota;
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// KEYS: the limiter keys; ARGV: `T` and `τ` (µs) for each. Returns
+/// `{0, 0}` when admitted, else `{index of the refusing key, wait µs}`.
+const GCRA: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local next_tat = {}
+local refused, wait = 0, 0
+for i = 1, #KEYS do
+  local T, tau = tonumber(ARGV[2 * i - 1]), tonumber(ARGV[2 * i])
+  local tat = tonumber(redis.call('GET', KEYS[i]) or now)
+  if tat < now then tat = now end
+  local earliest = tat - tau
+  if now < earliest then
+    if earliest - now > wait then refused, wait = i, earliest - now end
+  end
+  next_tat[i] = tat + T
+end
+if refused > 0 then return {refused, wait} end
+for i = 1, #KEYS do
+  local ttl = math.ceil((next_tat[i] - now) / 1000) + 1
+  redis.call('SET', KEYS[i], string.format('%d', next_tat[i]), 'PX', ttl)
+end
+return {0, 0}
+";
+
+/// After a failure, Redis is left alone this long.
+const BACKOFF: Duration = Duration::from_secs(1);
+/// Remembered denials beyond this many are swept.
+const DENIALS_MAX: usize = 100_000;
+
+pub struct ExactLimits {
+    conn: redis::aio::ConnectionManager,
+    script: redis::Script,
+    /// `fngate:{<fleet>}:` — one hash slot per fleet.
+    prefix: String,
+    timeout: Duration,
+    denials: DashMap<String, Instant>,
+    epoch: Instant,
+    /// µs since `epoch` before which Redis is not asked.
+    down_until_us: AtomicU64,
+    fallbacks: IntCounterVec,
+    cached_denials: IntCounter,
+    rtt: Histogram,
+}
+
+fn micros(d: Duration) -> u64 {
+    d.as_micros().min(u128::from(u64::MAX)) as u64
+}
+
+fn caller_id(key: CallerKey) -> String {
+    match key {
+        CallerKey::Ip(ip) => format!("ip:{ip}"),
+        // Indices into tables built from the configuration every member
+        // of a fleet shares.
+        CallerKey::Vpc(v) => format!("vpc:{}", v.0),
+        CallerKey::AccessKey(k) => format!("key:{}", k.0),
+    }
+}
+
+impl ExactLimits {
+    pub fn new(
+        url: &str,
+        fleet: &str,
+        timeout: Duration,
+        registry: &Registry,
+    ) -> Result<ExactLimits, String> {
+        let client = redis::Client::open(url).map_err(|e| format!("fleet.redis_url: {e}"))?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout.max(Duration::from_millis(200))))
+            .set_response_timeout(Some(timeout))
+            .set_number_of_retries(1);
+        // Lazily: a gateway starts (on split limits) while Redis is down.
+        let conn = redis::aio::ConnectionManager::new_lazy_with_config(client, config)
+            .map_err(|e| format!("fleet.redis_url: {e}"))?;
+        let fallbacks = IntCounterVec::new(
+            Opts::new(
+                "fngate_fleet_limit_fallbacks_total",
+                "Calls checked against this gateway's split limits because Redis was unreachable, failing or slow",
+            ),
+            &["reason"],
+        )
+        .unwrap();
+        for reason in ["timeout", "error", "unavailable"] {
+            fallbacks.with_label_values(&[reason]);
+        }
+        let cached_denials = IntCounter::new(
+            "fngate_fleet_limit_cached_denials_total",
+            "Calls refused from the local cache of Redis denials, with no round trip",
+        )
+        .unwrap();
+        let rtt = Histogram::with_opts(
+            HistogramOpts::new(
+                "fngate_fleet_redis_rtt_seconds",
+                "Round trip of one rate check on Redis",
+            )
+            .buckets(vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1,
+            ]),
+        )
+        .unwrap();
+        registry.register(Box::new(fallbacks.clone())).unwrap();
+        registry.register(Box::new(cached_denials.clone())).unwrap();
+        registry.register(Box::new(rtt.clone())).unwrap();
+        Ok(ExactLimits {
+            conn,
+            script: redis::Script::new(GCRA),
+            prefix: format!("fngate:{{{fleet}}}:"),
+            timeout,
+            denials: DashMap::new(),
+            epoch: Instant::now(),
+            down_until_us: AtomicU64::new(0),
+            fallbacks,
+            cached_denials,
+            rtt,
+        })
+    }
+
+    /// Stages 4.1-4.3 on the fleet's shared state; the split limits when
+    /// Redis cannot answer in time.
+    pub async fn check_rates(
+        &self,
+        pool: &FunctionPool,
+        gw: &GatewayLimits,
+        caller: Option<&Caller>,
+        access_key: Option<KeyId>,
+    ) -> Result<(), Throttled> {
+        let (rate, caller_rate) = pool.limits.quotas();
+        let mut keys: Vec<(String, Quota, LimitKind)> = Vec::with_capacity(3);
+        let function = &*pool.cfg.name;
+        if let Some(c) = caller {
+            let who = caller_id(gw.keying.key(c, access_key));
+            if let Some(q) = caller_rate {
+                keys.push((
+                    format!("{}c:{function}:{who}", self.prefix),
+                    q,
+                    LimitKind::CallerRate,
+                ));
+            }
+            if let Some(q) = gw.caller_quota() {
+                keys.push((
+                    format!("{}g:{who}", self.prefix),
+                    q,
+                    LimitKind::GatewayCallerRate,
+                ));
+            }
+        }
+        if let Some(q) = rate {
+            keys.push((
+                format!("{}f:{function}", self.prefix),
+                q,
+                LimitKind::FunctionRate,
+            ));
+        }
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let now = Instant::now();
+        for (key, _, limit) in &keys {
+            if let Some(until) = self.denials.get(key).map(|u| *u)
+                && until > now
+            {
+                self.cached_denials.inc();
+                return Err(Throttled {
+                    limit: *limit,
+                    retry_after: until - now,
+                });
+            }
+        }
+        let since = micros(now.duration_since(self.epoch));
+        if since < self.down_until_us.load(Ordering::Relaxed) {
+            self.fallbacks.with_label_values(&["unavailable"]).inc();
+            return pool.limits.check_rates(gw, caller, access_key);
+        }
+        let mut call = self.script.prepare_invoke();
+        for (key, q, _) in &keys {
+            let t = micros(q.replenish_interval());
+            call.key(key)
+                .arg(t)
+                .arg(t * u64::from(q.burst_size().get()));
+        }
+        let mut conn = self.conn.clone();
+        let answer: Result<Result<(i64, i64), redis::RedisError>, _> =
+            tokio::time::timeout(self.timeout, call.invoke_async(&mut conn)).await;
+        match answer {
+            Ok(Ok((0, _))) => {
+                self.rtt.observe(now.elapsed().as_secs_f64());
+                Ok(())
+            }
+            Ok(Ok((i, wait_us))) => {
+                self.rtt.observe(now.elapsed().as_secs_f64());
+                let (key, _, limit) = &keys[(i as usize).clamp(1, keys.len()) - 1];
+                let retry_after = Duration::from_micros(wait_us.max(0) as u64);
+                if self.denials.len() >= DENIALS_MAX {
+                    let now = Instant::now();
+                    self.denials.retain(|_, until| *until > now);
+                }
+                self.denials.insert(key.clone(), now + retry_after);
+                Err(Throttled {
+                    limit: *limit,
+                    retry_after,
+                })
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "Redis rate check failed; split limits for a second");
+                self.fall_back(since, "error");
+                pool.limits.check_rates(gw, caller, access_key)
+            }
+            Err(_) => {
+                tracing::warn!(
+                    timeout_ms = self.timeout.as_millis() as u64,
+                    "Redis rate check timed out; split limits for a second"
+                );
+                self.fall_back(since, "timeout");
+                pool.limits.check_rates(gw, caller, access_key)
+            }
+        }
+    }
+
+    fn fall_back(&self, since_us: u64, reason: &str) {
+        self.fallbacks.with_label_values(&[reason]).inc();
+        self.down_until_us
+            .store(since_us + micros(BACKOFF), Ordering::Relaxed);
+    }
+}
