@@ -57,6 +57,116 @@ fn host_port(url: &str) -> String {
         .to_string()
 }
 
+/// A TOML file of the repository.
+fn toml_file(path: &str) -> toml::Value {
+    toml::from_str(&std::fs::read_to_string(repo().join(path)).unwrap()).unwrap()
+}
+
+#[test]
+fn fleet_compose_file_agrees_with_the_repository() {
+    let c = yaml("docker-compose.fleet.yml");
+    let s = &c["services"];
+    let worker_help = help(&mut Command::new(workspace_bin("sandbox-runtime")));
+    let gateway_help = help(&mut Command::new(env!("CARGO_BIN_EXE_gateway")));
+    let nats_args = strs(&s["nats"]["command"]);
+    let nats = format!(
+        "nats://{}:{}",
+        flag_value(&nats_args, "-a"),
+        flag_value(&nats_args, "-p")
+    );
+    assert!(nats_args.contains(&"-js".to_string()), "JetStream on");
+    let redis_args = strs(&s["redis"]["command"]);
+    let redis = format!(
+        "redis://{}:{}",
+        flag_value(&redis_args, "--bind"),
+        flag_value(&redis_args, "--port")
+    );
+    let mut workers = Vec::new();
+    for w in ["worker-1", "worker-2"] {
+        assert_eq!(s[w]["network_mode"].as_str(), Some("host"));
+        let args = [strs(&s[w]["entrypoint"]), strs(&s[w]["command"])].concat();
+        assert_eq!(args[0], "/fngate/sandbox-runtime");
+        for f in flags(&args) {
+            assert!(worker_help.contains(&f), "sandbox-runtime has no {f}");
+        }
+        assert_eq!(flag_value(&args, "--fleet-nats-url"), nats, "{w}");
+        workers.push(flag_value(&args, "--listen"));
+    }
+    let mut admins = Vec::new();
+    let mut listens = Vec::new();
+    for g in ["gateway-1", "gateway-2", "gateway-3"] {
+        let args = strs(&s[g]["command"]);
+        for f in flags(&args) {
+            assert!(gateway_help.contains(&f), "gateway has no {f}");
+        }
+        // The config it names is the one it mounts, valid, in the fleet.
+        let in_container = flag_value(&args, "--config");
+        let file = in_container.rsplit('/').next().unwrap();
+        let mount = strs(&s[g]["volumes"])
+            .into_iter()
+            .find(|v| v.starts_with("./config/docker/fleet:"))
+            .expect("the fleet's configs mounted");
+        assert!(in_container.starts_with(mount.split(':').nth(1).unwrap()));
+        let path = format!("config/docker/fleet/{file}");
+        let config_path = repo().join(&path);
+        gateway_cli([
+            std::ffi::OsStr::new("--check"),
+            "--config".as_ref(),
+            config_path.as_os_str(),
+        ]);
+        let gw = toml_file(&path);
+        assert_eq!(gw["fleet"]["id"].as_str(), Some(g));
+        assert_eq!(gw["fleet"]["nats_urls"][0].as_str(), Some(nats.as_str()));
+        assert_eq!(gw["fleet"]["redis_url"].as_str(), Some(redis.as_str()));
+        assert!(
+            gw.get("workers").is_none(),
+            "{g}: workers come from the fleet"
+        );
+        admins.push(gw["gateway"]["admin_listen"].as_str().unwrap().to_string());
+        listens.push(gw["gateway"]["listen"].as_str().unwrap().to_string());
+    }
+    let mut all: Vec<&String> = admins.iter().chain(&listens).chain(&workers).collect();
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), 8, "every listener on its own port");
+    // Prometheus scrapes every gateway and every worker.
+    let prom_args = strs(&s["prometheus"]["command"]);
+    let mount = s["prometheus"]["volumes"][0].as_str().unwrap();
+    assert_eq!(
+        mount.split(':').next(),
+        Some("./config/prometheus-fleet.yml")
+    );
+    assert_eq!(
+        flag_value(&prom_args, "--config.file"),
+        mount.split(':').nth(1).unwrap()
+    );
+    let prom = yaml("config/prometheus-fleet.yml");
+    let targets = |job: &str| {
+        let j = prom["scrape_configs"]
+            .as_vec()
+            .unwrap()
+            .iter()
+            .find(|j| j["job_name"].as_str() == Some(job))
+            .unwrap();
+        let mut t = strs(&j["static_configs"][0]["targets"]);
+        t.sort();
+        t
+    };
+    admins.sort();
+    workers.sort();
+    assert_eq!(targets("fngate-gateway"), admins);
+    assert_eq!(targets("fngate-sandbox"), workers);
+    for svc in ["prometheus", "grafana"] {
+        for v in s[svc]["volumes"].as_vec().unwrap() {
+            let src = v.as_str().unwrap().split(':').next().unwrap();
+            assert!(
+                repo().join(src.trim_start_matches("./")).exists(),
+                "{svc} mounts missing {src}"
+            );
+        }
+    }
+}
+
 #[test]
 fn compose_file_agrees_with_the_repository() {
     let c = yaml("docker-compose.yml");
