@@ -147,7 +147,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         Some(cfg) => {
             let f = fleet::Fleet::connect(cfg.clone(), &metrics.registry).await?;
             let buckets = fleet::membership::buckets(&f).await?;
-            scheduler.set_owner(cfg.id.clone());
+            // This process's incarnation: a restarted gateway of the same
+            // id does not inherit what its predecessor left on the workers.
+            scheduler.set_owner(sandbox_runtime::fleet::owner(&cfg.id, f.started_unix_ms));
             tracing::info!(fleet = %cfg.name, id = %cfg.id, "joined the fleet's engine");
             Some((f, buckets))
         }
@@ -294,7 +296,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let membership = fleet.map(|(f, buckets)| {
         let me = fleet::membership::Member {
             id: f.cfg.id.clone(),
-            started_unix_ms: asynchronous::now_ms(),
+            started_unix_ms: f.started_unix_ms,
             https: https_addr.map(|a| a.to_string()).unwrap_or_default(),
             admin: admin_addr.map(|a| a.to_string()).unwrap_or_default(),
         };

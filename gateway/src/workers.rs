@@ -173,6 +173,22 @@ impl Worker {
             .is_ok()
     }
 
+    /// Takes the worker's own account of its used memory: on a worker
+    /// other gateways share, what they start and what is released for them
+    /// changes it without this gateway's knowing. (A start this gateway has
+    /// reserved but not yet sent may be missed for a moment; the worker
+    /// refuses what does not fit, so that errs on a refusal, never on
+    /// overcommit.)
+    pub async fn refresh_capacity(&self) {
+        if let Ok(cap) = self
+            .bounded("its capacity", self.timeouts.call, self.api.capacity())
+            .await
+        {
+            self.reserved_mb
+                .store(cap.memory_mb_used, Ordering::Release);
+        }
+    }
+
     pub fn unreserve(&self, mb: u64) {
         let _ = self
             .reserved_mb

@@ -152,16 +152,8 @@ impl Roster {
         self.members.is_empty()
     }
 
-    pub fn contains(&self, key: &str) -> bool {
-        self.members.contains_key(key)
-    }
-
     pub fn live(&self) -> impl Iterator<Item = (&str, &Bytes)> {
         self.members.iter().map(|(k, (_, v))| (k.as_str(), v))
-    }
-
-    pub fn keys(&self) -> HashSet<String> {
-        self.members.keys().cloned().collect()
     }
 
     /// Whether the roster has followed the bucket for a whole TTL: only
@@ -224,6 +216,24 @@ impl Heartbeat {
     pub async fn leave(&self, timeout: Duration) {
         let _ = tokio::time::timeout(timeout, self.store.delete(&self.key)).await;
     }
+}
+
+/// The owner an instance carries: a gateway's id and the time its process
+/// joined (`started_unix_ms` of its entry), so that a gateway restarted
+/// under the same id does not keep its predecessor's instances alive.
+pub fn owner(id: &str, started_unix_ms: u64) -> String {
+    format!("{id}@{started_unix_ms}")
+}
+
+/// The owners live in a roster of gateways (their entries' id and start).
+pub fn live_owners(gateways: &Roster) -> HashSet<String> {
+    gateways
+        .live()
+        .filter_map(|(id, v)| {
+            let entry: serde_json::Value = serde_json::from_slice(v).ok()?;
+            Some(owner(id, entry["started_unix_ms"].as_u64()?))
+        })
+        .collect()
 }
 
 /// What a worker publishes about itself in `<fleet>_workers`.
@@ -356,7 +366,8 @@ impl crate::Worker {
             if beat.healthy(cfg.member_ttl) {
                 owners.sweep();
                 if owners.settled() {
-                    self.release_orphans(&owners.keys(), cfg.member_ttl).await;
+                    self.release_orphans(&live_owners(&owners), cfg.member_ttl)
+                        .await;
                 }
             }
         }

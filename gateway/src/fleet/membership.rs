@@ -17,7 +17,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use tokio_util::sync::CancellationToken;
 
-/// What a gateway publishes about itself.
+/// What a gateway publishes about itself (workers read `started_unix_ms`:
+/// see [`sandbox_runtime::fleet::owner`]).
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Member {
     pub id: String,

@@ -106,6 +106,8 @@ pub struct Fleet {
     pub client: async_nats::Client,
     pub jetstream: async_nats::jetstream::Context,
     pub metrics: FleetMetrics,
+    /// When this process joined (its incarnation, with its id).
+    pub started_unix_ms: u64,
     live: AtomicU32,
     /// Wall-clock ms of the last heartbeat the engine acknowledged.
     last_heartbeat_ms: AtomicU64,
@@ -146,6 +148,7 @@ impl Fleet {
             client,
             jetstream,
             metrics,
+            started_unix_ms: crate::asynchronous::now_ms(),
             live: AtomicU32::new(1),
             last_heartbeat_ms: AtomicU64::new(0),
         }))

@@ -277,7 +277,14 @@ impl JetStreamStore {
         }
     }
 
-    async fn publish(&self, subject: String, id: &str, body: Bytes) -> Result<bool, StoreError> {
+    /// Publishes with a message id; returns whether the server dropped it
+    /// as a duplicate, and its sequence.
+    async fn publish(
+        &self,
+        subject: String,
+        id: &str,
+        body: Bytes,
+    ) -> Result<(bool, u64), StoreError> {
         let ack = self
             .fleet
             .jetstream
@@ -300,20 +307,27 @@ impl JetStreamStore {
                     err(text)
                 }
             })?;
-        Ok(ack.duplicate)
+        Ok((ack.duplicate, ack.sequence))
     }
 
     async fn do_append(&self, task: TaskRecord, payload: Bytes) -> Result<Appended, StoreError> {
         let key = task.key();
         let subject = format!("{}.{}", self.tasks_subject, task.function);
-        let duplicate = self.publish(subject, &key, frame(&task, &payload)).await?;
+        let (duplicate, seq) = self.publish(subject, &key, frame(&task, &payload)).await?;
         if duplicate {
             let known = self.record(&key).await?.map(|(r, _)| r).unwrap_or(task);
             return Ok(Appended::Known(Box::new(known)));
         }
         // The task is durable from here; its record follows (a lease that
         // finds none uses the message's own).
-        self.write(&task, 0).await?;
+        if self.write(&task, 0).await?.is_none() {
+            // Known for longer than the server's dedupe window (its record
+            // is still kept): not run twice.
+            let _ = self.tasks.delete_message(seq).await;
+            if let Some((known, _)) = self.record(&key).await? {
+                return Ok(Appended::Known(Box::new(known)));
+            }
+        }
         Ok(Appended::New)
     }
 
@@ -323,52 +337,76 @@ impl JetStreamStore {
         now: u64,
         max: usize,
         until: u64,
-    ) -> Result<Vec<Leased>, StoreError> {
+    ) -> Result<(Vec<Leased>, bool), StoreError> {
         let c = self.consumer(function).await?;
         let mut batch = c.fetch().max_messages(max).messages().await.map_err(err)?;
-        let mut leased = Vec::new();
+        let mut messages = Vec::new();
         while let Some(m) = batch.next().await {
-            let m = m.map_err(err)?;
-            let Some((accepted, payload)) = unframe(&m.payload) else {
-                tracing::error!(subject = %m.subject, "dropping an unreadable task message");
-                let _ = m.ack_with(AckKind::Term).await;
-                continue;
-            };
-            let key = accepted.key();
-            let (old, rev) = self.record(&key).await?.unwrap_or((accepted, 0));
-            if old.state.is_done() {
-                // Stopped (or done by an attempt whose ack was lost).
-                let _ = m.ack().await;
-                continue;
-            }
-            if old.state == TaskState::Enqueued && old.due_ms > now {
-                let _ = m
-                    .ack_with(AckKind::Nak(Some(Duration::from_millis(old.due_ms - now))))
-                    .await;
-                continue;
-            }
-            let mut t = old.clone();
-            t.state = TaskState::Running;
-            t.attempts += 1;
-            t.due_ms = until;
-            t.started_ms.get_or_insert(now);
-            t.event("Running", now, format!("attempt {}", t.attempts));
-            match self.write(&t, rev).await? {
-                Some(rev) => {
-                    self.inflight.lock().unwrap().insert(key, (m, rev));
-                    leased.push(Leased {
-                        task: t,
-                        payload,
-                        was_due_ms: old.due_ms,
-                    });
-                }
-                // Changed meanwhile (a stop): look again at once.
-                None => {
-                    let _ = m.ack_with(AckKind::Nak(None)).await;
+            messages.push(m.map_err(err)?);
+        }
+        // Each message's record read and write are round trips: all of
+        // the batch's at once. A message whose lease failed is redelivered
+        // after the ack wait.
+        let full = messages.len() >= max;
+        let leases = messages.into_iter().map(|m| self.lease_one(m, now, until));
+        let mut leased = Vec::new();
+        for l in futures_util::future::join_all(leases).await {
+            match l {
+                Ok(Some(l)) => leased.push(l),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "a fleet task could not be leased; it comes back after the ack wait")
                 }
             }
         }
-        Ok(leased)
+        Ok((leased, full))
+    }
+
+    async fn lease_one(
+        &self,
+        m: jetstream::Message,
+        now: u64,
+        until: u64,
+    ) -> Result<Option<Leased>, StoreError> {
+        let Some((accepted, payload)) = unframe(&m.payload) else {
+            tracing::error!(subject = %m.subject, "dropping an unreadable task message");
+            let _ = m.ack_with(AckKind::Term).await;
+            return Ok(None);
+        };
+        let key = accepted.key();
+        let (old, rev) = self.record(&key).await?.unwrap_or((accepted, 0));
+        if old.state.is_done() {
+            // Stopped (or done by an attempt whose ack was lost).
+            let _ = m.ack().await;
+            return Ok(None);
+        }
+        if old.state == TaskState::Enqueued && old.due_ms > now {
+            let _ = m
+                .ack_with(AckKind::Nak(Some(Duration::from_millis(old.due_ms - now))))
+                .await;
+            return Ok(None);
+        }
+        let mut t = old.clone();
+        t.state = TaskState::Running;
+        t.attempts += 1;
+        t.due_ms = until;
+        t.started_ms.get_or_insert(now);
+        t.event("Running", now, format!("attempt {}", t.attempts));
+        match self.write(&t, rev).await? {
+            Some(rev) => {
+                self.inflight.lock().unwrap().insert(key, (m, rev));
+                Ok(Some(Leased {
+                    task: t,
+                    payload,
+                    was_due_ms: old.due_ms,
+                }))
+            }
+            // Changed meanwhile (a stop): look again at once.
+            None => {
+                let _ = m.ack_with(AckKind::Nak(None)).await;
+                Ok(None)
+            }
+        }
     }
 
     async fn do_update(
@@ -509,10 +547,12 @@ impl TaskStore for JetStreamStore {
     ) -> StoreFuture<'_, (Vec<Leased>, Option<u64>)> {
         let function = function.to_string();
         Box::pin(async move {
-            let leased = self
+            let (leased, full) = self
                 .do_lease(&function, now_ms, max, lease_until_ms)
                 .await?;
-            Ok((leased, Some(now_ms + POLL_MS)))
+            // A full batch: more may be waiting, look again at once.
+            let next = if full { now_ms } else { now_ms + POLL_MS };
+            Ok((leased, Some(next)))
         })
     }
 

@@ -34,12 +34,20 @@ pub(super) async fn start_on_best_fit(
     let workers = sched.workers();
     let mut skip = vec![false; workers.len()];
     let mut unanswered = false;
+    // In a fleet, a worker that looks full may have been freed by others
+    // (or for a dead gateway): ask the workers once before refusing.
+    let mut refreshed = sched.owner().is_none();
     loop {
         let free = workers
             .iter()
             .zip(&skip)
             .map(|(w, s)| if *s { 0 } else { w.free_mb() });
         let Some(i) = best_fit(free, want) else {
+            if !refreshed {
+                refreshed = true;
+                futures_util::future::join_all(workers.iter().map(|w| w.refresh_capacity())).await;
+                continue;
+            }
             return Err(if unanswered {
                 InvokeError::WorkerUnavailable
             } else {

@@ -119,6 +119,10 @@ pub(super) fn sweep(sched: &Arc<Scheduler>, pool: &Arc<FunctionPool>) {
 /// Reclaims instances whose process has exited on their worker.
 async fn sync_exits(sched: &Arc<Scheduler>) {
     for worker in sched.workers().iter() {
+        // In a fleet, workers are shared: their memory changes under us.
+        if sched.owner().is_some() {
+            worker.refresh_capacity().await;
+        }
         let Ok(list) = worker.list().await else {
             continue;
         };

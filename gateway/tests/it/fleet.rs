@@ -115,7 +115,8 @@ async fn worker_metric(w: &WorkerProc, name: &str) -> f64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dead_gateways_instances_are_released_by_the_workers_within_the_lease() {
+async fn a_dead_gateways_instances_are_released_by_the_workers_within_the_lease_even_if_it_restarts()
+ {
     let nats = Nats::start();
     // Two shared workers of 512 MiB: eight 128 MiB instances fill both.
     let workers = [nats.worker(512), nats.worker(512)];
@@ -188,6 +189,9 @@ async fn a_dead_gateways_instances_are_released_by_the_workers_within_the_lease(
     for h in held {
         let _ = h.await;
     }
+    // Restarted at once under the same id: its heartbeat resumes before
+    // the old one's TTL ends, yet what the dead process started is not its.
+    x.respawn();
     // The TTL counts from the last heartbeat; the margin is for a loaded machine.
     let deadline = killed + Duration::from_millis(1500) + Duration::from_secs(8);
     loop {
@@ -215,6 +219,15 @@ async fn a_dead_gateways_instances_are_released_by_the_workers_within_the_lease(
     }
     let took = killed.elapsed();
     eprintln!("lease: gw-x's 8 instances released {took:?} after its death (member TTL 1.5 s)");
+    // The gateway that joined anew learned the workers from the fleet.
+    x.until(
+        "the restarted gw-x to see both workers",
+        Duration::from_secs(20),
+        || async { x.metric("fngate_fleet_workers").await == 2.0 },
+    )
+    .await;
+    let mut cx = x.h1().await;
+    assert_eq!(cx.invoke("held", "x").await.status, 200);
     let r = c.invoke("held", "x").await;
     assert_eq!(r.status, 200, "capacity back for gw-y: {}", r.text());
     for w in &workers {
