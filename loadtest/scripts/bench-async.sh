@@ -60,15 +60,8 @@ async_load() { # VERSION FUNCTION ARGS...
     measure --url "https://127.0.0.1:${PORT[$v]}$F/$fn/invocations" --cacert "$work/ca-$v.pem" \
         -H "x-fc-invocation-type: Async" --body x "$@"
 }
-queued() { curl -s "http://127.0.0.1:$((PORT[$1] + 1000))/metrics" | awk '$1 == "fngate_async_queued" {print $2}'; }
-drain() { # VERSION: waits (bounded) until its queue is empty
-    for _ in $(seq 1 600); do
-        [ "$(queued "$1")" = 0 ] && return 0
-        sleep 0.1
-    done
-    echo "queue of $1 did not drain" >&2
-    return 1
-}
+queued() { async_queued $((PORT[$1] + 1000)); }
+drain() { drain_queue $((PORT[$1] + 1000)) "$1"; }
 for v in before durable memory; do async_load "$v" echo -c "$CONNS" -d 1s >/dev/null; drain "$v"; done   # warm up
 
 results="$work/results.jsonl"

@@ -63,15 +63,7 @@ load() { # VERSION ARGS...
     GW_PID=${PID[$v]}
     measure --url "https://127.0.0.1:${PORT[$v]}$F/echo/invocations" --cacert "$work/ca-$v.pem" --body x "$@"
 }
-queued() { curl -s "http://127.0.0.1:$((PORT[$1] + 1000))/metrics" | awk '$1 == "fngate_async_queued" {print $2}'; }
-drain() { # VERSION: waits (bounded) until its queue is empty (JetStream's depth is read every second)
-    for _ in $(seq 1 1200); do
-        [ "$(queued "$1")" = 0 ] && return 0
-        sleep 0.1
-    done
-    echo "queue of $1 did not drain" >&2
-    return 1
-}
+drain() { drain_queue $((PORT[$1] + 1000)) "$1"; }
 for v in "${VERSIONS[@]}"; do load "$v" -c "$CONNS" -d 1s >/dev/null; done   # warm up
 
 results="$work/results.jsonl"

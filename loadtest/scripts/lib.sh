@@ -112,6 +112,20 @@ idle_and_held() {
     echo "$idle $held"
 }
 
+# async_queued ADMIN_PORT: a gateway's fngate_async_queued.
+async_queued() { curl -s "http://127.0.0.1:$1/metrics" | awk '$1 == "fngate_async_queued" {print $2}'; }
+
+# drain_queue ADMIN_PORT NAME: waits (at most 2 minutes) until that gateway's
+# asynchronous queue is empty.
+drain_queue() {
+    for _ in $(seq 1 1200); do
+        [ "$(async_queued "$1")" = 0 ] && return 0
+        sleep 0.1
+    done
+    echo "queue of $2 did not drain" >&2
+    return 1
+}
+
 field() { python3 -c "import json,sys; print(json.load(sys.stdin)['$1'])"; }
 
 # CPU time (utime + stime, in clock ticks) so far of the gateway process, or

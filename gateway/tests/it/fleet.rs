@@ -289,6 +289,19 @@ fn rated(nats: &Nats, id: &str, extra: &str) -> Gateway {
     Gateway::start("", &format!("{}\n{f}", nats.fleet(id, extra)))
 }
 
+/// Three gateways of one fleet with the rated function, all seeing three.
+async fn three_rated(nats: &Nats, extra: &str) -> [Gateway; 3] {
+    let gws = [
+        rated(nats, "gw-1", extra),
+        rated(nats, "gw-2", extra),
+        rated(nats, "gw-3", extra),
+    ];
+    for gw in &gws {
+        wait_live(gw, 3.0).await;
+    }
+    gws
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_mode_holds_a_fleet_to_the_rate_and_falls_back_to_split_without_redis() {
     let nats = Nats::start();
@@ -297,18 +310,8 @@ async fn redis_mode_holds_a_fleet_to_the_rate_and_falls_back_to_split_without_re
         "rate_limits = \"redis\"\nredis_url = \"{}\"\nredis_timeout_ms = 200",
         redis.url
     );
-    let gws = [
-        rated(&nats, "gw-1", &extra),
-        rated(&nats, "gw-2", &extra),
-        rated(&nats, "gw-3", &extra),
-    ];
+    let gws = three_rated(&nats, &extra).await;
     let gws: Vec<&Gateway> = gws.iter().collect();
-    for gw in &gws {
-        gw.until("three live gateways", Duration::from_secs(20), || async {
-            gw.metric("fngate_fleet_live_gateways").await == 3.0
-        })
-        .await;
-    }
     let (each, window) = offer_twice(&gws, "rated", RATE, 3.0).await;
     let admitted: usize = each.iter().sum();
     let exact = RATE * window.as_secs_f64() + f64::from(BURST);
@@ -370,15 +373,8 @@ async fn redis_mode_holds_a_fleet_to_the_rate_and_falls_back_to_split_without_re
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn split_mode_holds_a_fleet_within_its_documented_bound() {
     let nats = Nats::start();
-    let gws = [
-        rated(&nats, "gw-1", ""),
-        rated(&nats, "gw-2", ""),
-        rated(&nats, "gw-3", ""),
-    ];
+    let gws = three_rated(&nats, "").await;
     let gws: Vec<&Gateway> = gws.iter().collect();
-    for gw in &gws {
-        wait_live(gw, 3.0).await;
-    }
     let (each, window) = offer_twice(&gws, "rated", RATE, 3.0).await;
     let admitted: usize = each.iter().sum();
     // README: an even spread admits at most R·t + N·ceil(burst / N).

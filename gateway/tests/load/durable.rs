@@ -3,6 +3,7 @@
 //! starve synchronous calls.
 
 use crate::harness::*;
+use crate::submit;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -11,45 +12,6 @@ use std::time::{Duration, Instant};
 
 const TASKS: usize = 5000;
 const WORKERS: usize = 16;
-
-/// Submits ids from `next` until they run out or the gateway goes away,
-/// each worker at one call per `every` (together a steady rate).
-async fn submit(
-    gw: &Gateway,
-    next: &Arc<AtomicUsize>,
-    accepted: &Arc<Mutex<Vec<usize>>>,
-    out: &std::path::Path,
-    every: Duration,
-) {
-    let workers = (0..WORKERS).map(|_| {
-        let (next, accepted, out) = (next.clone(), accepted.clone(), out.to_path_buf());
-        let (https, ca) = (gw.https, gw.ca.clone());
-        tokio::spawn(async move {
-            let Ok(mut c) = Client::try_connect(https, &ca, ClientOpts::default()).await else {
-                return;
-            };
-            let mut tick = tokio::time::interval(every);
-            loop {
-                tick.tick().await;
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= TASKS {
-                    return;
-                }
-                let req =
-                    async_request("sink", format!("fngate:append:{}:{i}", out.display()), None);
-                match tokio::time::timeout(Duration::from_secs(20), c.send(req)).await {
-                    Ok(Ok(r)) if r.status == 202 => accepted.lock().unwrap().push(i),
-                    Ok(Ok(r)) => panic!("submission {i}: {} {}", r.status, r.text()),
-                    // The gateway died with this call in flight: not accepted.
-                    _ => return,
-                }
-            }
-        })
-    });
-    for w in workers.collect::<Vec<_>>() {
-        w.await.unwrap();
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_accepted_invocation_runs_after_a_sigkill() {
@@ -88,7 +50,7 @@ async fn every_accepted_invocation_runs_after_a_sigkill() {
         // SAFETY: a plain syscall on our own child.
         unsafe { libc::kill(pid, libc::SIGKILL) };
     });
-    submit(&gw, &next, &accepted, &out, every).await;
+    submit(&[&gw], WORKERS, &next, TASKS, &accepted, &out, every).await;
     killer.await.unwrap();
     assert_eq!(
         gw.proc.wait_exit(Duration::from_secs(30)),
@@ -103,7 +65,7 @@ async fn every_accepted_invocation_runs_after_a_sigkill() {
 
     gw.respawn();
     let queued_at_restart = gw.metric("fngate_async_queued").await;
-    submit(&gw, &next, &accepted, &out, every).await;
+    submit(&[&gw], WORKERS, &next, TASKS, &accepted, &out, every).await;
     gw.until("the queue to drain", Duration::from_secs(300), || async {
         gw.metric("fngate_async_queued").await == 0.0
     })

@@ -2,6 +2,7 @@
 //! SIGKILLed mid-run, a fourth joins later; every accepted task runs.
 
 use crate::harness::*;
+use crate::submit;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -36,50 +37,6 @@ async fn in_flight(gw: &Gateway, function: &str) -> f64 {
         "fngate_invocations_in_flight{{function=\"{function}\"}}"
     ))
     .await
-}
-
-/// Submits ids from `next` up to `end` through `gws`, `PER_GATEWAY`
-/// connections each, each at one call per `every`; a gateway that goes
-/// away stops its connections.
-async fn submit(
-    gws: &[&Gateway],
-    next: &Arc<AtomicUsize>,
-    end: usize,
-    accepted: &Arc<Mutex<Vec<usize>>>,
-    out: &Path,
-    every: Duration,
-) {
-    let mut workers = Vec::new();
-    for gw in gws {
-        for _ in 0..PER_GATEWAY {
-            let (next, accepted, out) = (next.clone(), accepted.clone(), out.to_path_buf());
-            let (https, ca) = (gw.https, gw.ca.clone());
-            workers.push(tokio::spawn(async move {
-                let Ok(mut c) = Client::try_connect(https, &ca, ClientOpts::default()).await else {
-                    return;
-                };
-                let mut tick = tokio::time::interval(every);
-                loop {
-                    tick.tick().await;
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= end {
-                        return;
-                    }
-                    let req =
-                        async_request("sink", format!("fngate:append:{}:{i}", out.display()), None);
-                    match tokio::time::timeout(Duration::from_secs(20), c.send(req)).await {
-                        Ok(Ok(r)) if r.status == 202 => accepted.lock().unwrap().push(i),
-                        Ok(Ok(r)) => panic!("submission {i}: {} {}", r.status, r.text()),
-                        // The gateway died with this call in flight: not accepted.
-                        _ => return,
-                    }
-                }
-            }));
-        }
-    }
-    for w in workers {
-        w.await.unwrap();
-    }
 }
 
 fn runs(out: &Path) -> HashMap<usize, usize> {
@@ -141,7 +98,16 @@ async fn a_fleet_runs_every_accepted_task_when_a_gateway_dies_and_another_joins(
         unsafe { libc::kill(pid, libc::SIGKILL) };
         watch.lock().unwrap().len()
     });
-    submit(&[&a, &b, &c], &next, 2 * TASKS / 3, &accepted, &out, every).await;
+    submit(
+        &[&a, &b, &c],
+        PER_GATEWAY,
+        &next,
+        2 * TASKS / 3,
+        &accepted,
+        &out,
+        every,
+    )
+    .await;
     let at_kill = killer.await.unwrap();
     assert_eq!(c.proc.wait_exit(Duration::from_secs(30)), None, "killed");
     let held_by_others = in_flight(&a, "holder").await + in_flight(&b, "holder").await;
@@ -156,7 +122,16 @@ async fn a_fleet_runs_every_accepted_task_when_a_gateway_dies_and_another_joins(
         .await;
     }
     next.store(2 * TASKS / 3, Ordering::Relaxed);
-    submit(&[&a, &b, &d], &next, TASKS, &accepted, &out, every).await;
+    submit(
+        &[&a, &b, &d],
+        PER_GATEWAY,
+        &next,
+        TASKS,
+        &accepted,
+        &out,
+        every,
+    )
+    .await;
 
     let accepted = accepted.lock().unwrap().clone();
     let started = Instant::now();
