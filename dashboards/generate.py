@@ -173,7 +173,33 @@ def function_drilldown():
     return dashboard("fngate-function", "fngate function", p, extra_vars=[var])
 
 
+def fleet():
+    """Fleet mode ([fleet]): membership, the engines, shared limits and leases."""
+    p = []
+    p.append(panel(1, "Live gateways and the limit share", [
+        'max(fngate_fleet_live_gateways)', 'max(fngate_fleet_limit_share)'], "short", 0, 0,
+        legend=["live gateways", "limits divided by"]))
+    p.append(panel(2, "Heartbeat age by gateway", [
+        'max by (instance) (fngate_fleet_heartbeat_age_seconds)'], "s", 12, 0, legend=["{{instance}}"]))
+    p.append(panel(3, "Engine round trips p99 (NATS heartbeat, Redis rate check)", [
+        f'histogram_quantile(0.99, sum by (le) (rate(fngate_fleet_engine_rtt_seconds_bucket[{RI}])))',
+        f'histogram_quantile(0.99, sum by (le) (rate(fngate_fleet_redis_rtt_seconds_bucket[{RI}])))'],
+        "s", 0, 8, legend=["NATS", "Redis"]))
+    p.append(panel(4, "Rate checks answered without Redis /s", [
+        f'sum by (reason) (rate(fngate_fleet_limit_fallbacks_total[{RI}]))',
+        f'sum(rate(fngate_fleet_limit_cached_denials_total[{RI}]))'], "reqps", 12, 8,
+        legend=["fallback to split: {{reason}}", "cached denial"]))
+    p.append(panel(5, "Throttled calls /s by limit (all gateways)", [
+        f'sum by (limit) (rate(fngate_throttles_total[{RI}]))'], "reqps", 0, 16, legend=["{{limit}}"]))
+    p.append(panel(6, "Workers per gateway, instances released by expired leases", [
+        'max by (instance) (fngate_fleet_workers)',
+        f'sum(increase(fngate_sandbox_lease_releases_total[{RI}]))'], "short", 12, 16,
+        legend=["{{instance}} workers", "lease releases"]))
+    return dashboard("fngate-fleet", "fngate fleet", p)
+
+
 if __name__ == "__main__":
-    for name, d in [("fngate-overview.json", overview()), ("fngate-function.json", function_drilldown())]:
+    for name, d in [("fngate-overview.json", overview()), ("fngate-function.json", function_drilldown()),
+                    ("fngate-fleet.json", fleet())]:
         (HERE / name).write_text(json.dumps(d, indent=2) + "\n")
         print("wrote", name)

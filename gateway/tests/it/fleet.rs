@@ -390,3 +390,80 @@ async fn split_mode_holds_a_fleet_within_its_documented_bound() {
         RATE * window.as_secs_f64()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fleet_dashboard_queries_real_prometheus_and_every_panel_has_data() {
+    use crate::observability::{Prometheus, check_dashboard, query, values};
+    let nats = Nats::start();
+    let redis = Redis::start();
+    let worker = nats.worker(1024);
+    let extra = format!(
+        "discover_workers = true\nrate_limits = \"redis\"\nredis_url = \"{}\"",
+        redis.url
+    );
+    let f = echo_fn(
+        "limited",
+        "instance_concurrency = 10\nrate_limit = { per_second = 2.0, burst = 2 }",
+    );
+    let start = |id: &str| Gateway::start("", &format!("{}\n{f}", nats.fleet(id, &extra)));
+    let (a, b, mut z) = (start("gw-a"), start("gw-b"), start("gw-z"));
+    for gw in [&a, &b, &z] {
+        gw.until(
+            "the worker learned from the fleet",
+            Duration::from_secs(20),
+            || async { gw.metric("fngate_fleet_workers").await == 1.0 },
+        )
+        .await;
+    }
+    let worker_addr = worker.url.trim_start_matches("http://").parse().unwrap();
+    let prometheus = Prometheus::start(&[
+        ("gateway", &[a.admin, b.admin]),
+        ("sandbox", &[worker_addr]),
+    ]);
+    let prom = prometheus.addr;
+    a.until(
+        "Prometheus scraped every target",
+        Duration::from_secs(30),
+        || async { values(&query(prom, "sum(up)").await).first() == Some(&3.0) },
+    )
+    .await;
+
+    // gw-z starts an instance and dies: the worker releases it (its lease).
+    let mut cz = z.h1().await;
+    assert_eq!(cz.invoke("limited", "z").await.status, 200);
+    z.proc.signal(libc::SIGKILL);
+    z.proc.wait_exit(Duration::from_secs(10));
+    // The fleet's rate refuses most of a burst, the repeats from the cache.
+    for gw in [&a, &b] {
+        let mut c = gw.h1().await;
+        let mut throttled = 0;
+        for _ in 0..10 {
+            let r = c.invoke("limited", "x").await;
+            throttled += usize::from(r.status == 429);
+        }
+        assert!(throttled > 0);
+    }
+    a.until(
+        "Prometheus saw the lease release and the cached denials",
+        Duration::from_secs(30),
+        || async {
+            let l = values(&query(prom, "sum(fngate_sandbox_lease_releases_total)").await);
+            let d = values(&query(prom, "sum(fngate_fleet_limit_cached_denials_total)").await);
+            l.first().is_some_and(|x| *x >= 1.0) && d.first().is_some_and(|x| *x >= 1.0)
+        },
+    )
+    .await;
+    let scrapes = || async {
+        values(&query(prom, "count_over_time(up{job=\"gateway\"}[10m])").await)
+            .first()
+            .copied()
+            .unwrap_or(0.0)
+    };
+    let seen = scrapes().await;
+    a.until("two more scrapes", Duration::from_secs(30), || async {
+        scrapes().await >= seen + 2.0
+    })
+    .await;
+    let checked = check_dashboard(prom, "fngate-fleet.json", "limited").await;
+    assert!(checked >= 10, "checked {checked} expressions");
+}

@@ -55,7 +55,7 @@ fn percent_encode(s: &str) -> String {
         .collect()
 }
 
-async fn query(prom: SocketAddr, expr: &str) -> serde_json::Value {
+pub async fn query(prom: SocketAddr, expr: &str) -> serde_json::Value {
     let (status, body) = plain_get(
         prom,
         &format!("/api/v1/query?query={}", percent_encode(expr)),
@@ -67,13 +67,88 @@ async fn query(prom: SocketAddr, expr: &str) -> serde_json::Value {
     v["data"]["result"].clone()
 }
 
-fn values(result: &serde_json::Value) -> Vec<f64> {
+pub fn values(result: &serde_json::Value) -> Vec<f64> {
     result
         .as_array()
         .unwrap()
         .iter()
         .map(|s| s["value"][1].as_str().unwrap().parse::<f64>().unwrap())
         .collect()
+}
+
+/// A real Prometheus on loopback scraping `jobs` (name, targets) every second.
+pub struct Prometheus {
+    pub addr: SocketAddr,
+    _proc: Proc,
+    _dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    pub fn start(jobs: &[(&str, &[SocketAddr])]) -> Prometheus {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let mut cfg = "global:\n  scrape_interval: 1s\nscrape_configs:\n".to_string();
+        for (job, targets) in jobs {
+            let list: Vec<String> = targets.iter().map(|t| format!("\"{t}\"")).collect();
+            cfg += &format!(
+                "  - job_name: {job}\n    static_configs:\n      - targets: [{}]\n",
+                list.join(", ")
+            );
+        }
+        std::fs::write(dir.path().join("prometheus.yml"), cfg).unwrap();
+        let mut cmd = Command::new("prometheus");
+        cmd.arg(format!(
+            "--config.file={}",
+            dir.path().join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"));
+        let proc = Proc::spawn(cmd);
+        proc.wait_line(
+            "Server is ready to receive web requests",
+            Duration::from_secs(60),
+        );
+        Prometheus {
+            addr: format!("127.0.0.1:{port}").parse().unwrap(),
+            _proc: proc,
+            _dir: dir,
+        }
+    }
+}
+
+/// Every expression of every panel of dashboard `file` parses and returns
+/// data, and every panel shows something above zero (`$function` stands
+/// for `function`). Returns how many expressions were checked.
+pub async fn check_dashboard(prom: SocketAddr, file: &str, function: &str) -> usize {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../dashboards");
+    let d: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root.join(file)).unwrap()).unwrap();
+    let mut checked = 0;
+    for panel in d["panels"].as_array().unwrap() {
+        let title = panel["title"].as_str().unwrap();
+        let mut best = f64::NEG_INFINITY;
+        for t in panel["targets"].as_array().unwrap() {
+            let expr = t["expr"]
+                .as_str()
+                .unwrap()
+                .replace("$__rate_interval", "1m")
+                .replace("$function", function);
+            let result = query(prom, &expr).await;
+            let vs = values(&result);
+            assert!(!vs.is_empty(), "{file} / {title}: no data for {expr}");
+            best = vs
+                .iter()
+                .copied()
+                .filter(|v| v.is_finite())
+                .fold(best, f64::max);
+            checked += 1;
+        }
+        assert!(best > 0.0, "{file} / {title}: every series is zero");
+    }
+    checked
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -137,29 +212,8 @@ async fn dashboards_query_real_prometheus_and_every_panel_has_data() {
     promtool_check(&plain_get(worker_addr, "/metrics").await.1);
 
     // A real Prometheus on loopback, scraping both every second.
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let prom_cfg = format!(
-        "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: gateway\n    static_configs:\n      - targets: [\"{}\"]\n  - job_name: sandbox\n    static_configs:\n      - targets: [\"{}\"]\n",
-        gw.admin, worker_addr
-    );
-    std::fs::write(dir.path().join("prometheus.yml"), prom_cfg).unwrap();
-    let mut cmd = Command::new("prometheus");
-    cmd.arg(format!(
-        "--config.file={}",
-        dir.path().join("prometheus.yml").display()
-    ))
-    .arg(format!(
-        "--storage.tsdb.path={}",
-        dir.path().join("data").display()
-    ))
-    .arg(format!("--web.listen-address=127.0.0.1:{port}"));
-    let prom_proc = Proc::spawn(cmd);
-    let prom: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    prom_proc.wait_line(
-        "Server is ready to receive web requests",
-        Duration::from_secs(60),
-    );
+    let prometheus = Prometheus::start(&[("gateway", &[gw.admin]), ("sandbox", &[worker_addr])]);
+    let prom = prometheus.addr;
     // A baseline scrape of both targets before anything happens, so that
     // rate() sees the increase.
     gw.until(
@@ -300,32 +354,9 @@ async fn dashboards_query_real_prometheus_and_every_panel_has_data() {
 
     // Every expression of every panel parses and returns data; every panel
     // shows something above zero.
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../dashboards");
     let mut checked = 0;
     for file in ["fngate-overview.json", "fngate-function.json"] {
-        let d: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(root.join(file)).unwrap()).unwrap();
-        for panel in d["panels"].as_array().unwrap() {
-            let title = panel["title"].as_str().unwrap();
-            let mut best = f64::NEG_INFINITY;
-            for t in panel["targets"].as_array().unwrap() {
-                let expr = t["expr"]
-                    .as_str()
-                    .unwrap()
-                    .replace("$__rate_interval", "1m")
-                    .replace("$function", "echo");
-                let result = query(prom, &expr).await;
-                let vs = values(&result);
-                assert!(!vs.is_empty(), "{file} / {title}: no data for {expr}");
-                best = vs
-                    .iter()
-                    .copied()
-                    .filter(|v| v.is_finite())
-                    .fold(best, f64::max);
-                checked += 1;
-            }
-            assert!(best > 0.0, "{file} / {title}: every series is zero");
-        }
+        checked += check_dashboard(prom, file, "echo").await;
     }
     assert!(checked >= 30, "checked {checked} expressions");
 }
