@@ -180,9 +180,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         scheduler.set_usage_log(log.clone());
     }
     // In a fleet, the queue is the fleet's (JetStream), shared by every member.
-    let shared_store: Option<Arc<dyn asynchronous::store::TaskStore>> = match &fleet {
-        Some((f, _)) => Some(fleet::queue::JetStreamStore::open(f.clone(), &g.asynchronous).await?),
-        None => None,
+    let (shared_store, kills): (Option<Arc<dyn asynchronous::store::TaskStore>>, _) = match &fleet {
+        Some((f, _)) => {
+            let (store, kills) =
+                fleet::queue::JetStreamStore::open(f.clone(), &g.asynchronous).await?;
+            (Some(store), Some(kills))
+        }
+        None => (None, None),
     };
     let queue = asynchronous::AsyncQueue::open(
         g.asynchronous.clone(),
@@ -226,6 +230,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             timeout_ms = cfg.redis_timeout.as_millis() as u64,
             "fleet-wide rates checked on Redis"
         );
+    }
+    if let Some(mut kills) = kills {
+        // A stop through any gateway kills the attempt where it runs.
+        let p = pipeline.clone();
+        tokio::spawn(async move {
+            while let Some(k) = kills.recv().await {
+                p.asynchronous.kill(&k.function, &k.id);
+            }
+        });
     }
     let dispatcher = tokio::spawn(asynchronous::AsyncQueue::dispatch(pipeline.clone()));
     let deliverer = tokio::spawn(asynchronous::AsyncQueue::deliver(pipeline.clone()));

@@ -62,6 +62,16 @@ pub struct JetStreamStore {
     inflight: Arc<Mutex<HashMap<String, (jetstream::Message, u64)>>>,
     inflight_deliveries: Mutex<HashMap<String, jetstream::Message>>,
     depth: Arc<Mutex<Depth>>,
+    /// Core NATS subject on which a stop asks every gateway to kill the
+    /// attempt it may be running.
+    kill_subject: String,
+}
+
+/// A stop's request to kill a running attempt, wherever it runs.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Kill {
+    pub function: String,
+    pub id: String,
 }
 
 fn err(e: impl std::fmt::Display) -> StoreError {
@@ -85,7 +95,12 @@ fn unframe(b: &Bytes) -> Option<(TaskRecord, Bytes)> {
 }
 
 impl JetStreamStore {
-    pub async fn open(fleet: Arc<Fleet>, limits: &AsyncLimits) -> Result<Arc<Self>, FleetError> {
+    /// Also returns the kill requests this gateway hears (it passes them to
+    /// its dispatcher's `AsyncQueue::kill`).
+    pub async fn open(
+        fleet: Arc<Fleet>,
+        limits: &AsyncLimits,
+    ) -> Result<(Arc<Self>, tokio::sync::mpsc::UnboundedReceiver<Kill>), FleetError> {
         let js = &fleet.jetstream;
         let engine = |what: &str, e: &dyn std::fmt::Display| {
             FleetError::JetStream(format!("cannot open {what}: {e}"))
@@ -135,7 +150,24 @@ impl JetStreamStore {
         let state = fleet
             .bucket("tasks", 1, limits.retention, stream::StorageType::File)
             .await?;
+        let kill_subject = format!("{}.kill", fleet.cfg.name);
+        let mut kills = fleet
+            .client
+            .subscribe(kill_subject.clone())
+            .await
+            .map_err(|e| engine(&kill_subject, &e))?;
+        let (kill_tx, kill_rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Some(m) = kills.next().await {
+                if let Ok(k) = serde_json::from_slice::<Kill>(&m.payload)
+                    && kill_tx.send(k).is_err()
+                {
+                    return;
+                }
+            }
+        });
         let store = Arc::new(JetStreamStore {
+            kill_subject,
             ack_wait: fleet.cfg.async_ack_wait,
             fleet,
             state,
@@ -150,7 +182,7 @@ impl JetStreamStore {
             depth: Default::default(),
         });
         tokio::spawn(Self::keep_up(Arc::downgrade(&store)));
-        Ok(store)
+        Ok((store, kill_rx))
     }
 
     /// While the store lives: "in progress" for every attempt running here,
@@ -457,6 +489,21 @@ impl JetStreamStore {
             t.ended_ms = Some(now);
             t.event("Stopped", now, String::new());
             if self.write(&t, rev).await?.is_some() {
+                if old.state == TaskState::Running {
+                    // The attempt may run on another gateway: every one
+                    // kills it if it holds it (best effort; else it runs to
+                    // its end and its result is refused).
+                    let kill = Kill {
+                        function: function.to_string(),
+                        id: id.to_string(),
+                    };
+                    let body = Bytes::from(serde_json::to_vec(&kill).expect("plain data"));
+                    let _ = self
+                        .fleet
+                        .client
+                        .publish(self.kill_subject.clone(), body)
+                        .await;
+                }
                 return Ok(Stop::Stopped {
                     task: t,
                     was_running: old.state == TaskState::Running,

@@ -467,3 +467,71 @@ async fn the_fleet_dashboard_queries_real_prometheus_and_every_panel_has_data() 
     let checked = check_dashboard(prom, "fngate-fleet.json", "limited").await;
     assert!(checked >= 10, "checked {checked} expressions");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_stopped_through_one_gateway_is_killed_where_it_runs() {
+    let nats = Nats::start();
+    let f = echo_fn("held", "");
+    let (a, b) = (member(&nats, "gw-a", &f), member(&nats, "gw-b", &f));
+    for gw in [&a, &b] {
+        wait_live(gw, 2.0).await;
+    }
+    let never = a.dir.path().join("never");
+    let mut ca = a.h1().await;
+    let r = ca
+        .send(async_request(
+            "held",
+            format!("fngate:hold:{}", never.display()),
+            Some("stop_me"),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 202, "{}", r.text());
+    // Whichever gateway leased it runs it; the stop goes through the other.
+    let in_flight = |gw: &Gateway| {
+        let admin = gw.admin;
+        async move {
+            let (_, text) = plain_get(admin, "/metrics").await;
+            text.lines()
+                .find_map(|l| {
+                    l.strip_prefix("fngate_invocations_in_flight{function=\"held\"} ")?
+                        .parse::<f64>()
+                        .ok()
+                })
+                .unwrap_or(0.0)
+        }
+    };
+    a.until("an attempt to run", Duration::from_secs(30), || async {
+        in_flight(&a).await + in_flight(&b).await == 1.0
+    })
+    .await;
+    let (runner, other) = if in_flight(&a).await == 1.0 {
+        (&a, &b)
+    } else {
+        (&b, &a)
+    };
+    let mut c = other.h1().await;
+    let r = c
+        .send(task_request("PUT", "held", "/stop_me/stop"))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    runner
+        .until(
+            "the attempt killed where it ran",
+            Duration::from_secs(20),
+            || async {
+                runner
+                    .metric("fngate_instance_releases_total{function=\"held\",reason=\"stopped\"}")
+                    .await
+                    == 1.0
+            },
+        )
+        .await;
+    assert_eq!(in_flight(runner).await, 0.0);
+    let r = c
+        .send(task_request("GET", "held", "/stop_me"))
+        .await
+        .unwrap();
+    assert_eq!(r.json()["status"], "Stopped", "{}", r.text());
+}
