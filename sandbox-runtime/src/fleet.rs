@@ -254,6 +254,8 @@ pub struct WorkerFleet {
     pub heartbeat: Duration,
     pub member_ttl: Duration,
     pub engine_timeout: Duration,
+    /// How long NATS is retried at start before the worker gives up.
+    pub connect_timeout: Duration,
 }
 
 /// A key-safe member id from a URL: `http://10.0.0.5:7070` -> `10_0_0_5_7070`.
@@ -306,21 +308,24 @@ pub async fn connect(
     }
 }
 
+/// A worker's membership, joined: run it with [`Joined::run`].
+pub struct Joined {
+    worker: crate::Worker,
+    cfg: WorkerFleet,
+    beat: Heartbeat,
+    owners: Roster,
+}
+
 impl crate::Worker {
-    /// The worker's side of the fleet, until `stop`: it registers in
-    /// `<fleet>_workers` and releases the instances of gateways whose
-    /// heartbeat has expired.
-    pub async fn join_fleet(
-        self,
-        cfg: WorkerFleet,
-        stop: tokio_util::sync::CancellationToken,
-    ) -> Result<(), String> {
+    /// Joins the fleet (connects, opens its buckets), retrying NATS for
+    /// `connect_timeout`; an error means the worker should not serve.
+    pub async fn join_fleet(&self, cfg: WorkerFleet) -> Result<Joined, String> {
         let client = connect(
             &cfg.nats_urls,
             format!("fngate worker {}/{}", cfg.name, cfg.id),
             cfg.engine_timeout,
             async_nats::ConnectOptions::new(),
-            Duration::from_secs(30),
+            cfg.connect_timeout,
         )
         .await?;
         let js = jetstream::new(client);
@@ -345,15 +350,34 @@ impl crate::Worker {
             url: cfg.url.clone(),
             memory_mb: self.capacity().memory_mb_total,
         };
-        let mut beat = Heartbeat::new(
+        let beat = Heartbeat::new(
             workers,
             cfg.id.clone(),
             Bytes::from(serde_json::to_vec(&entry).expect("plain data")),
         );
-        let mut owners = Roster::new(gateways, cfg.member_ttl);
+        let owners = Roster::new(gateways, cfg.member_ttl);
+        tracing::info!(fleet = %cfg.name, id = %cfg.id, url = %cfg.url, "worker joined the fleet");
+        Ok(Joined {
+            worker: self.clone(),
+            cfg,
+            beat,
+            owners,
+        })
+    }
+}
+
+impl Joined {
+    /// Until `stop`: the worker's entry in `<fleet>_workers`, and the
+    /// release of the instances of gateways whose heartbeat has expired.
+    pub async fn run(self, stop: tokio_util::sync::CancellationToken) {
+        let Joined {
+            worker,
+            cfg,
+            mut beat,
+            mut owners,
+        } = self;
         let mut tick = tokio::time::interval(cfg.heartbeat);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tracing::info!(fleet = %cfg.name, id = %cfg.id, url = %cfg.url, "worker joined the fleet");
         loop {
             tokio::select! {
                 _ = stop.cancelled() => break,
@@ -366,12 +390,12 @@ impl crate::Worker {
             if beat.healthy(cfg.member_ttl) {
                 owners.sweep();
                 if owners.settled() {
-                    self.release_orphans(&live_owners(&owners), cfg.member_ttl)
+                    worker
+                        .release_orphans(&live_owners(&owners), cfg.member_ttl)
                         .await;
                 }
             }
         }
         beat.leave(cfg.engine_timeout).await;
-        Ok(())
     }
 }

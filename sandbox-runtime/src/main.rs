@@ -65,6 +65,9 @@ struct Args {
     /// has lost its instances here.
     #[arg(long, default_value_t = 5000)]
     fleet_member_ttl_ms: u64,
+    /// How long NATS is retried at start; then the worker exits with an error.
+    #[arg(long, default_value_t = 30_000)]
+    fleet_connect_timeout_ms: u64,
 }
 
 fn main() -> std::process::ExitCode {
@@ -113,6 +116,7 @@ async fn serve() -> std::process::ExitCode {
                     a.fleet_member_ttl_ms.max(2 * a.fleet_heartbeat_ms),
                 ),
                 engine_timeout: std::time::Duration::from_secs(2),
+                connect_timeout: std::time::Duration::from_millis(a.fleet_connect_timeout_ms),
             }
         }),
     };

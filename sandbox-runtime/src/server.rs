@@ -602,14 +602,16 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> std::io::Re
             if f.id.is_empty() {
                 f.id = crate::fleet::id_from_url(&f.url);
             }
-            // Joined before serving: fail loudly when the engine is unreachable.
-            let w = worker.clone();
-            let token = stop.clone();
-            Some(tokio::spawn(async move {
-                if let Err(e) = w.join_fleet(f, token).await {
-                    tracing::error!(error = %e, "the worker could not join its fleet");
+            // Joined before serving: a worker that cannot reach its fleet
+            // would never release a dead gateway's instances.
+            let joined = match worker.join_fleet(f).await {
+                Ok(j) => j,
+                Err(e) => {
+                    worker.shutdown().await;
+                    return Err(std::io::Error::other(format!("fleet: {e}")));
                 }
-            }))
+            };
+            Some(tokio::spawn(joined.run(stop.clone())))
         }
         None => None,
     };

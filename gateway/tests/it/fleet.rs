@@ -535,3 +535,20 @@ async fn a_task_stopped_through_one_gateway_is_killed_where_it_runs() {
         .unwrap();
     assert_eq!(r.json()["status"], "Stopped", "{}", r.text());
 }
+
+#[test]
+fn a_worker_that_cannot_reach_its_fleet_refuses_to_start() {
+    // A port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut cmd = std::process::Command::new(workspace_bin("sandbox-runtime"));
+    cmd.args(["--listen", "127.0.0.1:0", "--isolation", "process"])
+        .args(["--fleet-nats-url", &format!("nats://127.0.0.1:{port}")])
+        .args(["--fleet-connect-timeout-ms", "300"]);
+    let mut p = Proc::spawn(cmd);
+    assert_eq!(p.wait_exit(Duration::from_secs(30)), Some(1));
+    assert!(p.log().contains("cannot connect to NATS"), "{}", p.log());
+}
