@@ -21,6 +21,8 @@
 //!   read: an attempt whose task was stopped or taken over meanwhile does
 //!   not overwrite it (`update` answers `false`).
 //! - Destination records go to a second work-queue stream, `<fleet>_deliveries`.
+//! - A stop of a running task is also published on the core subject
+//!   `<fleet>.kill`: every gateway kills the attempt if it runs it.
 //!
 //! What the embedded store does and this one does not: payloads are not
 //! kept for the task API once a task is done (the message is gone), and
