@@ -233,6 +233,7 @@ async fn run(p: Arc<Pipeline>, pool: Arc<FunctionPool>, l: Leased, permit: Owned
         jitter,
     );
     let mut delivery = None;
+    let mut result = None;
     match next {
         Next::Retry { reason, at_ms } => {
             pool.metrics.async_retries[reason as usize].inc();
@@ -254,10 +255,10 @@ async fn run(p: Arc<Pipeline>, pool: Arc<FunctionPool>, l: Leased, permit: Owned
             task.state = state;
             task.ended_ms = Some(now);
             task.event(state.as_str(), now, task.error.clone().unwrap_or_default());
-            if let Some(i) = state.done_index()
-                && state != TaskState::Stopped
-            {
-                pool.metrics.async_results[i].inc();
+            // Counted once committed (below): a write that fails leaves
+            // the task to run again, and it must not count twice.
+            if state != TaskState::Stopped {
+                result = state.done_index();
             }
             let url = match state {
                 TaskState::Succeeded => policy.on_success.as_ref(),
@@ -285,6 +286,11 @@ async fn run(p: Arc<Pipeline>, pool: Arc<FunctionPool>, l: Leased, permit: Owned
     let function = task.function.clone();
     match q.store.update(task, delivery).await {
         Ok(true) => {
+            // The depth first: whoever sees the result sees the task gone.
+            q.publish_depth();
+            if let Some(i) = result {
+                pool.metrics.async_results[i].inc();
+            }
             // Only once committed: a lease before then would not see it due.
             if again {
                 q.scheduled(&function);

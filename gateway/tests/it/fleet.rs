@@ -510,6 +510,21 @@ async fn a_task_stopped_through_one_gateway_is_killed_where_it_runs() {
     } else {
         (&b, &a)
     };
+    // On its instance, not still waiting for the cold start: a stop then
+    // only cancels the wait, and no instance is released "stopped".
+    runner
+        .until(
+            "the attempt on a ready instance",
+            Duration::from_secs(30),
+            || async {
+                runner
+                    .instances_of("held")
+                    .await
+                    .iter()
+                    .any(|i| i["state"] == "ready" && i["in_flight"] == 1)
+            },
+        )
+        .await;
     let mut c = other.h1().await;
     let r = c
         .send(task_request("PUT", "held", "/stop_me/stop"))
