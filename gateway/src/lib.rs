@@ -218,17 +218,30 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         queue,
         routes.clone(),
     ));
+    // The fleet's tasks (heartbeat, leases) end first at shutdown.
+    let stop_membership = CancellationToken::new();
     if let Some(cfg) = config.fleet.as_ref()
         && let Some(url) = &cfg.redis_url
     {
         let url = String::from_utf8_lossy(url.expose()).into_owned();
-        let exact =
+        let exact = Arc::new(
             fleet::exact::ExactLimits::new(&url, &cfg.name, cfg.redis_timeout, &metrics.registry)
-                .map_err(|e| RunError::Fleet(fleet::FleetError::Redis(e)))?;
-        pipeline.set_exact_limits(exact);
+                .map_err(|e| RunError::Fleet(fleet::FleetError::Redis(e)))?,
+        );
+        pipeline.set_exact_limits(exact.clone());
+        // An instance's entry in the fleet's count lapses as its owner's
+        // membership does (the workers release it then too).
+        scheduler.set_exact_limits(exact.clone(), cfg.member_ttl);
+        tokio::spawn(fleet::exact::keep_leases(
+            exact,
+            scheduler.clone(),
+            cfg.heartbeat,
+            cfg.member_ttl,
+            stop_membership.clone(),
+        ));
         tracing::info!(
             timeout_ms = cfg.redis_timeout.as_millis() as u64,
-            "fleet-wide rates checked on Redis"
+            "fleet-wide rates and scale-out checked on Redis"
         );
     }
     if let Some(mut kills) = kills {
@@ -273,7 +286,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     }
 
     let stop_accepting = CancellationToken::new();
-    let stop_membership = CancellationToken::new();
     let conns = Arc::new(connection::Connections {
         // One connection budget shared by every listener.
         permits: Arc::new(tokio::sync::Semaphore::new(

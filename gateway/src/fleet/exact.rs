@@ -2,8 +2,10 @@
 //! per call, running GCRA for every rate the call meets in one script.
 //!
 //! - The script is governor's GCRA (state: the theoretical arrival time
-//!   `tat`; emission interval `T`, tolerance `τ = T × burst`; a call at `now`
-//!   is admitted when `now ≥ tat − τ`, then `tat = max(tat, now) + T`), on
+//!   `tat`, `now` when absent; emission interval `T`, tolerance
+//!   `τ = T × (burst − 1)`; a call at `now` is admitted when
+//!   `now ≥ tat − τ`, then `tat = max(tat, now) + T`: a fresh key admits
+//!   exactly `burst` at once, as governor's limiters do), on
 //!   Redis's clock, so gateways' clocks do not matter. All of a call's keys
 //!   (the caller's rate on the function, the caller's gateway-wide rate, the
 //!   function's rate) are checked together and updated only if all admit:
@@ -14,7 +16,17 @@
 //!   call is checked against this gateway's split limits instead, counted in
 //!   `fngate_fleet_limit_fallbacks_total{reason}`, and Redis is not asked
 //!   again for a second (no per-call wait while it is down).
-//! - Concurrency, `max_instances` and the start rate stay split.
+//! - Scale-out (`max_instances`, the start rate) is the fleet's too, one
+//!   round trip per cold start: the fleet's instances are a sorted set
+//!   whose members (`<owner>/<instance>`) carry a lease end as their score.
+//!   A start prunes lapsed leases, counts, checks the start rate's GCRA and
+//!   adds itself, in one script; a release removes its member; every
+//!   gateway renews its members' leases each heartbeat, for `member_ttl`.
+//!   A killed gateway's instances leave the count when their lease lapses,
+//!   as its workers release them. Renewal adds a member that is missing
+//!   (started while Redis could not answer, or after Redis lost its data),
+//!   so the count recovers with Redis.
+//! - `max_concurrency` stays split: exact would cost two round trips a call.
 
 use crate::ingress::Caller;
 use crate::throttle::{CallerKey, GatewayLimits, LimitKind, Throttled};
@@ -50,6 +62,44 @@ end
 return {0, 0}
 ";
 
+/// KEYS: the fleet's instances (sorted set), the start rate's GCRA key;
+/// ARGV: `max_instances`, `T` and `τ` (µs) of the start rate, the lease
+/// (ms), the member. Returns `{0, 0}` when admitted, `{1, 0}` at
+/// `max_instances`, `{2, wait µs}` over the start rate.
+const START: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local now_ms = math.floor(now / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now_ms)
+if redis.call('ZSCORE', KEYS[1], ARGV[5]) then return {0, 0} end
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then return {1, 0} end
+local T, tau = tonumber(ARGV[2]), tonumber(ARGV[3])
+local tat = tonumber(redis.call('GET', KEYS[2]) or now)
+if tat < now then tat = now end
+if now < tat - tau then return {2, tat - tau - now} end
+local ttl = math.ceil((tat + T - now) / 1000) + 1
+redis.call('SET', KEYS[2], string.format('%d', tat + T), 'PX', ttl)
+redis.call('ZADD', KEYS[1], now_ms + tonumber(ARGV[4]), ARGV[5])
+return {0, 0}
+";
+
+/// KEYS: the fleet's instances; ARGV: the lease (ms), then the members.
+const RENEW: &str = r"
+local t = redis.call('TIME')
+local lease_end = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[1])
+for i = 2, #ARGV do redis.call('ZADD', KEYS[1], lease_end, ARGV[i]) end
+return #ARGV - 1
+";
+
+/// What the fleet's count says of a start.
+#[derive(Debug)]
+pub enum StartCheck {
+    Admitted,
+    Refused(Throttled),
+    /// Redis did not answer in time: the split share decides.
+    Unavailable,
+}
+
 /// After a failure, Redis is left alone this long.
 const BACKOFF: Duration = Duration::from_secs(1);
 /// Remembered denials beyond this many are swept.
@@ -58,8 +108,12 @@ const DENIALS_MAX: usize = 100_000;
 pub struct ExactLimits {
     conn: redis::aio::ConnectionManager,
     script: redis::Script,
+    start: redis::Script,
+    renew: redis::Script,
     /// `fngate:{<fleet>}:` — one hash slot per fleet.
     prefix: String,
+    /// The sorted set of the fleet's instances.
+    instances_key: String,
     timeout: Duration,
     denials: DashMap<String, Instant>,
     epoch: Instant,
@@ -68,6 +122,11 @@ pub struct ExactLimits {
     fallbacks: IntCounterVec,
     cached_denials: IntCounter,
     rtt: Histogram,
+}
+
+/// governor's GCRA tolerance, in µs: `T × (burst − 1)`.
+fn tolerance(q: Quota) -> u64 {
+    micros(q.replenish_interval()) * u64::from(q.burst_size().get() - 1)
 }
 
 fn micros(d: Duration) -> u64 {
@@ -131,7 +190,10 @@ impl ExactLimits {
         Ok(ExactLimits {
             conn,
             script: redis::Script::new(GCRA),
+            start: redis::Script::new(START),
+            renew: redis::Script::new(RENEW),
             prefix: format!("fngate:{{{fleet}}}:"),
+            instances_key: format!("fngate:{{{fleet}}}:instances"),
             timeout,
             denials: DashMap::new(),
             epoch: Instant::now(),
@@ -201,9 +263,7 @@ impl ExactLimits {
         let mut call = self.script.prepare_invoke();
         for (key, q, _) in &keys {
             let t = micros(q.replenish_interval());
-            call.key(key)
-                .arg(t)
-                .arg(t * u64::from(q.burst_size().get()));
+            call.key(key).arg(t).arg(tolerance(*q));
         }
         let mut conn = self.conn.clone();
         let answer: Result<Result<(i64, i64), redis::RedisError>, _> =
@@ -243,9 +303,130 @@ impl ExactLimits {
         }
     }
 
+    /// Whether Redis is being left alone after a failure.
+    fn resting(&self) -> Option<u64> {
+        let since = micros(self.epoch.elapsed());
+        (since < self.down_until_us.load(Ordering::Relaxed)).then_some(since)
+    }
+
+    /// A cold start on the fleet's count: under the fleet's
+    /// `max_instances` and start rate, `member` is added with a lease of
+    /// `lease`. Idempotent for one member.
+    pub async fn admit_start(
+        &self,
+        gw: &GatewayLimits,
+        member: &str,
+        lease: Duration,
+        retry_hint: Duration,
+    ) -> StartCheck {
+        if self.resting().is_some() {
+            self.fallbacks.with_label_values(&["unavailable"]).inc();
+            return StartCheck::Unavailable;
+        }
+        let (max, quota) = gw.fleet_start_limits();
+        let t = micros(quota.replenish_interval());
+        let mut call = self.start.prepare_invoke();
+        call.key(&self.instances_key)
+            .key(format!("{}starts", self.prefix))
+            .arg(max)
+            .arg(t)
+            .arg(tolerance(quota))
+            .arg(lease.as_millis() as u64)
+            .arg(member);
+        let started = Instant::now();
+        let mut conn = self.conn.clone();
+        let answer: Result<Result<(i64, i64), redis::RedisError>, _> =
+            tokio::time::timeout(self.timeout, call.invoke_async(&mut conn)).await;
+        let since = micros(self.epoch.elapsed());
+        match answer {
+            Ok(Ok((code, wait_us))) => {
+                self.rtt.observe(started.elapsed().as_secs_f64());
+                match code {
+                    0 => StartCheck::Admitted,
+                    1 => StartCheck::Refused(Throttled {
+                        limit: LimitKind::MaxInstances,
+                        retry_after: retry_hint,
+                    }),
+                    _ => StartCheck::Refused(Throttled {
+                        limit: LimitKind::InstanceStartRate,
+                        retry_after: Duration::from_micros(wait_us.max(0) as u64),
+                    }),
+                }
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "Redis start check failed; split limits for a second");
+                self.fall_back(since, "error");
+                StartCheck::Unavailable
+            }
+            Err(_) => {
+                tracing::warn!("Redis start check timed out; split limits for a second");
+                self.fall_back(since, "timeout");
+                StartCheck::Unavailable
+            }
+        }
+    }
+
+    /// An instance gone: out of the fleet's count. Failing that, its lease
+    /// lapses, for it is renewed no more.
+    pub async fn release(&self, member: &str) {
+        if self.resting().is_some() {
+            return;
+        }
+        let mut conn = self.conn.clone();
+        let mut zrem = redis::cmd("ZREM");
+        zrem.arg(&self.instances_key).arg(member);
+        let sent = zrem.query_async::<i64>(&mut conn);
+        if let Ok(Err(e)) = tokio::time::timeout(self.timeout, sent).await {
+            tracing::debug!(error = %e, member, "Redis release");
+        }
+    }
+
+    /// Renews the leases of this gateway's instances (and adds any that
+    /// are missing). Bounded by `bound`, not the per-call timeout: it is
+    /// off the request path.
+    pub async fn renew(&self, members: &[String], lease: Duration, bound: Duration) {
+        if members.is_empty() || self.resting().is_some() {
+            return;
+        }
+        let mut call = self.renew.prepare_invoke();
+        call.key(&self.instances_key).arg(lease.as_millis() as u64);
+        for m in members {
+            call.arg(m);
+        }
+        let mut conn = self.conn.clone();
+        match tokio::time::timeout(bound, call.invoke_async::<i64>(&mut conn)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "Redis: renewing the instances' leases failed")
+            }
+            Err(_) => tracing::warn!("Redis: renewing the instances' leases timed out"),
+        }
+    }
+
     fn fall_back(&self, since_us: u64, reason: &str) {
         self.fallbacks.with_label_values(&[reason]).inc();
         self.down_until_us
             .store(since_us + micros(BACKOFF), Ordering::Relaxed);
+    }
+}
+
+/// Renews the leases of this gateway's instances in the fleet's count
+/// every `every` until `stop` (then the instances' own releases remove them).
+pub async fn keep_leases(
+    exact: std::sync::Arc<ExactLimits>,
+    sched: std::sync::Arc<crate::scheduler::Scheduler>,
+    every: Duration,
+    lease: Duration,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        // A renewal slower than a tick would only pile up behind itself.
+        exact.renew(&sched.members(), lease, every).await;
     }
 }

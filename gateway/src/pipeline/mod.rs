@@ -50,7 +50,6 @@ use http::{HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use std::sync::Arc;
 use std::time::SystemTime;
-use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
 /// Marks a gateway-made answer's body as not to be sniffed.
@@ -80,7 +79,7 @@ pub struct Pipeline {
     /// The backends of functions that have them ([`crate::backend`]).
     routes: crate::backend::RouteTable,
     /// Fleet mode with exact limits: rates checked on Redis.
-    exact: std::sync::OnceLock<crate::fleet::exact::ExactLimits>,
+    exact: std::sync::OnceLock<Arc<crate::fleet::exact::ExactLimits>>,
 }
 
 /// How one asynchronous attempt went (see [`Pipeline::attempt`]).
@@ -168,7 +167,7 @@ impl Pipeline {
     }
 
     /// Fleet mode, `rate_limits = "redis"`: rates are checked on Redis.
-    pub fn set_exact_limits(&self, exact: crate::fleet::exact::ExactLimits) {
+    pub fn set_exact_limits(&self, exact: Arc<crate::fleet::exact::ExactLimits>) {
         let _ = self.exact.set(exact);
     }
 
@@ -485,7 +484,7 @@ impl Pipeline {
         origin: &Origin,
         kind: Kind,
         key: Option<KeyId>,
-    ) -> Result<Option<OwnedSemaphorePermit>, Throttled> {
+    ) -> Result<Option<crate::throttle::ConcurrencyPermit>, Throttled> {
         let caller = match origin {
             Origin::Client(c) => Some(c),
             Origin::Internal => None,

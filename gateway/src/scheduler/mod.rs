@@ -47,6 +47,9 @@ pub struct Scheduler {
     workers: arc_swap::ArcSwap<Vec<Arc<Worker>>>,
     /// This gateway's fleet id: instances it starts carry it as their owner.
     owner: OnceLock<String>,
+    /// Fleet mode, `redis` limits: starts on the fleet's count, and the
+    /// lease its entries carry.
+    exact: OnceLock<(Arc<crate::fleet::exact::ExactLimits>, Duration)>,
     ids: IdGen,
     start_timeout: Duration,
     worker_timeout: Duration,
@@ -69,13 +72,24 @@ pub struct Times {
 
 /// When a caller refused a start by `t` looks again, at the latest: the
 /// start-rate limiter knows when the next start may go; for the instance
-/// limit only a release (which wakes it) or its deadline will do.
-fn wake_at(t: &crate::throttle::Throttled, now: Instant, deadline: Instant) -> Instant {
-    match t.limit {
-        crate::throttle::LimitKind::InstanceStartRate => (now + t.retry_after).min(deadline),
+/// limit a release here wakes it, else its deadline; on the fleet's count
+/// (`fleet_poll`) others' releases wake nobody here, so it looks again soon.
+fn wake_at(
+    t: &crate::throttle::Throttled,
+    now: Instant,
+    deadline: Instant,
+    fleet_poll: Option<Duration>,
+) -> Instant {
+    use crate::throttle::LimitKind;
+    match (t.limit, fleet_poll) {
+        (LimitKind::InstanceStartRate, _) => (now + t.retry_after).min(deadline),
+        (LimitKind::MaxInstances, Some(poll)) => (now + poll).min(deadline),
         _ => deadline,
     }
 }
+
+/// How often a caller waiting on the fleet's `max_instances` asks again.
+const FLEET_POLL: Duration = Duration::from_millis(100);
 
 pub struct FunctionPool {
     pub cfg: Arc<FunctionConfig>,
@@ -261,6 +275,7 @@ impl Scheduler {
             worker_memory: metrics.worker_memory.clone(),
             workers: arc_swap::ArcSwap::from_pointee(workers),
             owner: OnceLock::new(),
+            exact: OnceLock::new(),
             ids: IdGen::new(),
             start_timeout: times.start_timeout,
             worker_timeout: times.worker_timeout,
@@ -336,6 +351,57 @@ impl Scheduler {
         self.owner.get().cloned()
     }
 
+    /// Fleet mode, `redis` limits: every start from now on is admitted by
+    /// the fleet's count, its entry leased for `lease` (renewed by
+    /// [`crate::fleet::exact::keep_leases`]).
+    pub fn set_exact_limits(&self, exact: Arc<crate::fleet::exact::ExactLimits>, lease: Duration) {
+        if self.exact.set((exact, lease)).is_ok() {
+            self.limits.set_exact_starts();
+        }
+    }
+
+    /// `inst`'s entry in the fleet's count.
+    fn member(&self, inst: &Instance) -> String {
+        format!(
+            "{}/{}",
+            self.owner.get().map_or("", String::as_str),
+            inst.id
+        )
+    }
+
+    /// The fleet-count entries of the instances this gateway holds.
+    pub fn members(&self) -> Vec<String> {
+        self.functions
+            .values()
+            .flat_map(|p| p.snapshot())
+            .filter(|i| !i.reclaimed.load(Ordering::Acquire))
+            .map(|i| self.member(&i))
+            .collect()
+    }
+
+    /// `redis` limits: the fleet's count admits a start that
+    /// [`GatewayLimits::admit_start`] let through here; when Redis cannot
+    /// answer, this gateway's split share does.
+    async fn admit_in_fleet(
+        &self,
+        pool: &FunctionPool,
+        inst: &Instance,
+    ) -> Result<(), crate::throttle::Throttled> {
+        use crate::fleet::exact::StartCheck;
+        let Some((exact, lease)) = self.exact.get() else {
+            return Ok(());
+        };
+        let hint = pool.limits.retry_hint();
+        match exact
+            .admit_start(&self.limits, &self.member(inst), *lease, hint)
+            .await
+        {
+            StartCheck::Admitted => Ok(()),
+            StartCheck::Refused(t) => Err(t),
+            StartCheck::Unavailable => self.limits.fallback_start(hint),
+        }
+    }
+
     /// Publishes each worker's memory capacity and reservation (reaper tick).
     pub fn publish_worker_memory(&self) {
         for w in self.workers.load().iter() {
@@ -366,6 +432,10 @@ impl Scheduler {
     /// start-rate limiter names.
     pub async fn acquire(self: &Arc<Self>, pool: &Arc<FunctionPool>) -> Result<Slot, InvokeError> {
         let deadline = Instant::now() + pool.limits.queue_timeout;
+        let poll = self.exact.get().map(|_| FLEET_POLL);
+        // A start the fleet's count refused (it comes back from the start,
+        // not from `try_acquire`): wait before asking again.
+        let mut refused = None;
         loop {
             if self.closing.is_cancelled() {
                 return Err(InvokeError::ShuttingDown);
@@ -374,9 +444,15 @@ impl Scheduler {
             let freed = pool.freed.notified();
             let gone = self.gone.notified();
             tokio::pin!(freed, gone);
-            let throttled = match self.try_acquire(pool) {
-                Ok(slot) => return self.wait_started(slot).await,
-                Err(t) => t,
+            let (throttled, recheck) = match refused.take() {
+                Some(t) => (t, false),
+                None => match self.try_acquire(pool) {
+                    Ok(slot) => match self.wait_started(slot).await {
+                        Err(InvokeError::Throttled(t)) => (t, false),
+                        r => return r,
+                    },
+                    Err(t) => (t, true),
+                },
             };
             if Instant::now() >= deadline {
                 return Err(InvokeError::Throttled(throttled));
@@ -386,10 +462,14 @@ impl Scheduler {
             freed.as_mut().enable();
             gone.as_mut().enable();
             // Re-check after enabling: something may have freed before we registered.
-            let r = match self.try_acquire(pool) {
-                Ok(slot) => Some(slot),
-                Err(t) => {
-                    let wake = wake_at(&t, Instant::now(), deadline);
+            let r = match recheck.then(|| self.try_acquire(pool)) {
+                Some(Ok(slot)) => Some(slot),
+                looked => {
+                    let t = match looked {
+                        Some(Err(t)) => t,
+                        _ => throttled,
+                    };
+                    let wake = wake_at(&t, Instant::now(), deadline, poll);
                     tokio::select! {
                         _ = &mut freed => {}
                         _ = &mut gone => {}
@@ -401,7 +481,10 @@ impl Scheduler {
             pool.waiting.fetch_sub(1, Ordering::AcqRel);
             self.gone_waiters.fetch_sub(1, Ordering::AcqRel);
             if let Some(slot) = r {
-                return self.wait_started(slot).await;
+                match self.wait_started(slot).await {
+                    Err(InvokeError::Throttled(t)) => refused = Some(t),
+                    r => return r,
+                }
             }
         }
     }
@@ -491,6 +574,10 @@ impl Scheduler {
         let this = self.clone();
         self.tasks.spawn(async move {
             let t0 = Instant::now();
+            if let Err(t) = this.admit_in_fleet(&pool, &inst).await {
+                this.unstart(&pool, &inst, t);
+                return;
+            }
             match placement::start_on_best_fit(&this, &pool.cfg, &inst).await {
                 Ok((worker, info)) => {
                     let _ = inst.worker.set(worker);
@@ -530,6 +617,23 @@ impl Scheduler {
         });
     }
 
+    /// A start the fleet's count refused: the instance never was. Unlike
+    /// a reclaim, nothing is released and nobody waiting for capacity is
+    /// woken (none was freed); its callers get the refusal.
+    fn unstart(&self, pool: &FunctionPool, inst: &Arc<Instance>, t: crate::throttle::Throttled) {
+        if !inst.reclaimed.swap(true, Ordering::AcqRel) {
+            pool.instances
+                .lock()
+                .unwrap()
+                .retain(|i| !Arc::ptr_eq(i, inst));
+            pool.set_phase(inst, Phase::Gone);
+            self.limits.instance_gone();
+            self.live_gauge.set(i64::from(self.limits.live_instances()));
+        }
+        inst.started
+            .send_replace(StartState::Failed(InvokeError::Throttled(t)));
+    }
+
     fn fail_start(&self, pool: &FunctionPool, inst: &Arc<Instance>, e: InvokeError) {
         self.reclaim(pool, inst, "start failed");
         inst.started.send_replace(StartState::Failed(e));
@@ -551,6 +655,11 @@ impl Scheduler {
         self.live_gauge.set(i64::from(self.limits.live_instances()));
         if self.gone_waiters.load(Ordering::Acquire) > 0 {
             self.gone.notify_waiters();
+        }
+        if let Some((exact, _)) = self.exact.get() {
+            let (exact, member) = (exact.clone(), self.member(inst));
+            self.tasks
+                .spawn(async move { exact.release(&member).await });
         }
         if let Some(worker) = inst.worker.get().cloned() {
             let id = inst.id.clone();

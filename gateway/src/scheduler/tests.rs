@@ -206,10 +206,25 @@ fn start_rate_waits_end_when_the_limiter_says() {
         limit: crate::throttle::LimitKind::InstanceStartRate,
         retry_after: Duration::from_secs(1),
     };
-    assert_eq!(wake_at(&t, now, deadline), now + Duration::from_secs(1));
+    assert_eq!(
+        wake_at(&t, now, deadline, None),
+        now + Duration::from_secs(1)
+    );
+    let poll = Some(Duration::from_millis(100));
+    assert_eq!(
+        wake_at(&t, now, deadline, poll),
+        now + Duration::from_secs(1)
+    );
     let t = crate::throttle::Throttled {
         limit: crate::throttle::LimitKind::MaxInstances,
         ..t
     };
-    assert_eq!(wake_at(&t, now, deadline), deadline);
+    assert_eq!(wake_at(&t, now, deadline, None), deadline);
+    // On the fleet's count, others' releases wake nobody here: poll.
+    assert_eq!(
+        wake_at(&t, now, deadline, poll),
+        now + Duration::from_millis(100)
+    );
+    let soon = now + Duration::from_millis(50);
+    assert_eq!(wake_at(&t, now, soon, poll), soon);
 }

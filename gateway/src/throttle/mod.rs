@@ -13,10 +13,13 @@
 //! 5. on scale-out only (in the scheduler): `gateway.max_instances` and
 //!    `gateway.max_instance_starts_per_minute`.
 //!
-//! In fleet mode (`[fleet]`, `split` limits) every rate above and the
-//! scale-out limits are divided by the live gateways ([`GatewayLimits::split`],
-//! [`FunctionLimits::split`]): each limiter is rebuilt from its configured
-//! quota and swapped in, so the check stays one lock-free load plus GCRA.
+//! In fleet mode (`[fleet]`, `split` limits) every rate above, the
+//! concurrency and the scale-out limits are divided by the live gateways
+//! ([`GatewayLimits::split`], [`FunctionLimits::split`]): each limiter is
+//! rebuilt from its configured quota and swapped in, so the check stays one
+//! lock-free load plus GCRA; the concurrency semaphore is resized in place.
+//! With `redis` limits the rates and scale-out are the fleet's exact count
+//! ([`crate::fleet::exact`]), the split ones its fallback.
 //!
 //! A caller is keyed by its source address, or by its VPC for VPC callers
 //! when `gateway.caller_key = "network"`, or by the access key its request
@@ -32,10 +35,10 @@ use governor::state::keyed::DashMapStateStore;
 use governor::{Quota, RateLimiter};
 use std::net::IpAddr;
 use std::num::NonZeroU32;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 
 /// Which limit refused a call (dialects render their own reason from it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -243,6 +246,9 @@ pub struct GatewayLimits {
     start_rate: Shared<Direct>,
     /// Live gateways the limits are divided by (1 outside a fleet).
     share: AtomicU32,
+    /// Fleet mode, `redis` limits: the fleet's count decides a start (see
+    /// [`crate::fleet::exact`]); here only the fleet's total bounds it.
+    exact_starts: AtomicBool,
 }
 
 impl GatewayLimits {
@@ -261,7 +267,19 @@ impl GatewayLimits {
             live_instances: AtomicU32::new(0),
             start_rate: Shared::new(Quota::per_minute(per_min), direct),
             share: AtomicU32::new(1),
+            exact_starts: AtomicBool::new(false),
         }
+    }
+
+    /// From now on a start is admitted by the fleet's exact count, with
+    /// [`GatewayLimits::fallback_start`] when that cannot answer.
+    pub fn set_exact_starts(&self) {
+        self.exact_starts.store(true, Ordering::Release);
+    }
+
+    /// The fleet's `max_instances` and start quota, as configured.
+    pub fn fleet_start_limits(&self) -> (u32, Quota) {
+        (self.max_instances_total, self.start_rate.quota)
     }
 
     /// Divides the gateway-wide limits among `n` live gateways; returns
@@ -298,7 +316,13 @@ impl GatewayLimits {
     /// Admits one more instance start, or says which scale-out limit bites.
     /// The caller must call [`GatewayLimits::instance_gone`] when it ends.
     pub fn admit_start(&self, retry_hint: Duration) -> Result<(), Throttled> {
-        let max = self.max_instances();
+        let exact = self.exact_starts.load(Ordering::Acquire);
+        // Exact: no gateway alone may pass the fleet's total; the rest is
+        // the fleet count's to decide, when the start goes.
+        let max = match exact {
+            true => self.max_instances_total,
+            false => self.max_instances(),
+        };
         let reserved = self
             .live_instances
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
@@ -310,6 +334,9 @@ impl GatewayLimits {
                 retry_after: retry_hint,
             });
         }
+        if exact {
+            return Ok(());
+        }
         if let Err(wait) = check_direct(&self.start_rate.limiter.load()) {
             self.live_instances.fetch_sub(1, Ordering::AcqRel);
             return Err(Throttled {
@@ -318,6 +345,22 @@ impl GatewayLimits {
             });
         }
         Ok(())
+    }
+
+    /// Exact mode when the fleet's count cannot answer: this gateway's
+    /// split share decides a start [`GatewayLimits::admit_start`] already
+    /// counted. On refusal the caller ends the start (`instance_gone`).
+    pub fn fallback_start(&self, retry_hint: Duration) -> Result<(), Throttled> {
+        if self.live_instances() > self.max_instances() {
+            return Err(Throttled {
+                limit: LimitKind::MaxInstances,
+                retry_after: retry_hint,
+            });
+        }
+        check_direct(&self.start_rate.limiter.load()).map_err(|wait| Throttled {
+            limit: LimitKind::InstanceStartRate,
+            retry_after: wait,
+        })
     }
 
     pub fn instance_gone(&self) {
@@ -337,11 +380,95 @@ impl GatewayLimits {
     }
 }
 
+/// A function's `max_concurrency`, resized when the fleet's share changes.
+/// Growing adds permits; shrinking forgets free ones and owes the rest,
+/// which permits pay as they come back: calls in flight are never cut, and
+/// the new bound holds once they end.
+struct Concurrency {
+    configured: u32,
+    inner: Arc<ConcurrencyInner>,
+    /// Permits that exist (free or held) once the debt is paid. Membership
+    /// changes only: a cold-path lock, so that two resizes do not interleave.
+    size: Mutex<u32>,
+}
+
+#[derive(Debug)]
+struct ConcurrencyInner {
+    sem: Semaphore,
+    debt: AtomicUsize,
+}
+
+/// A call's concurrency slot, given back when dropped (at the end of the
+/// response body).
+#[derive(Debug)]
+pub struct ConcurrencyPermit(Arc<ConcurrencyInner>);
+
+impl Drop for ConcurrencyPermit {
+    fn drop(&mut self) {
+        let d = &self.0.debt;
+        let paid = d.load(Ordering::Acquire) > 0
+            && d.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+                .is_ok();
+        if !paid {
+            self.0.sem.add_permits(1);
+        }
+    }
+}
+
+impl Concurrency {
+    fn new(n: u32) -> Self {
+        Concurrency {
+            configured: n,
+            inner: Arc::new(ConcurrencyInner {
+                sem: Semaphore::new(n as usize),
+                debt: AtomicUsize::new(0),
+            }),
+            size: Mutex::new(n),
+        }
+    }
+
+    /// This gateway's part when `n` gateways share the limit (rounded up,
+    /// as the fleet bound counts).
+    fn split(&self, n: u32) {
+        let target = self.configured.div_ceil(n.max(1));
+        let mut size = self.size.lock().unwrap();
+        let i = &self.inner;
+        if target > *size {
+            let grow = (target - *size) as usize;
+            // Owed permits are forgiven before new ones are made.
+            let owed = i
+                .debt
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| {
+                    Some(d.saturating_sub(grow))
+                })
+                .expect("always Some");
+            i.sem.add_permits(grow - owed.min(grow));
+        } else if target < *size {
+            let shrink = (*size - target) as usize;
+            let forgotten = i.sem.forget_permits(shrink);
+            i.debt.fetch_add(shrink - forgotten, Ordering::AcqRel);
+        }
+        *size = target;
+    }
+
+    fn try_acquire(&self) -> Option<ConcurrencyPermit> {
+        let p = self.inner.sem.try_acquire().ok()?;
+        p.forget();
+        Some(ConcurrencyPermit(self.inner.clone()))
+    }
+
+    async fn acquire(&self) -> Option<ConcurrencyPermit> {
+        let p = self.inner.sem.acquire().await.ok()?;
+        p.forget();
+        Some(ConcurrencyPermit(self.inner.clone()))
+    }
+}
+
 /// One function's limits.
 pub struct FunctionLimits {
     rate: Option<Shared<Direct>>,
     caller_rate: Option<Shared<KeyedLimiter>>,
-    concurrency: Option<Arc<Semaphore>>,
+    concurrency: Option<Concurrency>,
     pub queue_timeout: Duration,
     queue_max: usize,
     queued: AtomicUsize,
@@ -360,7 +487,7 @@ impl FunctionLimits {
         FunctionLimits {
             rate: rate.map(|q| Shared::new(q, direct)),
             caller_rate: caller_rate.map(|q| Shared::new(q, KeyedLimiter::new)),
-            concurrency: max_concurrency.map(|n| Arc::new(Semaphore::new(n as usize))),
+            concurrency: max_concurrency.map(Concurrency::new),
             queue_timeout,
             queue_max,
             queued: AtomicUsize::new(0),
@@ -376,13 +503,17 @@ impl FunctionLimits {
         )
     }
 
-    /// This gateway's part of the function's rates when `n` gateways share them.
+    /// This gateway's part of the function's rates and concurrency when
+    /// `n` gateways share them.
     pub fn split(&self, n: u32) {
         if let Some(l) = &self.rate {
             l.split(n);
         }
         if let Some(l) = &self.caller_rate {
             l.split(n);
+        }
+        if let Some(c) = &self.concurrency {
+            c.split(n);
         }
     }
 
@@ -418,11 +549,11 @@ impl FunctionLimits {
     /// Stage 4.4: a concurrency permit (held until the response is complete),
     /// waiting up to `queue_timeout` in FIFO order when configured. Dropping the
     /// future (the client went away) leaves the queue cleanly.
-    pub async fn admit(&self) -> Result<Option<OwnedSemaphorePermit>, Throttled> {
-        let Some(sem) = &self.concurrency else {
+    pub async fn admit(&self) -> Result<Option<ConcurrencyPermit>, Throttled> {
+        let Some(c) = &self.concurrency else {
             return Ok(None);
         };
-        if let Ok(p) = sem.clone().try_acquire_owned() {
+        if let Some(p) = c.try_acquire() {
             return Ok(Some(p));
         }
         let refuse = Throttled {
@@ -437,8 +568,8 @@ impl FunctionLimits {
             return Err(refuse);
         }
         let _leave = QueueSlot(&self.queued);
-        match tokio::time::timeout(self.queue_timeout, sem.clone().acquire_owned()).await {
-            Ok(Ok(p)) => Ok(Some(p)),
+        match tokio::time::timeout(self.queue_timeout, c.acquire()).await {
+            Ok(Some(p)) => Ok(Some(p)),
             _ => Err(refuse),
         }
     }

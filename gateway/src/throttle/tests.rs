@@ -221,3 +221,76 @@ fn split_limits_admit_their_share_and_give_it_back() {
     assert_eq!(admitted(&f), 9);
     assert_eq!(gw.max_instances(), 7);
 }
+
+#[tokio::test]
+async fn split_concurrency_never_cuts_a_call_and_holds_the_new_bound_once_they_end() {
+    let f = FunctionLimits::new(None, None, Some(10), Duration::ZERO, 0);
+    let f = &f;
+    let take = |n: usize| async move {
+        let mut held = Vec::new();
+        for _ in 0..n {
+            match f.admit().await {
+                Ok(Some(p)) => held.push(p),
+                _ => break,
+            }
+        }
+        held
+    };
+    let mut held = take(10).await;
+    assert_eq!(held.len(), 10);
+    // Three gateways: ceil(10 / 3) = 4 here, while ten calls still run.
+    f.split(3);
+    assert!(f.admit().await.is_err());
+    held.truncate(5);
+    assert!(f.admit().await.is_err(), "5 running, bound 4");
+    held.truncate(3);
+    let more = take(10).await;
+    assert_eq!(more.len(), 1, "3 running + 1 = the bound of 4");
+    drop(more);
+    drop(held);
+    assert_eq!(take(10).await.len(), 4);
+    // Back to one gateway: owed permits are forgiven first, then added.
+    let mut held = take(4).await;
+    f.split(3);
+    f.split(1);
+    assert_eq!(take(10).await.len(), 6, "4 held + 6 = 10");
+    held.clear();
+    assert_eq!(take(20).await.len(), 10);
+    // Shrunk, then grown before the calls ended: never above the bound.
+    let held = take(10).await;
+    f.split(5);
+    f.split(2);
+    drop(held);
+    assert_eq!(take(20).await.len(), 5);
+}
+
+#[test]
+fn exact_starts_are_bounded_here_by_the_fleet_total_and_fall_back_to_the_split_share() {
+    let g = GatewayLimits::new(CallerKeying::SourceIp, None, 6, 3);
+    g.split(3);
+    g.set_exact_starts();
+    // The fleet's count decides: this gateway alone may reach the total,
+    // with no local start rate...
+    for _ in 0..6 {
+        assert!(g.admit_start(Duration::ZERO).is_ok());
+    }
+    assert_eq!(
+        g.admit_start(Duration::ZERO).unwrap_err().limit,
+        LimitKind::MaxInstances
+    );
+    // ...and when the count cannot answer, its split share does.
+    assert_eq!(
+        g.fallback_start(Duration::ZERO).unwrap_err().limit,
+        LimitKind::MaxInstances
+    );
+    for _ in 0..4 {
+        g.instance_gone();
+    }
+    assert!(g.fallback_start(Duration::ZERO).is_ok(), "2 of ceil(6 / 3)");
+    assert_eq!(
+        g.fallback_start(Duration::ZERO).unwrap_err().limit,
+        LimitKind::InstanceStartRate,
+        "a third of 3 starts a minute"
+    );
+    assert_eq!(g.fleet_start_limits().0, 6);
+}

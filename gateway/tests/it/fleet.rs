@@ -279,6 +279,9 @@ async fn offer_twice(
 const RATE: f64 = 40.0;
 const BURST: u32 = 10;
 
+/// `slow` refills one call in 100 s: what it admits is its burst alone.
+const SLOW_BURST: u32 = 5;
+
 fn rated(nats: &Nats, id: &str, extra: &str) -> Gateway {
     let f = echo_fn(
         "rated",
@@ -286,7 +289,30 @@ fn rated(nats: &Nats, id: &str, extra: &str) -> Gateway {
             "instance_concurrency = 100\nrate_limit = {{ per_second = {RATE}, burst = {BURST} }}"
         ),
     );
-    Gateway::start("", &format!("{}\n{f}", nats.fleet(id, extra)))
+    let slow = echo_fn(
+        "slow",
+        &format!("rate_limit = {{ per_second = 0.01, burst = {SLOW_BURST} }}"),
+    );
+    Gateway::start("", &format!("{}\n{f}\n{slow}", nats.fleet(id, extra)))
+}
+
+/// Sends `n` calls to `slow`, round robin over `gws`, one after another;
+/// the count admitted.
+async fn burst_of_slow(gws: &[&Gateway], n: usize) -> usize {
+    let mut clients = Vec::new();
+    for gw in gws {
+        clients.push(gw.h1().await);
+    }
+    let mut admitted = 0;
+    for i in 0..n {
+        let r = clients[i % gws.len()].invoke("slow", "x").await;
+        match r.status {
+            200 => admitted += 1,
+            429 => {}
+            s => panic!("unexpected {s}: {}", r.text()),
+        }
+    }
+    admitted
 }
 
 /// Three gateways of one fleet with the rated function, all seeing three.
@@ -312,6 +338,8 @@ async fn redis_mode_holds_a_fleet_to_the_rate_and_falls_back_to_split_without_re
     );
     let gws = three_rated(&nats, &extra).await;
     let gws: Vec<&Gateway> = gws.iter().collect();
+    // A fresh key admits exactly its burst, fleet-wide, as governor does.
+    assert_eq!(burst_of_slow(&gws, 9).await, SLOW_BURST as usize);
     let (each, window) = offer_twice(&gws, "rated", RATE, 3.0).await;
     let admitted: usize = each.iter().sum();
     let exact = RATE * window.as_secs_f64() + f64::from(BURST);
@@ -375,6 +403,11 @@ async fn split_mode_holds_a_fleet_within_its_documented_bound() {
     let nats = Nats::start();
     let gws = three_rated(&nats, "").await;
     let gws: Vec<&Gateway> = gws.iter().collect();
+    // An even spread takes each gateway's ceil(B / N): the bound's N·ceil(B/N).
+    assert_eq!(
+        burst_of_slow(&gws, 9).await,
+        3 * SLOW_BURST.div_ceil(3) as usize
+    );
     let (each, window) = offer_twice(&gws, "rated", RATE, 3.0).await;
     let admitted: usize = each.iter().sum();
     // README: an even spread admits at most R·t + N·ceil(burst / N).
@@ -566,4 +599,188 @@ fn a_worker_that_cannot_reach_its_fleet_refuses_to_start() {
     let mut p = Proc::spawn(cmd);
     assert_eq!(p.wait_exit(Duration::from_secs(30)), Some(1));
     assert!(p.log().contains("cannot connect to NATS"), "{}", p.log());
+}
+
+/// Sends `n` calls to `function` on `gw` that hold until `release` exists,
+/// each on a connection of its own; returns once `holding` more are in
+/// flight and the others answered: the answers, and the calls still held.
+async fn hold(
+    gw: &Gateway,
+    function: &str,
+    release: &std::path::Path,
+    n: usize,
+    holding: usize,
+) -> (Vec<Resp>, Vec<tokio::task::JoinHandle<Resp>>) {
+    let metric = format!("fngate_invocations_in_flight{{function=\"{function}\"}}");
+    let before = gw.metric(&metric).await;
+    let calls = spawn_holds(gw, function, release, n).await;
+    gw.until(
+        &format!("{holding} of {n} calls held, the others answered"),
+        Duration::from_secs(60),
+        || async {
+            calls.iter().filter(|c| c.is_finished()).count() == n - holding
+                && gw.metric(&metric).await == before + holding as f64
+        },
+    )
+    .await;
+    let (mut answered, mut held) = (Vec::new(), Vec::new());
+    for c in calls {
+        match c.is_finished() {
+            true => answered.push(c.await.unwrap()),
+            false => held.push(c),
+        }
+    }
+    (answered, held)
+}
+
+/// `n` calls to `function` on `gw` that hold until `release` exists.
+async fn spawn_holds(
+    gw: &Gateway,
+    function: &str,
+    release: &std::path::Path,
+    n: usize,
+) -> Vec<tokio::task::JoinHandle<Resp>> {
+    let mut calls = Vec::new();
+    for _ in 0..n {
+        let mut c = gw.h1().await;
+        let function = function.to_string();
+        let payload = format!("fngate:hold:{}", release.display());
+        calls.push(tokio::spawn(
+            async move { c.invoke(&function, payload).await },
+        ));
+    }
+    calls
+}
+
+fn refused_by(r: &Resp, limit: &str) -> bool {
+    r.status == 429 && r.text().contains(limit)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_mode_counts_the_fleets_instances_and_starts_exactly() {
+    let nats = Nats::start();
+    let redis = Redis::start();
+    let extra = format!(
+        "rate_limits = \"redis\"\nredis_url = \"{}\"\nredis_timeout_ms = 200",
+        redis.url
+    );
+    // Three instances and four starts a minute (one every 15 s) for the fleet.
+    let gateway = "max_instances = 3\nmax_instance_starts_per_minute = 4";
+    let f = echo_fn("held", "memory_mb = 128\ninstance_concurrency = 1");
+    let start = |id: &str| Gateway::start(gateway, &format!("{}\n{f}", nats.fleet(id, &extra)));
+    let (mut g1, g2) = (start("gw-1"), start("gw-2"));
+    for gw in [&g1, &g2] {
+        wait_live(gw, 2.0).await;
+    }
+    let release = g1.dir.path().join("release");
+    let t0 = Instant::now();
+    // One gateway alone reaches the fleet's total (its split share is 2)...
+    let (answered, _held) = hold(&g1, "held", &release, 4, 3).await;
+    assert!(
+        refused_by(&answered[0], "max_instances"),
+        "{}",
+        answered[0].text()
+    );
+    assert_eq!(g1.instances_of("held").await.len(), 3);
+    // ...and the other, which started nothing, finds the fleet full.
+    let mut c2 = g2.h1().await;
+    let r = c2.invoke("held", "x").await;
+    assert!(refused_by(&r, "max_instances"), "{} {}", r.status, r.text());
+
+    // A killed gateway's instances leave the count as their leases lapse.
+    g1.proc.signal(libc::SIGKILL);
+    g1.proc.wait_exit(Duration::from_secs(10));
+    g2.until(
+        "a start on gw-2 once gw-1's leases lapsed",
+        Duration::from_secs(30),
+        || async {
+            let r = g2.h1().await.invoke("held", "x").await;
+            match r.status {
+                200 => true,
+                429 if refused_by(&r, "max_instances") => false,
+                s => panic!("unexpected {s}: {}", r.text()),
+            }
+        },
+    )
+    .await;
+    // That was the fleet's fourth start this minute: a fifth waits for the
+    // rate, though only one instance lives now. Two held calls need it.
+    let calls = spawn_holds(&g2, "held", &release, 2).await;
+    let in_flight = "fngate_invocations_in_flight{function=\"held\"}";
+    g2.until(
+        "the fifth start decided",
+        Duration::from_secs(60),
+        || async {
+            let n = g2.metric(in_flight).await;
+            n == 2.0 || (n == 1.0 && calls.iter().any(|c| c.is_finished()))
+        },
+    )
+    .await;
+    // The first start came after t0: under 15 s since, the rate refuses.
+    let elapsed = t0.elapsed();
+    match calls.iter().position(|c| c.is_finished()) {
+        Some(i) => {
+            let r = calls.into_iter().nth(i).unwrap().await.unwrap();
+            assert!(
+                refused_by(&r, "max_instance_starts_per_minute"),
+                "{}",
+                r.text()
+            );
+        }
+        None => assert!(
+            elapsed >= Duration::from_secs(15),
+            "a fifth start within {elapsed:?} of the first"
+        ),
+    }
+    std::fs::write(&release, b"").unwrap();
+    assert_eq!(
+        g2.metric("fngate_fleet_limit_fallbacks_total{reason=\"error\"}")
+            .await
+            + g2.metric("fngate_fleet_limit_fallbacks_total{reason=\"timeout\"}")
+                .await,
+        0.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn split_mode_shares_max_concurrency_and_takes_it_back_when_a_gateway_leaves() {
+    let nats = Nats::start();
+    let f = echo_fn("busy", "instance_concurrency = 10\nmax_concurrency = 4");
+    let (a, b) = (member(&nats, "gw-a", &f), member(&nats, "gw-b", &f));
+    for gw in [&a, &b] {
+        wait_live(gw, 2.0).await;
+    }
+    let release = a.dir.path().join("release");
+    // Two gateways: each admits ceil(4 / 2) = 2 at a time.
+    let (answered, held_a) = hold(&a, "busy", &release, 3, 2).await;
+    assert!(
+        refused_by(&answered[0], "max_concurrency"),
+        "{}",
+        answered[0].text()
+    );
+    let (answered, _held_b) = hold(&b, "busy", &release, 3, 2).await;
+    assert!(
+        refused_by(&answered[0], "max_concurrency"),
+        "{}",
+        answered[0].text()
+    );
+
+    // gw-b leaves: gw-a's share is the whole limit, its two calls still held.
+    b.proc.signal(libc::SIGTERM);
+    wait_live(&a, 1.0).await;
+    let (answered, held_more) = hold(&a, "busy", &release, 3, 2).await;
+    assert!(
+        refused_by(&answered[0], "max_concurrency"),
+        "{}",
+        answered[0].text()
+    );
+    assert_eq!(
+        a.metric("fngate_invocations_in_flight{function=\"busy\"}")
+            .await,
+        4.0
+    );
+    std::fs::write(&release, b"").unwrap();
+    for c in held_a.into_iter().chain(held_more) {
+        assert_eq!(c.await.unwrap().status, 200);
+    }
 }
