@@ -120,6 +120,10 @@ pub struct Instance {
     in_flight: AtomicU32,
     last_used_ms: AtomicU64,
     reclaimed: AtomicBool,
+    /// In the fleet's count (`redis` limits): only then is its entry renewed
+    /// or removed, so a start still being decided is never added behind
+    /// the check's back.
+    counted: AtomicBool,
     started: watch::Sender<StartState>,
 }
 
@@ -374,7 +378,7 @@ impl Scheduler {
         self.functions
             .values()
             .flat_map(|p| p.snapshot())
-            .filter(|i| !i.reclaimed.load(Ordering::Acquire))
+            .filter(|i| i.counted.load(Ordering::Acquire) && !i.reclaimed.load(Ordering::Acquire))
             .map(|i| self.member(&i))
             .collect()
     }
@@ -392,14 +396,19 @@ impl Scheduler {
             return Ok(());
         };
         let hint = pool.limits.retry_hint();
-        match exact
+        let admitted = match exact
             .admit_start(&self.limits, &self.member(inst), *lease, hint)
             .await
         {
             StartCheck::Admitted => Ok(()),
             StartCheck::Refused(t) => Err(t),
+            // Admitted here: the next renewal adds it to the count.
             StartCheck::Unavailable => self.limits.fallback_start(hint),
+        };
+        if admitted.is_ok() {
+            inst.counted.store(true, Ordering::Release);
         }
+        admitted
     }
 
     /// Publishes each worker's memory capacity and reservation (reaper tick).
@@ -562,6 +571,7 @@ impl Scheduler {
             in_flight: AtomicU32::new(0),
             last_used_ms: AtomicU64::new(self.now_ms()),
             reclaimed: AtomicBool::new(false),
+            counted: AtomicBool::new(false),
             started: watch::channel(StartState::Pending).0,
         });
         pool.set_phase(&inst, Phase::Starting);
@@ -656,7 +666,9 @@ impl Scheduler {
         if self.gone_waiters.load(Ordering::Acquire) > 0 {
             self.gone.notify_waiters();
         }
-        if let Some((exact, _)) = self.exact.get() {
+        if let Some((exact, _)) = self.exact.get()
+            && inst.counted.load(Ordering::Acquire)
+        {
             let (exact, member) = (exact.clone(), self.member(inst));
             self.tasks
                 .spawn(async move { exact.release(&member).await });
