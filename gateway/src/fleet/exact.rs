@@ -34,6 +34,7 @@ use crate::{auth::KeyId, scheduler::FunctionPool};
 use dashmap::DashMap;
 use governor::Quota;
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -115,7 +116,7 @@ pub struct ExactLimits {
     /// The sorted set of the fleet's instances.
     instances_key: String,
     timeout: Duration,
-    denials: DashMap<String, Instant>,
+    denials: DashMap<Limited, Instant>,
     epoch: Instant,
     /// µs since `epoch` before which Redis is not asked.
     down_until_us: AtomicU64,
@@ -133,13 +134,47 @@ fn micros(d: Duration) -> u64 {
     d.as_micros().min(u128::from(u64::MAX)) as u64
 }
 
-fn caller_id(key: CallerKey) -> String {
-    match key {
-        CallerKey::Ip(ip) => format!("ip:{ip}"),
-        // Indices into tables built from the configuration every member
-        // of a fleet shares.
-        CallerKey::Vpc(v) => format!("vpc:{}", v.0),
-        CallerKey::AccessKey(k) => format!("key:{}", k.0),
+/// One rate limit's state on Redis, and the key of its cached denial.
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum Limited {
+    /// A function's per-caller rate.
+    Caller(Arc<str>, CallerKey),
+    /// The gateway's per-caller rate (every function).
+    GatewayCaller(CallerKey),
+    /// A function's rate.
+    Function(Arc<str>),
+}
+
+impl Limited {
+    fn kind(&self) -> LimitKind {
+        match self {
+            Limited::Caller(..) => LimitKind::CallerRate,
+            Limited::GatewayCaller(_) => LimitKind::GatewayCallerRate,
+            Limited::Function(_) => LimitKind::FunctionRate,
+        }
+    }
+
+    /// `prefix` is the fleet's, `fngate:{<fleet>}:`.
+    fn redis_key(&self, prefix: &str) -> String {
+        match self {
+            Limited::Caller(f, who) => format!("{prefix}c:{f}:{}", CallerId(*who)),
+            Limited::GatewayCaller(who) => format!("{prefix}g:{}", CallerId(*who)),
+            Limited::Function(f) => format!("{prefix}f:{f}"),
+        }
+    }
+}
+
+struct CallerId(CallerKey);
+
+impl std::fmt::Display for CallerId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            CallerKey::Ip(ip) => write!(f, "ip:{ip}"),
+            // Indices into tables built from the configuration every
+            // member of a fleet shares.
+            CallerKey::Vpc(v) => write!(f, "vpc:{}", v.0),
+            CallerKey::AccessKey(k) => write!(f, "key:{}", k.0),
+        }
     }
 }
 
@@ -214,43 +249,30 @@ impl ExactLimits {
         access_key: Option<KeyId>,
     ) -> Result<(), Throttled> {
         let (rate, caller_rate) = pool.limits.quotas();
-        let mut keys: Vec<(String, Quota, LimitKind)> = Vec::with_capacity(3);
-        let function = &*pool.cfg.name;
-        if let Some(c) = caller {
-            let who = caller_id(gw.keying.key(c, access_key));
-            if let Some(q) = caller_rate {
-                keys.push((
-                    format!("{}c:{function}:{who}", self.prefix),
-                    q,
-                    LimitKind::CallerRate,
-                ));
-            }
-            if let Some(q) = gw.caller_quota() {
-                keys.push((
-                    format!("{}g:{who}", self.prefix),
-                    q,
-                    LimitKind::GatewayCallerRate,
-                ));
-            }
-        }
-        if let Some(q) = rate {
-            keys.push((
-                format!("{}f:{function}", self.prefix),
-                q,
-                LimitKind::FunctionRate,
-            ));
-        }
-        if keys.is_empty() {
+        let function = &pool.cfg.name;
+        let who = caller.map(|c| gw.keying.key(c, access_key));
+        // In the order the script checks them (and answers an index into).
+        let checked = [
+            who.zip(caller_rate)
+                .map(|(w, q)| (Limited::Caller(function.clone(), w), q)),
+            who.zip(gw.caller_quota())
+                .map(|(w, q)| (Limited::GatewayCaller(w), q)),
+            rate.map(|q| (Limited::Function(function.clone()), q)),
+        ];
+        let limits = checked.iter().flatten();
+        if limits.clone().next().is_none() {
             return Ok(());
         }
+        // A flood of refused calls is answered here, with no round trip
+        // and no allocation.
         let now = Instant::now();
-        for (key, _, limit) in &keys {
-            if let Some(until) = self.denials.get(key).map(|u| *u)
+        for (limited, _) in limits.clone() {
+            if let Some(until) = self.denials.get(limited).map(|u| *u)
                 && until > now
             {
                 self.cached_denials.inc();
                 return Err(Throttled {
-                    limit: *limit,
+                    limit: limited.kind(),
                     retry_after: until - now,
                 });
             }
@@ -261,9 +283,11 @@ impl ExactLimits {
             return pool.limits.check_rates(gw, caller, access_key);
         }
         let mut call = self.script.prepare_invoke();
-        for (key, q, _) in &keys {
+        for (limited, q) in limits.clone() {
             let t = micros(q.replenish_interval());
-            call.key(key).arg(t).arg(tolerance(*q));
+            call.key(limited.redis_key(&self.prefix))
+                .arg(t)
+                .arg(tolerance(*q));
         }
         let mut conn = self.conn.clone();
         let answer: Result<Result<(i64, i64), redis::RedisError>, _> =
@@ -275,15 +299,19 @@ impl ExactLimits {
             }
             Ok(Ok((i, wait_us))) => {
                 self.rtt.observe(now.elapsed().as_secs_f64());
-                let (key, _, limit) = &keys[(i as usize).clamp(1, keys.len()) - 1];
+                let count = limits.clone().count();
+                let (limited, _) = limits
+                    .clone()
+                    .nth((i as usize).clamp(1, count) - 1)
+                    .expect("an index within the keys sent");
                 let retry_after = Duration::from_micros(wait_us.max(0) as u64);
                 if self.denials.len() >= DENIALS_MAX {
                     let now = Instant::now();
                     self.denials.retain(|_, until| *until > now);
                 }
-                self.denials.insert(key.clone(), now + retry_after);
+                self.denials.insert(limited.clone(), now + retry_after);
                 Err(Throttled {
-                    limit: *limit,
+                    limit: limited.kind(),
                     retry_after,
                 })
             }
@@ -428,5 +456,42 @@ pub async fn keep_leases(
         }
         // A renewal slower than a tick would only pile up behind itself.
         exact.renew(&sched.members(), lease, every).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ingress::VpcId;
+
+    /// Every member of a fleet must name a limit's state the same way, in
+    /// the fleet's one hash slot.
+    #[test]
+    fn redis_keys_name_each_limit_in_the_fleets_slot() {
+        let p = "fngate:{f1}:";
+        let f: Arc<str> = "echo".into();
+        let ip = CallerKey::Ip("127.0.0.9".parse().unwrap());
+        let cases = [
+            (Limited::Function(f.clone()), "fngate:{f1}:f:echo"),
+            (
+                Limited::Caller(f.clone(), ip),
+                "fngate:{f1}:c:echo:ip:127.0.0.9",
+            ),
+            (
+                Limited::Caller(f, CallerKey::Vpc(VpcId(3))),
+                "fngate:{f1}:c:echo:vpc:3",
+            ),
+            (
+                Limited::GatewayCaller(CallerKey::AccessKey(KeyId(2))),
+                "fngate:{f1}:g:key:2",
+            ),
+        ];
+        for (limited, key) in cases {
+            assert_eq!(limited.redis_key(p), key);
+        }
+        assert_eq!(
+            Limited::GatewayCaller(ip).kind(),
+            LimitKind::GatewayCallerRate
+        );
     }
 }
