@@ -24,10 +24,14 @@
 //! - A stop of a running task is also published on the core subject
 //!   `<fleet>.kill`: every gateway kills the attempt if it runs it.
 //!
-//! What the embedded store does and this one does not: payloads are not
-//! kept for the task API once a task is done (the message is gone), and
-//! done records expire with the bucket's `max_age` (`async_retention_s`)
-//! rather than by count.
+//! - A record names its message's stream sequence: the task API reads a
+//!   pending task's payload from the stream. The message goes once the
+//!   task is done, so the record that ends it (done or stopped) keeps the
+//!   payload itself: written once, like the embedded store keeps it.
+//!
+//! What the embedded store does and this one does not: done records
+//! expire with the bucket's `max_age` (`async_retention_s`) rather than
+//! by count.
 
 use super::{Fleet, FleetError};
 use crate::asynchronous::store::{
@@ -94,6 +98,54 @@ fn unframe(b: &Bytes) -> Option<(TaskRecord, Bytes)> {
     let len = u32::from_be_bytes(b.get(..4)?.try_into().ok()?) as usize;
     let json = b.get(4..4 + len)?;
     Some((serde_json::from_slice(json).ok()?, b.slice(4 + len..)))
+}
+
+/// A task's entry in the `<fleet>_tasks` bucket.
+struct Entry {
+    record: TaskRecord,
+    revision: u64,
+    /// The sequence of the task's message in the queue stream (0: unknown).
+    seq: u64,
+    /// Kept once the task is done.
+    payload: Option<Bytes>,
+}
+
+/// `[u64 message sequence][u32 length][record JSON][u8 payload kept][payload]`.
+fn entry_value(r: &TaskRecord, seq: u64, payload: Option<&[u8]>) -> Bytes {
+    let json = serde_json::to_vec(r).expect("plain data");
+    let kept = payload.unwrap_or_default();
+    let mut b = BytesMut::with_capacity(13 + json.len() + kept.len());
+    b.put_u64(seq);
+    b.put_u32(json.len() as u32);
+    b.put_slice(&json);
+    b.put_u8(payload.is_some() as u8);
+    b.put_slice(kept);
+    b.freeze()
+}
+
+/// Also reads a plain JSON record (no sequence, no payload).
+fn read_entry(value: &Bytes, revision: u64) -> Result<Entry, StoreError> {
+    if value.first() == Some(&b'{') {
+        let record = serde_json::from_slice(value).map_err(err)?;
+        return Ok(Entry {
+            record,
+            revision,
+            seq: 0,
+            payload: None,
+        });
+    }
+    let broken = || err("a task record in an unknown format");
+    let seq = u64::from_be_bytes(value.get(..8).ok_or_else(broken)?.try_into().unwrap());
+    let len = u32::from_be_bytes(value.get(8..12).ok_or_else(broken)?.try_into().unwrap()) as usize;
+    let json = value.get(12..12 + len).ok_or_else(broken)?;
+    let record = serde_json::from_slice(json).map_err(err)?;
+    let payload = (value.get(12 + len) == Some(&1)).then(|| value.slice(13 + len..));
+    Ok(Entry {
+        record,
+        revision,
+        seq,
+        payload,
+    })
 }
 
 impl JetStreamStore {
@@ -277,21 +329,30 @@ impl JetStreamStore {
             .await
     }
 
-    /// The current record and its revision (0: not written yet).
-    async fn record(&self, key: &str) -> Result<Option<(TaskRecord, u64)>, StoreError> {
+    /// The task's current entry.
+    async fn entry(&self, key: &str) -> Result<Option<Entry>, StoreError> {
         match self.state.entry(key).await.map_err(err)? {
             Some(e) if e.operation == kv::Operation::Put => {
-                let r = serde_json::from_slice(&e.value).map_err(err)?;
-                Ok(Some((r, e.revision)))
+                read_entry(&e.value, e.revision).map(Some)
             }
             _ => Ok(None),
         }
     }
 
-    /// Writes `r` if the record is still at `revision` (0: absent). `None`:
-    /// another writer came first.
-    async fn write(&self, r: &TaskRecord, revision: u64) -> Result<Option<u64>, StoreError> {
-        let value = Bytes::from(serde_json::to_vec(r).expect("plain data"));
+    async fn record(&self, key: &str) -> Result<Option<TaskRecord>, StoreError> {
+        Ok(self.entry(key).await?.map(|e| e.record))
+    }
+
+    /// Writes `r` (its message at `seq`, the payload if kept) if the entry
+    /// is still at `revision` (0: absent). `None`: another writer came first.
+    async fn write(
+        &self,
+        r: &TaskRecord,
+        revision: u64,
+        seq: u64,
+        payload: Option<&[u8]>,
+    ) -> Result<Option<u64>, StoreError> {
+        let value = entry_value(r, seq, payload);
         let key = r.key();
         let done = if revision == 0 {
             self.state
@@ -308,6 +369,23 @@ impl JetStreamStore {
             Ok(rev) => Ok(Some(rev)),
             Err(None) => Ok(None),
             Err(Some(e)) => Err(e),
+        }
+    }
+
+    /// The payload of a task not done yet, from its message (`None` once
+    /// the message is gone).
+    async fn pending_payload(&self, key: &str, seq: u64) -> Result<Option<Bytes>, StoreError> {
+        if seq == 0 {
+            return Ok(None);
+        }
+        match self.tasks.get_raw_message(seq).await {
+            Ok(m) => Ok(unframe(&m.payload)
+                .filter(|(accepted, _)| accepted.key() == key)
+                .map(|(_, payload)| payload)),
+            Err(e) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {
+                Ok(None)
+            }
+            Err(e) => Err(err(e)),
         }
     }
 
@@ -349,16 +427,16 @@ impl JetStreamStore {
         let subject = format!("{}.{}", self.tasks_subject, task.function);
         let (duplicate, seq) = self.publish(subject, &key, frame(&task, &payload)).await?;
         if duplicate {
-            let known = self.record(&key).await?.map(|(r, _)| r).unwrap_or(task);
+            let known = self.record(&key).await?.unwrap_or(task);
             return Ok(Appended::Known(Box::new(known)));
         }
         // The task is durable from here; its record follows (a lease that
         // finds none uses the message's own).
-        if self.write(&task, 0).await?.is_none() {
+        if self.write(&task, 0, seq, None).await?.is_none() {
             // Known for longer than the server's dedupe window (its record
             // is still kept): not run twice.
             let _ = self.tasks.delete_message(seq).await;
-            if let Some((known, _)) = self.record(&key).await? {
+            if let Some(known) = self.record(&key).await? {
                 return Ok(Appended::Known(Box::new(known)));
             }
         }
@@ -408,7 +486,11 @@ impl JetStreamStore {
             return Ok(None);
         };
         let key = accepted.key();
-        let (old, rev) = self.record(&key).await?.unwrap_or((accepted, 0));
+        let seq = m.info().map_err(err)?.stream_sequence;
+        let (old, rev) = match self.entry(&key).await? {
+            Some(e) => (e.record, e.revision),
+            None => (accepted, 0),
+        };
         if old.state.is_done() {
             // Stopped (or done by an attempt whose ack was lost).
             let _ = m.ack().await;
@@ -426,7 +508,7 @@ impl JetStreamStore {
         t.due_ms = until;
         t.started_ms.get_or_insert(now);
         t.event("Running", now, format!("attempt {}", t.attempts));
-        match self.write(&t, rev).await? {
+        match self.write(&t, rev, seq, None).await? {
             Some(rev) => {
                 self.inflight.lock().unwrap().insert(key, (m, rev));
                 Ok(Some(Leased {
@@ -457,9 +539,21 @@ impl JetStreamStore {
             self.publish(self.deliveries_subject.clone(), &d.id, body)
                 .await?;
         }
-        if self.write(&task, rev).await?.is_none() {
+        let seq = m.info().map_or(0, |i| i.stream_sequence);
+        // The message goes with the ack: a done task's record keeps the
+        // payload from here on.
+        let kept = task
+            .state
+            .is_done()
+            .then(|| unframe(&m.payload).map(|(_, p)| p))
+            .flatten();
+        if self
+            .write(&task, rev, seq, kept.as_deref())
+            .await?
+            .is_none()
+        {
             // Stopped, or taken over after this gateway's lease lapsed.
-            if let Some((now, _)) = self.record(&key).await?
+            if let Some(now) = self.record(&key).await?
                 && now.state.is_done()
             {
                 let _ = m.ack().await;
@@ -480,17 +574,25 @@ impl JetStreamStore {
     async fn do_stop(&self, function: &str, id: &str, now: u64) -> Result<Stop, StoreError> {
         let key = task_key(function, id);
         for _ in 0..CAS_TRIES {
-            let Some((old, rev)) = self.record(&key).await? else {
+            let Some(e) = self.entry(&key).await? else {
                 return Ok(Stop::NotFound);
             };
+            let old = e.record;
             if old.state.is_done() {
                 return Ok(Stop::Done(old));
             }
+            // Its message goes at the next lease: the record keeps the
+            // payload.
+            let kept = self.pending_payload(&key, e.seq).await?;
             let mut t = old.clone();
             t.state = TaskState::Stopped;
             t.ended_ms = Some(now);
             t.event("Stopped", now, String::new());
-            if self.write(&t, rev).await?.is_some() {
+            if self
+                .write(&t, e.revision, e.seq, kept.as_deref())
+                .await?
+                .is_some()
+            {
                 if old.state == TaskState::Running {
                     // The attempt may run on another gateway: every one
                     // kills it if it holds it (best effort; else it runs to
@@ -534,7 +636,7 @@ impl JetStreamStore {
             if !k.starts_with(&prefix) {
                 continue;
             }
-            if let Some((r, _)) = self.record(&k).await?
+            if let Some(r) = self.record(&k).await?
                 && state.is_none_or(|s| r.state == s)
             {
                 found.push(r);
@@ -620,7 +722,17 @@ impl TaskStore for JetStreamStore {
         id: &str,
     ) -> StoreFuture<'_, Option<(TaskRecord, Option<Bytes>)>> {
         let key = task_key(function, id);
-        Box::pin(async move { Ok(self.record(&key).await?.map(|(r, _)| (r, None))) })
+        Box::pin(async move {
+            let Some(e) = self.entry(&key).await? else {
+                return Ok(None);
+            };
+            let payload = match e.payload {
+                Some(p) => Some(p),
+                None if !e.record.state.is_done() => self.pending_payload(&key, e.seq).await?,
+                None => None,
+            };
+            Ok(Some((e.record, payload)))
+        })
     }
 
     fn list(
@@ -690,5 +802,44 @@ impl TaskStore for JetStreamStore {
 
     fn depth(&self) -> Depth {
         *self.depth.lock().unwrap()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> TaskRecord {
+        let mut t: TaskRecord = serde_json::from_str(
+            r#"{"id":"t1","request_id":"r","function":"f","api":"fc","caller":{"network":"internet"},
+                "payload_bytes":3,"accepted_ms":5,"due_ms":5,"state":"Enqueued","attempts":0,
+                "retries":0,"backoffs":0,"events":[]}"#,
+        )
+        .unwrap();
+        t.attempts = 2;
+        t
+    }
+
+    #[test]
+    fn an_entry_keeps_its_message_sequence_and_tells_a_kept_empty_payload_from_none() {
+        let r = record();
+        for (seq, payload) in [(7, None), (1 << 40, Some(&b"abc"[..])), (9, Some(&b""[..]))] {
+            let e = read_entry(&entry_value(&r, seq, payload), 3).unwrap();
+            assert_eq!((e.seq, e.revision), (seq, 3));
+            assert_eq!(e.record.key(), r.key());
+            assert_eq!(e.record.attempts, 2);
+            assert_eq!(e.payload.as_deref(), payload);
+        }
+    }
+
+    #[test]
+    fn a_plain_json_record_reads_and_a_truncated_entry_is_an_error() {
+        let json = Bytes::from(serde_json::to_vec(&record()).unwrap());
+        let e = read_entry(&json, 1).unwrap();
+        assert_eq!((e.seq, e.payload), (0, None));
+        let v = entry_value(&record(), 4, Some(b"abc"));
+        for cut in [0, 5, 11, 20] {
+            assert!(read_entry(&v.slice(..cut), 1).is_err(), "cut at {cut}");
+        }
     }
 }

@@ -2,6 +2,7 @@
 //! gateway processes share membership, limits and (later) the async queue.
 
 use crate::harness::*;
+use crate::tasks::until_status;
 use std::time::{Duration, Instant};
 
 /// One gateway of a fleet: its own embedded worker, `functions` as given.
@@ -559,6 +560,14 @@ async fn a_task_stopped_through_one_gateway_is_killed_where_it_runs() {
         )
         .await;
     let mut c = other.h1().await;
+    let held = format!("fngate:hold:{}", never.display());
+    // Running elsewhere: its payload is read from the queue's message.
+    let r = c
+        .send(task_request("GET", "held", "/stop_me"))
+        .await
+        .unwrap();
+    assert_eq!(r.json()["status"], "Running", "{}", r.text());
+    assert_eq!(r.json()["taskPayload"], held.as_str(), "{}", r.text());
     let r = c
         .send(task_request("PUT", "held", "/stop_me/stop"))
         .await
@@ -582,6 +591,27 @@ async fn a_task_stopped_through_one_gateway_is_killed_where_it_runs() {
         .await
         .unwrap();
     assert_eq!(r.json()["status"], "Stopped", "{}", r.text());
+    // The message is gone once the task is done: its record keeps the
+    // payload, for every gateway.
+    assert_eq!(r.json()["taskPayload"], held.as_str(), "{}", r.text());
+    let r = ca
+        .send(async_request("held", "done body", Some("done_one")))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 202, "{}", r.text());
+    let mut cb = b.h1().await;
+    for (gw, conn) in [(&a, &mut ca), (&b, &mut cb)] {
+        let t = until_status(
+            gw,
+            conn,
+            "held",
+            "done_one",
+            "Succeeded",
+            Duration::from_secs(30),
+        )
+        .await;
+        assert_eq!(t["taskPayload"], "done body", "{t}");
+    }
 }
 
 #[test]

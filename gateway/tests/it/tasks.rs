@@ -15,7 +15,7 @@ async fn task(c: &mut Client, function: &str, id: &str) -> serde_json::Value {
     r.json()
 }
 
-async fn until_status(
+pub(crate) async fn until_status(
     gw: &Gateway,
     c: &mut Client,
     function: &str,
