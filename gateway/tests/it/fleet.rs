@@ -427,7 +427,7 @@ async fn split_mode_holds_a_fleet_within_its_documented_bound() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_fleet_dashboard_queries_real_prometheus_and_every_panel_has_data() {
-    use crate::observability::{Prometheus, check_dashboard, query, values};
+    use crate::observability::{Prometheus, check_dashboard, query, two_more_scrapes, values};
     let nats = Nats::start();
     let redis = Redis::start();
     let worker = nats.worker(1024);
@@ -487,17 +487,7 @@ async fn the_fleet_dashboard_queries_real_prometheus_and_every_panel_has_data() 
         },
     )
     .await;
-    let scrapes = || async {
-        values(&query(prom, "count_over_time(up{job=\"gateway\"}[10m])").await)
-            .first()
-            .copied()
-            .unwrap_or(0.0)
-    };
-    let seen = scrapes().await;
-    a.until("two more scrapes", Duration::from_secs(30), || async {
-        scrapes().await >= seen + 2.0
-    })
-    .await;
+    two_more_scrapes(&a, prom).await;
     let checked = check_dashboard(prom, "fngate-fleet.json", "limited").await;
     assert!(checked >= 10, "checked {checked} expressions");
 }

@@ -76,6 +76,22 @@ pub fn values(result: &serde_json::Value) -> Vec<f64> {
         .collect()
 }
 
+/// Waits for two more scrapes of the gateway job, so every `rate()` window
+/// holds the state reached so far.
+pub async fn two_more_scrapes(gw: &Gateway, prom: SocketAddr) {
+    let scrapes = || async {
+        values(&query(prom, "count_over_time(up{job=\"gateway\"}[10m])").await)
+            .first()
+            .copied()
+            .unwrap_or(0.0)
+    };
+    let seen = scrapes().await;
+    gw.until("two more scrapes", Duration::from_secs(30), || async {
+        scrapes().await >= seen + 2.0
+    })
+    .await;
+}
+
 /// A real Prometheus on loopback scraping `jobs` (name, targets) every second.
 pub struct Prometheus {
     pub addr: SocketAddr,
@@ -339,18 +355,7 @@ async fn dashboards_query_real_prometheus_and_every_panel_has_data() {
         v.first().is_some_and(|x| *x >= 1.0) && w.first().is_some_and(|x| *x >= 1.0)
     })
     .await;
-    // Two more scrapes, so every rate() window holds the end state.
-    let scrapes = || async {
-        values(&query(prom, "count_over_time(up{job=\"gateway\"}[10m])").await)
-            .first()
-            .copied()
-            .unwrap_or(0.0)
-    };
-    let seen = scrapes().await;
-    gw.until("two more scrapes", Duration::from_secs(30), || async {
-        scrapes().await >= seen + 2.0
-    })
-    .await;
+    two_more_scrapes(&gw, prom).await;
 
     // Every expression of every panel parses and returns data; every panel
     // shows something above zero.
