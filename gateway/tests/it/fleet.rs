@@ -250,13 +250,20 @@ async fn offer_twice(
 ) -> (Vec<usize>, Duration) {
     let every = Duration::from_secs_f64(gws.len() as f64 / (2.0 * rate));
     let sends = (secs / every.as_secs_f64()) as usize;
-    let started = Instant::now();
-    let mut tasks = Vec::new();
+    let mut clients = Vec::new();
     for gw in gws {
-        let mut c = gw.h1().await;
+        clients.push(gw.h1().await);
+    }
+    let started = Instant::now();
+    let first = tokio::time::Instant::now();
+    let mut tasks = Vec::new();
+    for (i, mut c) in clients.into_iter().enumerate() {
         let function = function.to_string();
+        // Interleaved: one even stream of calls, not the gateways' calls
+        // arriving together (the first to ask would win every token).
+        let phase = every * i as u32 / gws.len() as u32;
         tasks.push(tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
+            let mut tick = tokio::time::interval_at(first + phase, every);
             let mut ok = 0;
             for _ in 0..sends {
                 tick.tick().await;
