@@ -29,6 +29,7 @@ pub async fn bucket(
     history: i64,
     max_age: Duration,
     storage: stream::StorageType,
+    replicas: usize,
 ) -> Result<kv::Store, String> {
     let config = stream::Config {
         name: format!("KV_{bucket}"),
@@ -40,7 +41,7 @@ pub async fn bucket(
         deny_delete: true,
         allow_direct: true,
         discard: stream::DiscardPolicy::New,
-        num_replicas: 1,
+        num_replicas: replicas,
         ..Default::default()
     };
     if let Err(create) = js.create_stream(config).await {
@@ -256,6 +257,8 @@ pub struct WorkerFleet {
     pub engine_timeout: Duration,
     /// How long NATS is retried at start before the worker gives up.
     pub connect_timeout: Duration,
+    /// Copies of each bucket the worker creates (the gateways' `replicas`).
+    pub replicas: usize,
 }
 
 /// A key-safe member id from a URL: `http://10.0.0.5:7070` -> `10_0_0_5_7070`.
@@ -336,6 +339,7 @@ impl crate::Worker {
             1,
             cfg.member_ttl,
             memory,
+            cfg.replicas,
         )
         .await?;
         let gateways = bucket(
@@ -344,6 +348,7 @@ impl crate::Worker {
             1,
             cfg.member_ttl,
             memory,
+            cfg.replicas,
         )
         .await?;
         let entry = WorkerEntry {

@@ -68,6 +68,10 @@ struct Args {
     /// How long NATS is retried at start; then the worker exits with an error.
     #[arg(long, default_value_t = 30_000)]
     fleet_connect_timeout_ms: u64,
+    /// Copies of the fleet's buckets this worker creates, on a JetStream
+    /// cluster (the gateways' `[fleet] replicas`).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
+    fleet_replicas: u8,
 }
 
 fn main() -> std::process::ExitCode {
@@ -117,6 +121,7 @@ async fn serve() -> std::process::ExitCode {
                 ),
                 engine_timeout: std::time::Duration::from_secs(2),
                 connect_timeout: std::time::Duration::from_millis(a.fleet_connect_timeout_ms),
+                replicas: usize::from(a.fleet_replicas),
             }
         }),
     };

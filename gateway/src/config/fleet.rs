@@ -52,6 +52,14 @@ pub(super) struct FleetSection {
     /// Bound on one engine round trip (a heartbeat, a queue operation).
     #[serde(default = "default_engine_timeout_ms")]
     engine_timeout_ms: u64,
+    /// Copies of every stream and bucket the fleet creates, on a JetStream
+    /// cluster of at least that many servers: 3 survives one server's loss.
+    #[serde(default = "one")]
+    replicas: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 fn default_redis_timeout_ms() -> u64 {
@@ -114,6 +122,7 @@ pub struct FleetConfig {
     pub connect_timeout: Duration,
     pub engine_timeout: Duration,
     pub async_ack_wait: Duration,
+    pub replicas: usize,
 }
 
 /// NATS names (bucket, stream): letters, digits, `-` and `_`.
@@ -223,6 +232,10 @@ pub(super) fn fleet(f: FleetSection, config_dir: &Path) -> Result<FleetConfig, C
     if !(1000..=3_600_000).contains(&f.async_ack_wait_ms) {
         return Err(invalid("fleet.async_ack_wait_ms", "must be 1000..=3600000"));
     }
+    // JetStream's own bound.
+    if !(1..=5).contains(&f.replicas) {
+        return Err(invalid("fleet.replicas", "must be 1..=5"));
+    }
     Ok(FleetConfig {
         id: f.id,
         name: f.name,
@@ -237,5 +250,6 @@ pub(super) fn fleet(f: FleetSection, config_dir: &Path) -> Result<FleetConfig, C
         connect_timeout: Duration::from_millis(f.connect_timeout_ms),
         engine_timeout: Duration::from_millis(f.engine_timeout_ms),
         async_ack_wait: Duration::from_millis(f.async_ack_wait_ms),
+        replicas: f.replicas,
     })
 }

@@ -367,6 +367,7 @@ fn fleet_section_is_checked() {
     let f = parse(&ok).unwrap().fleet.unwrap();
     assert_eq!((f.id.as_str(), f.name.as_str()), ("gw-1", "fngate"));
     assert_eq!(f.member_ttl, Duration::from_secs(5));
+    assert_eq!(f.replicas, 1);
     let bad = |extra: &str, key: &str| {
         let text = format!("{FN}[fleet]\nnats_urls = [\"nats://127.0.0.1:4222\"]\n{extra}\n");
         match parse(&text) {
@@ -388,4 +389,6 @@ fn fleet_section_is_checked() {
         "id = \"a\"\nnats_token_env = \"FNGATE_TEST_UNSET_TOKEN\"",
         "fleet.nats_token.nats_token_env",
     );
+    bad("id = \"a\"\nreplicas = 0", "fleet.replicas");
+    bad("id = \"a\"\nreplicas = 6", "fleet.replicas");
 }

@@ -173,6 +173,7 @@ impl Fleet {
             history,
             max_age,
             storage,
+            self.cfg.replicas,
         )
         .await
         .map_err(FleetError::JetStream)

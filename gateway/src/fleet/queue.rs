@@ -178,7 +178,7 @@ impl JetStreamStore {
                 max_messages,
                 max_bytes,
                 duplicate_window: DEDUPE_WINDOW,
-                num_replicas: 1,
+                num_replicas: fleet.cfg.replicas,
                 ..Default::default()
             };
         let tasks_name = fleet.scoped("queue");
@@ -443,6 +443,36 @@ impl JetStreamStore {
         Ok(Appended::New)
     }
 
+    /// Up to `max` messages waiting for `c`, within the engine timeout: a
+    /// pull the server never answers (one sent while a new consumer elects
+    /// its leader on a cluster, or across a reconnect) would otherwise hold
+    /// the dispatcher for good. What arrived is kept; messages delivered
+    /// too late come back after the ack wait.
+    async fn fetch(
+        &self,
+        c: &consumer::PullConsumer,
+        max: usize,
+    ) -> Result<Vec<jetstream::Message>, StoreError> {
+        let mut messages = Vec::new();
+        let pulled = tokio::time::timeout(self.fleet.cfg.engine_timeout, async {
+            let mut batch = c.fetch().max_messages(max).messages().await.map_err(err)?;
+            while let Some(m) = batch.next().await {
+                messages.push(m.map_err(err)?);
+            }
+            Ok(())
+        })
+        .await
+        .unwrap_or_else(|_| Err(err("the pull was not answered in time")));
+        match pulled {
+            Err(e) if messages.is_empty() => Err(e),
+            Err(e) => {
+                tracing::warn!(error = %e, kept = messages.len(), "a fleet pull ended early");
+                Ok(messages)
+            }
+            Ok(()) => Ok(messages),
+        }
+    }
+
     async fn do_lease(
         &self,
         function: &str,
@@ -451,11 +481,7 @@ impl JetStreamStore {
         until: u64,
     ) -> Result<(Vec<Leased>, bool), StoreError> {
         let c = self.consumer(function).await?;
-        let mut batch = c.fetch().max_messages(max).messages().await.map_err(err)?;
-        let mut messages = Vec::new();
-        while let Some(m) = batch.next().await {
-            messages.push(m.map_err(err)?);
-        }
+        let messages = self.fetch(&c, max).await?;
         // Each message's record read and write are round trips: all of
         // the batch's at once. A message whose lease failed is redelivered
         // after the ack wait.
@@ -656,10 +682,8 @@ impl JetStreamStore {
         let c = self
             .deliverer(Duration::from_millis(until.saturating_sub(now).max(1000)))
             .await?;
-        let mut batch = c.fetch().max_messages(max).messages().await.map_err(err)?;
         let mut out = Vec::new();
-        while let Some(m) = batch.next().await {
-            let m = m.map_err(err)?;
+        for m in self.fetch(c, max).await? {
             let Ok(d) = serde_json::from_slice::<Delivery>(&m.payload) else {
                 let _ = m.ack_with(AckKind::Term).await;
                 continue;

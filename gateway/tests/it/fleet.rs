@@ -499,6 +499,18 @@ async fn the_fleet_dashboard_queries_real_prometheus_and_every_panel_has_data() 
     assert!(checked >= 10, "checked {checked} expressions");
 }
 
+/// Calls of `held` running on `gw` now.
+async fn in_flight(gw: &Gateway) -> f64 {
+    let (_, text) = plain_get(gw.admin, "/metrics").await;
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix("fngate_invocations_in_flight{function=\"held\"} ")?
+                .parse::<f64>()
+                .ok()
+        })
+        .unwrap_or(0.0)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_stopped_through_one_gateway_is_killed_where_it_runs() {
     let nats = Nats::start();
@@ -519,19 +531,6 @@ async fn a_task_stopped_through_one_gateway_is_killed_where_it_runs() {
         .unwrap();
     assert_eq!(r.status, 202, "{}", r.text());
     // Whichever gateway leased it runs it; the stop goes through the other.
-    let in_flight = |gw: &Gateway| {
-        let admin = gw.admin;
-        async move {
-            let (_, text) = plain_get(admin, "/metrics").await;
-            text.lines()
-                .find_map(|l| {
-                    l.strip_prefix("fngate_invocations_in_flight{function=\"held\"} ")?
-                        .parse::<f64>()
-                        .ok()
-                })
-                .unwrap_or(0.0)
-        }
-    };
     a.until("an attempt to run", Duration::from_secs(30), || async {
         in_flight(&a).await + in_flight(&b).await == 1.0
     })
@@ -832,5 +831,125 @@ async fn split_mode_shares_max_concurrency_and_takes_it_back_when_a_gateway_leav
     std::fs::write(&release, b"").unwrap();
     for c in held_a.into_iter().chain(held_more) {
         assert_eq!(c.await.unwrap().status, 200);
+    }
+}
+
+/// A task's record through `c`, once it answers 200 (an engine electing a
+/// new leader may answer 503 meanwhile).
+async fn task_once_succeeded(gw: &Gateway, c: &mut Client, id: &str) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = c.send(task_request("GET", "held", &format!("/{id}"))).await;
+        if let Ok(r) = &r
+            && r.status == 200
+            && r.json()["status"] == "Succeeded"
+        {
+            return r.json();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "task {id}: {:?}\nlog:\n{}",
+            r.map(|r| r.text()),
+            gw.proc.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replicated_fleet_keeps_its_queue_when_a_nats_server_dies() {
+    let mut cluster = Nats::cluster(3);
+    let f = echo_fn("held", "instance_concurrency = 20");
+    let start = |id: &str, nodes: &[Nats]| {
+        let nodes: Vec<&Nats> = nodes.iter().collect();
+        let extra = "replicas = 3\nasync_ack_wait_ms = 3000";
+        Gateway::start("", &format!("{}\n{f}", fleet_section(&nodes, id, extra)))
+    };
+    let (a, b) = (start("gw-a", &cluster), start("gw-b", &cluster));
+    for gw in [&a, &b] {
+        wait_live(gw, 2.0).await;
+    }
+    let go = a.dir.path().join("go");
+    let held = format!("fngate:hold:{}", go.display());
+    let (mut ca, mut cb) = (a.h1().await, b.h1().await);
+    for i in 0..10 {
+        let c = if i % 2 == 0 { &mut ca } else { &mut cb };
+        let r = c
+            .send(async_request(
+                "held",
+                held.clone(),
+                Some(&format!("before-{i}")),
+            ))
+            .await
+            .unwrap();
+        assert_eq!(r.status, 202, "{}", r.text());
+    }
+
+    // Attempts under way when the server dies: their progress and results
+    // go to the queue's new leader.
+    a.until("attempts running", Duration::from_secs(30), || async {
+        in_flight(&a).await + in_flight(&b).await >= 1.0
+    })
+    .await;
+    // Every stream and bucket has three copies; the queue's leader is the
+    // server to kill.
+    let js = async_nats::jetstream::new(async_nats::connect(&cluster[0].url).await.unwrap());
+    let mut leader = String::new();
+    for name in ["fngate_queue", "KV_fngate_tasks", "KV_fngate_gateways"] {
+        let mut s = js.get_stream(name).await.unwrap();
+        let info = s.info().await.unwrap();
+        assert_eq!(info.config.num_replicas, 3, "{name}");
+        let c = info.cluster.clone().unwrap();
+        assert_eq!(c.replicas.len(), 2, "{name}: {c:?}");
+        if name == "fngate_queue" {
+            leader = c.leader.unwrap();
+        }
+    }
+    drop(js);
+    // Servers are named n1, n2, ... in order.
+    let dead = leader.trim_start_matches('n').parse::<usize>().unwrap() - 1;
+    let mut killed = cluster.remove(dead);
+    killed.proc.signal(libc::SIGKILL);
+    killed.proc.wait_exit(Duration::from_secs(10));
+
+    // The held attempts finish; calls accepted after the loss too.
+    std::fs::write(&go, "").unwrap();
+    let mut after = 0;
+    let (killed_at, mut refused, mut first) = (Instant::now(), 0, None);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while after < 10 {
+        let c = if after % 2 == 0 { &mut ca } else { &mut cb };
+        let r = c
+            .send(async_request(
+                "held",
+                "after",
+                Some(&format!("after-{after}")),
+            ))
+            .await
+            .unwrap();
+        match r.status {
+            202 => {
+                after += 1;
+                first.get_or_insert(killed_at.elapsed());
+            }
+            // While the queue elects a new leader.
+            503 | 500 => {
+                refused += 1;
+                assert!(Instant::now() < deadline, "{}", r.text());
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            s => panic!("unexpected {s}: {}", r.text()),
+        }
+    }
+    eprintln!(
+        "replicated queue: server {leader} (the queue's leader) killed; first task accepted {:?} later, {refused} refused meanwhile",
+        first.unwrap()
+    );
+    for i in 0..10 {
+        let c = if i % 2 == 0 { &mut ca } else { &mut cb };
+        let t = task_once_succeeded(&a, c, &format!("before-{i}")).await;
+        assert_eq!(t["taskPayload"], held.as_str(), "{t}");
+        let t = task_once_succeeded(&b, c, &format!("after-{i}")).await;
+        assert_eq!(t["taskPayload"], "after", "{t}");
     }
 }

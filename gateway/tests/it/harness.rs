@@ -831,10 +831,15 @@ pub struct Nats {
 
 impl Nats {
     pub fn start() -> Nats {
+        Nats::spawn(&[])
+    }
+
+    fn spawn(args: &[String]) -> Nats {
         let dir = tempfile::tempdir().unwrap();
         let mut cmd = Command::new("nats-server");
         cmd.args(["-js", "-a", "127.0.0.1", "-p", "-1", "-sd"])
-            .arg(dir.path());
+            .arg(dir.path())
+            .args(args);
         let proc = Proc::spawn(cmd);
         let line = proc.wait_line(
             "Listening for client connections on",
@@ -849,19 +854,47 @@ impl Nats {
         }
     }
 
+    /// `n` servers clustered on loopback (JetStream replicated across
+    /// them), named `n1`..; returns once each knows the cluster's
+    /// metadata leader.
+    pub fn cluster(n: usize) -> Vec<Nats> {
+        let route_ports: Vec<u16> = (0..n)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+            .collect::<Vec<_>>()
+            .iter()
+            .map(|l| l.local_addr().unwrap().port())
+            .collect();
+        let nodes: Vec<Nats> = (0..n)
+            .map(|i| {
+                let routes: Vec<String> = (0..n)
+                    .filter(|j| *j != i)
+                    .map(|j| format!("nats://127.0.0.1:{}", route_ports[j]))
+                    .collect();
+                Nats::spawn(&[
+                    "-n".into(),
+                    format!("n{}", i + 1),
+                    "--cluster_name".into(),
+                    "fngate-test".into(),
+                    "--cluster".into(),
+                    format!("nats://127.0.0.1:{}", route_ports[i]),
+                    "--routes".into(),
+                    routes.join(","),
+                ])
+            })
+            .collect();
+        for node in &nodes {
+            node.proc
+                .wait_line("metadata leader", Duration::from_secs(30));
+        }
+        nodes
+    }
+
     /// The `[fleet]` section for gateway `id`, short heartbeats so that
     /// tests see membership change within seconds.
     /// Each gateway has its own embedded worker unless `extra` sets
     /// `discover_workers`.
     pub fn fleet(&self, id: &str, extra: &str) -> String {
-        let embedded = match extra.contains("discover_workers") {
-            true => "",
-            false => "discover_workers = false\n",
-        };
-        format!(
-            "[fleet]\nid = \"{id}\"\nnats_urls = [\"{}\"]\nheartbeat_ms = 200\nmember_ttl_ms = 1500\n{embedded}{extra}\n",
-            self.url
-        )
+        fleet_section(&[self], id, extra)
     }
 
     /// A standalone worker registered in this fleet (same heartbeat and TTL).
@@ -878,6 +911,19 @@ impl Nats {
             ],
         )
     }
+}
+
+/// [`Nats::fleet`] for a fleet on the servers `nats`.
+pub fn fleet_section(nats: &[&Nats], id: &str, extra: &str) -> String {
+    let embedded = match extra.contains("discover_workers") {
+        true => "",
+        false => "discover_workers = false\n",
+    };
+    let urls: Vec<String> = nats.iter().map(|n| format!("\"{}\"", n.url)).collect();
+    format!(
+        "[fleet]\nid = \"{id}\"\nnats_urls = [{}]\nheartbeat_ms = 200\nmember_ttl_ms = 1500\n{embedded}{extra}\n",
+        urls.join(", ")
+    )
 }
 
 /// A `redis-server` on a free loopback port, persisting nothing.
