@@ -54,6 +54,10 @@ pub enum InvokeError {
     /// No sandbox worker answered in time to start an instance.
     #[error("no sandbox worker answered in time")]
     WorkerUnavailable,
+    /// The asynchronous task store's engine did not answer (fleet mode:
+    /// NATS unreachable or electing a leader).
+    #[error("the asynchronous task store did not answer")]
+    QueueUnavailable,
 
     // ---- the function failed (rendered as the function's error, HTTP 200 in FC) ----
     #[error("function timed out after {0:?}")]
@@ -117,7 +121,8 @@ impl InvokeError {
             InvokeError::InstanceStartFailed { .. } => Outcome::StartFailed,
             InvokeError::Internal(_)
             | InvokeError::ShuttingDown
-            | InvokeError::WorkerUnavailable => Outcome::GatewayError,
+            | InvokeError::WorkerUnavailable
+            | InvokeError::QueueUnavailable => Outcome::GatewayError,
             InvokeError::AccessDenied(_) => Outcome::Denied,
             InvokeError::Unauthenticated(_) => Outcome::Unauthenticated,
             InvokeError::RouteNotFound { .. }

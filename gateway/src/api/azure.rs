@@ -155,7 +155,8 @@ impl Dialect for Azure {
             }
             InvokeError::InstanceStartFailed { .. }
             | InvokeError::ShuttingDown
-            | InvokeError::WorkerUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            | InvokeError::WorkerUnavailable
+            | InvokeError::QueueUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             InvokeError::Internal(_)
             | InvokeError::FunctionTimeout(_)
             | InvokeError::InstanceCrashed { .. }
@@ -233,6 +234,10 @@ impl Dialect for Azure {
             InvokeError::WorkerUnavailable => body(
                 "ServiceUnavailable",
                 "no sandbox worker could start an instance in time; retry",
+            ),
+            InvokeError::QueueUnavailable => body(
+                "ServiceUnavailable",
+                "the asynchronous task queue did not answer; retry",
             ),
             InvokeError::BackendError { .. } => body("BadGateway", &backend_message(err)),
             InvokeError::BackendTimeout { .. } => body("GatewayTimeout", &backend_message(err)),

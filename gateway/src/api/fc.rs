@@ -243,9 +243,9 @@ impl Dialect for Fc {
                 StatusCode::TOO_MANY_REQUESTS
             }
             InvokeError::InstanceStartFailed { .. } => StatusCode::PRECONDITION_FAILED,
-            InvokeError::ShuttingDown | InvokeError::WorkerUnavailable => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            InvokeError::ShuttingDown
+            | InvokeError::WorkerUnavailable
+            | InvokeError::QueueUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             InvokeError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             InvokeError::BackendError { .. } => StatusCode::BAD_GATEWAY,
             InvokeError::BackendTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
@@ -366,6 +366,10 @@ impl Dialect for Fc {
             InvokeError::WorkerUnavailable => gateway(
                 "ServiceUnavailable",
                 "no sandbox worker could start an instance in time; retry",
+            ),
+            InvokeError::QueueUnavailable => gateway(
+                "ServiceUnavailable",
+                "the asynchronous task queue did not answer; retry",
             ),
             InvokeError::AsyncTaskNotFound { id } => gateway(
                 "AsyncTaskNotFound",

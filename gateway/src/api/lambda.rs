@@ -431,9 +431,9 @@ impl Dialect for Lambda {
             InvokeError::Unauthenticated(_) | InvokeError::AccessDenied(_) => StatusCode::FORBIDDEN,
             InvokeError::Throttled(_) => StatusCode::TOO_MANY_REQUESTS,
             InvokeError::NoCapacity { .. } => StatusCode::BAD_GATEWAY,
-            InvokeError::ShuttingDown | InvokeError::WorkerUnavailable => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            InvokeError::ShuttingDown
+            | InvokeError::WorkerUnavailable
+            | InvokeError::QueueUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             InvokeError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             InvokeError::BackendError { .. } => StatusCode::BAD_GATEWAY,
             InvokeError::BackendTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
@@ -565,6 +565,12 @@ impl Dialect for Lambda {
                 "ServiceException",
                 "Service",
                 "No sandbox worker could start an instance in time; retry.".into(),
+                None,
+            ),
+            InvokeError::QueueUnavailable => gateway(
+                "ServiceException",
+                "Service",
+                "The asynchronous invocation queue did not answer; retry.".into(),
                 None,
             ),
             InvokeError::AsyncTaskNotFound { id } => gateway(

@@ -97,6 +97,7 @@ pub(crate) fn every_error() -> Vec<InvokeError> {
         },
         InvokeError::ShuttingDown,
         InvokeError::WorkerUnavailable,
+        InvokeError::QueueUnavailable,
         InvokeError::internal("secret detail"),
         InvokeError::FunctionTimeout(Duration::from_secs(3)),
         InvokeError::InstanceCrashed {

@@ -19,6 +19,10 @@ pub enum StoreError {
     Full(&'static str),
     #[error("asynchronous task store: {0}")]
     Storage(std::sync::Arc<str>),
+    /// The store's engine did not answer (a broker's leader election, a
+    /// lost connection): worth retrying, answered 503.
+    #[error("asynchronous task store unavailable: {0}")]
+    Unavailable(std::sync::Arc<str>),
     #[error("asynchronous task store is closed")]
     Closed,
 }
@@ -26,6 +30,27 @@ pub enum StoreError {
 impl StoreError {
     pub fn storage(e: impl std::fmt::Display) -> Self {
         StoreError::Storage(e.to_string().into())
+    }
+
+    pub fn unavailable(e: impl std::fmt::Display) -> Self {
+        StoreError::Unavailable(e.to_string().into())
+    }
+}
+
+impl From<StoreError> for crate::error::InvokeError {
+    /// `Full` is the caller's to map (a throttle of its own kind).
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Unavailable(detail) => {
+                tracing::warn!(%detail, "asynchronous task store unavailable");
+                crate::error::InvokeError::QueueUnavailable
+            }
+            StoreError::Closed => crate::error::InvokeError::ShuttingDown,
+            e => {
+                tracing::error!(error = %e, "asynchronous task store failed");
+                crate::error::InvokeError::internal(e)
+            }
+        }
     }
 }
 

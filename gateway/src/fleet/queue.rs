@@ -80,8 +80,9 @@ pub struct Kill {
     pub id: String,
 }
 
+/// An engine error: NATS did not answer as it should (worth a retry).
 fn err(e: impl std::fmt::Display) -> StoreError {
-    StoreError::storage(e)
+    StoreError::unavailable(e)
 }
 
 /// `[u32 length][record JSON][payload]`: the task as accepted.
@@ -126,7 +127,7 @@ fn entry_value(r: &TaskRecord, seq: u64, payload: Option<&[u8]>) -> Bytes {
 /// Also reads a plain JSON record (no sequence, no payload).
 fn read_entry(value: &Bytes, revision: u64) -> Result<Entry, StoreError> {
     if value.first() == Some(&b'{') {
-        let record = serde_json::from_slice(value).map_err(err)?;
+        let record = serde_json::from_slice(value).map_err(StoreError::storage)?;
         return Ok(Entry {
             record,
             revision,
@@ -134,11 +135,11 @@ fn read_entry(value: &Bytes, revision: u64) -> Result<Entry, StoreError> {
             payload: None,
         });
     }
-    let broken = || err("a task record in an unknown format");
+    let broken = || StoreError::storage("a task record in an unknown format");
     let seq = u64::from_be_bytes(value.get(..8).ok_or_else(broken)?.try_into().unwrap());
     let len = u32::from_be_bytes(value.get(8..12).ok_or_else(broken)?.try_into().unwrap()) as usize;
     let json = value.get(12..12 + len).ok_or_else(broken)?;
-    let record = serde_json::from_slice(json).map_err(err)?;
+    let record = serde_json::from_slice(json).map_err(StoreError::storage)?;
     let payload = (value.get(12 + len) == Some(&1)).then(|| value.slice(13 + len..));
     Ok(Entry {
         record,

@@ -400,13 +400,8 @@ impl Pipeline {
                             retry_after: pool.limits.retry_hint(),
                         }))
                     }
-                    Err(crate::asynchronous::store::StoreError::Closed) => {
-                        Some(InvokeError::ShuttingDown)
-                    }
-                    Err(e) => {
-                        tracing::error!(function = %pool.cfg.name, error = %e, "asynchronous invocation not stored");
-                        Some(InvokeError::internal(e))
-                    }
+                    // Logged with its cause by the conversion.
+                    Err(e) => Some(e.into()),
                 };
                 let outcome = err.as_ref().map_or(Outcome::Accepted, InvokeError::outcome);
                 let done = done(outcome, None, key);

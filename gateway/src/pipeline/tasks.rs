@@ -88,7 +88,7 @@ impl Pipeline {
         let not_found = |id: &str| InvokeError::AsyncTaskNotFound { id: id.to_string() };
         let get = |id: &str| {
             let f = store.get(function, id);
-            async move { f.await.map_err(InvokeError::internal) }
+            async move { f.await.map_err(InvokeError::from) }
         };
         let answered = match op {
             TaskOp::Get { id } => match get(id).await {
@@ -104,7 +104,7 @@ impl Pipeline {
             },
             TaskOp::List { state, limit, .. } => match store.list(function, *state, *limit).await {
                 Ok(tasks) => Ok(ctx.dialect.task(&TaskAnswer::List(&tasks), &reply)),
-                Err(e) => Err(InvokeError::internal(e)),
+                Err(e) => Err(e.into()),
             },
             TaskOp::Stop { id } => match store.stop(function, id, now_ms()).await {
                 Ok(Stop::NotFound) => Err(not_found(id)),
@@ -120,7 +120,7 @@ impl Pipeline {
                     }
                     Ok(ctx.dialect.task(&TaskAnswer::Stopped, &reply))
                 }
-                Err(e) => Err(InvokeError::internal(e)),
+                Err(e) => Err(e.into()),
             },
         };
         let mut resp = match answered {

@@ -932,9 +932,10 @@ async fn a_replicated_fleet_keeps_its_queue_when_a_nats_server_dies() {
                 after += 1;
                 first.get_or_insert(killed_at.elapsed());
             }
-            // While the queue elects a new leader.
-            503 | 500 => {
+            // While the queue elects a new leader: FC's retryable answer.
+            503 => {
                 refused += 1;
+                assert_eq!(r.json()["Code"], "ServiceUnavailable", "{}", r.text());
                 assert!(Instant::now() < deadline, "{}", r.text());
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }

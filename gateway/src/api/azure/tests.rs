@@ -92,7 +92,7 @@ fn error_rendering_table() {
     let id = HeaderValue::from_static("req-1");
     let statuses = [
         404, 405, 404, 400, 413, 408, 400, 400, 401, 401, 401, 401, 401, 401, 401, 403, 429, 429,
-        503, 503, 503, 500, 500, 500, 500, 500, 502, 504, 429,
+        503, 503, 503, 503, 500, 500, 500, 500, 500, 502, 504, 429,
     ];
     let errors = every_error();
     assert_eq!(errors.len(), statuses.len());

@@ -91,6 +91,7 @@ fn error_rendering_table() {
         (412, Some("CAExited")),
         (503, Some("ServiceUnavailable")),
         (503, Some("ServiceUnavailable")),
+        (503, Some("ServiceUnavailable")),
         (500, Some("InternalServerError")),
         (200, None),
         (200, None),

@@ -175,6 +175,7 @@ fn error_rendering_table() {
         (200, None),
         (503, Some("ServiceException")),
         (503, Some("ServiceException")),
+        (503, Some("ServiceException")),
         (500, Some("ServiceException")),
         (200, None),
         (200, None),
