@@ -953,4 +953,12 @@ async fn a_replicated_fleet_keeps_its_queue_when_a_nats_server_dies() {
         let t = task_once_succeeded(&b, c, &format!("after-{i}")).await;
         assert_eq!(t["taskPayload"], "after", "{t}");
     }
+    // Membership came through too, seconds past the member TTL: both
+    // heartbeat (ready) and count each other.
+    for gw in [&a, &b] {
+        gw.until("ready and two live", Duration::from_secs(20), || async {
+            plain_get(gw.admin, "/readyz").await.0 == 200 && live(gw).await == 2.0
+        })
+        .await;
+    }
 }
