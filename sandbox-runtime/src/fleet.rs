@@ -62,8 +62,10 @@ pub struct Roster {
     store: kv::Store,
     ttl: Duration,
     watch: Option<kv::Watch>,
-    /// Since when the watch has been following the bucket.
+    /// Since when a watch has been following the bucket.
     watching_since: Option<Instant>,
+    /// When the watch last delivered an entry (or was made).
+    last_event: Option<Instant>,
     /// Key -> (counted out at, its value).
     members: HashMap<String, (Instant, Bytes)>,
 }
@@ -75,19 +77,35 @@ impl Roster {
             ttl,
             watch: None,
             watching_since: None,
+            last_event: None,
             members: HashMap::new(),
         }
     }
 
-    /// Starts the watch if it is not running (after an error, or at first).
+    /// Starts the watch if it is not running (after an error, or at
+    /// first), or again if it went quiet for a quarter of the TTL.
+    ///
+    /// A watch is an ordered consumer, and one can stall without an error
+    /// when the server holding it goes (a cluster losing a node): every
+    /// member would then age out here while alive. Watching again with
+    /// history restores the view at once (each key's last entry, counted
+    /// from when it was written); a bucket merely quiet costs one consumer
+    /// per quarter TTL.
     pub async fn ensure_watch(&mut self, timeout: Duration) {
         if self.watch.is_some() {
-            return;
+            if self.last_event.is_some_and(|t| t.elapsed() < self.ttl / 4) {
+                return;
+            }
+            tracing::debug!(bucket = %self.store.name, "the fleet watch is quiet; watching again");
+            self.watch = None;
         }
-        match tokio::time::timeout(timeout, self.store.watch_all()).await {
+        match tokio::time::timeout(timeout, self.store.watch_with_history(">")).await {
             Ok(Ok(w)) => {
                 self.watch = Some(w);
-                self.watching_since = Some(Instant::now());
+                self.last_event = Some(Instant::now());
+                // Set once: a later watch starts from history, and the
+                // members kept here carry the view across.
+                self.watching_since.get_or_insert_with(Instant::now);
             }
             Ok(Err(e)) => {
                 tracing::warn!(bucket = %self.store.name, error = %e, "cannot watch the fleet bucket")
@@ -108,6 +126,9 @@ impl Roster {
     }
 
     pub fn apply(&mut self, change: Option<Result<kv::Entry, kv::WatcherError>>) {
+        if let Some(Ok(_)) = change {
+            self.last_event = Some(Instant::now());
+        }
         match change {
             Some(Ok(e)) => match e.operation {
                 kv::Operation::Put => {
