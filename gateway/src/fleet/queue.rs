@@ -87,18 +87,29 @@ fn err(e: impl std::fmt::Display) -> StoreError {
 
 /// `[u32 length][record JSON][payload]`: the task as accepted.
 fn frame(task: &TaskRecord, payload: &[u8]) -> Bytes {
-    let json = serde_json::to_vec(task).expect("plain data");
-    let mut b = BytesMut::with_capacity(4 + json.len() + payload.len());
-    b.put_u32(json.len() as u32);
-    b.put_slice(&json);
-    b.put_slice(payload);
+    let mut b = BytesMut::new();
+    frame_into(&mut b, task, payload);
     b.freeze()
 }
 
-fn unframe(b: &Bytes) -> Option<(TaskRecord, Bytes)> {
+fn frame_into(b: &mut BytesMut, task: &TaskRecord, payload: &[u8]) {
+    let json = serde_json::to_vec(task).expect("plain data");
+    b.reserve(4 + json.len() + payload.len());
+    b.put_u32(json.len() as u32);
+    b.put_slice(&json);
+    b.put_slice(payload);
+}
+
+/// A frame's record JSON (unparsed) and its payload.
+fn split_frame(b: &Bytes) -> Option<(&[u8], Bytes)> {
     let len = u32::from_be_bytes(b.get(..4)?.try_into().ok()?) as usize;
     let json = b.get(4..4 + len)?;
-    Some((serde_json::from_slice(json).ok()?, b.slice(4 + len..)))
+    Some((json, b.slice(4 + len..)))
+}
+
+fn unframe(b: &Bytes) -> Option<(TaskRecord, Bytes)> {
+    let (json, payload) = split_frame(b)?;
+    Some((serde_json::from_slice(json).ok()?, payload))
 }
 
 /// A task's entry in the `<fleet>_tasks` bucket.
@@ -111,16 +122,13 @@ struct Entry {
     payload: Option<Bytes>,
 }
 
-/// `[u64 message sequence][u32 length][record JSON][u8 payload kept][payload]`.
+/// `[u64 message sequence][u8 payload kept][frame]` (the payload empty
+/// unless kept).
 fn entry_value(r: &TaskRecord, seq: u64, payload: Option<&[u8]>) -> Bytes {
-    let json = serde_json::to_vec(r).expect("plain data");
-    let kept = payload.unwrap_or_default();
-    let mut b = BytesMut::with_capacity(13 + json.len() + kept.len());
+    let mut b = BytesMut::with_capacity(9);
     b.put_u64(seq);
-    b.put_u32(json.len() as u32);
-    b.put_slice(&json);
     b.put_u8(payload.is_some() as u8);
-    b.put_slice(kept);
+    frame_into(&mut b, r, payload.unwrap_or_default());
     b.freeze()
 }
 
@@ -137,15 +145,15 @@ fn read_entry(value: &Bytes, revision: u64) -> Result<Entry, StoreError> {
     }
     let broken = || StoreError::storage("a task record in an unknown format");
     let seq = u64::from_be_bytes(value.get(..8).ok_or_else(broken)?.try_into().unwrap());
-    let len = u32::from_be_bytes(value.get(8..12).ok_or_else(broken)?.try_into().unwrap()) as usize;
-    let json = value.get(12..12 + len).ok_or_else(broken)?;
+    let kept = *value.get(8).ok_or_else(broken)? == 1;
+    let framed = value.slice(9..);
+    let (json, payload) = split_frame(&framed).ok_or_else(broken)?;
     let record = serde_json::from_slice(json).map_err(StoreError::storage)?;
-    let payload = (value.get(12 + len) == Some(&1)).then(|| value.slice(13 + len..));
     Ok(Entry {
         record,
         revision,
         seq,
-        payload,
+        payload: kept.then_some(payload),
     })
 }
 
@@ -572,7 +580,7 @@ impl JetStreamStore {
         let kept = task
             .state
             .is_done()
-            .then(|| unframe(&m.payload).map(|(_, p)| p))
+            .then(|| split_frame(&m.payload).map(|(_, p)| p))
             .flatten();
         if self
             .write(&task, rev, seq, kept.as_deref())
