@@ -2,7 +2,7 @@
 //! gateway processes share membership, limits and (later) the async queue.
 
 use crate::harness::*;
-use crate::tasks::until_status;
+use crate::tasks::{task, until_status};
 use std::time::{Duration, Instant};
 
 /// One gateway of a fleet: its own embedded worker, `functions` as given.
@@ -501,14 +501,8 @@ async fn the_fleet_dashboard_queries_real_prometheus_and_every_panel_has_data() 
 
 /// Calls of `held` running on `gw` now.
 async fn in_flight(gw: &Gateway) -> f64 {
-    let (_, text) = plain_get(gw.admin, "/metrics").await;
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix("fngate_invocations_in_flight{function=\"held\"} ")?
-                .parse::<f64>()
-                .ok()
-        })
-        .unwrap_or(0.0)
+    gw.metric("fngate_invocations_in_flight{function=\"held\"}")
+        .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -558,12 +552,9 @@ async fn a_task_stopped_through_one_gateway_is_killed_where_it_runs() {
     let mut c = other.h1().await;
     let held = format!("fngate:hold:{}", never.display());
     // Running elsewhere: its payload is read from the queue's message.
-    let r = c
-        .send(task_request("GET", "held", "/stop_me"))
-        .await
-        .unwrap();
-    assert_eq!(r.json()["status"], "Running", "{}", r.text());
-    assert_eq!(r.json()["taskPayload"], held.as_str(), "{}", r.text());
+    let t = task(&mut c, "held", "stop_me").await;
+    assert_eq!(t["status"], "Running", "{t}");
+    assert_eq!(t["taskPayload"], held.as_str(), "{t}");
     let r = c
         .send(task_request("PUT", "held", "/stop_me/stop"))
         .await
@@ -582,14 +573,11 @@ async fn a_task_stopped_through_one_gateway_is_killed_where_it_runs() {
         )
         .await;
     assert_eq!(in_flight(runner).await, 0.0);
-    let r = c
-        .send(task_request("GET", "held", "/stop_me"))
-        .await
-        .unwrap();
-    assert_eq!(r.json()["status"], "Stopped", "{}", r.text());
+    let t = task(&mut c, "held", "stop_me").await;
+    assert_eq!(t["status"], "Stopped", "{t}");
     // The message is gone once the task is done: its record keeps the
     // payload, for every gateway.
-    assert_eq!(r.json()["taskPayload"], held.as_str(), "{}", r.text());
+    assert_eq!(t["taskPayload"], held.as_str(), "{t}");
     let r = ca
         .send(async_request("held", "done body", Some("done_one")))
         .await

@@ -6,7 +6,7 @@ use crate::harness::*;
 use std::path::Path;
 use std::time::Duration;
 
-async fn task(c: &mut Client, function: &str, id: &str) -> serde_json::Value {
+pub(crate) async fn task(c: &mut Client, function: &str, id: &str) -> serde_json::Value {
     let r = c
         .send(task_request("GET", function, &format!("/{id}")))
         .await
