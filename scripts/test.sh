@@ -6,7 +6,9 @@ cd "$(dirname "$0")/.."
 
 if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
 need_apt=()
-command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
+# Debian's own python3: isolated instances see only the system's /usr, not
+# a toolchain manager's interpreter elsewhere (pyenv's under /root, say).
+[ -x /usr/bin/python3 ] || need_apt+=(python3)
 # curl (with HTTP/2) for the early-answer tests; testssl.sh for the TLS scan.
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 command -v testssl >/dev/null 2>&1 || need_apt+=(testssl.sh)

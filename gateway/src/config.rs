@@ -276,6 +276,12 @@ struct FunctionSection {
     /// Host directories its isolated instances may write.
     #[serde(default)]
     writable_paths: Vec<String>,
+    /// Host paths its isolated instances may read, beyond their code.
+    #[serde(default)]
+    readable_paths: Vec<String>,
+    /// Its isolated instances' writable area (`/tmp`), MiB.
+    #[serde(default = "default_disk")]
+    disk_mb: u32,
     /// Absent: the gateway's default rules apply. Present (even empty): these.
     access_rules: Option<Vec<RuleSection>>,
     rate_limit: Option<Rate>,
@@ -343,6 +349,11 @@ fn destination(key: &str, v: Option<String>) -> Result<Option<http::Uri>, Config
 fn default_memory() -> u32 {
     128
 }
+fn default_disk() -> u32 {
+    sandbox_runtime::api::DEFAULT_DISK_MB
+}
+/// The largest writable area of an instance: FC's largest temporary disk, 10 GB.
+const DISK_MB_MAX: u32 = 10_240;
 fn default_timeout() -> u64 {
     60
 }
@@ -524,6 +535,10 @@ pub struct FunctionConfig {
     pub egress: sandbox_runtime::api::Egress,
     /// Host directories its isolated instances may write (same paths).
     pub writable_paths: Vec<String>,
+    /// Host paths its isolated instances may read (same paths).
+    pub readable_paths: Vec<String>,
+    /// Its isolated instances' writable area, MiB.
+    pub disk_mb: u32,
 }
 
 /// A function's egress policy: `vpc` and `both` need a `vpc_id` of
@@ -935,13 +950,23 @@ impl Config {
                 queue_max: f.queue_max as usize,
             };
             let egress = egress_policy(&key, f.egress, f.vpc_id.as_deref(), &vpc_cidrs)?;
-            for (j, p) in f.writable_paths.iter().enumerate() {
-                if !p.starts_with('/') || p.split('/').any(|c| c == "..") || j >= 16 {
-                    return Err(invalid(
-                        key(&format!("writable_paths[{j}]")),
-                        "at most 16 absolute paths, without \"..\"",
-                    ));
+            for (what, list) in [
+                ("writable_paths", &f.writable_paths),
+                ("readable_paths", &f.readable_paths),
+            ] {
+                for (j, p) in list.iter().enumerate() {
+                    if j >= 16 {
+                        return Err(invalid(key(&format!("{what}[{j}]")), "at most 16 paths"));
+                    }
+                    sandbox_runtime::rootfs::check_path(p)
+                        .map_err(|why| invalid(key(&format!("{what}[{j}]")), why))?;
                 }
+            }
+            if !(1..=DISK_MB_MAX).contains(&f.disk_mb) {
+                return Err(invalid(
+                    key("disk_mb"),
+                    format!("{} is outside 1..={DISK_MB_MAX}", f.disk_mb),
+                ));
             }
             let (auth, auth_level, function_keys) = auth::function(
                 &key,
@@ -988,6 +1013,8 @@ impl Config {
                 function_keys,
                 egress,
                 writable_paths: f.writable_paths,
+                readable_paths: f.readable_paths,
+                disk_mb: f.disk_mb,
             }));
         }
 

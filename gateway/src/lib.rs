@@ -101,6 +101,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             max_pids: sandbox_runtime::bounds::default_max_pids(g.embedded_worker_isolation),
             max_open_files: 1024,
             instance_subnet: g.embedded_worker_subnet,
+            instance_uids: Default::default(),
+            dns: None,
+            ca_certs: "/etc/ssl/certs".into(),
             // Private to this gateway: it lives and dies with it.
             fleet: None,
         };

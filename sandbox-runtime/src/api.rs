@@ -46,10 +46,25 @@ pub struct CreateInstance {
     /// the same paths; a plain process can write them anyway.
     #[serde(default)]
     pub writable_paths: Vec<String>,
+    /// Host paths (absolute) an isolated instance may read, at the same
+    /// paths, beyond its system directories and its command's code.
+    #[serde(default)]
+    pub readable_paths: Vec<String>,
+    /// The size of an isolated instance's writable area (its root tmpfs:
+    /// `/tmp` and whatever it writes outside `writable_paths`), in MiB.
+    #[serde(default = "default_disk_mb")]
+    pub disk_mb: u32,
     /// The fleet id of the gateway that owns it: a worker in a fleet
     /// releases it once that gateway's heartbeat has expired.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
+}
+
+/// Function Compute's temporary disk of a standard instance, 512 MB.
+pub const DEFAULT_DISK_MB: u32 = 512;
+
+fn default_disk_mb() -> u32 {
+    DEFAULT_DISK_MB
 }
 
 /// An instance's outbound network policy.
@@ -186,6 +201,10 @@ pub struct InstanceInfo {
     /// in its lifetime, once released); empty for plain processes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub egress: Vec<EgressBytes>,
+    /// The uid an isolated instance runs as (none: a plain process, as the
+    /// worker's own user).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
 }
 
 /// Machine-readable error codes of the worker API.

@@ -40,6 +40,14 @@ pub struct Spec {
     pub egress_metric: prometheus::IntCounterVec,
     /// Host directories an isolated instance may write.
     pub writable: Vec<PathBuf>,
+    /// Host paths an isolated instance may read (beyond its code).
+    pub readable: Vec<PathBuf>,
+    /// An isolated instance's writable area, MiB.
+    pub disk_mb: u32,
+    /// The uid and gid an isolated instance runs as.
+    pub uid: u32,
+    /// Shown to isolated instances as `/etc/ssl/certs`.
+    pub ca_certs: PathBuf,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -58,14 +66,18 @@ pub enum StartError {
     Network(String),
     #[error("instance did not accept on its port within {0:?}")]
     Timeout(Duration, String),
+    #[error(
+        "instance listens on {0}, which nothing outside the instance can reach: listen on 0.0.0.0 (or FC_SERVER_HOST) and FC_SERVER_PORT"
+    )]
+    Loopback(std::net::SocketAddr, String),
 }
 
 impl StartError {
     pub fn stderr_tail(&self) -> &str {
         match self {
-            StartError::Exited { stderr_tail, .. } | StartError::Timeout(_, stderr_tail) => {
-                stderr_tail
-            }
+            StartError::Exited { stderr_tail, .. }
+            | StartError::Timeout(_, stderr_tail)
+            | StartError::Loopback(_, stderr_tail) => stderr_tail,
             _ => "",
         }
     }
@@ -88,6 +100,41 @@ pub struct Instance {
     released: std::sync::atomic::AtomicBool,
     net: Option<crate::network::InstanceNet>,
     egress_metric: prometheus::IntCounterVec,
+    uid: Option<u32>,
+}
+
+/// An isolated instance's `PATH` (unless its function sets one).
+const ISOLATED_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// A socket listening on the instance's own loopback at `port`, when
+/// nothing listens where the worker connects: read from the TCP table of
+/// the network namespace `pid` is in.
+fn loopback_listener(pid: u32, port: u16) -> Option<std::net::SocketAddr> {
+    let table = std::fs::read_to_string(format!("/proc/{pid}/net/tcp")).ok()?;
+    let mut loopback = None;
+    for line in table.lines().skip(1) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        // sl local_address rem_address st ...; 0A is LISTEN.
+        if f.len() < 4 || f[3] != "0A" {
+            continue;
+        }
+        let (ip, p) = f[1].split_once(':')?;
+        let (ip, p) = (
+            u32::from_str_radix(ip, 16).ok()?,
+            u16::from_str_radix(p, 16).ok()?,
+        );
+        if p != port {
+            continue;
+        }
+        // The kernel prints the network-order word as a native integer
+        // (127.0.0.1 is 0100007F on little-endian hosts).
+        let ip = std::net::Ipv4Addr::from(ip.to_ne_bytes());
+        if !ip.is_loopback() {
+            return None;
+        }
+        loopback = Some(std::net::SocketAddr::new(ip.into(), p));
+    }
+    loopback
 }
 
 impl Instance {
@@ -134,27 +181,49 @@ impl Instance {
                 // The instance's keeper: this executable, in new namespaces.
                 let exe = std::env::current_exe().map_err(StartError::Prepare)?;
                 let hostname: String = spec.instance_id.chars().take(64).collect();
-                let init = crate::isolation::Init {
-                    work_root: &spec.work_root,
-                    workdir: &spec.workdir,
-                    tmpfs_mb: spec.memory_mb,
-                    max_open_files: spec.max_open_files,
+                let addr = spec.net.as_ref().map(|n| n.addr());
+                let steps = crate::rootfs::plan(&crate::rootfs::Inputs {
                     hostname: &hostname,
+                    addr,
+                    uid: spec.uid,
+                    gid: spec.uid,
+                    dns: spec.net.as_ref().and_then(|n| n.dns()),
+                    ca_certs: &spec.ca_certs,
+                    command: &spec.command,
+                    readable: &spec.readable,
                     writable: &spec.writable,
+                });
+                let init = crate::isolation::Init {
+                    root: spec.workdir.clone(),
+                    disk_mb: spec.disk_mb,
+                    max_open_files: spec.max_open_files,
+                    hostname,
+                    uid: spec.uid,
+                    gid: spec.uid,
+                    steps,
                 };
                 let mut c = tokio::process::Command::new(exe);
                 c.args(crate::isolation::init_args(&init, &spec.command));
                 c
             }
         };
+        // An isolated instance's world is its own root: the host's PATH
+        // (tool managers under /root, say) means nothing there.
+        let (path, home) = match isolated {
+            true => (
+                std::ffi::OsString::from(ISOLATED_PATH),
+                PathBuf::from(crate::rootfs::TMP),
+            ),
+            false => (
+                std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()),
+                spec.workdir.clone(),
+            ),
+        };
         cmd.current_dir(&spec.workdir)
             .env_clear()
-            .env(
-                "PATH",
-                std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()),
-            )
-            .env("HOME", &spec.workdir)
-            .env("TMPDIR", &spec.workdir)
+            .env("PATH", path)
+            .env("HOME", &home)
+            .env("TMPDIR", &home)
             .env("FC_SERVER_PORT", port.to_string())
             .env("PORT", port.to_string())
             .env("FC_SERVER_HOST", host.to_string())
@@ -235,6 +304,7 @@ impl Instance {
             released: Default::default(),
             net: spec.net,
             egress_metric: spec.egress_metric,
+            uid: isolated.then_some(spec.uid),
         });
 
         // Exit watcher: the only owner of `child`.
@@ -259,13 +329,25 @@ impl Instance {
             let _ = exit_tx.send(Some(info));
         });
 
-        // Ready when it accepts on its port; fail fast when it exits first.
+        // Ready when it accepts on its port; fail fast when it exits first,
+        // or when it listens where only it can reach (its own loopback).
         let deadline = tokio::time::Instant::now() + spec.start_timeout;
         let mut exit = instance.exit.clone();
         let addr = std::net::SocketAddr::new(host, port);
+        let mut tries = 0u32;
         loop {
             if tokio::net::TcpStream::connect(addr).await.is_ok() {
                 return Ok(instance);
+            }
+            tries += 1;
+            if isolated
+                && tries.is_multiple_of(10)
+                && let Some(pid) = pid
+                && let Some(lo) = loopback_listener(pid, port)
+            {
+                let tail = instance.stderr_tail();
+                instance.release().await;
+                return Err(StartError::Loopback(lo, tail));
             }
             if tokio::time::Instant::now() >= deadline {
                 let tail = instance.stderr_tail();
@@ -312,6 +394,7 @@ impl Instance {
             exit,
             stderr_tail: self.stderr_tail(),
             egress: self.net.as_ref().map(|n| n.totals()).unwrap_or_default(),
+            uid: self.uid,
         }
     }
 

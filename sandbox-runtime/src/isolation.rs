@@ -1,26 +1,29 @@
 //! Instance isolation: `--isolation namespaces` (the default) runs each
-//! instance in its own PID, mount, UTS, IPC and network namespaces;
-//! `process`, only when asked for, runs it as a plain child process. A
-//! worker that cannot isolate refuses to start rather than fall back.
+//! instance in its own PID, mount, UTS, IPC and network namespaces, as an
+//! unprivileged user, in a root file system of its own; `process`, only
+//! when asked for, runs it as a plain child process. A worker that cannot
+//! isolate refuses to start rather than fall back.
 //!
 //! How an isolated instance starts. The worker spawns its own executable
-//! with [`INIT_ARG`] and the instance's command, having unshared the mount,
-//! UTS, IPC and PID namespaces in `pre_exec` (after joining the memory
-//! cgroup, which everything below inherits). That process, the instance's
-//! *keeper* ([`init_main`]), forks once: its child is PID 1 of the new PID
-//! namespace, prepares the instance's view of the machine and execs the
-//! function:
-//! - every mount of the host is remounted read-only (in the instance's own
-//!   mount namespace: the host's mounts are untouched);
-//! - a fresh `/proc` shows the namespace's processes only;
-//! - a size-bounded tmpfs is mounted over the worker's work root, hiding
-//!   every other instance's directory, and the instance's working directory
-//!   is made in it: its one writable place, gone when the instance ends;
-//! - `/proc/sys` is read-only;
+//! with [`INIT_ARG`], the instance's [`Init`] (JSON) and its command,
+//! having unshared the mount, UTS, IPC and PID namespaces in `pre_exec`
+//! (after joining the instance's cgroups and network namespace, which
+//! everything below inherits). That process, the instance's *keeper*
+//! ([`init_main`]), forks once: its child is PID 1 of the new PID
+//! namespace, which builds the instance's world and execs the function:
+//! - every mount is made private, then a tmpfs of `disk_mb` is mounted on
+//!   the instance's directory and filled by the steps of
+//!   [`crate::rootfs::plan`] (read-only binds of the system directories
+//!   and the function's code, a generated `/etc`, a minimal `/dev`, a
+//!   fresh `/proc` with `/proc/sys` read-only, a private `/tmp`);
+//! - it `pivot_root`s into it and detaches the host's mounts: nothing of
+//!   the host the plan does not name exists in the instance's view;
 //! - the hostname is the instance id; `no_new_privs` is set, so nothing it
 //!   execs gains privileges; `RLIMIT_NOFILE` is `--max-open-files`;
-//! - every capability is dropped from the bounding set, so the function
-//!   (uid 0 or not) holds none after its exec: it cannot remount its view;
+//! - every capability is dropped from the bounding set, and it becomes its
+//!   function's unprivileged uid and gid ([`crate::identity`]), with no
+//!   supplementary groups: it holds no capability after its exec, and file
+//!   modes bind it like any other user;
 //! - a seccomp filter (seccompiler) answers `EPERM` to the system calls a
 //!   function never needs ([`deny_syscalls`]).
 //!
@@ -36,7 +39,7 @@
 //! The network namespace (and the egress policy in it) is
 //! [`crate::network`]'s: made before the process, joined in `pre_exec`.
 
-use std::ffi::{CString, OsString};
+use std::ffi::{CStr, CString, OsString};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -71,28 +74,28 @@ pub fn probe() -> Result<(), String> {
 }
 
 /// What the keeper needs to know.
-pub struct Init<'a> {
-    pub work_root: &'a Path,
-    pub workdir: &'a Path,
-    pub tmpfs_mb: u32,
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Init {
+    /// The host directory the instance's root tmpfs is mounted on (in its
+    /// own mount namespace; on the host it stays an empty directory).
+    pub root: PathBuf,
+    /// The root tmpfs's size: the instance's writable area.
+    pub disk_mb: u32,
     pub max_open_files: u32,
-    pub hostname: &'a str,
-    /// Host directories the instance may write (bind-mounted read-write).
-    pub writable: &'a [PathBuf],
+    pub hostname: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub steps: Vec<crate::rootfs::Step>,
 }
 
-/// The keeper's arguments after [`INIT_ARG`].
-pub fn init_args(init: &Init<'_>, command: &[String]) -> Vec<OsString> {
+/// The keeper's arguments after the executable: [`INIT_ARG`], the
+/// [`Init`] as JSON, `--`, the command.
+pub fn init_args(init: &Init, command: &[String]) -> Vec<OsString> {
     let mut a: Vec<OsString> = vec![
         INIT_ARG.into(),
-        init.work_root.into(),
-        init.workdir.into(),
-        init.tmpfs_mb.to_string().into(),
-        init.max_open_files.to_string().into(),
-        init.hostname.into(),
+        serde_json::to_string(init).unwrap_or_default().into(),
+        "--".into(),
     ];
-    a.extend(init.writable.iter().map(|p| p.as_os_str().to_owned()));
-    a.push("--".into());
     a.extend(command.iter().map(OsString::from));
     a
 }
@@ -128,18 +131,14 @@ fn die(what: &str) -> ! {
 
 /// The keeper: `args` are those after [`INIT_ARG`]. Never returns.
 pub fn init_main(args: &[OsString]) -> ! {
-    let sep = args.iter().position(|a| a == "--");
-    let (Some(sep), true) = (sep, args.len() >= 7 && sep.is_some_and(|s| s >= 5)) else {
+    let init = args
+        .first()
+        .and_then(|a| a.to_str())
+        .and_then(|j| serde_json::from_str::<Init>(j).ok());
+    let (Some(init), Some(sep)) = (init, args.iter().position(|a| a == "--")) else {
         eprintln!("fngate instance init: bad arguments");
         std::process::exit(126)
     };
-    let work_root = PathBuf::from(&args[0]);
-    let workdir = PathBuf::from(&args[1]);
-    let number = |a: &OsString| a.to_str().and_then(|s| s.parse::<u32>().ok());
-    let tmpfs_mb = number(&args[2]).unwrap_or(64);
-    let max_open_files = number(&args[3]).unwrap_or(1024);
-    let hostname = args[4].clone();
-    let writable = &args[5..sep];
     let command = &args[sep + 1..];
     if command.is_empty() {
         eprintln!("fngate instance init: no command");
@@ -148,15 +147,7 @@ pub fn init_main(args: &[OsString]) -> ! {
     // SAFETY: fork in a process that has started no thread yet.
     match unsafe { libc::fork() } {
         -1 => die("fork"),
-        0 => instance(
-            &work_root,
-            &workdir,
-            tmpfs_mb,
-            max_open_files,
-            &hostname,
-            writable,
-            command,
-        ),
+        0 => instance(&init, command),
         child => keep(child),
     }
 }
@@ -198,49 +189,6 @@ fn keep(child: libc::pid_t) -> ! {
 
 fn cstr(p: &[u8]) -> CString {
     CString::new(p).unwrap_or_default()
-}
-
-/// The mount points of this mount namespace, in mount order.
-fn mount_points() -> Vec<(Vec<u8>, libc::c_ulong)> {
-    let text = std::fs::read("/proc/self/mountinfo").unwrap_or_default();
-    let mut out = Vec::new();
-    for line in text.split(|&b| b == b'\n') {
-        let fields: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
-        if fields.len() < 6 {
-            continue;
-        }
-        let mut flags = 0;
-        for o in fields[5].split(|&b| b == b',') {
-            flags |= match o {
-                b"nosuid" => libc::MS_NOSUID,
-                b"nodev" => libc::MS_NODEV,
-                b"noexec" => libc::MS_NOEXEC,
-                b"noatime" => libc::MS_NOATIME,
-                b"nodiratime" => libc::MS_NODIRATIME,
-                b"relatime" => libc::MS_RELATIME,
-                _ => 0,
-            };
-        }
-        out.push((unescape(fields[4]), flags));
-    }
-    out
-}
-
-/// mountinfo escapes space, tab, newline and backslash as octal.
-fn unescape(s: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(s.len());
-    let mut i = 0;
-    while i < s.len() {
-        if s[i] == b'\\' && i + 3 < s.len() && s[i + 1..i + 4].iter().all(u8::is_ascii_digit) {
-            let v = (s[i + 1] - b'0') * 64 + (s[i + 2] - b'0') * 8 + (s[i + 3] - b'0');
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(s[i]);
-            i += 1;
-        }
-    }
-    out
 }
 
 /// The highest capability number the filter drops (the kernel ignores, with
@@ -307,122 +255,226 @@ fn deny_syscalls() -> Result<(), seccompiler::Error> {
     seccompiler::apply_filter(&program)
 }
 
-/// PID 1 of the instance's namespace: its view, then the function.
-fn instance(
-    work_root: &Path,
-    workdir: &Path,
-    tmpfs_mb: u32,
-    max_open_files: u32,
-    hostname: &OsString,
-    writable: &[OsString],
-    command: &[OsString],
-) -> ! {
+fn sys(r: libc::c_int, what: &dyn Fn() -> String) {
+    if r != 0 {
+        die(&what())
+    }
+}
+
+fn c_path(p: &Path) -> CString {
+    cstr(p.as_os_str().as_bytes())
+}
+
+fn mount(
+    src: Option<&CString>,
+    target: &CString,
+    fstype: Option<&CStr>,
+    flags: libc::c_ulong,
+    data: Option<&CStr>,
+) -> libc::c_int {
     let null = std::ptr::null::<libc::c_char>();
-    let no_data = std::ptr::null::<libc::c_void>();
+    // SAFETY: every pointer is a NUL-terminated string that outlives the call, or null.
+    unsafe {
+        libc::mount(
+            src.map_or(null, |s| s.as_ptr()),
+            target.as_ptr(),
+            fstype.map_or(null, |s| s.as_ptr()),
+            flags,
+            data.map_or(std::ptr::null(), |d| d.as_ptr().cast()),
+        )
+    }
+}
+
+/// `path` of the instance inside the host directory `root`.
+fn under(root: &Path, path: &Path) -> PathBuf {
+    root.join(path.strip_prefix("/").unwrap_or(path))
+}
+
+/// Carries out one step of the plan inside `root` (still the host's path).
+fn build(root: &Path, step: &crate::rootfs::Step) {
+    use crate::rootfs::Step;
+    use std::os::unix::fs::PermissionsExt;
+    let io = |what: &str, r: std::io::Result<()>| {
+        if let Err(e) = r {
+            eprintln!("fngate instance init: {what}: {e}");
+            std::process::exit(126)
+        }
+    };
+    match step {
+        Step::Dir { path, mode } => {
+            let p = under(root, path);
+            io(
+                &format!("making {}", path.display()),
+                std::fs::create_dir_all(&p).and_then(|_| {
+                    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(*mode))
+                }),
+            );
+        }
+        Step::Link { path, target } => {
+            let p = under(root, path);
+            io(
+                &format!("linking {}", path.display()),
+                p.parent()
+                    .map_or(Ok(()), std::fs::create_dir_all)
+                    .and_then(|_| std::os::unix::fs::symlink(target, &p)),
+            );
+        }
+        Step::File { path, contents } => {
+            let p = under(root, path);
+            io(
+                &format!("writing {}", path.display()),
+                std::fs::write(&p, contents),
+            );
+        }
+        Step::Bind {
+            source,
+            path,
+            writable,
+            device,
+        } => {
+            let p = under(root, path);
+            // The mount point: a directory for a directory, an empty file
+            // for anything else.
+            let made = match std::fs::metadata(source) {
+                Ok(m) if m.is_dir() => std::fs::create_dir_all(&p),
+                Ok(_) => p
+                    .parent()
+                    .map_or(Ok(()), std::fs::create_dir_all)
+                    .and_then(|_| {
+                        std::fs::OpenOptions::new()
+                            .create(true)
+                            .truncate(false)
+                            .write(true)
+                            .open(&p)
+                            .map(drop)
+                    }),
+                Err(e) => Err(e),
+            };
+            io(&format!("mount point for {}", source.display()), made);
+            let (src, target) = (c_path(source), c_path(&p));
+            sys(
+                mount(Some(&src), &target, None, libc::MS_BIND, None),
+                &|| format!("binding {}", source.display()),
+            );
+            let mut flags = libc::MS_REMOUNT | libc::MS_BIND | libc::MS_NOSUID;
+            if !device {
+                flags |= libc::MS_NODEV;
+            }
+            if !writable {
+                flags |= libc::MS_RDONLY;
+            }
+            sys(mount(None, &target, None, flags, None), &|| {
+                format!("remounting {}", path.display())
+            });
+        }
+        Step::Proc => {
+            let p = c_path(&under(root, Path::new("/proc")));
+            let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+            sys(
+                mount(Some(&cstr(b"proc")), &p, Some(c"proc"), flags, None),
+                &|| "mounting /proc".into(),
+            );
+            // The kernel's tunables stay read-only (as in container runtimes).
+            let s = c_path(&under(root, Path::new("/proc/sys")));
+            let ro = libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | flags;
+            sys(
+                mount(Some(&s), &s, None, libc::MS_BIND | libc::MS_REC, None),
+                &|| "binding /proc/sys".into(),
+            );
+            sys(mount(None, &s, None, ro, None), &|| {
+                "making /proc/sys read-only".into()
+            });
+        }
+        Step::Devpts => {
+            let p = c_path(&under(root, Path::new("/dev/pts")));
+            sys(
+                mount(
+                    Some(&cstr(b"devpts")),
+                    &p,
+                    Some(c"devpts"),
+                    libc::MS_NOSUID | libc::MS_NOEXEC,
+                    Some(c"newinstance,ptmxmode=0666,mode=0620"),
+                ),
+                &|| "mounting /dev/pts".into(),
+            );
+        }
+    }
+}
+
+/// PID 1 of the instance's namespace: its world, then the function.
+fn instance(init: &Init, command: &[OsString]) -> ! {
     // SAFETY: plain system calls on this single-threaded child.
     unsafe {
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-        if libc::mount(
-            null,
-            c"/".as_ptr(),
-            null,
+        libc::umask(0o022);
+    }
+    sys(
+        mount(
+            None,
+            &cstr(b"/"),
+            None,
             libc::MS_REC | libc::MS_PRIVATE,
-            no_data,
-        ) != 0
-        {
-            die("making mounts private");
-        }
-        for (point, flags) in mount_points() {
-            let p = cstr(&point);
-            let f = libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | flags;
-            if libc::mount(null, p.as_ptr(), null, f, no_data) != 0 {
-                die(&format!(
-                    "remounting {} read-only",
-                    String::from_utf8_lossy(&point)
-                ));
-            }
-        }
-        // The function's writable host directories: a bind of each, made
-        // read-write again (the mount flag is per mount, the file system
-        // itself is the host's).
-        for w in writable {
-            let p = cstr(w.as_bytes());
-            let rw = libc::MS_REMOUNT | libc::MS_BIND | libc::MS_NOSUID | libc::MS_NODEV;
-            if libc::mount(
-                p.as_ptr(),
-                p.as_ptr(),
-                null,
-                libc::MS_BIND | libc::MS_REC,
-                no_data,
-            ) != 0
-                || libc::mount(null, p.as_ptr(), null, rw, no_data) != 0
-            {
-                die(&format!("making {} writable", w.to_string_lossy()));
-            }
-        }
-        let proc_flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
-        if libc::mount(
-            c"proc".as_ptr(),
-            c"/proc".as_ptr(),
-            c"proc".as_ptr(),
-            proc_flags,
-            no_data,
-        ) != 0
-        {
-            die("mounting /proc");
-        }
-        // The kernel's tunables stay read-only (as in container runtimes).
-        let sys = c"/proc/sys".as_ptr();
-        let ro = libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | proc_flags;
-        if libc::mount(sys, sys, null, libc::MS_BIND | libc::MS_REC, no_data) != 0
-            || libc::mount(null, sys, null, ro, no_data) != 0
-        {
-            die("making /proc/sys read-only");
-        }
-        let root = cstr(work_root.as_os_str().as_bytes());
-        let opts = cstr(format!("size={tmpfs_mb}m,mode=0755").as_bytes());
-        let tmp_flags = libc::MS_NOSUID | libc::MS_NODEV;
-        if libc::mount(
-            c"tmpfs".as_ptr(),
-            root.as_ptr(),
-            c"tmpfs".as_ptr(),
-            tmp_flags,
-            opts.as_ptr().cast(),
-        ) != 0
-        {
-            die("mounting the instance's tmpfs");
-        }
+            None,
+        ),
+        &|| "making mounts private".into(),
+    );
+    let root = c_path(&init.root);
+    let opts = cstr(format!("size={}m,mode=0755", init.disk_mb.max(1)).as_bytes());
+    sys(
+        mount(
+            Some(&cstr(b"tmpfs")),
+            &root,
+            Some(c"tmpfs"),
+            libc::MS_NOSUID | libc::MS_NODEV,
+            Some(&opts),
+        ),
+        &|| "mounting the instance's root".into(),
+    );
+    for step in &init.steps {
+        build(&init.root, step);
     }
-    if let Err(e) =
-        std::fs::create_dir_all(workdir).and_then(|_| std::env::set_current_dir(workdir))
-    {
-        eprintln!("fngate instance init: working directory: {e}");
-        std::process::exit(126)
-    }
-    // SAFETY: plain system calls.
+    // SAFETY: plain system calls; "." is the new root, the old one is
+    // stacked on it by pivot_root(".", ".") and detached at once.
     unsafe {
-        let h = hostname.as_bytes();
-        if libc::sethostname(h.as_ptr().cast(), h.len()) != 0 {
-            die("sethostname");
-        }
-        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
-            die("no_new_privs");
-        }
+        sys(libc::chdir(root.as_ptr()), &|| "entering the root".into());
+        sys(
+            libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) as libc::c_int,
+            &|| "pivot_root".into(),
+        );
+        sys(libc::umount2(c".".as_ptr(), libc::MNT_DETACH), &|| {
+            "detaching the host's mounts".into()
+        });
+        let tmp = cstr(crate::rootfs::TMP.as_bytes());
+        sys(libc::chdir(tmp.as_ptr()), &|| "entering /tmp".into());
+        let h = init.hostname.as_bytes();
+        sys(libc::sethostname(h.as_ptr().cast(), h.len()), &|| {
+            "sethostname".into()
+        });
+        sys(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), &|| {
+            "no_new_privs".into()
+        });
         let files = libc::rlimit {
-            rlim_cur: max_open_files.into(),
-            rlim_max: max_open_files.into(),
+            rlim_cur: init.max_open_files.into(),
+            rlim_max: init.max_open_files.into(),
         };
-        if libc::setrlimit(libc::RLIMIT_NOFILE, &files) != 0 {
-            die("RLIMIT_NOFILE");
-        }
-        // No capability survives the exec: root in the namespace cannot
-        // remount, change the kernel's settings or reach past its view.
+        sys(libc::setrlimit(libc::RLIMIT_NOFILE, &files), &|| {
+            "RLIMIT_NOFILE".into()
+        });
+        // No capability survives: none in the bounding set, and the change
+        // of uid below clears the permitted and effective sets.
         for cap in 0..=libc::c_ulong::from(CAP_LAST) {
             if libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) != 0
                 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINVAL)
             {
                 die("dropping capabilities");
             }
+        }
+        let (uid, gid) = (init.uid, init.gid);
+        sys(libc::setgroups(0, std::ptr::null()), &|| "setgroups".into());
+        sys(libc::setresgid(gid, gid, gid), &|| "setresgid".into());
+        sys(libc::setresuid(uid, uid, uid), &|| "setresuid".into());
+        if libc::getuid() != uid || libc::geteuid() != uid || libc::getegid() != gid {
+            die("changing to the function's user");
         }
     }
     if let Err(e) = deny_syscalls() {

@@ -8,6 +8,10 @@
 //!   tail, and the recent output invocations' log tails are cut from.
 //! - [`memory`]: how an instance's memory size is enforced (cgroup v1/v2, rlimit).
 //! - [`isolation`]: instances in their own namespaces (`--isolation namespaces`).
+//! - [`rootfs`]: an isolated instance's root file system (what it sees).
+//! - [`identity`]: the unprivileged uid an isolated instance runs as.
+//! - [`network`]: an isolated instance's network namespace and egress policy.
+//! - [`dns`]: the worker's DNS forwarder for isolated instances.
 //! - [`bounds`]: an instance's process count and CPU share (cgroup v1 pids, cpu).
 //! - [`metrics`]: the worker's Prometheus metrics.
 //! - [`fleet`]: fleet membership on NATS key-value buckets (shared with the
@@ -17,13 +21,16 @@
 pub mod api;
 pub mod bounds;
 pub mod cli;
+pub mod dns;
 pub mod fleet;
+pub mod identity;
 pub mod instance;
 pub mod isolation;
 pub mod memory;
 pub mod metrics;
 pub mod network;
 pub mod output;
+pub mod rootfs;
 pub mod server;
 
 pub use server::{Config, Worker, run};

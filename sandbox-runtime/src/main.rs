@@ -42,9 +42,22 @@ struct Args {
     max_open_files: u32,
     /// Private range isolated instances take their addresses from (a /30
     /// each; used only inside namespaces this worker creates; one range
-    /// per worker on a host).
-    #[arg(long, default_value = sandbox_runtime::network::DEFAULT_SUBNET)]
-    instance_subnet: ipnet::Ipv4Net,
+    /// per worker on a host). Default: the first of 10.213.0.0/16,
+    /// 10.212.0.0/16, ... 10.200.0.0/16 that no other worker holds and no
+    /// route of the host overlaps.
+    #[arg(long)]
+    instance_subnet: Option<ipnet::Ipv4Net>,
+    /// The uids (and gids) isolated instances run as, FIRST-LAST: one per
+    /// function, none an account of the host.
+    #[arg(long, default_value = sandbox_runtime::identity::DEFAULT_RANGE)]
+    instance_uids: sandbox_runtime::identity::IdRange,
+    /// A resolver isolated instances' DNS queries are forwarded to
+    /// (repeat for several; default: the host's, from /etc/resolv.conf).
+    #[arg(long = "dns")]
+    dns: Vec<std::net::SocketAddr>,
+    /// The CA certificates isolated instances see as /etc/ssl/certs.
+    #[arg(long, default_value = "/etc/ssl/certs")]
+    ca_certs: PathBuf,
     /// Fleet mode: a NATS server of the fleet (repeat for several). The
     /// worker registers in the fleet, so gateways find it, and releases
     /// the instances of gateways whose heartbeat has expired.
@@ -106,7 +119,10 @@ async fn serve() -> std::process::ExitCode {
             .max_pids
             .or_else(|| sandbox_runtime::bounds::default_max_pids(a.isolation)),
         max_open_files: a.max_open_files,
-        instance_subnet: Some(a.instance_subnet),
+        instance_subnet: a.instance_subnet,
+        instance_uids: a.instance_uids,
+        dns: (!a.dns.is_empty()).then(|| a.dns.clone()),
+        ca_certs: a.ca_certs.clone(),
         fleet: (!a.fleet_nats_urls.is_empty()).then(|| {
             let url = a.advertise_url.clone().unwrap_or_default();
             sandbox_runtime::fleet::WorkerFleet {

@@ -2,9 +2,10 @@
 //! instance, joined to the worker's host by a veth pair, with the function's
 //! egress policy and egress metering enforced by the kernel inside it.
 //!
-//! Addresses. The worker owns one private range (`--instance-subnet`,
-//! default [`DEFAULT_SUBNET`]), locked against a second worker on the host
-//! using the same one. Each instance takes a /30 of it: the host's end of
+//! Addresses. The worker owns one private range (`--instance-subnet`, or
+//! else the first of [`CANDIDATE_SUBNETS`] that no other worker on the host
+//! holds and no route of the host overlaps), locked against a second
+//! worker on the host using it or a range overlapping it. Each instance takes a /30 of it: the host's end of
 //! the veth pair is `.1`, the instance's `eth0` is `.2`, its default route
 //! points at the host, and it serves the invocation contract on
 //! `.2:`[`INSTANCE_PORT`] (`FC_SERVER_PORT` says so, as before). Gateways
@@ -15,7 +16,10 @@
 //! function holds no capability, so it cannot change them), for every
 //! packet it sends (TCP, UDP, DNS alike), in order:
 //! 1. loopback, and answers on connections made to its serving port
-//!    (gateways' calls: neither egress nor metered);
+//!    (gateways' calls: neither egress nor metered); DNS to the worker's
+//!    forwarder at the host's end of its link ([`crate::dns`]), when its
+//!    policy reaches an upstream resolver (counted under that resolver's
+//!    network);
 //! 2. refused: the worker's range (other instances, the host's veth ends),
 //!    link-local addresses (cloud metadata services), and the CIDRs of VPCs
 //!    that are not the function's;
@@ -46,8 +50,23 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::process::Command;
 
-/// The range instances take their addresses from unless configured.
-pub const DEFAULT_SUBNET: &str = "10.213.0.0/16";
+/// The ranges a worker picks from, in order, when none is configured.
+pub const CANDIDATE_SUBNETS: &[&str] = &[
+    "10.213.0.0/16",
+    "10.212.0.0/16",
+    "10.211.0.0/16",
+    "10.210.0.0/16",
+    "10.209.0.0/16",
+    "10.208.0.0/16",
+    "10.207.0.0/16",
+    "10.206.0.0/16",
+    "10.205.0.0/16",
+    "10.204.0.0/16",
+    "10.203.0.0/16",
+    "10.202.0.0/16",
+    "10.201.0.0/16",
+    "10.200.0.0/16",
+];
 /// The port an isolated instance serves on (each has its own address).
 pub const INSTANCE_PORT: u16 = 9000;
 
@@ -59,16 +78,18 @@ pub struct Network {
     subnet: Ipv4Net,
     free: Arc<Mutex<Vec<u32>>>,
     lock: (std::fs::File, PathBuf),
+    /// The resolvers instances' queries are forwarded to.
+    dns: Vec<std::net::SocketAddr>,
 }
 
 impl Network {
-    /// Checks the tools, takes the range, enables forwarding and installs
-    /// the host's rules. Fails with what is missing.
-    pub fn setup(subnet: Ipv4Net) -> Result<Network, String> {
-        let subnet = subnet.trunc();
-        if subnet.prefix_len() > 29 {
-            return Err(format!("--instance-subnet {subnet}: needs /29 or larger"));
-        }
+    /// Checks the tools, takes the range (`subnet`, or a free one),
+    /// enables forwarding and installs the host's rules. Fails with what is
+    /// missing.
+    pub fn setup(
+        subnet: Option<Ipv4Net>,
+        dns: Vec<std::net::SocketAddr>,
+    ) -> Result<Network, String> {
         for tool in ["ip", "iptables", "iptables-restore", "iptables-save"] {
             let found = std::process::Command::new(tool)
                 .arg("-V")
@@ -82,15 +103,29 @@ impl Network {
             }
         }
         std::fs::create_dir_all(LOCK_DIR).map_err(|e| format!("{LOCK_DIR}: {e}"))?;
-        let lock_path = lock_path(subnet);
-        let lock = std::fs::File::create(&lock_path)
-            .map_err(|e| format!("{}: {e}", lock_path.display()))?;
-        // SAFETY: flock on a descriptor we own.
-        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            return Err(format!(
-                "another worker on this host uses --instance-subnet {subnet}: give each worker its own range"
-            ));
-        }
+        let (subnet, lock, lock_path) = match subnet {
+            Some(s) => {
+                let s = s.trunc();
+                if s.prefix_len() > 29 {
+                    return Err(format!("--instance-subnet {s}: needs /29 or larger"));
+                }
+                if let Some(other) = held_ranges()
+                    .into_iter()
+                    .find(|h| *h != s && overlap(*h, s))
+                {
+                    return Err(format!(
+                        "--instance-subnet {s} overlaps {other}, the range of another worker on this host: give each worker its own range"
+                    ));
+                }
+                let (lock, path) = take_lock(s)?.ok_or_else(|| {
+                    format!(
+                        "another worker on this host uses --instance-subnet {s}: give each worker its own range"
+                    )
+                })?;
+                (s, lock, path)
+            }
+            None => pick_subnet()?,
+        };
         std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
             .map_err(|e| format!("cannot enable IPv4 forwarding: {e}"))?;
         let slots = 1u32 << (32 - subnet.prefix_len() - 2);
@@ -98,6 +133,7 @@ impl Network {
             subnet,
             free: Arc::new(Mutex::new((0..slots).rev().collect())),
             lock: (lock, lock_path),
+            dns,
         };
         // What a killed worker left: of this range, and of ranges no
         // worker holds any more.
@@ -127,6 +163,10 @@ impl Network {
         self.subnet
     }
 
+    pub fn dns_upstreams(&self) -> &[std::net::SocketAddr] {
+        &self.dns
+    }
+
     /// Removes the host's rules and gives up the range; at the worker's stop.
     pub fn cleanup(&self) {
         remove_host_rules(self.subnet);
@@ -146,7 +186,11 @@ impl Network {
         let base = u32::from(self.subnet.network()) + slot * 4;
         let host = Ipv4Addr::from(base + 1);
         let addr = Ipv4Addr::from(base + 2);
+        let dns = policy.resolvers(&self.dns, self.subnet);
         let mut net = InstanceNet {
+            dns,
+            dns_stop: tokio_util::sync::CancellationToken::new(),
+            dns_at: None,
             name: format!("fngate-{:08x}", u32::from(addr)),
             host_if: format!("fg{:08x}", u32::from(addr)),
             addr,
@@ -210,8 +254,45 @@ impl Policy {
         })
     }
 
-    /// The instance's `iptables-restore` input.
-    fn rules(&self, subnet: Ipv4Net) -> String {
+    /// Which of `upstreams` the instance's DNS may go to, and the network
+    /// its queries are counted under: those its own packets could reach. A
+    /// resolver on the host's loopback answers for the internet.
+    fn resolvers(
+        &self,
+        upstreams: &[std::net::SocketAddr],
+        subnet: Ipv4Net,
+    ) -> (Vec<std::net::SocketAddr>, String) {
+        let vpc_ok = matches!(self.mode, EgressMode::Vpc | EgressMode::Both);
+        let inet_ok = matches!(self.mode, EgressMode::Internet | EgressMode::Both);
+        let mut network = String::new();
+        let mut out = Vec::new();
+        for up in upstreams {
+            let std::net::IpAddr::V4(ip) = up.ip() else {
+                continue;
+            };
+            let class = if ip.is_link_local()
+                || subnet.contains(&ip)
+                || self.refused.iter().any(|c| c.contains(&ip))
+            {
+                None
+            } else if self.vpc.iter().any(|c| c.contains(&ip)) {
+                vpc_ok.then(|| self.vpc_id.clone())
+            } else {
+                inet_ok.then(|| "internet".to_string())
+            };
+            if let Some(n) = class {
+                if network.is_empty() {
+                    network = n;
+                }
+                out.push(*up);
+            }
+        }
+        (out, network)
+    }
+
+    /// The instance's `iptables-restore` input; `dns`: the forwarder's
+    /// address and the network its queries count under, when it has one.
+    fn rules(&self, subnet: Ipv4Net, dns: Option<(Ipv4Addr, &str)>) -> String {
         use std::fmt::Write;
         let mut r = String::with_capacity(2048);
         r.push_str("*filter\n:INPUT DROP [0:0]\n:FORWARD DROP [0:0]\n:OUTPUT DROP [0:0]\n");
@@ -226,6 +307,18 @@ impl Policy {
         );
         r.push_str("-A INPUT -i lo -j ACCEPT\n");
         let _ = writeln!(r, "-A INPUT -p tcp --dport {p} -j ACCEPT");
+        if let Some((at, n)) = dns {
+            for proto in ["udp", "tcp"] {
+                let _ = writeln!(
+                    r,
+                    "-A OUTPUT -d {at}/32 -p {proto} --dport 53 -m comment --comment fngate:out:{n} -j ACCEPT"
+                );
+                let _ = writeln!(
+                    r,
+                    "-A INPUT -s {at}/32 -p {proto} --sport 53 -m conntrack --ctstate ESTABLISHED -m comment --comment fngate:in:{n} -j ACCEPT"
+                );
+            }
+        }
         let _ = writeln!(r, "-A OUTPUT -d {subnet} -j FNGATE-REFUSE");
         r.push_str("-A OUTPUT -d 169.254.0.0/16 -j FNGATE-REFUSE\n");
         for c in &self.refused {
@@ -265,6 +358,12 @@ impl Policy {
 
 /// One instance's namespace: its name, address and counters.
 pub struct InstanceNet {
+    /// The resolvers its DNS goes to, and the network they count under.
+    dns: (Vec<std::net::SocketAddr>, String),
+    /// Ends its forwarder's tasks.
+    dns_stop: tokio_util::sync::CancellationToken,
+    /// Where its forwarder answers, once serving.
+    dns_at: Option<Ipv4Addr>,
     name: String,
     host_if: String,
     addr: Ipv4Addr,
@@ -282,6 +381,11 @@ pub struct InstanceNet {
 impl InstanceNet {
     pub fn addr(&self) -> Ipv4Addr {
         self.addr
+    }
+
+    /// The resolver the instance is given (the worker's forwarder), if any.
+    pub fn dns(&self) -> Option<Ipv4Addr> {
+        self.dns_at
     }
 
     /// The networks its traffic can be counted under.
@@ -331,9 +435,18 @@ impl InstanceNet {
             Some(inside),
         )
         .await?;
+        if !self.dns.0.is_empty() {
+            match crate::dns::serve(host, self.dns.0.clone(), self.dns_stop.clone()) {
+                Ok(()) => self.dns_at = Some(host),
+                Err(e) => {
+                    tracing::warn!(instance_net = %self.name, error = %e, "no DNS forwarder for this instance (port 53 of its host address is taken)")
+                }
+            }
+        }
+        let dns = self.dns_at.map(|a| (a, self.dns.1.as_str()));
         let mut restore = Command::new("iptables-restore");
         self.join(&mut restore)?;
-        run(&mut restore, Some(self.policy.rules(subnet)))
+        run(&mut restore, Some(self.policy.rules(subnet, dns)))
             .await
             .map(drop)
     }
@@ -385,6 +498,7 @@ impl InstanceNet {
         if self.removed.swap(true, Ordering::AcqRel) {
             return;
         }
+        self.dns_stop.cancel();
         drop(self.fd.lock().unwrap().take());
         let _ = run(Command::new("ip").args(["netns", "del", &self.name]), None).await;
         // The host's end goes with the namespace; only a failed build can
@@ -475,7 +589,98 @@ fn host_rules(subnet: Ipv4Net) -> Vec<(&'static str, Vec<String>)> {
             "nat",
             v(&["POSTROUTING", "-s", &s, "!", "-d", &s, "-j", "MASQUERADE"]),
         ),
+        // ...but for DNS to the worker's forwarder (inserted last, so
+        // matched first); each instance's own rules let it reach only its
+        // own host address.
+        (
+            "filter",
+            v(&[
+                "INPUT", "-s", &s, "-d", &s, "-p", "udp", "--dport", "53", "-j", "ACCEPT",
+            ]),
+        ),
+        (
+            "filter",
+            v(&[
+                "INPUT", "-s", &s, "-d", &s, "-p", "tcp", "--dport", "53", "-j", "ACCEPT",
+            ]),
+        ),
     ]
+}
+
+fn overlap(a: Ipv4Net, b: Ipv4Net) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}
+
+/// Locks a range's file; `None` when another worker holds it.
+fn take_lock(subnet: Ipv4Net) -> Result<Option<(std::fs::File, PathBuf)>, String> {
+    let path = lock_path(subnet);
+    let lock = std::fs::File::create(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    // SAFETY: flock on a descriptor we own.
+    match unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } {
+        0 => Ok(Some((lock, path))),
+        _ => Ok(None),
+    }
+}
+
+/// The ranges other workers on this host hold (their lock files, locked).
+fn held_ranges() -> Vec<Ipv4Net> {
+    let Ok(dir) = std::fs::read_dir(LOCK_DIR) else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| {
+            let range = e.file_name().to_str().and_then(parse_lock_name)?;
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .open(e.path())
+                .ok()?;
+            // SAFETY: flock on a descriptor we own; closing it unlocks.
+            let free = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
+            (!free).then_some(range)
+        })
+        .collect()
+}
+
+/// The host's IPv4 routes (but the default route and fngate's own links).
+fn host_routes() -> Vec<Ipv4Net> {
+    let text = std::fs::read_to_string("/proc/net/route").unwrap_or_default();
+    text.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            if f.len() < 8 || f[0].starts_with("fg") {
+                return None;
+            }
+            let word = |x: &str| {
+                u32::from_str_radix(x, 16)
+                    .ok()
+                    .map(|w| Ipv4Addr::from(w.to_ne_bytes()))
+            };
+            let (dest, mask) = (word(f[1])?, word(f[7])?);
+            let len = u32::from(mask).count_ones() as u8;
+            (len > 0).then(|| Ipv4Net::new(dest, len).ok()).flatten()
+        })
+        .collect()
+}
+
+/// The first candidate range that no other worker holds and no route of
+/// the host overlaps, locked.
+fn pick_subnet() -> Result<(Ipv4Net, std::fs::File, PathBuf), String> {
+    let (held, routes) = (held_ranges(), host_routes());
+    for c in CANDIDATE_SUBNETS {
+        let c: Ipv4Net = c.parse().expect("candidate range");
+        if held.iter().chain(&routes).any(|h| overlap(*h, c)) {
+            continue;
+        }
+        if let Some((lock, path)) = take_lock(c)? {
+            return Ok((c, lock, path));
+        }
+    }
+    Err(format!(
+        "every candidate instance range ({} to {}) is taken by another worker or a route of this host: give this worker one with --instance-subnet",
+        CANDIDATE_SUBNETS[0],
+        CANDIDATE_SUBNETS[CANDIDATE_SUBNETS.len() - 1]
+    ))
 }
 
 /// Removes the host's rules of a range (every copy: a crashed worker's too).
@@ -674,13 +879,13 @@ mod tests {
     #[test]
     fn rules_follow_the_mode() {
         let s: Ipv4Net = "10.213.0.0/16".parse().unwrap();
-        let inet = policy(EgressMode::Internet).rules(s);
+        let inet = policy(EgressMode::Internet).rules(s, None);
         assert!(inet.contains("-A OUTPUT -d 10.9.0.0/16 -j FNGATE-REFUSE"));
         assert!(inet.contains("fngate:out:internet -j ACCEPT"));
-        let vpc = policy(EgressMode::Vpc).rules(s);
+        let vpc = policy(EgressMode::Vpc).rules(s, None);
         assert!(vpc.contains("-d 10.9.0.0/16 -m comment --comment fngate:out:vpc-a -j ACCEPT"));
         assert!(!vpc.contains("fngate:out:internet"));
-        let none = policy(EgressMode::None).rules(s);
+        let none = policy(EgressMode::None).rules(s, None);
         assert!(!none.contains("fngate:out"));
         for r in [&inet, &vpc, &none] {
             // Refusals come before anything accepted by class.
@@ -692,6 +897,50 @@ mod tests {
             assert!(r.ends_with("-A OUTPUT -j FNGATE-REFUSE\nCOMMIT\n"));
             assert!(!r.contains("fd00"));
         }
+    }
+
+    #[test]
+    fn dns_goes_only_where_the_policy_reaches() {
+        let s: Ipv4Net = "10.213.0.0/16".parse().unwrap();
+        let ups: Vec<std::net::SocketAddr> = [
+            "127.0.0.53:53",
+            "10.9.0.2:53",
+            "10.8.0.2:53",
+            "169.254.169.253:53",
+            "198.18.0.1:53",
+        ]
+        .iter()
+        .map(|a| a.parse().unwrap())
+        .collect();
+        let names = |p: &Policy| {
+            let (ups, net) = p.resolvers(&ups, s);
+            (ups.iter().map(|u| u.to_string()).collect::<Vec<_>>(), net)
+        };
+        assert_eq!(
+            names(&policy(EgressMode::Internet)),
+            (
+                vec!["127.0.0.53:53".into(), "198.18.0.1:53".into()],
+                "internet".into()
+            )
+        );
+        assert_eq!(
+            names(&policy(EgressMode::Vpc)),
+            (vec!["10.9.0.2:53".into()], "vpc-a".into())
+        );
+        assert_eq!(names(&policy(EgressMode::None)), (vec![], String::new()));
+        let at: Ipv4Addr = "10.213.0.1".parse().unwrap();
+        let r = policy(EgressMode::Vpc).rules(s, Some((at, "vpc-a")));
+        let dns = r.find("-d 10.213.0.1/32 -p udp --dport 53 -m comment --comment fngate:out:vpc-a -j ACCEPT").unwrap();
+        assert!(dns < r.find("-d 10.213.0.0/16 -j FNGATE-REFUSE").unwrap());
+        assert!(r.contains("-A INPUT -s 10.213.0.1/32 -p tcp --sport 53 -m conntrack --ctstate ESTABLISHED -m comment --comment fngate:in:vpc-a -j ACCEPT"));
+    }
+
+    #[test]
+    fn ranges_overlap() {
+        let n = |s: &str| s.parse::<Ipv4Net>().unwrap();
+        assert!(overlap(n("10.213.0.0/16"), n("10.213.4.0/22")));
+        assert!(overlap(n("10.213.4.0/22"), n("10.213.0.0/16")));
+        assert!(!overlap(n("10.213.0.0/16"), n("10.214.0.0/22")));
     }
 
     #[test]

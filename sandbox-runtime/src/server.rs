@@ -42,9 +42,16 @@ pub struct Config {
     pub max_pids: Option<u32>,
     /// Open files per process of an isolated instance (`RLIMIT_NOFILE`).
     pub max_open_files: u32,
-    /// The private range isolated instances take addresses from
-    /// (default [`crate::network::DEFAULT_SUBNET`]).
+    /// The private range isolated instances take addresses from (none: a
+    /// free one of [`crate::network::CANDIDATE_SUBNETS`], chosen at start).
     pub instance_subnet: Option<ipnet::Ipv4Net>,
+    /// The uids (and gids) isolated instances run as.
+    pub instance_uids: crate::identity::IdRange,
+    /// The resolvers isolated instances' DNS queries are forwarded to (none:
+    /// the host's, from `/etc/resolv.conf`).
+    pub dns: Option<Vec<SocketAddr>>,
+    /// The CA certificates isolated instances see as `/etc/ssl/certs`.
+    pub ca_certs: PathBuf,
     /// Fleet mode: register in the fleet and honour gateways' leases. An
     /// empty `url` is filled with `http://` and the bound address, an empty
     /// `id` from the URL.
@@ -65,6 +72,8 @@ struct Inner {
     work_root: PathBuf,
     isolation: crate::isolation::Isolation,
     max_open_files: u32,
+    instance_uids: crate::identity::IdRange,
+    ca_certs: PathBuf,
     bounds: crate::bounds::Bounds,
     network: Option<crate::network::Network>,
     enforcer: MemoryEnforcer,
@@ -96,12 +105,14 @@ impl Worker {
         }
         let network = match cfg.isolation {
             crate::isolation::Isolation::Namespaces => {
-                let subnet = cfg.instance_subnet.unwrap_or_else(|| {
-                    crate::network::DEFAULT_SUBNET
-                        .parse()
-                        .expect("default subnet")
-                });
-                Some(crate::network::Network::setup(subnet).map_err(std::io::Error::other)?)
+                cfg.instance_uids
+                    .check_host()
+                    .map_err(std::io::Error::other)?;
+                let dns = cfg.dns.clone().unwrap_or_else(crate::dns::host_resolvers);
+                Some(
+                    crate::network::Network::setup(cfg.instance_subnet, dns)
+                        .map_err(std::io::Error::other)?,
+                )
             }
             crate::isolation::Isolation::Process => None,
         };
@@ -132,6 +143,8 @@ impl Worker {
             cpu_shares = bounds.cpu_shares(),
             instance_host = %instance_host,
             instance_subnet = ?network.as_ref().map(|n| n.subnet().to_string()),
+            instance_uids = %cfg.instance_uids,
+            dns = ?network.as_ref().map(|n| n.dns_upstreams().to_vec()),
             work_root = %work_root.display(),
             "sandbox worker ready"
         );
@@ -142,6 +155,8 @@ impl Worker {
                 work_root,
                 isolation: cfg.isolation,
                 max_open_files: cfg.max_open_files,
+                instance_uids: cfg.instance_uids,
+                ca_certs: cfg.ca_certs.clone(),
                 bounds,
                 network,
                 enforcer,
@@ -501,7 +516,20 @@ impl Worker {
                 req.egress.mode.as_str()
             )));
         }
-        let writable = self.writable_paths(req)?;
+        let uid = self.inner.instance_uids.for_function(&req.function);
+        let isolated = self.inner.isolation == crate::isolation::Isolation::Namespaces;
+        let writable = self.own_paths(&req.writable_paths, "writable")?;
+        let readable = self.own_paths(&req.readable_paths, "readable")?;
+        if isolated {
+            for w in &writable {
+                crate::identity::grant(w, uid).map_err(|e| {
+                    StartError::Prepare(std::io::Error::other(format!(
+                        "writable path {}: {e}",
+                        w.display()
+                    )))
+                })?;
+            }
+        }
         let limit = self
             .inner
             .enforcer
@@ -534,24 +562,34 @@ impl Worker {
             net,
             egress_metric: self.inner.metrics.egress_bytes.clone(),
             writable,
+            readable,
+            disk_mb: req.disk_mb,
+            uid,
+            ca_certs: self.inner.ca_certs.clone(),
         };
         Instance::start(spec, limit).await
     }
 
-    /// Checks a request's writable host directories: absolute, existing,
-    /// and outside the work root (which the instance's tmpfs covers).
-    fn writable_paths(&self, req: &CreateInstance) -> Result<Vec<PathBuf>, StartError> {
-        let mut out = Vec::with_capacity(req.writable_paths.len());
-        for p in &req.writable_paths {
-            let path = PathBuf::from(p);
+    /// Checks a request's readable or writable host paths: absolute,
+    /// existing, outside the instance's own skeleton ([`crate::rootfs`])
+    /// and the work root (which holds the instances' roots); writable ones
+    /// are directories.
+    fn own_paths(&self, paths: &[String], what: &str) -> Result<Vec<PathBuf>, StartError> {
+        let mut out = Vec::with_capacity(paths.len());
+        for p in paths {
             let bad = |why: &str| {
-                StartError::Prepare(std::io::Error::other(format!("writable path {p:?}: {why}")))
+                StartError::Prepare(std::io::Error::other(format!("{what} path {p:?}: {why}")))
             };
-            if !path.is_absolute() || p.split('/').any(|c| c == "..") {
-                return Err(bad("must be absolute, without \"..\""));
-            }
-            if !path.is_dir() {
-                return Err(bad("not a directory on this worker"));
+            let path = crate::rootfs::check_path(p).map_err(bad)?;
+            let exists = match what {
+                "writable" => path.is_dir(),
+                _ => path.exists(),
+            };
+            if !exists {
+                return Err(bad(match what {
+                    "writable" => "not a directory on this worker",
+                    _ => "does not exist on this worker",
+                }));
             }
             if path.starts_with(&self.inner.work_root) || self.inner.work_root.starts_with(&path) {
                 return Err(bad("overlaps the worker's work root"));

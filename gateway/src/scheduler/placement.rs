@@ -69,6 +69,8 @@ pub(super) async fn start_on_best_fit(
             start_timeout_ms: sched.start_timeout.as_millis() as u64,
             egress: f.egress.clone(),
             writable_paths: f.writable_paths.clone(),
+            readable_paths: f.readable_paths.clone(),
+            disk_mb: f.disk_mb,
             owner: sched.owner(),
         };
         match worker.create(&req).await {

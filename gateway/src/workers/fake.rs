@@ -48,6 +48,7 @@ impl Fake {
             exit,
             stderr_tail: String::new(),
             egress: Vec::new(),
+            uid: None,
         }
     }
 }

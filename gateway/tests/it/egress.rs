@@ -410,7 +410,9 @@ async fn what_a_killed_worker_left_is_removed_by_the_next_to_start() {
         net.prefix_len()
     ));
     assert_eq!(namespaces().len(), 1, "{:?}", namespaces());
-    assert_eq!(rules(), 5);
+    // Forwarding (2), masquerading, refusing connections to the host (2)
+    // but DNS to the worker's forwarder (2).
+    assert_eq!(rules(), 7);
     assert!(lock.exists());
     worker.proc.signal(libc::SIGKILL);
     assert_eq!(worker.proc.wait_exit(Duration::from_secs(10)), None);
@@ -429,4 +431,153 @@ async fn what_a_killed_worker_left_is_removed_by_the_next_to_start() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// A test host's resolver and HTTPS server: UDP port 53 answers A queries
+/// for `svc.fngate.test` with the host's own address (NXDOMAIN for any other
+/// name); port 8443 serves HTTPS with `leaf.pem` / `leaf.key` beside the script.
+const RESOLVER_HOST: &str = r#"
+import http.server, os, socket, ssl, sys, threading
+addr = sys.argv[1]
+here = os.path.dirname(os.path.abspath(__file__))
+def answer(q):
+    i, labels = 12, []
+    while q[i]:
+        labels.append(q[i + 1:i + 1 + q[i]].decode().lower())
+        i += 1 + q[i]
+    qtype, question = q[i + 1:i + 3], q[12:i + 5]
+    known = ".".join(labels) == "svc.fngate.test"
+    a = known and qtype == b"\x00\x01"
+    r = q[:2] + (b"\x81\x80" if known else b"\x81\x83") + b"\x00\x01" + (b"\x00\x01" if a else b"\x00\x00") + b"\x00\x00\x00\x00" + question
+    if a:
+        r += b"\xc0\x0c\x00\x01\x00\x01\x00\x00\x00\x3c\x00\x04" + socket.inet_aton(addr)
+    return r
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.bind((addr, 53))
+def udp():
+    while True:
+        d, a = u.recvfrom(2048)
+        u.sendto(answer(d), a)
+threading.Thread(target=udp, daemon=True).start()
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def log_message(self, *a): pass
+    def do_GET(self):
+        b = b"hello from the test host"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(b)))
+        self.end_headers()
+        self.wfile.write(b)
+s = http.server.ThreadingHTTPServer((addr, 8443), H)
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(os.path.join(here, "leaf.pem"), os.path.join(here, "leaf.key"))
+s.socket = ctx.wrap_socket(s.socket, server_side=True)
+print("ready", flush=True)
+s.serve_forever()
+"#;
+
+/// The function: resolves names and fetches over HTTPS, verified against
+/// the CAs of its `/etc/ssl/certs`.
+const LOOKER: &str = r#"
+import http.server, json, os, socket, ssl, time, urllib.request
+def look(name):
+    t = time.monotonic()
+    try:
+        ip = socket.gethostbyname(name)
+    except OSError as e:
+        return {"err": str(e), "ms": (time.monotonic() - t) * 1000}
+    try:
+        body = urllib.request.urlopen(f"https://{name}:8443/", context=ssl.create_default_context(), timeout=5).read().decode()
+    except Exception as e:
+        body = "failed: " + repr(e)
+    return {"ip": ip, "body": body}
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def log_message(self, *a): pass
+    def do_POST(self):
+        names = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        b = json.dumps({n: look(n) for n in names}).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(b)))
+        self.end_headers()
+        self.wfile.write(b)
+http.server.HTTPServer((os.environ["FC_SERVER_HOST"], int(os.environ["FC_SERVER_PORT"])), H).serve_forever()
+"#;
+
+/// An isolated instance resolves names through its worker's forwarder
+/// (here to a resolver on a test host) and speaks HTTPS verified against
+/// the CAs of its `/etc/ssl/certs`; a function with egress `none` gets no
+/// resolver, and is told so at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn isolated_instances_resolve_names_as_their_egress_allows() {
+    let dir = tempfile::tempdir().unwrap();
+    let host_dir = dir.path().join("host");
+    std::fs::create_dir(&host_dir).unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "fngate test CA");
+    ca.not_before = now - time::Duration::hours(1);
+    ca.not_after = now + time::Duration::days(1);
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let mut leaf = rcgen::CertificateParams::new(vec!["svc.fngate.test".to_string()]).unwrap();
+    leaf.not_before = now - time::Duration::hours(1);
+    leaf.not_after = now + time::Duration::days(1);
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let leaf_cert = leaf.signed_by(&leaf_key, &issuer).unwrap();
+    std::fs::write(host_dir.join("leaf.pem"), leaf_cert.pem()).unwrap();
+    std::fs::write(host_dir.join("leaf.key"), leaf_key.serialize_pem()).unwrap();
+    // The instances' /etc/ssl/certs: this test's CA only.
+    let certs = dir.path().join("certs");
+    std::fs::create_dir(&certs).unwrap();
+    std::fs::write(certs.join("ca-certificates.crt"), ca_cert.pem()).unwrap();
+    let script = host_dir.join("resolver.py");
+    std::fs::write(&script, RESOLVER_HOST).unwrap();
+    let _host = TestHost::start("d", "198.18.7.1", "198.18.7.2", &script);
+    let looker = dir.path().join("look.py");
+    std::fs::write(&looker, LOOKER).unwrap();
+    let worker = start_worker_with(
+        1024,
+        &[
+            "--isolation",
+            "namespaces",
+            "--dns",
+            "198.18.7.2:53",
+            "--ca-certs",
+            certs.to_str().unwrap(),
+        ],
+    );
+    let function = |name: &str, egress: &str| {
+        format!(
+            "[[functions]]\nname = \"{name}\"\ncommand = [\"python3\", \"{}\"]\n{egress}\n",
+            looker.display()
+        )
+    };
+    let gw = Gateway::start(
+        "",
+        &(format!("[[workers]]\nurl = \"{}\"\n", worker.url)
+            + &function("look", "")
+            + &function("look-none", "egress = \"none\"")),
+    );
+    let mut c = gw.h1().await;
+    let names = r#"["svc.fngate.test", "nx.fngate.test"]"#;
+    let r = c.invoke("look", names).await;
+    assert_eq!(r.status, 200, "{}\n{}", r.text(), worker.proc.log());
+    let v = r.json();
+    assert_eq!(v["svc.fngate.test"]["ip"], "198.18.7.2", "{v}");
+    assert_eq!(
+        v["svc.fngate.test"]["body"], "hello from the test host",
+        "{v}"
+    );
+    assert!(v["nx.fngate.test"]["err"].is_string(), "{v}");
+    // No resolver for egress `none`: refused at once, not by time-out.
+    let r = c.invoke("look-none", names).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    let svc = &v["svc.fngate.test"];
+    assert!(svc["err"].is_string(), "{v}");
+    assert!(svc["ms"].as_f64().unwrap() < 1000.0, "{v}");
 }

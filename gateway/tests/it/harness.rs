@@ -615,7 +615,18 @@ pub fn start_worker_with(memory_mb: u64, extra: &[&str]) -> WorkerProc {
         "--memory-mb",
         &memory_mb.to_string(),
     ]);
-    cmd.args(extra);
+    // `--instance-subnet auto`: no range given, the worker picks one.
+    let auto = extra.windows(2).any(|w| w == ["--instance-subnet", "auto"]);
+    let mut skip = false;
+    for a in extra {
+        match (skip, *a) {
+            (true, _) => skip = false,
+            (false, "--instance-subnet") if auto => skip = true,
+            (false, a) => {
+                cmd.arg(a);
+            }
+        }
+    }
     let isolated = match extra.contains(&"--isolation") {
         true => extra.contains(&"namespaces"),
         false => isolated_suite(),
