@@ -104,6 +104,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             instance_uids: Default::default(),
             dns: None,
             ca_certs: "/etc/ssl/certs".into(),
+            netns_pool: 2,
             // Private to this gateway: it lives and dies with it.
             fleet: None,
         };

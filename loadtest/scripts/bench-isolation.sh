@@ -3,17 +3,23 @@
 # processes (--isolation process), same run:
 #   - cold start: spawn to first answer, for the native echo function and the
 #     Python example, through each worker's API (create the instance, then
-#     its first /invoke), ROUNDS alternating rounds of STARTS each;
+#     its first /invoke), ROUNDS alternating rounds of STARTS each, GAP
+#     seconds apart (so the isolated worker's namespace pool has refilled,
+#     as it has between cold starts that are not a burst);
 #   - warm requests/s through a gateway whose one worker is either kind
-#     (the native echo function, CONNS connections, DURATION, alternating).
+#     (the native echo function, CONNS connections, DURATION, alternating);
+#   - the memory a pooled network namespace costs: MemAvailable before and
+#     after a worker with --netns-pool POOLED has made them, less its RSS.
 # Workers and gateways on core 1, the client on core 0; root (namespaces).
 # Loopback only. Writes loadtest/results/isolation.md.
 #
-# Env: ROUNDS (3), STARTS (10), DURATION (5s), CONNS (32).
+# Env: ROUNDS (3), STARTS (10), GAP (0.2), DURATION (5s), CONNS (32), POOLED (32).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROUNDS=${ROUNDS:-3}
 STARTS=${STARTS:-10}
+GAP=${GAP:-0.2}
+POOLED=${POOLED:-32}
 DURATION=${DURATION:-5s}
 CONNS=${CONNS:-32}
 OUT=loadtest/results/isolation.md
@@ -48,9 +54,10 @@ done
 
 # Cold starts through the worker API: create, first invoke, delete.
 cold="$work/cold.jsonl"; : > "$cold"
-python3 - "$cold" "$ROUNDS" "$STARTS" "$T/fngate-echo" "$PWD/config/functions/hello.py" <<'PY'
+python3 - "$cold" "$ROUNDS" "$STARTS" "$T/fngate-echo" "$PWD/config/functions/hello.py" "$GAP" <<'PY'
 import json, sys, time, urllib.request
 out, rounds, starts, echo, hello = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
+gap = float(sys.argv[6])
 ports = {"process": 17171, "namespaces": 17172}
 commands = {"native": [echo], "python": ["python3", hello]}
 def call(method, url, body=None):
@@ -73,7 +80,26 @@ with open(out, "w") as f:
                     ms = (time.perf_counter() - t0) * 1000
                     call("DELETE", f"http://127.0.0.1:{port}/v1/instances/{iid}")
                     f.write(json.dumps({"mode": mode, "kind": kind, "round": r, "ms": ms}) + "\n")
+                    time.sleep(gap)
 PY
+
+# The memory of pooled namespaces: a worker that keeps POOLED ready.
+avail() { awk '/^MemAvailable/ {print $2}' /proc/meminfo; }
+before=$(avail)
+"${SRV[@]}" "$T/sandbox-runtime" --listen 127.0.0.1:17173 --isolation namespaces \
+    --instance-subnet 10.199.0.0/16 --netns-pool "$POOLED" --work-root "$work/work-pool" 2> "$work/worker-pool.log" &
+pool_pid=$!
+pids+=($pool_pid)
+for _ in $(seq 1 600); do
+    [ "$(ls /run/netns 2>/dev/null | grep -c '^fngate-0ac7')" -ge "$POOLED" ] && break
+    sleep 0.1
+done
+sleep 1
+after=$(avail)
+rss=$(awk '/^VmRSS/ {print $2}' "/proc/$pool_pid/status")
+pooled=$(ls /run/netns | grep -c '^fngate-0ac7' || true)
+kill -TERM "$pool_pid"; wait "$pool_pid" 2>/dev/null || true
+echo "{\"pooled\": $pooled, \"kib\": $((before - after - rss)), \"rss_kib\": $rss}" > "$work/pool.json"
 
 # Warm requests/s through each gateway (the instance starts on the warm-up).
 warm="$work/warm.jsonl"; : > "$warm"
@@ -91,9 +117,10 @@ for r in $(seq 1 "$ROUNDS"); do
     done
 done
 
-python3 - "$OUT" "$cold" "$warm" "$ROUNDS" "$STARTS" "$DURATION" "$CONNS" <<'PY'
+python3 - "$OUT" "$cold" "$warm" "$ROUNDS" "$STARTS" "$DURATION" "$CONNS" "$work/pool.json" "$GAP" <<'PY'
 import collections, datetime, json, statistics, sys
-out, cold, warm, rounds, starts, duration, conns = sys.argv[1:]
+out, cold, warm, rounds, starts, duration, conns, pool, gap = sys.argv[1:]
+pool = json.load(open(pool))
 sys.path.insert(0, "loadtest/scripts")
 from summary import med, rng
 c = collections.defaultdict(list)
@@ -113,14 +140,15 @@ lines = [
     f"Produced by `bash loadtest/scripts/bench-isolation.sh` on {datetime.date.today()}: one run, {rounds} alternating rounds.",
     "Workers (`--isolation process` and `--isolation namespaces`) and their gateways on core 1, the client on core 0.",
     "",
-    f"## Cold start: spawn to first answer ({int(rounds) * int(starts)} starts per cell, through the worker API)",
+    f"## Cold start: spawn to first answer ({int(rounds) * int(starts)} starts per cell, {gap} s apart, through the worker API)",
     "",
-    "| function | process p50 ms | namespaces p50 ms | ratio | process p90 ms | namespaces p90 ms |",
-    "|---|---|---|---|---|---|",
+    "| function | process p50 ms | namespaces p50 ms | added p50 ms | ratio | process p90 ms | namespaces p90 ms |",
+    "|---|---|---|---|---|---|---|",
 ]
 for kind in ["native", "python"]:
     p, n = c[("process", kind)], c[("namespaces", kind)]
-    lines.append(f"| {kind} | {statistics.median(p):.1f} | {statistics.median(n):.1f} | {statistics.median(n)/statistics.median(p):.2f}x | {q(p,0.9):.1f} | {q(n,0.9):.1f} |")
+    mp, mn = statistics.median(p), statistics.median(n)
+    lines.append(f"| {kind} | {mp:.1f} | {mn:.1f} | {mn - mp:+.1f} | {mn/mp:.2f}x | {q(p,0.9):.1f} | {q(n,0.9):.1f} |")
 p, n = w["process"], w["namespaces"]
 lines += [
     "",
@@ -132,6 +160,11 @@ lines += [
     f"| namespaces | {med(n,'rps'):.0f} ({rng(n,'rps','.0f')}) | {med(n,'p50_ms'):.3f} | {med(n,'p99_ms'):.2f} | {med(n,'gw_cpu_us'):.1f} |",
     "",
     f"namespaces/process: requests/s {med(n,'rps')/med(p,'rps'):.2f}x.",
+    "",
+    "## A pooled network namespace",
+    "",
+    f"A worker with `--netns-pool {pool['pooled']}`: MemAvailable fell by {(pool['kib'] + pool['rss_kib']) / 1024:.1f} MiB once its {pool['pooled']} namespaces were made,",
+    f"{pool['rss_kib'] / 1024:.1f} MiB of it the worker's own RSS: **about {pool['kib'] / max(1, pool['pooled']):.0f} KiB per pooled namespace** (its veth pair, rules, conntrack and DNS sockets).",
     "",
 ]
 open(out, "w").write("\n".join(lines))

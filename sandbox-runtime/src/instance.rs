@@ -169,12 +169,16 @@ impl Instance {
             }
             return Err(StartError::Prepare(e));
         }
-        let program = spec.command.first().cloned().unwrap_or_default();
         let isolated = spec.isolation == crate::isolation::Isolation::Namespaces;
+        let command = match isolated {
+            true => crate::rootfs::resolve_command(&spec.command),
+            false => spec.command.clone(),
+        };
+        let program = command.first().cloned().unwrap_or_default();
         let mut cmd = match isolated {
             false => {
                 let mut c = tokio::process::Command::new(&program);
-                c.args(&spec.command[1..]);
+                c.args(&command[1..]);
                 c
             }
             true => {
@@ -189,7 +193,7 @@ impl Instance {
                     gid: spec.uid,
                     dns: spec.net.as_ref().and_then(|n| n.dns()),
                     ca_certs: &spec.ca_certs,
-                    command: &spec.command,
+                    command: &command,
                     readable: &spec.readable,
                     writable: &spec.writable,
                 });
@@ -203,7 +207,7 @@ impl Instance {
                     steps,
                 };
                 let mut c = tokio::process::Command::new(exe);
-                c.args(crate::isolation::init_args(&init, &spec.command));
+                c.args(crate::isolation::init_args(&init, &command));
                 c
             }
         };

@@ -476,6 +476,12 @@ fn instance(init: &Init, command: &[OsString]) -> ! {
         if libc::getuid() != uid || libc::geteuid() != uid || libc::getegid() != gid {
             die("changing to the function's user");
         }
+        // A change of credentials clears the parent-death signal: armed
+        // again (a keeper that died in between is caught by the release,
+        // which kills whatever is left in the instance's cgroups).
+        sys(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL), &|| {
+            "PR_SET_PDEATHSIG".into()
+        });
     }
     if let Err(e) = deny_syscalls() {
         eprintln!("fngate instance init: seccomp filter: {e}");

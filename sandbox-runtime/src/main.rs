@@ -58,6 +58,10 @@ struct Args {
     /// The CA certificates isolated instances see as /etc/ssl/certs.
     #[arg(long, default_value = "/etc/ssl/certs")]
     ca_certs: PathBuf,
+    /// Network namespaces kept ready for each of the egress policies most
+    /// recently started (0: none; each costs a veth pair and its rules).
+    #[arg(long, default_value_t = 2)]
+    netns_pool: usize,
     /// Fleet mode: a NATS server of the fleet (repeat for several). The
     /// worker registers in the fleet, so gateways find it, and releases
     /// the instances of gateways whose heartbeat has expired.
@@ -123,6 +127,7 @@ async fn serve() -> std::process::ExitCode {
         instance_uids: a.instance_uids,
         dns: (!a.dns.is_empty()).then(|| a.dns.clone()),
         ca_certs: a.ca_certs.clone(),
+        netns_pool: a.netns_pool,
         fleet: (!a.fleet_nats_urls.is_empty()).then(|| {
             let url = a.advertise_url.clone().unwrap_or_default();
             sandbox_runtime::fleet::WorkerFleet {

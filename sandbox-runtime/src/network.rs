@@ -75,11 +75,36 @@ const LOCK_DIR: &str = "/run/fngate";
 
 /// The worker's share of the host's network.
 pub struct Network {
+    shared: Arc<Shared>,
+    lock: (std::fs::File, PathBuf),
+}
+
+/// What building an instance's network needs, shared with the pool's
+/// refills.
+struct Shared {
     subnet: Ipv4Net,
     free: Arc<Mutex<Vec<u32>>>,
-    lock: (std::fs::File, PathBuf),
     /// The resolvers instances' queries are forwarded to.
     dns: Vec<std::net::SocketAddr>,
+    pool: Pool,
+}
+
+/// How many policies the pool keeps namespaces for (the most recently
+/// started ones).
+const POOL_POLICIES: usize = 8;
+
+/// Namespaces made ahead of need, so that a cold start does not wait for
+/// `ip` and `iptables-restore`: up to `per_policy` for each of the
+/// [`POOL_POLICIES`] egress policies most recently started (the default
+/// policy from the worker's start). Taking one starts a refill in the
+/// background; one refill runs at a time, so a burst of starts never turns
+/// into a burst of processes.
+struct Pool {
+    per_policy: usize,
+    // Cold-path lock: held to take or put one entry, never across an await.
+    ready: Mutex<Vec<(Egress, Vec<InstanceNet>)>>,
+    refill: tokio::sync::Semaphore,
+    closed: AtomicBool,
 }
 
 impl Network {
@@ -89,6 +114,7 @@ impl Network {
     pub fn setup(
         subnet: Option<Ipv4Net>,
         dns: Vec<std::net::SocketAddr>,
+        pool: usize,
     ) -> Result<Network, String> {
         for tool in ["ip", "iptables", "iptables-restore", "iptables-save"] {
             let found = std::process::Command::new(tool)
@@ -130,10 +156,18 @@ impl Network {
             .map_err(|e| format!("cannot enable IPv4 forwarding: {e}"))?;
         let slots = 1u32 << (32 - subnet.prefix_len() - 2);
         let net = Network {
-            subnet,
-            free: Arc::new(Mutex::new((0..slots).rev().collect())),
+            shared: Arc::new(Shared {
+                subnet,
+                free: Arc::new(Mutex::new((0..slots).rev().collect())),
+                dns,
+                pool: Pool {
+                    per_policy: pool,
+                    ready: Mutex::new(Vec::new()),
+                    refill: tokio::sync::Semaphore::new(1),
+                    closed: AtomicBool::new(false),
+                },
+            }),
             lock: (lock, lock_path),
-            dns,
         };
         // What a killed worker left: of this range, and of ranges no
         // worker holds any more.
@@ -160,22 +194,128 @@ impl Network {
     }
 
     pub fn subnet(&self) -> Ipv4Net {
-        self.subnet
+        self.shared.subnet
     }
 
     pub fn dns_upstreams(&self) -> &[std::net::SocketAddr] {
-        &self.dns
+        &self.shared.dns
     }
 
-    /// Removes the host's rules and gives up the range; at the worker's stop.
+    /// Removes the host's rules and gives up the range; at the worker's stop
+    /// (after [`Network::drain`]).
     pub fn cleanup(&self) {
-        remove_host_rules(self.subnet);
+        remove_host_rules(self.shared.subnet);
         // Still held: a worker starting on the range now makes a new file.
         let _ = std::fs::remove_file(&self.lock.1);
     }
 
-    /// Makes an instance's namespace, link and rules.
+    /// Makes namespaces for the default policy ahead of the first start.
+    pub fn prewarm(&self) {
+        Shared::refill(&self.shared, Egress::default());
+    }
+
+    /// Removes the pooled namespaces and stops refilling; at the worker's stop.
+    pub async fn drain(&self) {
+        let pool = &self.shared.pool;
+        pool.closed.store(true, Ordering::Release);
+        // A refill in progress finishes its one namespace and stops.
+        let _wait = pool.refill.acquire().await;
+        let all: Vec<InstanceNet> = std::mem::take(&mut *pool.ready.lock().unwrap())
+            .into_iter()
+            .flat_map(|(_, nets)| nets)
+            .collect();
+        for n in all {
+            n.remove().await;
+        }
+    }
+
+    /// Namespaces waiting in the pool.
+    pub fn pooled(&self) -> usize {
+        let ready = self.shared.pool.ready.lock().unwrap();
+        ready.iter().map(|(_, n)| n.len()).sum()
+    }
+
+    /// An instance's namespace, link and rules: a pooled one for its
+    /// policy when there is one (then the pool is refilled behind it),
+    /// else made now.
     pub async fn create(&self, egress: &Egress) -> Result<InstanceNet, String> {
+        let pool = &self.shared.pool;
+        let taken = {
+            let mut ready = pool.ready.lock().unwrap();
+            match ready.iter().position(|(e, _)| e == egress) {
+                Some(i) => {
+                    // Most recently used last.
+                    let entry = ready.remove(i);
+                    ready.push(entry);
+                    ready.last_mut().and_then(|(_, nets)| nets.pop())
+                }
+                None => None,
+            }
+        };
+        Shared::refill(&self.shared, egress.clone());
+        match taken {
+            Some(net) => Ok(net),
+            None => self.shared.build(egress).await,
+        }
+    }
+}
+
+impl Shared {
+    /// Tops the pool up for `egress` in the background (one refill at a
+    /// time), and forgets the least recently used policies beyond
+    /// [`POOL_POLICIES`].
+    fn refill(shared: &Arc<Shared>, egress: Egress) {
+        if shared.pool.per_policy == 0 || shared.pool.closed.load(Ordering::Acquire) {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let shared = shared.clone();
+        rt.spawn(async move {
+            let pool = &shared.pool;
+            let Ok(_one) = pool.refill.acquire().await else {
+                return;
+            };
+            loop {
+                if pool.closed.load(Ordering::Acquire) {
+                    return;
+                }
+                let have = {
+                    let ready = pool.ready.lock().unwrap();
+                    ready
+                        .iter()
+                        .find(|(e, _)| *e == egress)
+                        .map_or(0, |(_, n)| n.len())
+                };
+                if have >= pool.per_policy {
+                    break;
+                }
+                let net = match shared.build(&egress).await {
+                    Ok(n) => n,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot make a pooled instance network");
+                        return;
+                    }
+                };
+                let evicted = {
+                    let mut ready = pool.ready.lock().unwrap();
+                    match ready.iter_mut().find(|(e, _)| *e == egress) {
+                        Some((_, nets)) => nets.push(net),
+                        None => ready.push((egress.clone(), vec![net])),
+                    }
+                    let over = ready.len().saturating_sub(POOL_POLICIES);
+                    ready.drain(..over).flat_map(|(_, n)| n).collect::<Vec<_>>()
+                };
+                for n in evicted {
+                    n.remove().await;
+                }
+            }
+        });
+    }
+
+    /// Makes an instance's namespace, link and rules.
+    async fn build(&self, egress: &Egress) -> Result<InstanceNet, String> {
         let policy = Policy::parse(egress)?;
         let slot = self
             .free

@@ -132,6 +132,26 @@ pub fn check_path(p: &str) -> Result<PathBuf, &'static str> {
     Ok(path)
 }
 
+/// The command as the instance runs it: each absolute path outside the
+/// system directories that exists is made canonical (no `..`, no symbolic
+/// link), since only what it names is in the instance's root: a path that
+/// walks through `..` or a link needs the directories it walks.
+pub fn resolve_command(command: &[String]) -> Vec<String> {
+    command
+        .iter()
+        .map(|a| {
+            let p = Path::new(a);
+            if !a.starts_with('/') || SYSTEM.iter().any(|s| p.starts_with(s)) {
+                return a.clone();
+            }
+            match std::fs::canonicalize(p) {
+                Ok(c) => c.to_string_lossy().into_owned(),
+                Err(_) => a.clone(),
+            }
+        })
+        .collect()
+}
+
 /// The directories (or single files) a command's absolute paths need:
 /// an existing file's directory, or the file alone where that directory is
 /// `/` or part of the skeleton (binding the host's `/tmp` would show all of
@@ -415,6 +435,19 @@ mod tests {
         let proc = steps.iter().position(|s| *s == Step::Proc).unwrap();
         assert!(at("/proc").unwrap() < proc);
         assert!(at("/dev/pts").unwrap() < steps.iter().position(|s| *s == Step::Devpts).unwrap());
+    }
+
+    #[test]
+    fn command_paths_are_made_canonical_outside_the_system_directories() {
+        let dir = tempfile::tempdir().unwrap();
+        let code = dir.path().canonicalize().unwrap().join("code");
+        std::fs::create_dir(&code).unwrap();
+        std::fs::write(code.join("main.py"), "").unwrap();
+        let walked = format!("{}/../code/main.py", code.display());
+        let got = resolve_command(&["/usr/bin/python3".into(), walked, "-v".into()]);
+        assert_eq!(got[0], "/usr/bin/python3");
+        assert_eq!(got[1], code.join("main.py").display().to_string());
+        assert_eq!(got[2], "-v");
     }
 
     #[test]

@@ -52,6 +52,8 @@ pub struct Config {
     pub dns: Option<Vec<SocketAddr>>,
     /// The CA certificates isolated instances see as `/etc/ssl/certs`.
     pub ca_certs: PathBuf,
+    /// Network namespaces kept ready per recently started egress policy.
+    pub netns_pool: usize,
     /// Fleet mode: register in the fleet and honour gateways' leases. An
     /// empty `url` is filled with `http://` and the bound address, an empty
     /// `id` from the URL.
@@ -109,10 +111,10 @@ impl Worker {
                     .check_host()
                     .map_err(std::io::Error::other)?;
                 let dns = cfg.dns.clone().unwrap_or_else(crate::dns::host_resolvers);
-                Some(
-                    crate::network::Network::setup(cfg.instance_subnet, dns)
-                        .map_err(std::io::Error::other)?,
-                )
+                let net = crate::network::Network::setup(cfg.instance_subnet, dns, cfg.netns_pool)
+                    .map_err(std::io::Error::other)?;
+                net.prewarm();
+                Some(net)
             }
             crate::isolation::Isolation::Process => None,
         };
@@ -253,6 +255,9 @@ impl Worker {
         }
         self.inner.tasks.close();
         self.inner.tasks.wait().await;
+        if let Some(n) = &self.inner.network {
+            n.drain().await;
+        }
         self.inner.enforcer.cleanup();
         self.inner.bounds.cleanup();
         // iptables processes: off the runtime's threads.

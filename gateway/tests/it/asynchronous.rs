@@ -18,7 +18,7 @@ fn m(name: &str, labels: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_async_call_is_accepted_at_once_and_runs_later_under_its_request_id() {
-    let logdir = tempfile::tempdir().unwrap();
+    let logdir = hold_dir();
     let log = logdir.path().join("usage.jsonl");
     let release = logdir.path().join("release");
     let mut gw = Gateway::start(
@@ -169,7 +169,7 @@ async fn function_errors_are_retried_as_configured_then_fail_or_expire() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn async_calls_meet_ingress_the_queue_bound_and_their_own_payload_limit() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = hold_dir();
     let release = dir.path().join("release");
     let gw = Gateway::start(
         "max_async_queued = 1\nmax_async_body_bytes = 100",

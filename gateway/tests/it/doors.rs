@@ -57,7 +57,7 @@ fn invocations(api: &str, function: &str, network: &str, outcome: &str) -> Strin
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lambda_invocation_types_answers_and_log_tail() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = hold_dir();
     let release = dir.path().join("release");
     let gw = Gateway::start(
         "",

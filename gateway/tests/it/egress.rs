@@ -409,7 +409,8 @@ async fn what_a_killed_worker_left_is_removed_by_the_next_to_start() {
         net.network(),
         net.prefix_len()
     ));
-    assert_eq!(namespaces().len(), 1, "{:?}", namespaces());
+    // The instance's, and those its worker keeps ready (`--netns-pool`).
+    assert!(!namespaces().is_empty());
     // Forwarding (2), masquerading, refusing connections to the host (2)
     // but DNS to the worker's forwarder (2).
     assert_eq!(rules(), 7);

@@ -694,7 +694,7 @@ async fn redis_mode_counts_the_fleets_instances_and_starts_exactly() {
     for gw in [&g1, &g2] {
         wait_live(gw, 2.0).await;
     }
-    let release = g1.dir.path().join("release");
+    let release = hold_file("release");
     let t0 = Instant::now();
     // One gateway alone reaches the fleet's total (its split share is 2)...
     let (answered, _held) = hold(&g1, "held", &release, 4, 3).await;
@@ -787,7 +787,7 @@ async fn split_mode_shares_max_concurrency_and_takes_it_back_when_a_gateway_leav
     for gw in [&a, &b] {
         wait_live(gw, 2.0).await;
     }
-    let release = a.dir.path().join("release");
+    let release = hold_file("release");
     // Two gateways: each admits ceil(4 / 2) = 2 at a time.
     let (answered, held_a) = hold(&a, "busy", &release, 3, 2).await;
     assert!(
@@ -857,7 +857,7 @@ async fn a_replicated_fleet_keeps_its_queue_when_a_nats_server_dies() {
     for gw in [&a, &b] {
         wait_live(gw, 2.0).await;
     }
-    let go = a.dir.path().join("go");
+    let go = hold_file("go");
     let held = format!("fngate:hold:{}", go.display());
     let (mut ca, mut cb) = (a.h1().await, b.h1().await);
     for i in 0..10 {

@@ -193,7 +193,7 @@ async fn a_caller_waiting_under_max_instances_gets_the_instance_another_function
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_timeout_spares_the_other_invocations_on_its_instance() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = hold_dir();
     let release = dir.path().join("release");
     let gw = Gateway::start("", &echo_fn("f", "instance_concurrency = 2\ntimeout_s = 6"));
     let (mut a, mut b) = (gw.h1().await, gw.h1().await);

@@ -646,12 +646,39 @@ pub fn start_worker_with(memory_mb: u64, extra: &[&str]) -> WorkerProc {
     }
 }
 
-/// An `echo` function section with the given extra keys.
+/// An `echo` function section with the given extra keys. Its instances can
+/// read [`hold_root`] (an isolated instance sees nothing of the host that
+/// its function does not name).
 pub fn echo_fn(name: &str, extra: &str) -> String {
     format!(
-        "[[functions]]\nname = \"{name}\"\ncommand = [\"{}\"]\n{extra}\n",
-        echo_bin()
+        "[[functions]]\nname = \"{name}\"\ncommand = [\"{}\"]\nreadable_paths = [\"{}\"]\n{extra}\n",
+        echo_bin(),
+        hold_root().display()
     )
+}
+
+/// The directory of the files `fngate:hold:PATH` waits for, readable by
+/// every [`echo_fn`] (this test process's own, under cargo's test tmpdir).
+pub fn hold_root() -> &'static Path {
+    static ROOT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    ROOT.get_or_init(|| {
+        let root =
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("holds-{}", std::process::id()));
+        std::fs::create_dir_all(&root).unwrap();
+        root
+    })
+}
+
+/// A fresh path in [`hold_root`] for a file a held call waits for.
+pub fn hold_file(name: &str) -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    hold_root().join(format!("{n}-{name}"))
+}
+
+/// A temporary directory in [`hold_root`] (for tests that keep more there).
+pub fn hold_dir() -> tempfile::TempDir {
+    tempfile::tempdir_in(hold_root()).unwrap()
 }
 
 /// A raw TLS stream (HTTP/1.1 by ALPN) to the gateway, for tests that write

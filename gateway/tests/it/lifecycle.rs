@@ -108,7 +108,7 @@ async fn instance_killed_for_memory_is_reported_as_such() {
     let gw = Gateway::start("", &echo_fn("hungry", "memory_mb = 64"));
     let mut c = gw.h1().await;
     let r = c.invoke("hungry", "fngate:alloc:256").await;
-    assert_eq!(r.status, 200);
+    assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(
         r.header("x-fc-error-type"),
         Some("UnhandledInvocationError")
@@ -201,7 +201,7 @@ async fn instances_past_their_lifetime_are_drained_and_replaced() {
         &echo_fn("aging", "instance_concurrency = 2"),
     );
     let mut c = gw.h1().await;
-    let gate = gw.dir.path().join("gate");
+    let gate = hold_file("gate");
     let first = c
         .invoke("aging", "x")
         .await

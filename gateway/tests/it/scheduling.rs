@@ -55,7 +55,7 @@ fn distinct(ids: &[String]) -> HashMap<&str, usize> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bin_pack_fills_instances_before_starting_new_ones() {
     let gw = Gateway::start("", &echo_fn("pack", "instance_concurrency = 10"));
-    let gate = gw.dir.path().join("gate");
+    let gate = hold_file("gate");
 
     let ten = held_batch(&gw, "pack", 10, &gate).await;
     assert_eq!(
@@ -157,7 +157,7 @@ async fn placement_is_best_fit_across_workers() {
     assert_eq!(worker_of(&gw.instances_of("f384").await), big.url);
     // Small: 256 free; big: 640 free. Another 256 MB instance is a tighter fit
     // on the small worker.
-    let gate = gw.dir.path().join("gate2");
+    let gate = hold_file("gate2");
     let mut c2 = gw.h1().await;
     let held = {
         let payload = format!("fngate:hold:{}", gate.display());

@@ -65,7 +65,7 @@ fn writable(dir: &std::path::Path) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_accepted_before_a_graceful_stop_runs_after_the_restart() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = hold_dir();
     let (out, release) = (dir.path().join("out"), dir.path().join("release"));
     let mut gw = Gateway::start(
         "drain_timeout_s = 1",
@@ -135,7 +135,7 @@ async fn a_task_accepted_before_a_graceful_stop_runs_after_the_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_follow_the_rules_and_outcomes_reach_their_destinations() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = hold_dir();
     let sink = Sink::start("127.0.0.1:0".parse().unwrap()).await;
     let release = dir.path().join("release");
     let dest = format!("on_success = \"{0}\"\non_failure = \"{0}\"", sink.url());
@@ -314,7 +314,7 @@ async fn a_destination_that_was_down_gets_every_record_once_it_is_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_task_api_deduplicates_stops_lists_and_meets_ingress() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = hold_dir();
     let (out, release) = (dir.path().join("out"), dir.path().join("release"));
     let gw = Gateway::start(
         "",

@@ -267,7 +267,7 @@ async fn max_concurrency_caps_in_flight_invocations_exactly() {
         &echo_fn("capped", "instance_concurrency = 10\nmax_concurrency = 3"),
     );
     let c = gw.h2().await;
-    let gate = gw.dir.path().join("gate");
+    let gate = hold_file("gate");
     let held = hold(&gw, &c, "capped", 3, &gate).await;
     for _ in 0..4 {
         let mut c1 = c.clone();
@@ -293,7 +293,7 @@ async fn max_instances_throttles_scale_out_and_recovers() {
         &echo_fn("wide", "instance_concurrency = 1"),
     );
     let c = gw.h2().await;
-    let gate = gw.dir.path().join("gate");
+    let gate = hold_file("gate");
     let held = hold(&gw, &c, "wide", 2, &gate).await;
     assert_eq!(gw.instances_of("wide").await.len(), 2);
     let mut c1 = c.clone();
@@ -321,7 +321,7 @@ async fn instance_start_rate_throttles_scale_out_and_recovers() {
         &echo_fn("spiky", "instance_concurrency = 1"),
     );
     let c = gw.h2().await;
-    let gate = gw.dir.path().join("gate");
+    let gate = hold_file("gate");
     let held = hold(&gw, &c, "spiky", 2, &gate).await;
     let mut c1 = c.clone();
     let ms = assert_throttled(&c1.invoke("spiky", "x").await, "scale-out rate");
@@ -346,7 +346,7 @@ async fn queue_timeout_admits_when_a_slot_frees_in_time() {
             + &echo_fn("impatient", "max_concurrency = 1\nqueue_timeout_ms = 300")),
     );
     let c = gw.h2().await;
-    let gate = gw.dir.path().join("gate");
+    let gate = hold_file("gate");
     let held = hold(&gw, &c, "patient", 1, &gate).await;
     let mut c1 = c.clone();
     let queued = tokio::spawn(async move { c1.invoke("patient", "queued").await });
@@ -390,7 +390,7 @@ async fn queued_request_abandoned_by_its_client_leaves_the_queue() {
         &echo_fn("q", "max_concurrency = 1\nqueue_timeout_ms = 20000"),
     );
     let c = gw.h2().await;
-    let gate = gw.dir.path().join("gate");
+    let gate = hold_file("gate");
     let held = hold(&gw, &c, "q", 1, &gate).await;
     let queued_fns = || async {
         let (_, f) = gw.admin_get("/admin/functions").await;
@@ -439,7 +439,7 @@ async fn denied_callers_do_not_consume_rate_budget() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_abandoning_an_invocation_frees_its_concurrency_slot() {
     let gw = Gateway::start("", &echo_fn("solo", "max_concurrency = 1\ntimeout_s = 30"));
-    let gate = gw.dir.path().join("gate");
+    let gate = hold_file("gate");
     // Its own connection, so aborting the task closes it.
     let lone = gw.h2().await;
     let held = hold(&gw, &lone, "solo", 1, &gate).await;

@@ -51,7 +51,7 @@ fn runs(out: &Path) -> HashMap<usize, usize> {
 async fn a_fleet_runs_every_accepted_task_when_a_gateway_dies_and_another_joins() {
     let _serial = crate::SERIAL.lock().await;
     let nats = Nats::start();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = hold_dir();
     let out: PathBuf = dir.path().join("ran");
     let a = member(&nats, "gw-a", dir.path());
     let b = member(&nats, "gw-b", dir.path());
