@@ -751,15 +751,31 @@ fn overlap(a: Ipv4Net, b: Ipv4Net) -> bool {
     a.contains(&b.network()) || b.contains(&a.network())
 }
 
-/// Locks a range's file; `None` when another worker holds it.
+/// Locks a range's file; `None` when another worker holds it. Another
+/// worker's start tries every lock file for a moment (to tell held ranges
+/// from stale ones, and to remove the stale), so a refusal is tried again
+/// for a while before it counts; and a file unlinked by such a sweep
+/// between our open and our lock is not ours: the lock is taken again on
+/// the file the path names.
 fn take_lock(subnet: Ipv4Net) -> Result<Option<(std::fs::File, PathBuf)>, String> {
+    use std::os::unix::fs::MetadataExt;
     let path = lock_path(subnet);
-    let lock = std::fs::File::create(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-    // SAFETY: flock on a descriptor we own.
-    match unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } {
-        0 => Ok(Some((lock, path))),
-        _ => Ok(None),
+    for _ in 0..100 {
+        let lock = std::fs::File::create(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+            continue;
+        }
+        let same = match (lock.metadata(), std::fs::metadata(&path)) {
+            (Ok(a), Ok(b)) => a.ino() == b.ino() && a.dev() == b.dev(),
+            _ => false,
+        };
+        if same {
+            return Ok(Some((lock, path)));
+        }
     }
+    Ok(None)
 }
 
 /// The ranges other workers on this host hold (their lock files, locked).
