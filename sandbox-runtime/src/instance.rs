@@ -367,7 +367,9 @@ impl Instance {
                     instance.release().await;
                     return Err(StartError::Exited { exit: info, stderr_tail: tail });
                 }
-                _ = tokio::time::sleep(Duration::from_millis(5)) => {}
+                // Every millisecond at first (most functions are ready within
+                // a few), then every 5.
+                _ = tokio::time::sleep(Duration::from_millis(if tries < 50 { 1 } else { 5 })) => {}
             }
         }
     }

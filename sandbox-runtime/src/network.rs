@@ -235,9 +235,15 @@ impl Network {
         ready.iter().map(|(_, n)| n.len()).sum()
     }
 
+    /// Tops the pool up for `egress` in the background: called once the
+    /// start that took from it is done, so that the refill's processes do
+    /// not compete with that start for the CPU.
+    pub fn refill(&self, egress: &Egress) {
+        Shared::refill(&self.shared, egress.clone());
+    }
+
     /// An instance's namespace, link and rules: a pooled one for its
-    /// policy when there is one (then the pool is refilled behind it),
-    /// else made now.
+    /// policy when there is one, else made now; [`Network::refill`] after.
     pub async fn create(&self, egress: &Egress) -> Result<InstanceNet, String> {
         let pool = &self.shared.pool;
         let taken = {
@@ -252,10 +258,9 @@ impl Network {
                 None => None,
             }
         };
-        Shared::refill(&self.shared, egress.clone());
         match taken {
             Some(net) => Ok(net),
-            None => self.shared.build(egress).await,
+            None => self.shared.build(egress, false).await,
         }
     }
 }
@@ -291,7 +296,7 @@ impl Shared {
                 if have >= pool.per_policy {
                     break;
                 }
-                let net = match shared.build(&egress).await {
+                let net = match shared.build(&egress, true).await {
                     Ok(n) => n,
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot make a pooled instance network");
@@ -315,7 +320,10 @@ impl Shared {
     }
 
     /// Makes an instance's namespace, link and rules.
-    async fn build(&self, egress: &Egress) -> Result<InstanceNet, String> {
+    /// Makes an instance's namespace, link and rules; `idle`: its processes
+    /// run at the idle priority (a refill must not slow the start, or the
+    /// first calls, of the instance that just took from the pool).
+    async fn build(&self, egress: &Egress, idle: bool) -> Result<InstanceNet, String> {
         let policy = Policy::parse(egress)?;
         let slot = self
             .free
@@ -341,7 +349,7 @@ impl Shared {
             policy,
             last: Mutex::new(BTreeMap::new()),
         };
-        match net.build(host, self.subnet).await {
+        match net.build(host, self.subnet, idle).await {
             Ok(()) => Ok(net),
             Err(e) => {
                 net.remove().await;
@@ -545,7 +553,14 @@ impl InstanceNet {
         self.fd.lock().unwrap().as_ref().map(|f| f.as_raw_fd())
     }
 
-    async fn build(&mut self, host: Ipv4Addr, subnet: Ipv4Net) -> Result<(), String> {
+    async fn build(&mut self, host: Ipv4Addr, subnet: Ipv4Net, idle: bool) -> Result<(), String> {
+        let cmd = |program: &str| {
+            let mut c = Command::new(program);
+            if idle {
+                idle_priority(c.as_std_mut());
+            }
+            c
+        };
         let (ns, hif) = (&self.name, &self.host_if);
         // One `ip` for the namespace and the host's end (each process costs
         // milliseconds of the cold start).
@@ -553,7 +568,7 @@ impl InstanceNet {
             "netns add {ns}\nlink add {hif} type veth peer name eth0 netns {ns}\n\
              addr add {host}/30 dev {hif}\nlink set {hif} up\n"
         );
-        let made = run(Command::new("ip").args(["-batch", "-"]), Some(host_side)).await;
+        let made = run(cmd("ip").args(["-batch", "-"]), Some(host_side)).await;
         // Held even when the batch failed part way, so removal finds it.
         let path = PathBuf::from(NETNS_DIR).join(&self.name);
         if let Ok(fd) = std::fs::File::open(&path) {
@@ -570,11 +585,7 @@ impl InstanceNet {
             "addr add {}/30 dev eth0\nlink set eth0 up\nlink set lo up\nroute add default via {host}\n",
             self.addr
         );
-        run(
-            Command::new("ip").args(["-n", ns, "-batch", "-"]),
-            Some(inside),
-        )
-        .await?;
+        run(cmd("ip").args(["-n", ns, "-batch", "-"]), Some(inside)).await?;
         if !self.dns.0.is_empty() {
             match crate::dns::serve(host, self.dns.0.clone(), self.dns_stop.clone()) {
                 Ok(()) => self.dns_at = Some(host),
@@ -584,7 +595,7 @@ impl InstanceNet {
             }
         }
         let dns = self.dns_at.map(|a| (a, self.dns.1.as_str()));
-        let mut restore = Command::new("iptables-restore");
+        let mut restore = cmd("iptables-restore");
         self.join(&mut restore)?;
         run(&mut restore, Some(self.policy.rules(subnet, dns)))
             .await
@@ -958,6 +969,21 @@ fn parse_counters(text: &str) -> BTreeMap<(String, &'static str), u64> {
         *m.entry((network.to_string(), dir)).or_insert(0) += bytes;
     }
     m
+}
+
+/// Runs `cmd` under `SCHED_IDLE`: it gets the CPU only when nothing else
+/// wants it.
+fn idle_priority(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: sched_setscheduler is async-signal-safe; the parameter lives
+    // on the child's stack.
+    unsafe {
+        cmd.pre_exec(|| {
+            let p = libc::sched_param { sched_priority: 0 };
+            libc::sched_setscheduler(0, libc::SCHED_IDLE, &p);
+            Ok(())
+        });
+    }
 }
 
 /// Installs `setns(fd, CLONE_NEWNET)` on `cmd`, run in the child before exec.

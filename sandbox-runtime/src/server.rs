@@ -473,7 +473,9 @@ impl Worker {
             t.starting.insert(req.instance_id.clone(), req.memory_mb);
             self.publish_usage(&t);
         }
+        let began = tokio::time::Instant::now();
         let result = self.start(&req).await;
+        let start_ms = began.elapsed().as_secs_f64() * 1000.0;
         let mut t = self.inner.state.lock().unwrap();
         t.starting.remove(&req.instance_id);
         match result {
@@ -492,7 +494,7 @@ impl Worker {
                 tracing::info!(
                     instance = %instance.id, function = %instance.function, pid = ?instance.pid,
                     address = %instance.address, memory_limit = instance.memory_limit.as_str(),
-                    "instance started"
+                    start_ms = format!("{start_ms:.2}"), "instance started"
                 );
                 self.watch_exit(instance.clone());
                 json(StatusCode::CREATED, &instance.info())
@@ -572,7 +574,11 @@ impl Worker {
             uid,
             ca_certs: self.inner.ca_certs.clone(),
         };
-        Instance::start(spec, limit).await
+        let started = Instance::start(spec, limit).await;
+        if let Some(n) = &self.inner.network {
+            n.refill(&req.egress);
+        }
+        started
     }
 
     /// Checks a request's readable or writable host paths: absolute,
