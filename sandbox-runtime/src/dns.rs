@@ -191,8 +191,13 @@ mod tests {
     /// TCP (a stand-in upstream on loopback answers with the query reversed).
     #[tokio::test]
     async fn queries_are_forwarded_and_answered() {
-        let up = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let up_tcp = TcpListener::bind(up.local_addr().unwrap()).await.unwrap();
+        // One port for both protocols: a free UDP port may be taken for TCP.
+        let (up, up_tcp) = loop {
+            let up = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            if let Ok(t) = TcpListener::bind(up.local_addr().unwrap()).await {
+                break (up, t);
+            }
+        };
         let upstream = up.local_addr().unwrap();
         tokio::spawn(async move {
             let mut b = [0u8; 512];

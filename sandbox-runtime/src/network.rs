@@ -218,8 +218,11 @@ impl Network {
     pub async fn drain(&self) {
         let pool = &self.shared.pool;
         pool.closed.store(true, Ordering::Release);
-        // A refill in progress finishes its one namespace and stops.
-        let _wait = pool.refill.acquire().await;
+        // A refill in progress finishes its one namespace and stops (its
+        // processes are idle-priority: on a busy host the stop does not wait
+        // for them long; what they leave is swept by the next start).
+        let _wait =
+            tokio::time::timeout(std::time::Duration::from_secs(2), pool.refill.acquire()).await;
         let all: Vec<InstanceNet> = std::mem::take(&mut *pool.ready.lock().unwrap())
             .into_iter()
             .flat_map(|(_, nets)| nets)
@@ -303,6 +306,10 @@ impl Shared {
                         return;
                     }
                 };
+                if pool.closed.load(Ordering::Acquire) {
+                    net.remove().await;
+                    return;
+                }
                 let evicted = {
                     let mut ready = pool.ready.lock().unwrap();
                     match ready.iter_mut().find(|(e, _)| *e == egress) {
