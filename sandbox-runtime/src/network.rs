@@ -796,22 +796,44 @@ fn take_lock(subnet: Ipv4Net) -> Result<Option<(std::fs::File, PathBuf)>, String
     Ok(None)
 }
 
-/// The ranges other workers on this host hold (their lock files, locked).
-fn held_ranges() -> Vec<Ipv4Net> {
+/// A range's lock file in [`LOCK_DIR`], and whether its worker lives.
+struct LockFile {
+    range: Ipv4Net,
+    path: PathBuf,
+    /// The file, locked by us: nobody held it (its worker is gone). `None`:
+    /// its worker holds it.
+    stale: Option<std::fs::File>,
+}
+
+/// Every range's lock file, each tried for a moment: held ones are other
+/// workers' ranges, the rest were left by killed workers (and stay locked
+/// by us until dropped).
+fn lock_files() -> Vec<LockFile> {
     let Ok(dir) = std::fs::read_dir(LOCK_DIR) else {
         return Vec::new();
     };
     dir.flatten()
         .filter_map(|e| {
             let range = e.file_name().to_str().and_then(parse_lock_name)?;
-            let file = std::fs::OpenOptions::new()
-                .write(true)
-                .open(e.path())
-                .ok()?;
+            let path = e.path();
+            let file = std::fs::OpenOptions::new().write(true).open(&path).ok()?;
             // SAFETY: flock on a descriptor we own; closing it unlocks.
             let free = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
-            (!free).then_some(range)
+            Some(LockFile {
+                range,
+                path,
+                stale: free.then_some(file),
+            })
         })
+        .collect()
+}
+
+/// The ranges other workers on this host hold.
+fn held_ranges() -> Vec<Ipv4Net> {
+    lock_files()
+        .into_iter()
+        .filter(|l| l.stale.is_none())
+        .map(|l| l.range)
         .collect()
 }
 
@@ -901,33 +923,16 @@ fn remove_namespaces_in(subnet: Ipv4Net) {
 /// lock files are not held by anyone): their namespaces, their host rules
 /// and the lock file. `own` is this worker's lock file.
 fn sweep_orphans(own: &std::path::Path) {
-    let Ok(dir) = std::fs::read_dir(LOCK_DIR) else {
-        return;
-    };
-    for e in dir.flatten() {
-        let path = e.path();
-        let Some(subnet) = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(parse_lock_name)
-        else {
-            continue;
-        };
-        if path == own {
-            continue;
+    for lock in lock_files() {
+        if lock.path == own || lock.stale.is_none() {
+            continue; // ours, or its worker lives
         }
-        let Ok(file) = std::fs::OpenOptions::new().write(true).open(&path) else {
-            continue;
-        };
-        // SAFETY: flock on a descriptor we own.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            continue; // its worker lives
-        }
+        let subnet = lock.range;
         tracing::info!(instance_subnet = %subnet, "removing what a stopped worker left of its range");
         remove_namespaces_in(subnet);
         remove_host_rules(subnet);
         // While still held: a worker starting on it now gets a new file.
-        let _ = std::fs::remove_file(&path);
+        let _ = std::fs::remove_file(&lock.path);
     }
 }
 

@@ -184,6 +184,25 @@ fn code_paths(command: &[String]) -> Vec<PathBuf> {
     out
 }
 
+/// A host path shown as it is on the host: the same symbolic link, or a
+/// read-only bind (of a directory only, where `dirs_only`); nothing where
+/// it does not exist.
+fn as_on_host(p: &Path, dirs_only: bool) -> Option<Step> {
+    let m = std::fs::symlink_metadata(p).ok()?;
+    if m.file_type().is_symlink() {
+        return Some(Step::Link {
+            path: p.into(),
+            target: std::fs::read_link(p).ok()?,
+        });
+    }
+    (m.is_dir() || !dirs_only).then(|| Step::Bind {
+        source: p.into(),
+        path: p.into(),
+        writable: false,
+        device: false,
+    })
+}
+
 /// The steps that build an instance's root, in order.
 pub fn plan(i: &Inputs<'_>) -> Vec<Step> {
     let mut s = Vec::with_capacity(64);
@@ -197,21 +216,7 @@ pub fn plan(i: &Inputs<'_>) -> Vec<Step> {
         writable: false,
         device: false,
     };
-    for d in SYSTEM {
-        let p = Path::new(d);
-        match std::fs::symlink_metadata(p) {
-            Ok(m) if m.file_type().is_symlink() => {
-                if let Ok(target) = std::fs::read_link(p) {
-                    s.push(Step::Link {
-                        path: p.into(),
-                        target,
-                    });
-                }
-            }
-            Ok(m) if m.is_dir() => s.push(ro(p, p)),
-            _ => {}
-        }
-    }
+    s.extend(SYSTEM.iter().filter_map(|d| as_on_host(Path::new(d), true)));
     s.push(dir("/etc", 0o755));
     s.push(dir("/etc/ssl", 0o755));
     let file = |path: &str, contents: String| Step::File {
@@ -255,21 +260,11 @@ pub fn plan(i: &Inputs<'_>) -> Vec<Step> {
          protocols: files\nservices: files\nethers: files\nrpc: files\n"
             .into(),
     ));
-    for f in ETC_FILES {
-        let p = Path::new(f);
-        match std::fs::symlink_metadata(p) {
-            Ok(m) if m.file_type().is_symlink() => {
-                if let Ok(target) = std::fs::read_link(p) {
-                    s.push(Step::Link {
-                        path: p.into(),
-                        target,
-                    });
-                }
-            }
-            Ok(_) => s.push(ro(p, p)),
-            Err(_) => {}
-        }
-    }
+    s.extend(
+        ETC_FILES
+            .iter()
+            .filter_map(|f| as_on_host(Path::new(f), false)),
+    );
     if i.ca_certs.is_dir() {
         s.push(ro(i.ca_certs, Path::new("/etc/ssl/certs")));
     }

@@ -515,15 +515,7 @@ async fn isolated_instances_resolve_names_as_their_egress_allows() {
     let host_dir = dir.path().join("host");
     std::fs::create_dir(&host_dir).unwrap();
     let now = time::OffsetDateTime::now_utc();
-    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(rcgen::DnType::CommonName, "fngate test CA");
-    ca.not_before = now - time::Duration::hours(1);
-    ca.not_after = now + time::Duration::days(1);
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let (ca_cert, issuer) = test_ca();
     let mut leaf = rcgen::CertificateParams::new(vec!["svc.fngate.test".to_string()]).unwrap();
     leaf.not_before = now - time::Duration::hours(1);
     leaf.not_after = now + time::Duration::days(1);

@@ -657,6 +657,17 @@ pub fn echo_fn(name: &str, extra: &str) -> String {
     )
 }
 
+/// A Python function: `script` written to `dir/<name>.py`, and a
+/// `[[functions]]` section named `name` running it, with `extra` keys.
+pub fn python_fn(dir: &Path, name: &str, script: &str, extra: &str) -> String {
+    let path = dir.join(format!("{name}.py"));
+    std::fs::write(&path, script).unwrap();
+    format!(
+        "[[functions]]\nname = \"{name}\"\ncommand = [\"python3\", \"{}\"]\n{extra}\n",
+        path.display()
+    )
+}
+
 /// The directory of the files `fngate:hold:PATH` waits for, readable by
 /// every [`echo_fn`] (this test process's own, under cargo's test tmpdir).
 pub fn hold_root() -> &'static Path {
@@ -726,6 +737,21 @@ where
         String::from_utf8_lossy(&out.stderr)
     );
     out.stdout
+}
+
+/// A CA for test servers' leaves (90 days): its certificate, and the issuer
+/// that signs them.
+pub fn test_ca() -> (rcgen::Certificate, rcgen::Issuer<'static, rcgen::KeyPair>) {
+    let now = time::OffsetDateTime::now_utc();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "fngate test CA");
+    ca.not_before = now - time::Duration::hours(1);
+    ca.not_after = now + time::Duration::days(90);
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    (ca_cert, rcgen::Issuer::new(ca, ca_key))
 }
 
 /// A TLS acceptor for a test server on loopback: a new self-signed

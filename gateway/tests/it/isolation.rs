@@ -355,13 +355,9 @@ async fn writing_past_disk_mb_fails_with_enospc_and_the_instance_serves_on() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("fill.py"), FILLER).unwrap();
     let gw = Gateway::start(
         "",
-        &format!(
-            "[[functions]]\nname = \"fill\"\nmemory_mb = 256\ndisk_mb = 16\ncommand = [\"python3\", \"{}\"]\n",
-            dir.path().join("fill.py").display()
-        ),
+        &python_fn(dir.path(), "fill", FILLER, "memory_mb = 256\ndisk_mb = 16"),
     );
     let mut c = gw.h1().await;
     let r = c.invoke("fill", "64").await;
@@ -395,14 +391,7 @@ async fn a_function_listening_on_loopback_is_refused_at_once_saying_why() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("lo.py"), LOOPBACK).unwrap();
-    let gw = Gateway::start(
-        "",
-        &format!(
-            "[[functions]]\nname = \"lo\"\ncommand = [\"python3\", \"{}\"]\n",
-            dir.path().join("lo.py").display()
-        ),
-    );
+    let gw = Gateway::start("", &python_fn(dir.path(), "lo", LOOPBACK, ""));
     let mut c = gw.h1().await;
     let t = std::time::Instant::now();
     let r = c.invoke("lo", "x").await;
