@@ -106,6 +106,14 @@ impl InvokeError {
     }
 
     /// The bounded outcome label for metrics.
+    /// The gateway's limit that refused the call, if one did.
+    pub fn throttle(&self) -> Option<crate::throttle::LimitKind> {
+        match self {
+            InvokeError::Throttled(t) => Some(t.limit),
+            _ => None,
+        }
+    }
+
     pub fn outcome(&self) -> Outcome {
         match self {
             InvokeError::FunctionTimeout(_)

@@ -391,4 +391,11 @@ fn fleet_section_is_checked() {
     );
     bad("id = \"a\"\nreplicas = 0", "fleet.replicas");
     bad("id = \"a\"\nreplicas = 6", "fleet.replicas");
+    // A Redis given with split limits would be unused: refused, as the
+    // README's table says.
+    bad(
+        "id = \"a\"\nredis_url = \"redis://127.0.0.1:6379\"",
+        "fleet.redis_url",
+    );
+    bad("id = \"a\"\nrate_limits = \"redis\"", "fleet.redis_url");
 }

@@ -129,6 +129,10 @@ struct Done<'a> {
     key: Option<KeyId>,
     /// The attempts on cloud backends.
     legs: Vec<crate::backend::Leg>,
+    /// The limit that refused it: counted in `fngate_throttles_total` by
+    /// [`Pipeline::account`], the one place a call is counted, so a throttle
+    /// is counted once wherever it was decided.
+    throttle: Option<LimitKind>,
 }
 
 impl Pipeline {
@@ -229,6 +233,7 @@ impl Pipeline {
             ran: None,
             key: None,
             legs: Vec::new(),
+            throttle: None,
         };
 
         // 1: decode, from the head alone.
@@ -296,7 +301,9 @@ impl Pipeline {
             match self.throttle(&pool, &ctx.origin, inv.kind, head_key).await {
                 Ok(p) => _permit = p,
                 Err(t) => {
-                    let done = refused(&inv.function, qualifier, Some(&pool), Outcome::Throttled);
+                    let mut done =
+                        refused(&inv.function, qualifier, Some(&pool), Outcome::Throttled);
+                    done.throttle = Some(t.limit);
                     let e = InvokeError::Throttled(t);
                     return Ok(self.refuse(&ctx, done, e, &parts, body).await);
                 }
@@ -337,6 +344,7 @@ impl Pipeline {
             ran,
             key,
             legs: Vec::new(),
+            throttle: None,
         };
 
         // 7: the signature's payload part.
@@ -360,8 +368,9 @@ impl Pipeline {
             match self.throttle(&pool, &ctx.origin, inv.kind, key).await {
                 Ok(p) => _permit = p,
                 Err(t) => {
+                    let mut done = done(Outcome::Throttled, None, key);
+                    done.throttle = Some(t.limit);
                     let e = InvokeError::Throttled(t);
-                    let done = done(Outcome::Throttled, None, key);
                     let resp = self.error(&ctx, &done, &e);
                     return Ok(self.finish(&ctx, done, resp).await);
                 }
@@ -393,7 +402,6 @@ impl Pipeline {
                         None
                     }
                     Err(crate::asynchronous::store::StoreError::Full(what)) => {
-                        pool.metrics.throttles[LimitKind::AsyncQueue as usize].inc();
                         tracing::debug!(function = %pool.cfg.name, bound = what, "asynchronous task store full");
                         Some(InvokeError::Throttled(Throttled {
                             limit: LimitKind::AsyncQueue,
@@ -404,7 +412,8 @@ impl Pipeline {
                     Err(e) => Some(e.into()),
                 };
                 let outcome = err.as_ref().map_or(Outcome::Accepted, InvokeError::outcome);
-                let done = done(outcome, None, key);
+                let mut done = done(outcome, None, key);
+                done.throttle = err.as_ref().and_then(InvokeError::throttle);
                 let resp = match err {
                     None => {
                         let mut reply = ctx.reply(done.pool, None);
@@ -432,9 +441,11 @@ impl Pipeline {
                     stop: None,
                 };
                 let (result, legs) = self.run(&pool, &call, payload, &ctx.request_id).await;
+                let throttle = result.as_ref().err().and_then(|(e, _)| e.throttle());
                 let (outcome, ran, resp) = self.answer(&ctx, &pool, result);
                 let mut done = done(outcome, ran, key);
                 done.legs = legs;
+                done.throttle = throttle;
                 Ok(self.finish(&ctx, done, resp).await)
             }
         }
@@ -489,15 +500,11 @@ impl Pipeline {
             Some(exact) => exact.check_rates(pool, gw, caller, key).await,
             None => pool.limits.check_rates(gw, caller, key),
         };
-        let admitted = match rates {
+        match rates {
             Ok(()) if kind == Kind::Sync => pool.limits.admit().await,
             Ok(()) => Ok(None),
             Err(t) => Err(t),
-        };
-        if let Err(t) = &admitted {
-            pool.metrics.throttles[t.limit as usize].inc();
         }
-        admitted
     }
 
     /// A gateway-made error answer, in the door's shape. Its JSON is not to be
@@ -534,9 +541,6 @@ impl Pipeline {
                 (outcome, Some(ran), resp)
             }
             Err((e, ran)) => {
-                if let InvokeError::Throttled(t) = &e {
-                    pool.metrics.throttles[t.limit as usize].inc();
-                }
                 let outcome = e.outcome();
                 if !matches!(outcome, Outcome::ClientError | Outcome::Throttled) {
                     tracing::info!(function = %pool.cfg.name, request_id = ?ctx.request_id, error = %e, "invocation failed");
@@ -656,6 +660,9 @@ impl Pipeline {
         by_net.invocations(api, done.outcome).inc();
         by_net.bytes_in.inc_by(done.bytes_in);
         by_net.bytes_out.inc_by(bytes_out);
+        if let Some(limit) = done.throttle {
+            m.throttles[limit as usize].inc();
+        }
         if done.pool.is_some() {
             m.duration.observe(elapsed.as_secs_f64());
         }

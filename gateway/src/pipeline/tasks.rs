@@ -3,7 +3,7 @@
 //! entry through which the dispatcher runs stages 8-9.
 
 use super::{AttemptOutcome, Ctx, Done, Pipeline, forward, nosniff};
-use crate::api::{Api, Invocation, Kind, TaskAnswer, TaskOp};
+use crate::api::{Api, Invocation, TaskAnswer, TaskOp};
 use crate::asynchronous::now_ms;
 use crate::asynchronous::store::Stop;
 use crate::asynchronous::task::{CallerRecord, TaskRecord, TaskState};
@@ -135,7 +135,8 @@ impl Pipeline {
     }
 
     /// One attempt of an asynchronous task: the function's concurrency
-    /// limit, then stages 8-9, then [`Pipeline::account`] like any
+    /// limit (not its rates: those admitted the call when it was accepted,
+    /// as FC and Lambda apply them), then stages 8-9, then [`Pipeline::account`] like any
     /// invocation, as the gateway's own call (`internal` network, no
     /// traffic: no client reads its answer), under the task's request id
     /// and the door it came through. `stop` ends it early (the task was
@@ -169,6 +170,7 @@ impl Pipeline {
             ran,
             key: None,
             legs: Vec::new(),
+            throttle: None,
         };
         let content_type = task
             .content_type
@@ -176,7 +178,7 @@ impl Pipeline {
             .and_then(|c| HeaderValue::from_str(c).ok());
         let permit = tokio::select! {
             biased;
-            p = self.throttle(pool, &Origin::Internal, Kind::Sync, None) => p.map_err(InvokeError::Throttled),
+            p = pool.limits.admit() => p.map_err(InvokeError::Throttled),
             _ = stop.cancelled() => Err(InvokeError::AsyncTaskStopped),
         };
         let mut legs = Vec::new();
@@ -226,9 +228,6 @@ impl Pipeline {
                 out
             }
             Err((e, ran)) => {
-                if let InvokeError::Throttled(t) = &e {
-                    pool.metrics.throttles[t.limit as usize].inc();
-                }
                 tracing::info!(function = %pool.cfg.name, request_id = ?ctx.request_id, error = %e, "asynchronous attempt failed");
                 let outcome = e.outcome();
                 let status = dialect.status(&e);
@@ -253,6 +252,7 @@ impl Pipeline {
                 };
                 let mut done = done(outcome, ran);
                 done.legs = legs;
+                done.throttle = out.error.as_ref().and_then(InvokeError::throttle);
                 let record = self.account(&ctx, api, done, status, 0);
                 self.log_usage(record).await;
                 out

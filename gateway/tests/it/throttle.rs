@@ -465,3 +465,81 @@ async fn a_client_abandoning_an_invocation_frees_its_concurrency_slot() {
     );
     std::fs::write(&gate, b"go").unwrap();
 }
+
+/// Rate limits admit an asynchronous call when it is accepted (202 or 429,
+/// as FC and Lambda apply them): its attempts meet only the concurrency and
+/// instance limits. Before, an accepted call's attempt was throttled by the
+/// same rate again (here it would wait 100 s for a token), and each such
+/// throttle was counted twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_accepted_async_call_spends_the_rate_once_and_each_throttle_counts_once() {
+    let gw = Gateway::start(
+        "",
+        &echo_fn(
+            "sparse",
+            "rate_limit = { per_second = 0.01, burst = 1 }\nmax_concurrency = 1\nqueue_timeout_ms = 0",
+        ),
+    );
+    let mut c = gw.h1().await;
+    let accepted = c
+        .send(async_request("sparse", "first", None))
+        .await
+        .unwrap();
+    assert_eq!(accepted.status, 202, "{}", accepted.text());
+    let refused = c
+        .send(async_request("sparse", "second", None))
+        .await
+        .unwrap();
+    assert_throttled(&refused, "the function's request rate limit");
+    let succeeded = "fngate_async_results_total{function=\"sparse\",result=\"succeeded\"}";
+    gw.until(
+        "the accepted call to run",
+        Duration::from_secs(30),
+        || async { gw.metric(succeeded).await == 1.0 },
+    )
+    .await;
+    let rate = "fngate_throttles_total{function=\"sparse\",limit=\"function_rate\"}";
+    assert_eq!(gw.metric(rate).await, 1.0, "one refusal seen");
+    let internal_throttled = "fngate_invocations_total{api=\"fc\",function=\"sparse\",network=\"internal\",outcome=\"throttled\"}";
+    assert_eq!(gw.metric(internal_throttled).await, 0.0);
+}
+
+/// An attempt throttled by the concurrency limit (a synchronous call holds
+/// the one slot) is counted once per throttled attempt: the counter equals
+/// the throttled attempts the invocation counter shows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttled_async_attempts_are_counted_once_each() {
+    let gw = Gateway::start(
+        "",
+        &echo_fn("single", "max_concurrency = 1\nqueue_timeout_ms = 0"),
+    );
+    let c = gw.h2().await;
+    let gate = hold_file("single-gate");
+    let held = hold(&gw, &c, "single", 1, &gate).await;
+    let mut c1 = c.clone();
+    let r = c1
+        .send(async_request("single", "later", None))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 202, "{}", r.text());
+    let throttled_attempts = "fngate_invocations_total{api=\"fc\",function=\"single\",network=\"internal\",outcome=\"throttled\"}";
+    gw.until(
+        "an attempt to be throttled",
+        Duration::from_secs(30),
+        || async { gw.metric(throttled_attempts).await >= 1.0 },
+    )
+    .await;
+    std::fs::write(&gate, b"go").unwrap();
+    for t in held {
+        assert_eq!(t.await.unwrap().status, 200);
+    }
+    let succeeded = "fngate_async_results_total{function=\"single\",result=\"succeeded\"}";
+    gw.until("the task to succeed", Duration::from_secs(60), || async {
+        gw.metric(succeeded).await == 1.0
+    })
+    .await;
+    let counted = gw
+        .metric("fngate_throttles_total{function=\"single\",limit=\"function_concurrency\"}")
+        .await;
+    assert_eq!(counted, gw.metric(throttled_attempts).await);
+}
