@@ -20,6 +20,10 @@ pub enum InvokeError {
     InvalidArgument { message: Arc<str> },
     #[error("payload of {size:?} bytes exceeds the limit of {limit} bytes")]
     PayloadTooLarge { limit: u64, size: Option<u64> },
+    /// An HTTP/2 header block over `max_header_bytes` (an HTTP/1.1 head over
+    /// it is refused by hyper itself, see [`crate::connection::linger`]).
+    #[error("request headers of {size} bytes exceed the limit of {limit} bytes")]
+    HeadersTooLarge { limit: u32, size: u64 },
     #[error("request body not received within {0:?}")]
     BodyTimeout(Duration),
     #[error("request body could not be read: {0}")]
@@ -138,6 +142,7 @@ impl InvokeError {
             | InvokeError::FunctionNotFound { .. }
             | InvokeError::InvalidArgument { .. }
             | InvokeError::PayloadTooLarge { .. }
+            | InvokeError::HeadersTooLarge { .. }
             | InvokeError::BodyTimeout(_)
             | InvokeError::BodyRead(_)
             | InvokeError::InvalidContent { .. }

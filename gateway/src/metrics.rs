@@ -87,6 +87,8 @@ pub struct Metrics {
     async_retries: IntCounterVec,
     auth_failures: IntCounterVec,
     pub refused_body: crate::pipeline::body::DrainMetrics,
+    /// Indexed like [`crate::connection::linger::Lingered::ALL`].
+    pub lingering_closes: Vec<IntCounter>,
     pub usage_log_write_errors: IntCounter,
     pub http2_idle_closes: IntCounter,
     /// `[ok, error]`.
@@ -297,6 +299,18 @@ impl Metrics {
                 .collect(),
             bytes: drained_bytes.clone(),
         };
+        let lingering = IntCounterVec::new(
+            Opts::new(
+                "fngate_lingering_closes_total",
+                "Connections that ended with the client's bytes unread (a request head over max_header_bytes, say), read and dropped before the close so the client gets its answer, by how the drain ended (complete: the client closed; too_large, timeout: past the drain bounds).",
+            ),
+            &["result"],
+        )
+        .unwrap();
+        let lingering_closes = crate::connection::linger::Lingered::ALL
+            .iter()
+            .map(|l| lingering.with_label_values(&[l.as_str()]))
+            .collect();
         let usage_log_write_errors = IntCounter::new(
             "fngate_usage_log_write_errors_total",
             "Failed writes to the usage log (each retried; no record is dropped).",
@@ -348,6 +362,7 @@ impl Metrics {
             Box::new(auth_failures.clone()),
             Box::new(drains),
             Box::new(drained_bytes),
+            Box::new(lingering),
             Box::new(usage_log_write_errors.clone()),
             Box::new(http2_idle_closes.clone()),
             Box::new(tls_reloads_vec),
@@ -380,6 +395,7 @@ impl Metrics {
             async_retries,
             auth_failures,
             refused_body,
+            lingering_closes,
             usage_log_write_errors,
             http2_idle_closes,
             tls_reloads,

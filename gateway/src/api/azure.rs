@@ -147,6 +147,7 @@ impl Dialect for Azure {
             | InvokeError::InvalidContent { .. }
             | InvokeError::BodyRead(_) => StatusCode::BAD_REQUEST,
             InvokeError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            InvokeError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             InvokeError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             InvokeError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             InvokeError::AccessDenied(_) => StatusCode::FORBIDDEN,
@@ -194,6 +195,10 @@ impl Dialect for Azure {
                 body("BadRequest", message)
             }
             InvokeError::BodyRead(_) => body("BadRequest", "the request body could not be read"),
+            InvokeError::HeadersTooLarge { limit, size } => body(
+                "RequestHeaderFieldsTooLarge",
+                &format!("request headers of {size} bytes exceed the limit of {limit} bytes"),
+            ),
             InvokeError::PayloadTooLarge { limit, .. } => body(
                 "PayloadTooLarge",
                 &format!("the request body exceeds the limit of {limit} bytes"),

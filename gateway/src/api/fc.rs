@@ -235,6 +235,7 @@ impl Dialect for Fc {
             | InvokeError::InvalidContent { .. }
             | InvokeError::PayloadTooLarge { .. }
             | InvokeError::BodyRead(_) => StatusCode::BAD_REQUEST,
+            InvokeError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             InvokeError::AsyncTaskStopped => StatusCode::PRECONDITION_FAILED,
             InvokeError::Unauthenticated(AuthError::Missing) => StatusCode::BAD_REQUEST,
             InvokeError::Unauthenticated(_) | InvokeError::AccessDenied(_) => StatusCode::FORBIDDEN,
@@ -290,6 +291,10 @@ impl Dialect for Fc {
             InvokeError::InvalidArgument { message } | InvokeError::InvalidContent { message } => {
                 gateway("InvalidArgument", message)
             }
+            InvokeError::HeadersTooLarge { limit, size } => gateway(
+                "RequestHeaderFieldsTooLarge",
+                &format!("request headers of {size} bytes exceed the limit of {limit} bytes"),
+            ),
             InvokeError::PayloadTooLarge { limit, size } => gateway(
                 "EntityTooLarge",
                 &match size {

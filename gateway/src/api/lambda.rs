@@ -427,6 +427,7 @@ impl Dialect for Lambda {
             | InvokeError::BodyRead(_)
             | InvokeError::Unauthenticated(AuthError::Malformed(_)) => StatusCode::BAD_REQUEST,
             InvokeError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            InvokeError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             InvokeError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             InvokeError::Unauthenticated(_) | InvokeError::AccessDenied(_) => StatusCode::FORBIDDEN,
             InvokeError::Throttled(_) => StatusCode::TOO_MANY_REQUESTS,
@@ -497,6 +498,12 @@ impl Dialect for Lambda {
                 "InvalidRequestContentException",
                 user,
                 "The request body could not be read.".into(),
+                None,
+            ),
+            InvokeError::HeadersTooLarge { limit, size } => gateway(
+                "RequestHeaderFieldsTooLarge",
+                user,
+                format!("request headers of {size} bytes exceed the limit of {limit} bytes").into(),
                 None,
             ),
             InvokeError::PayloadTooLarge { limit, .. } => gateway(

@@ -8,6 +8,7 @@
 //! HTTP/2 idle timeout (ours: hyper has none), and the maximum header size. Body size and time are bounded in
 //! [`crate::pipeline::body`].
 
+pub mod linger;
 pub mod proxy;
 pub mod tls;
 
@@ -93,6 +94,29 @@ impl Drop for Busy {
     }
 }
 
+/// How many times `max_header_bytes` an HTTP/2 header block may reach
+/// before h2 itself refuses it; under that, [`header_list_size`] is checked
+/// by the pipeline.
+pub const H2_HEADER_HARD_FACTOR: u32 = 4;
+
+/// An HTTP/2 request's header list size as SETTINGS_MAX_HEADER_LIST_SIZE
+/// counts it (RFC 9113 6.5.2: name, value and 32 per field, pseudo-headers
+/// included).
+pub fn header_list_size(parts: &http::request::Parts) -> u64 {
+    let fields: usize = parts
+        .headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 32)
+        .sum();
+    let pseudo = parts.method.as_str().len()
+        + parts.uri.path_and_query().map_or(1, |p| p.as_str().len())
+        + parts.uri.authority().map_or(0, |a| a.as_str().len())
+        + parts.uri.scheme_str().map_or(0, str::len)
+        + 4 * 32
+        + ":method:path:authority:scheme".len();
+    (fields + pseudo) as u64
+}
+
 /// What a listener says about the callers arriving on it.
 #[derive(Debug, Clone, Copy)]
 pub enum ListenerKind {
@@ -112,7 +136,12 @@ pub struct Server {
     pub metrics: Arc<Metrics>,
     h1: hyper::server::conn::http1::Builder,
     h2: hyper::server::conn::http2::Builder<TokioExecutor>,
+    linger: Arc<linger::Bounds>,
 }
+
+/// A client's connection under TLS: PROXY header bytes read ahead, then the
+/// socket, which lingers at its close ([`linger`]).
+type ClientIo = proxy::Rewind<linger::Linger>;
 
 impl Server {
     pub fn new(
@@ -129,7 +158,10 @@ impl Server {
             .keep_alive(true);
         // HTTP/2 abuse bounds (tested in tests/it/h2_abuse.rs). Stated, not
         // left to defaults that may move: a header block (and so CONTINUATION
-        // frames, which h2 counts against it) at most max_header_bytes;
+        // frames, which h2 counts against it) at most H2_HEADER_HARD_FACTOR x
+        // max_header_bytes (the pipeline refuses one over max_header_bytes
+        // with a 431 in the door's shape: h2's own refusal is a REFUSED_STREAM
+        // reset, which clients take as "retry", and curl never shows its 431);
         // streams reset by the client before they were accepted (rapid
         // reset) at most 20 at a time, else GOAWAY; streams the server had to
         // reset for the client's errors at most 1024 per connection; 256
@@ -137,13 +169,22 @@ impl Server {
         // every 30 s to find dead peers.
         let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
         h2.timer(TokioTimer::new())
-            .max_header_list_size(limits.max_header_bytes)
+            .max_header_list_size(
+                limits
+                    .max_header_bytes
+                    .saturating_mul(H2_HEADER_HARD_FACTOR),
+            )
             .max_concurrent_streams(256)
             .max_pending_accept_reset_streams(20)
             .max_local_error_reset_streams(1024)
             .max_send_buf_size(400 * 1024)
             .keep_alive_interval(Some(Duration::from_secs(30)))
             .keep_alive_timeout(Duration::from_secs(10));
+        let linger = Arc::new(linger::Bounds {
+            max_bytes: limits.max_refused_body_drain_bytes,
+            max_time: limits.refused_body_drain_timeout,
+            results: metrics.lingering_closes.clone(),
+        });
         Arc::new(Server {
             pipeline,
             ingress,
@@ -152,6 +193,7 @@ impl Server {
             metrics,
             h1,
             h2,
+            linger,
         })
     }
 
@@ -197,8 +239,8 @@ impl Server {
             if shard == crate::shards::current() {
                 tasks.spawn(async move {
                     let _open = GaugeGuard::new(&this.metrics.open_connections);
-                    this.serve_one(stream, peer, kind, watcher, draining).await;
-                    drop(permit);
+                    this.serve_one(stream, permit, peer, kind, watcher, draining)
+                        .await;
                 });
                 continue;
             }
@@ -213,10 +255,12 @@ impl Server {
             let serve = async move {
                 let _open = GaugeGuard::new(&this.metrics.open_connections);
                 match tokio::net::TcpStream::from_std(stream) {
-                    Ok(stream) => this.serve_one(stream, peer, kind, watcher, draining).await,
+                    Ok(stream) => {
+                        this.serve_one(stream, permit, peer, kind, watcher, draining)
+                            .await
+                    }
                     Err(e) => tracing::warn!(error = %e, "cannot register a connection"),
                 }
-                drop(permit);
             };
             tasks.spawn_on(serve, handle);
         }
@@ -276,11 +320,13 @@ impl Server {
     async fn handshake(
         &self,
         mut stream: tokio::net::TcpStream,
+        permit: tokio::sync::OwnedSemaphorePermit,
         peer: std::net::SocketAddr,
         kind: ListenerKind,
     ) -> Option<(
         Caller,
-        tokio_rustls::server::TlsStream<proxy::Rewind<tokio::net::TcpStream>>,
+        tokio_rustls::server::TlsStream<ClientIo>,
+        Arc<std::sync::atomic::AtomicBool>,
     )> {
         let (caller, rest) = match self.resolve(&mut stream, peer, kind).await {
             Ok(r) => r,
@@ -290,10 +336,14 @@ impl Server {
                 return None;
             }
         };
+        let stream = linger::Linger::new(stream, permit, self.linger.clone());
         let stream = proxy::Rewind::new(stream, rest);
         match tokio::time::timeout(self.limits.tls_handshake_timeout, self.tls.accept(stream)).await
         {
-            Ok(Ok(s)) => Some((caller, s)),
+            Ok(Ok(s)) => {
+                let linger = s.get_ref().0.get_ref().trigger();
+                Some((caller, s, linger))
+            }
             Ok(Err(e)) => {
                 self.metrics.tls_handshake_failures.inc();
                 tracing::debug!(error = %e, "TLS handshake failed");
@@ -307,9 +357,12 @@ impl Server {
         }
     }
 
+    /// One connection, until it ends; `permit` (its place under
+    /// `max_connections`) goes when its socket is closed.
     async fn serve_one(
         &self,
         stream: tokio::net::TcpStream,
+        permit: tokio::sync::OwnedSemaphorePermit,
         peer: std::net::SocketAddr,
         kind: ListenerKind,
         watcher: Watcher,
@@ -317,7 +370,9 @@ impl Server {
     ) {
         // Boxed, and HTTP/2 below: the connection's task then holds only
         // what an idle HTTP/1.1 connection needs (memory per idle connection).
-        let Some((caller, tls)) = Box::pin(self.handshake(stream, peer, kind)).await else {
+        let Some((caller, tls, linger)) =
+            Box::pin(self.handshake(stream, permit, peer, kind)).await
+        else {
             return;
         };
         let is_h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
@@ -334,7 +389,14 @@ impl Server {
                 let p = pipeline.clone();
                 Box::pin(p.handle(req, origin))
             });
-            watcher.watch(self.h1.serve_connection(io, svc)).await
+            // Held past its end: it owns the socket, which lingers when it
+            // goes if hyper ended on a request it did not read ([`linger`]).
+            let mut conn = std::pin::pin!(watcher.watch(self.h1.serve_connection(io, svc)));
+            let r = conn.as_mut().await;
+            if r.as_ref().is_err_and(hyper::Error::is_parse) {
+                linger.store(true, std::sync::atomic::Ordering::Release);
+            }
+            r
         };
         if let Err(e) = result {
             tracing::debug!(error = %e, "connection ended with an error");
@@ -347,7 +409,7 @@ impl Server {
     /// HTTP/2; its pings only find dead peers).
     async fn serve_h2(
         &self,
-        io: TokioIo<tokio_rustls::server::TlsStream<proxy::Rewind<tokio::net::TcpStream>>>,
+        io: TokioIo<tokio_rustls::server::TlsStream<ClientIo>>,
         pipeline: Arc<Pipeline>,
         origin: Origin,
         draining: CancellationToken,

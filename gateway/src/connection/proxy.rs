@@ -193,6 +193,10 @@ impl<S> Rewind<S> {
     pub fn new(inner: S, pre: Vec<u8>) -> Self {
         Rewind { pre, pos: 0, inner }
     }
+
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {

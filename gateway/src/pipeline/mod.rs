@@ -236,6 +236,18 @@ impl Pipeline {
             throttle: None,
         };
 
+        // 0: an HTTP/2 header block over the bound (h2 refuses only far past
+        // it, see connection::H2_HEADER_HARD_FACTOR).
+        if parts.version == http::Version::HTTP_2 {
+            let size = crate::connection::header_list_size(&parts);
+            let limit = self.limits.max_header_bytes;
+            if size > u64::from(limit) {
+                let done = refused("(unknown)", None, None, Outcome::ClientError);
+                let e = InvokeError::HeadersTooLarge { limit, size };
+                return Ok(self.refuse(&ctx, done, e, &parts, body).await);
+            }
+        }
+
         // 1: decode, from the head alone.
         let inv = match ctx.dialect.decode(&parts) {
             Ok(inv) => inv,

@@ -407,3 +407,67 @@ async fn out_of_file_descriptors_the_admin_listener_backs_off() {
     )
     .await;
 }
+
+/// A request head over `max_header_bytes`, written whole before the client
+/// reads (as Python's `http.client` does): the client gets its 431. Before,
+/// the gateway closed with the rest of the head unread, and the kernel's
+/// reset reached the client before the answer did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_head_gets_its_431_while_the_client_still_writes_http1() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let gw = Gateway::start("", &echo_fn("small", ""));
+    let head = format!(
+        "POST {} HTTP/1.1\r\nhost: localhost\r\nx-big: {}\r\ncontent-length: 2\r\n\r\nhi",
+        invoke_path("small"),
+        "b".repeat(200 * 1024)
+    );
+    for round in 0..5 {
+        let mut tls = raw_tls(&gw).await;
+        // Paced as a client on a real network sends: still writing when
+        // the gateway has read its bound and answered.
+        for chunk in head.as_bytes().chunks(16 * 1024) {
+            tls.write_all(chunk).await.unwrap_or_else(|e| {
+                panic!("round {round}: the head could not be written whole: {e}")
+            });
+            tls.flush().await.unwrap();
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let mut answer = Vec::new();
+        tls.read_to_end(&mut answer)
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: {e} after {answer:?}"));
+        let text = String::from_utf8_lossy(&answer);
+        assert!(text.starts_with("HTTP/1.1 431"), "round {round}: {text}");
+    }
+    gw.until(
+        "the lingering closes to end",
+        Duration::from_secs(30),
+        || async {
+            gw.metric("fngate_lingering_closes_total{result=\"complete\"}")
+                .await
+                == 5.0
+        },
+    )
+    .await;
+    // The connection after it is served as usual.
+    let mut c = gw.h1().await;
+    assert_eq!(c.invoke("small", "after").await.text(), "after");
+}
+
+/// The HTTP/2 equivalent: a header block over `max_header_bytes` gets a
+/// 431 in the door's shape on its stream, and the connection carries on.
+/// (h2's own refusal, past 4x the bound, is a REFUSED_STREAM reset that
+/// clients retry; curl's nghttp2 sends no header block over 64 KiB at all.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_header_block_gets_431_on_its_stream_http2() {
+    let gw = Gateway::start("", &echo_fn("small", ""));
+    let mut c = gw.h2().await;
+    let mut req = invoke_request("small", Bytes::from_static(b"hi"));
+    req.headers_mut()
+        .insert("x-big", "b".repeat(100 * 1024).parse().unwrap());
+    let r = c.send(req).await.expect("the stream's answer");
+    assert_eq!(r.status, 431, "{}", r.text());
+    assert_eq!(r.json()["Code"], "RequestHeaderFieldsTooLarge");
+    assert!(r.header("x-fc-request-id").is_some());
+    assert_eq!(c.invoke("small", "after").await.text(), "after");
+}
