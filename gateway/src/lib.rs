@@ -355,6 +355,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 
     shutdown.await;
     tracing::info!("draining");
+    scheduler.stop_starts();
     // Out of the fleet first: the others take this gateway's share now.
     stop_membership.cancel();
     if let Some(m) = membership {

@@ -19,6 +19,9 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 pub struct Spec {
+    /// Cancelled when the worker stops: a start still waiting for its
+    /// instance to listen ends at once (a stop never waits for a start).
+    pub stop: tokio_util::sync::CancellationToken,
     pub instance_id: String,
     pub function: String,
     pub command: Vec<String>,
@@ -70,6 +73,8 @@ pub enum StartError {
         "instance listens on {0}, which nothing outside the instance can reach: listen on 0.0.0.0 (or FC_SERVER_HOST) and FC_SERVER_PORT"
     )]
     Loopback(std::net::SocketAddr, String),
+    #[error("the worker is stopping")]
+    Stopped,
 }
 
 impl StartError {
@@ -359,6 +364,10 @@ impl Instance {
                 return Err(StartError::Timeout(spec.start_timeout, tail));
             }
             tokio::select! {
+                _ = spec.stop.cancelled() => {
+                    instance.release().await;
+                    return Err(StartError::Stopped);
+                }
                 _ = exit.changed() => {
                     let info = exit.borrow().clone().unwrap_or(ExitInfo {
                         code: None, signal: None, oom_killed: false, released: false,

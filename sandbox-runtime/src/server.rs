@@ -554,6 +554,7 @@ impl Worker {
             None => None,
         };
         let spec = Spec {
+            stop: self.inner.closing.clone(),
             instance_id: req.instance_id.clone(),
             function: req.function.clone(),
             command: req.command.clone(),

@@ -56,6 +56,10 @@ pub struct Scheduler {
     max_lifetime: Duration,
     epoch: Instant,
     closing: CancellationToken,
+    /// Cancelled when the gateway begins to drain: starts in progress end
+    /// (their callers get 503 at once) and no new one begins, so a stop
+    /// never waits for a start (warm instances serve the drain).
+    no_starts: CancellationToken,
     tasks: TaskTracker,
 }
 
@@ -286,6 +290,7 @@ impl Scheduler {
             max_lifetime: times.max_lifetime,
             epoch: Instant::now(),
             closing: CancellationToken::new(),
+            no_starts: CancellationToken::new(),
             tasks: TaskTracker::new(),
         })
     }
@@ -584,11 +589,21 @@ impl Scheduler {
         let this = self.clone();
         self.tasks.spawn(async move {
             let t0 = Instant::now();
+            if this.no_starts.is_cancelled() {
+                this.fail_start(&pool, &inst, InvokeError::ShuttingDown);
+                return;
+            }
             if let Err(t) = this.admit_in_fleet(&pool, &inst).await {
                 this.unstart(&pool, &inst, t);
                 return;
             }
-            match placement::start_on_best_fit(&this, &pool.cfg, &inst).await {
+            // Cancelled at a stop: the worker's request is dropped, and the
+            // worker drops the start with it (its process is killed).
+            let placed = tokio::select! {
+                r = placement::start_on_best_fit(&this, &pool.cfg, &inst) => r,
+                _ = this.no_starts.cancelled() => Err(InvokeError::ShuttingDown),
+            };
+            match placed {
                 Ok((worker, info)) => {
                     let _ = inst.worker.set(worker);
                     match info.address.parse() {
@@ -827,6 +842,11 @@ impl Scheduler {
     }
 
     /// Stops starting instances and releases all of them.
+    /// The gateway drains: starts in progress are cancelled, none begins.
+    pub fn stop_starts(&self) {
+        self.no_starts.cancel();
+    }
+
     pub async fn shutdown(&self) {
         self.closing.cancel();
         for pool in self.functions.values() {

@@ -471,3 +471,38 @@ async fn an_oversized_header_block_gets_431_on_its_stream_http2() {
     assert!(r.header("x-fc-request-id").is_some());
     assert_eq!(c.invoke("small", "after").await.text(), "after");
 }
+
+/// SIGTERM while an instance starts that never will (its function never
+/// listens): the start is cancelled, its caller gets 503 at once, and the
+/// gateway exits well within its drain bound. Before, the stop waited for
+/// the start's own timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_cancels_the_starts_in_progress() {
+    let gw = Gateway::start(
+        "drain_timeout_s = 20\ninstance_start_timeout_ms = 120000",
+        "[[functions]]\nname = \"mute\"\ncommand = [\"/bin/sleep\", \"600\"]\n",
+    );
+    let mut c = gw.h1().await;
+    let call = tokio::spawn(async move {
+        let r = c
+            .send(invoke_request("mute", Bytes::from_static(b"x")))
+            .await;
+        (r, std::time::Instant::now())
+    });
+    gw.until("the start in progress", Duration::from_secs(30), || async {
+        gw.instances_of("mute").await.len() == 1
+    })
+    .await;
+    let mut gw = gw;
+    let t0 = std::time::Instant::now();
+    gw.proc.signal(libc::SIGTERM);
+    // Within the drain bound (20 s) by far; the start would take 120 s.
+    assert_eq!(gw.proc.wait_exit(Duration::from_secs(15)), Some(0));
+    let (r, answered) = call.await.unwrap();
+    let r = r.expect("the caller's answer");
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.json()["Code"], "ServiceUnavailable", "{}", r.text());
+    assert!(answered.duration_since(t0) < Duration::from_secs(15));
+    let log = gw.proc.log();
+    assert!(!log.contains("drain timed out"), "{log}");
+}
