@@ -87,7 +87,12 @@ pub enum InvokeError {
     /// error answer, refused credentials, a broken answer). `detail` names
     /// no address and no secret.
     #[error("backend {backend:?} {detail}")]
-    BackendError { backend: Arc<str>, detail: Arc<str> },
+    BackendError {
+        backend: Arc<str>,
+        detail: Arc<str>,
+        /// For the log only (see [`InvokeError::cause`]).
+        cause: Option<Arc<str>>,
+    },
     /// A backend took the payload and did not answer in time (not retried).
     #[error("backend {backend:?} did not answer within {after:?}")]
     BackendTimeout { backend: Arc<str>, after: Duration },
@@ -109,7 +114,6 @@ impl InvokeError {
         InvokeError::Internal(e.to_string().into())
     }
 
-    /// The bounded outcome label for metrics.
     /// The gateway's limit that refused the call, if one did.
     pub fn throttle(&self) -> Option<crate::throttle::LimitKind> {
         match self {
@@ -118,6 +122,17 @@ impl InvokeError {
         }
     }
 
+    /// What the operator's log says beyond the caller's message: the whole
+    /// cause chain of a backend's failure (a TLS verdict, a refused
+    /// connection), which the caller is not told.
+    pub fn cause(&self) -> Option<&str> {
+        match self {
+            InvokeError::BackendError { cause, .. } => cause.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// The bounded outcome label for metrics.
     pub fn outcome(&self) -> Outcome {
         match self {
             InvokeError::FunctionTimeout(_)

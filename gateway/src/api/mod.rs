@@ -414,7 +414,9 @@ pub(crate) fn query_pairs(query: Option<&str>) -> Option<Vec<(Cow<'_, str>, Cow<
 /// door decides case and punctuation). Names the backend, never an address.
 pub(crate) fn backend_message(err: &InvokeError) -> String {
     match err {
-        InvokeError::BackendError { backend, detail } => {
+        InvokeError::BackendError {
+            backend, detail, ..
+        } => {
             format!("the function's backend '{backend}' {detail}")
         }
         InvokeError::BackendTimeout { backend, after } => format!(

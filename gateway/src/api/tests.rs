@@ -110,6 +110,7 @@ pub(crate) fn every_error() -> Vec<InvokeError> {
         InvokeError::BackendError {
             backend: "aws".into(),
             detail: "answered 403 InvalidSignatureException".into(),
+            cause: None,
         },
         InvokeError::BackendTimeout {
             backend: "aws".into(),

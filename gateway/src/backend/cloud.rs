@@ -171,7 +171,8 @@ impl Target {
                 // A connector error (TCP or TLS) means no byte of the request
                 // left: safe to try elsewhere.
                 let connect = e.is_connect();
-                tracing::debug!(backend = %name, error = %crate::error::error_chain(&e), "backend call failed");
+                let cause = crate::error::error_chain(&e);
+                tracing::debug!(backend = %name, error = %cause, "backend call failed");
                 Failure {
                     error: InvokeError::BackendError {
                         backend: name.clone(),
@@ -179,6 +180,7 @@ impl Target {
                             true => "could not be reached".into(),
                             false => "broke the connection".into(),
                         },
+                        cause: Some(cause.into()),
                     },
                     outcome: match connect {
                         true => LegOutcome::ConnectError,
@@ -198,6 +200,7 @@ impl Target {
                             true => format!("answered more than {max_response} bytes").into(),
                             false => "broke the connection mid-answer".into(),
                         },
+                        cause: Some(crate::error::error_chain(&*e).into()),
                     },
                     outcome: LegOutcome::Error,
                     retryable: false,
@@ -422,6 +425,7 @@ fn read(b: &BackendConfig, parts: http::response::Parts, body: Bytes) -> Result<
             error: InvokeError::BackendError {
                 backend: b.name.clone(),
                 detail: detail.into(),
+                cause: None,
             },
             outcome: LegOutcome::Error,
             retryable: false,

@@ -554,10 +554,14 @@ impl Pipeline {
             }
             Err((e, ran)) => {
                 let outcome = e.outcome();
-                if !matches!(outcome, Outcome::ClientError | Outcome::Throttled) {
+                let resp = nosniff(ctx.dialect.error(&e, &ctx.reply(Some(pool), ran.as_ref())));
+                // The operator's account of a 5xx, once, with what the
+                // caller is not told (no payload, no secret in either).
+                if resp.status().is_server_error() {
+                    tracing::warn!(function = %pool.cfg.name, request_id = ?ctx.request_id, status = resp.status().as_u16(), error = %e, cause = e.cause().unwrap_or(""), "invocation failed");
+                } else if !matches!(outcome, Outcome::ClientError | Outcome::Throttled) {
                     tracing::info!(function = %pool.cfg.name, request_id = ?ctx.request_id, error = %e, "invocation failed");
                 }
-                let resp = nosniff(ctx.dialect.error(&e, &ctx.reply(Some(pool), ran.as_ref())));
                 (outcome, ran, resp)
             }
         }

@@ -228,9 +228,13 @@ impl Pipeline {
                 out
             }
             Err((e, ran)) => {
-                tracing::info!(function = %pool.cfg.name, request_id = ?ctx.request_id, error = %e, "asynchronous attempt failed");
                 let outcome = e.outcome();
                 let status = dialect.status(&e);
+                if status.is_server_error() {
+                    tracing::warn!(function = %pool.cfg.name, request_id = ?ctx.request_id, status = status.as_u16(), error = %e, cause = e.cause().unwrap_or(""), "asynchronous attempt failed");
+                } else {
+                    tracing::info!(function = %pool.cfg.name, request_id = ?ctx.request_id, error = %e, "asynchronous attempt failed");
+                }
                 // The error's body only matters to a destination.
                 let body = match (failed_body, &pool.cfg.asynchronous.on_failure) {
                     (Some(b), _) => b,

@@ -930,3 +930,51 @@ async fn a_backend_at_its_max_concurrency_sends_calls_to_the_fallback() {
         0.0
     );
 }
+
+/// A backend whose certificate is a CA's (what `openssl req -x509` makes by
+/// default) is refused by webpki as `CaUsedAsEndEntity`. The caller gets a
+/// 5xx that names no cause; the log says it once, at warn, with the cause.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_refused_for_its_certificate_is_logged_with_the_cause() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca-as-leaf.pem");
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let cert = params.self_signed(&key).unwrap();
+    std::fs::write(&ca, cert.pem()).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .unwrap();
+    let tls = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(cfg));
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        while let Ok((tcp, _)) = l.accept().await {
+            let _ = tls.accept(tcp).await;
+        }
+    });
+    let cfg = function(
+        "pinned",
+        &http("private", &format!("https://{addr}/fn"), ""),
+    );
+    let gw = Gateway::start(&format!("backend_ca_file = \"{}\"\n", ca.display()), &cfg);
+    let mut c = gw.h1().await;
+    let r = c.invoke("pinned", "x").await;
+    assert!(r.status >= 500, "{} {}", r.status, r.text());
+    assert!(!r.text().contains("CaUsedAsEndEntity"), "{}", r.text());
+    let id = r.header("x-fc-request-id").unwrap().to_string();
+    let log = gw.proc.log();
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains(&id)).collect();
+    assert_eq!(lines.len(), 1, "{log}");
+    assert!(lines[0].contains("WARN"), "{}", lines[0]);
+    assert!(lines[0].contains("CaUsedAsEndEntity"), "{}", lines[0]);
+    server.abort();
+}
