@@ -109,6 +109,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             fleet: None,
         };
         let worker = sandbox_runtime::Worker::new(&cfg).map_err(RunError::EmbeddedWorker)?;
+        let _ = metrics.embedded_worker.set(worker.registry());
         let listener = TcpListener::bind(cfg.listen)
             .await
             .map_err(RunError::EmbeddedWorker)?;

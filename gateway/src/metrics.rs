@@ -62,6 +62,8 @@ impl NetworkMetrics {
 
 pub struct Metrics {
     pub registry: Registry,
+    /// The embedded sandbox worker's registry, rendered after ours.
+    pub embedded_worker: std::sync::OnceLock<Registry>,
     invocations: IntCounterVec,
     traffic: IntCounterVec,
     cold_starts: IntCounterVec,
@@ -373,6 +375,7 @@ impl Metrics {
         asynchronous.register(&registry);
         Self {
             registry,
+            embedded_worker: std::sync::OnceLock::new(),
             invocations,
             traffic,
             cold_starts,
@@ -473,8 +476,15 @@ impl Metrics {
     }
 
     pub fn render(&self) -> String {
+        let mut families = self.registry.gather();
+        // The embedded worker's families (fngate_sandbox_*, egress): the same
+        // names and labels a separate worker serves, on the one endpoint an
+        // operator of the default setup scrapes.
+        if let Some(worker) = self.embedded_worker.get() {
+            families.extend(worker.gather());
+        }
         prometheus::TextEncoder::new()
-            .encode_to_string(&self.registry.gather())
+            .encode_to_string(&families)
             .unwrap_or_default()
     }
 }

@@ -243,6 +243,12 @@ impl Worker {
         Ok(())
     }
 
+    /// The worker's metrics, for a process that embeds it and serves them
+    /// on its own `/metrics` (the gateway does).
+    pub fn registry(&self) -> prometheus::Registry {
+        self.inner.metrics.registry.clone()
+    }
+
     /// Releases all instances and removes the worker's directories.
     pub async fn shutdown(&self) {
         self.inner.closing.cancel();
