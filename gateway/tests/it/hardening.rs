@@ -285,6 +285,7 @@ async fn a_drain_that_times_out_still_stops_the_async_queue_and_keeps_its_tasks(
         ))
         .await
     });
+    // On its instance, not still starting: a stop cancels starts.
     gw.until(
         "the held call in flight",
         Duration::from_secs(20),
@@ -292,6 +293,7 @@ async fn a_drain_that_times_out_still_stops_the_async_queue_and_keeps_its_tasks(
             gw.metric("fngate_invocations_in_flight{function=\"held\"}")
                 .await
                 == 1.0
+                && gw.proc.log().contains("instance ready function=held")
         },
     )
     .await;
