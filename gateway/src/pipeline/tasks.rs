@@ -136,8 +136,8 @@ impl Pipeline {
 
     /// One attempt of an asynchronous task: the function's concurrency
     /// limit (not its rates: those admitted the call when it was accepted,
-    /// as FC and Lambda apply them), then stages 8-9, then [`Pipeline::account`] like any
-    /// invocation, as the gateway's own call (`internal` network, no
+    /// as FC and Lambda apply them), then stages 8-9, then
+    /// [`Pipeline::account`] like any invocation, as the gateway's own call (`internal` network, no
     /// traffic: no client reads its answer), under the task's request id
     /// and the door it came through. `stop` ends it early (the task was
     /// stopped): the instance running it is reclaimed.

@@ -841,13 +841,14 @@ impl Scheduler {
         }
     }
 
-    /// Stops starting instances and releases all of them.
     /// The gateway drains: starts in progress are cancelled, none begins.
     pub fn stop_starts(&self) {
         self.no_starts.cancel();
     }
 
+    /// Stops starting instances and releases all of them.
     pub async fn shutdown(&self) {
+        self.stop_starts();
         self.closing.cancel();
         for pool in self.functions.values() {
             for inst in pool.snapshot() {

@@ -938,22 +938,9 @@ async fn a_backend_at_its_max_concurrency_sends_calls_to_the_fallback() {
 async fn a_backend_refused_for_its_certificate_is_logged_with_the_cause() {
     let dir = tempfile::tempdir().unwrap();
     let ca = dir.path().join("ca-as-leaf.pem");
-    let key = rcgen::KeyPair::generate().unwrap();
     let mut params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
     params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let cert = params.self_signed(&key).unwrap();
-    std::fs::write(&ca, cert.pem()).unwrap();
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let cfg = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![cert.der().clone()],
-            rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-        )
-        .unwrap();
-    let tls = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(cfg));
+    let tls = tls_acceptor_with(params, &ca, &[]);
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     let server = tokio::spawn(async move {

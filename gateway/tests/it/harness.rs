@@ -758,8 +758,18 @@ pub fn test_ca() -> (rcgen::Certificate, rcgen::Issuer<'static, rcgen::KeyPair>)
 /// certificate for 127.0.0.1, whose PEM is written to `ca` (the anchor its
 /// clients trust), offering `alpn`.
 pub fn test_tls_acceptor(ca: &Path, alpn: &[&[u8]]) -> tokio_rustls::TlsAcceptor {
-    let key = rcgen::KeyPair::generate().unwrap();
     let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+    tls_acceptor_with(params, ca, alpn)
+}
+
+/// [`test_tls_acceptor`] with a certificate of `params` (self-signed,
+/// written to `ca`).
+pub fn tls_acceptor_with(
+    params: rcgen::CertificateParams,
+    ca: &Path,
+    alpn: &[&[u8]],
+) -> tokio_rustls::TlsAcceptor {
+    let key = rcgen::KeyPair::generate().unwrap();
     let cert = params.self_signed(&key).unwrap();
     std::fs::write(ca, cert.pem()).unwrap();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
