@@ -9,8 +9,9 @@
 mod auth;
 pub mod backends;
 pub mod fleet;
+mod lambda;
+pub use lambda::LambdaSettings;
 
-use crate::api::lambda;
 use crate::auth::{AuthLevel, AuthMode, GatewayAuth, NamedKey};
 use crate::ingress::networks::NetworkMap;
 use crate::ingress::policy::{IngressPolicy, MAX_VPC_BINDINGS};
@@ -64,7 +65,7 @@ struct File {
     #[serde(default)]
     credentials: Vec<auth::CredentialSection>,
     #[serde(default)]
-    lambda: lambda::Settings,
+    lambda: LambdaSettings,
     #[serde(default)]
     azure: auth::AzureSection,
     #[serde(default)]
@@ -376,7 +377,7 @@ pub struct Config {
     /// The usage log; `None` when `[usage]` is absent.
     pub usage: Option<crate::metering::usage_log::UsageLogConfig>,
     pub auth: GatewayAuth,
-    pub lambda: lambda::Settings,
+    pub lambda: LambdaSettings,
     /// `[fleet]`; `None`: this gateway runs alone.
     pub fleet: Option<fleet::FleetConfig>,
 }
@@ -504,7 +505,7 @@ pub struct Limits {
     pub tls_handshake_timeout: Duration,
     pub max_connections: u32,
     /// A refused request's unread body up to this size is read and dropped
-    /// (see [`crate::pipeline::body::unread`]); larger ones close the connection.
+    /// (see [`crate::body::unread`]); larger ones close the connection.
     pub max_refused_body_drain_bytes: u64,
     /// How long such a body may take to arrive in full.
     pub refused_body_drain_timeout: Duration,

@@ -20,8 +20,10 @@ pub mod api;
 pub mod asynchronous;
 pub mod auth;
 pub mod backend;
+pub mod body;
 pub mod config;
 pub mod connection;
+pub mod dispatch;
 pub mod error;
 pub mod fleet;
 pub mod ids;
@@ -199,7 +201,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             .functions
             .iter()
             .map(|f| (&f.name, f.asynchronous.max_concurrency)),
-        metrics.asynchronous.clone(),
+        asynchronous::AsyncMetrics::new(&metrics.registry),
         shared_store,
     )?;
     let depth = queue.store.depth();
@@ -220,7 +222,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         &config,
         &metrics,
         usage_log,
-        queue,
+        Arc::new(queue),
         routes.clone(),
     ));
     // The fleet's tasks (heartbeat, leases) end first at shutdown.
@@ -258,14 +260,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             }
         });
     }
-    let dispatcher = tokio::spawn(asynchronous::AsyncQueue::dispatch(pipeline.clone()));
-    let deliverer = tokio::spawn(asynchronous::AsyncQueue::deliver(pipeline.clone()));
+    let dispatcher = tokio::spawn(dispatch::dispatch(pipeline.clone()));
+    let deliverer = tokio::spawn(pipeline.asynchronous.clone().deliver());
+    let conn_metrics = Arc::new(connection::ConnectionMetrics::new(&metrics.registry));
     let server = connection::Server::new(
         pipeline.clone(),
         config.ingress.clone(),
         tls,
         g.limits.clone(),
-        metrics.clone(),
+        conn_metrics.clone(),
     );
 
     let bind = |what, addr| async move {
@@ -321,7 +324,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         started: Default::default(),
     });
     let admin_task = tokio::spawn(admin.clone().serve(admin_l, stop.clone()));
-    let reloads = metrics.tls_reloads.clone();
+    let reloads = conn_metrics.tls_reloads.clone();
     let cert_task = tokio::spawn(certificates.watch(reloads, stop.clone()));
     let membership = fleet.map(|(f, buckets)| {
         let me = fleet::membership::Member {

@@ -73,29 +73,16 @@ pub struct Metrics {
     instances: IntGaugeVec,
     instance_starts: IntCounterVec,
     pub cold_start_seconds: HistogramVec,
-    pub open_connections: IntGauge,
-    pub tls_handshake_failures: IntCounter,
     denials: IntCounterVec,
     throttles: IntCounterVec,
     in_flight: IntGaugeVec,
     pub live_instances: IntGauge,
     /// Isolated instances' egress, added at each instance's release.
     pub instance_egress: IntCounterVec,
-    /// Indexed like [`crate::connection::proxy::Reject::ALL`].
-    pub proxy_rejections: Vec<IntCounter>,
-    /// The gateway-wide asynchronous queue's metrics.
-    pub asynchronous: AsyncMetrics,
     async_results: IntCounterVec,
     async_retries: IntCounterVec,
     auth_failures: IntCounterVec,
-    pub refused_body: crate::pipeline::body::DrainMetrics,
-    /// Indexed like [`crate::connection::linger::Lingered::ALL`].
-    pub lingering_closes: Vec<IntCounter>,
     pub usage_log_write_errors: IntCounter,
-    pub http2_idle_closes: IntCounter,
-    /// `[ok, error]`.
-    pub tls_reloads: [IntCounter; 2],
-    pub connections_refused: IntCounter,
 }
 
 /// Cached handles for one function.
@@ -201,30 +188,12 @@ impl Metrics {
             &["function"],
         )
         .unwrap();
-        let open_connections = IntGauge::new(
-            "fngate_open_connections",
-            "Client connections currently open.",
-        )
-        .unwrap();
-        let tls_handshake_failures = IntCounter::new(
-            "fngate_tls_handshake_failures_total",
-            "TLS handshakes that failed or timed out.",
-        )
-        .unwrap();
         let denials = IntCounterVec::new(
             Opts::new(
                 "fngate_ingress_denials_total",
                 "Invocations refused by ingress policy, by function and reason.",
             ),
             &["function", "reason"],
-        )
-        .unwrap();
-        let proxy = IntCounterVec::new(
-            Opts::new(
-                "fngate_proxy_protocol_rejections_total",
-                "Connections closed for a PROXY protocol problem, by reason.",
-            ),
-            &["reason"],
         )
         .unwrap();
         let throttles = IntCounterVec::new(
@@ -256,7 +225,6 @@ impl Metrics {
             &["function", "network", "direction"],
         )
         .unwrap();
-        let asynchronous = AsyncMetrics::new();
         let async_results = IntCounterVec::new(
             Opts::new(
                 "fngate_async_results_total",
@@ -281,73 +249,17 @@ impl Metrics {
             &["function", "api", "reason"],
         )
         .unwrap();
-        let drains = IntCounterVec::new(
-            Opts::new(
-                "fngate_refused_body_drains_total",
-                "Unread bodies of refused requests, by how they ended (complete: read and dropped, the connection kept; too_large, timeout: the HTTP/1.1 connection closed, or the HTTP/2 stream reset with NO_ERROR, after the answer; not_sent: an Expect: 100-continue client never sent it).",
-            ),
-            &["result"],
-        )
-        .unwrap();
-        let drained_bytes = IntCounter::new(
-            "fngate_refused_body_drained_bytes_total",
-            "Bytes of refused requests' bodies read and dropped so their clients get the answer.",
-        )
-        .unwrap();
-        let refused_body = crate::pipeline::body::DrainMetrics {
-            drains: crate::pipeline::body::Drain::ALL
-                .iter()
-                .map(|d| drains.with_label_values(&[d.as_str()]))
-                .collect(),
-            bytes: drained_bytes.clone(),
-        };
-        let lingering = IntCounterVec::new(
-            Opts::new(
-                "fngate_lingering_closes_total",
-                "Connections that ended with the client's bytes unread (a request head over max_header_bytes, say), read and dropped before the close so the client gets its answer, by how the drain ended (complete: the client closed; too_large, timeout: past the drain bounds).",
-            ),
-            &["result"],
-        )
-        .unwrap();
-        let lingering_closes = crate::connection::linger::Lingered::ALL
-            .iter()
-            .map(|l| lingering.with_label_values(&[l.as_str()]))
-            .collect();
         let usage_log_write_errors = IntCounter::new(
             "fngate_usage_log_write_errors_total",
             "Failed writes to the usage log (each retried; no record is dropped).",
         )
         .unwrap();
-        let http2_idle_closes = IntCounter::new(
-            "fngate_http2_idle_closes_total",
-            "HTTP/2 connections closed (GOAWAY) after http2_idle_timeout_ms with no stream in flight.",
-        )
-        .unwrap();
-        let tls_reloads_vec = IntCounterVec::new(
-            Opts::new(
-                "fngate_tls_certificate_reloads_total",
-                "Reloads of the configured TLS certificate (SIGHUP or a file change), by result.",
-            ),
-            &["result"],
-        )
-        .unwrap();
-        let tls_reloads = ["ok", "error"].map(|r| tls_reloads_vec.with_label_values(&[r]));
-        let connections_refused = IntCounter::new(
-            "fngate_connections_refused_total",
-            "Connections refused (reset at once) because max_connections were open.",
-        )
-        .unwrap();
-        let proxy_rejections = crate::connection::proxy::Reject::ALL
-            .iter()
-            .map(|r| proxy.with_label_values(&[r.as_str()]))
-            .collect();
         for c in [
             Box::new(denials.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(throttles.clone()),
             Box::new(in_flight.clone()),
             Box::new(live_instances.clone()),
             Box::new(instance_egress.clone()),
-            Box::new(proxy),
             Box::new(invocations.clone()),
             Box::new(traffic.clone()),
             Box::new(cold_starts.clone()),
@@ -357,22 +269,13 @@ impl Metrics {
             Box::new(instances.clone()),
             Box::new(instance_starts.clone()),
             Box::new(cold_start_seconds.clone()),
-            Box::new(open_connections.clone()),
-            Box::new(tls_handshake_failures.clone()),
             Box::new(async_results.clone()),
             Box::new(async_retries.clone()),
             Box::new(auth_failures.clone()),
-            Box::new(drains),
-            Box::new(drained_bytes),
-            Box::new(lingering),
             Box::new(usage_log_write_errors.clone()),
-            Box::new(http2_idle_closes.clone()),
-            Box::new(tls_reloads_vec),
-            Box::new(connections_refused.clone()),
         ] {
             registry.register(c).unwrap();
         }
-        asynchronous.register(&registry);
         Self {
             registry,
             embedded_worker: std::sync::OnceLock::new(),
@@ -385,24 +288,15 @@ impl Metrics {
             instances,
             instance_starts,
             cold_start_seconds,
-            open_connections,
-            tls_handshake_failures,
             denials,
             throttles,
             in_flight,
             live_instances,
             instance_egress,
-            proxy_rejections,
-            asynchronous,
             async_results,
             async_retries,
             auth_failures,
-            refused_body,
-            lingering_closes,
             usage_log_write_errors,
-            http2_idle_closes,
-            tls_reloads,
-            connections_refused,
         }
     }
 
@@ -518,94 +412,5 @@ impl Drop for GaugeGuard<'_> {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
-    }
-}
-
-/// The asynchronous queue, gateway-wide (see [`crate::asynchronous`]).
-#[derive(Clone)]
-pub struct AsyncMetrics {
-    pub queued: IntGauge,
-    pub queued_bytes: IntGauge,
-    pub oldest_age: prometheus::Gauge,
-    pub enqueue_seconds: Histogram,
-    pub commit_seconds: Histogram,
-    pub dispatch_delay: Histogram,
-    /// `[delivered, retried, dropped]`.
-    pub destinations: [IntCounter; 3],
-    pub destinations_pending: IntGauge,
-    destinations_vec: IntCounterVec,
-}
-
-impl AsyncMetrics {
-    fn new() -> Self {
-        let gauge = |n: &str, h: &str| IntGauge::new(n, h).unwrap();
-        let hist = |n: &str, h: &str, buckets: Vec<f64>| {
-            Histogram::with_opts(HistogramOpts::new(n, h).buckets(buckets)).unwrap()
-        };
-        let destinations_vec = IntCounterVec::new(
-            Opts::new(
-                "fngate_async_destination_deliveries_total",
-                "Destination records by result: delivered (2xx), retried (a failed attempt), dropped (past async_destination_max_age_s).",
-            ),
-            &["result"],
-        )
-        .unwrap();
-        let fast = vec![
-            0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-        ];
-        AsyncMetrics {
-            queued: gauge(
-                "fngate_async_queued",
-                "Asynchronous invocations accepted and not yet done (waiting, retrying or running), in the task store.",
-            ),
-            queued_bytes: gauge(
-                "fngate_async_queued_bytes",
-                "Payload bytes of the asynchronous invocations not yet done.",
-            ),
-            oldest_age: prometheus::Gauge::new(
-                "fngate_async_oldest_task_age_seconds",
-                "Age of the oldest asynchronous invocation not yet done (0 when none).",
-            )
-            .unwrap(),
-            enqueue_seconds: hist(
-                "fngate_async_enqueue_seconds",
-                "From a 202's request to its task committed in the store (the caller waits for it).",
-                fast.clone(),
-            ),
-            commit_seconds: hist(
-                "fngate_async_store_commit_seconds",
-                "One commit of the task store (a batch of changes).",
-                fast,
-            ),
-            dispatch_delay: hist(
-                "fngate_async_dispatch_delay_seconds",
-                "From a task being due to its attempt starting.",
-                vec![
-                    0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0, 300.0,
-                ],
-            ),
-            destinations: ["delivered", "retried", "dropped"]
-                .map(|r| destinations_vec.with_label_values(&[r])),
-            destinations_pending: gauge(
-                "fngate_async_destination_pending",
-                "Destination records not yet delivered.",
-            ),
-            destinations_vec,
-        }
-    }
-
-    fn register(&self, registry: &Registry) {
-        for c in [
-            Box::new(self.queued.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(self.queued_bytes.clone()),
-            Box::new(self.oldest_age.clone()),
-            Box::new(self.enqueue_seconds.clone()),
-            Box::new(self.commit_seconds.clone()),
-            Box::new(self.dispatch_delay.clone()),
-            Box::new(self.destinations_vec.clone()),
-            Box::new(self.destinations_pending.clone()),
-        ] {
-            registry.register(c).unwrap();
-        }
     }
 }

@@ -37,7 +37,7 @@ use crate::throttle::LimitKind;
 use base64::Engine;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Response, StatusCode};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use std::borrow::Cow;
 
 pub const PATH_PREFIX: &str = "/2015-03-31/functions/";
@@ -55,37 +55,7 @@ pub const MAX_CLIENT_CONTEXT: usize = 3583;
 /// fngate runs one version of each function: the one configured.
 const VERSION: HeaderValue = HeaderValue::from_static("$LATEST");
 
-/// `[lambda]`: what the ARNs callers name must say, when set.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Settings {
-    /// An ARN naming another account is a function that does not exist.
-    pub account_id: Option<String>,
-    /// Likewise for another region.
-    pub region: Option<String>,
-}
-
-impl Settings {
-    pub fn validate(&self) -> Result<(), (String, String)> {
-        if let Some(a) = &self.account_id
-            && (a.len() != 12 || !a.bytes().all(|b| b.is_ascii_digit()))
-        {
-            return Err((
-                "lambda.account_id".into(),
-                format!("{a:?} is not 12 digits"),
-            ));
-        }
-        if let Some(r) = &self.region
-            && (r.is_empty() || !r.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
-        {
-            return Err((
-                "lambda.region".into(),
-                format!("{r:?} is not a region name"),
-            ));
-        }
-        Ok(())
-    }
-}
+pub use crate::config::LambdaSettings as Settings;
 
 #[derive(Debug, Default)]
 pub struct Lambda {

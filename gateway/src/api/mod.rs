@@ -26,7 +26,7 @@ use serde::Serialize;
 use std::borrow::Cow;
 use std::time::Duration;
 
-pub use crate::pipeline::body::ResponseBody;
+pub use crate::body::ResponseBody;
 
 /// The door a request came through: the bounded `api` label of metrics and
 /// usage records.

@@ -13,9 +13,10 @@
 //! - [`policy`]: the retry rule, pure (`outcome × record → done | retry at`).
 //! - [`store`]: the [`store::TaskStore`] seam; [`embedded`] is the default
 //!   implementation (redb, group commit), in a file or in memory.
-//! - [`dispatch`]: leases due tasks, per function up to its
-//!   `async_max_concurrency`, and runs one attempt each through
-//!   [`crate::pipeline::Pipeline::attempt`]; the deliverer.
+//! - [`crate::dispatch`] (above the pipeline): leases due tasks, per
+//!   function up to its `async_max_concurrency`, and runs one attempt each
+//!   through [`crate::pipeline::Pipeline::attempt`].
+//! - `deliver`: the deliverer, which needs only the queue.
 //! - [`destination`]: the destination record and its delivery.
 //!
 //! Promises:
@@ -37,16 +38,17 @@
 //! each payload at most `max_async_body_bytes`; done tasks are kept for
 //! `async_retention_s`, then deleted.
 
+mod deliver;
 pub mod destination;
-pub mod dispatch;
 pub mod embedded;
+mod metrics;
 pub mod policy;
 pub mod store;
 pub mod task;
 
 use crate::config::{AsyncLimits, AsyncStoreKind};
-use crate::metrics::AsyncMetrics;
 use bytes::Bytes;
+pub use metrics::AsyncMetrics;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -55,6 +57,10 @@ use task::TaskRecord;
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+/// The dispatcher and the deliverer look at the store at least this often
+/// (metrics, purge, and leases that expired without a wake-up).
+pub(crate) const IDLE_LOOK: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Wall-clock milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
@@ -68,20 +74,20 @@ pub struct AsyncQueue {
     pub store: Arc<dyn TaskStore>,
     pub metrics: AsyncMetrics,
     /// Something became due or a slot freed: the dispatcher looks again.
-    wake: Notify,
+    pub(crate) wake: Notify,
     /// Destination records were written.
-    deliveries: Notify,
+    pub(crate) deliveries: Notify,
     /// Graceful stop: no more submissions, no more leases.
-    stop: CancellationToken,
-    attempts: TaskTracker,
+    pub(crate) stop: CancellationToken,
+    pub(crate) attempts: TaskTracker,
     /// Running attempts by task key, to stop them.
-    running: std::sync::Mutex<HashMap<String, CancellationToken>>,
+    pub(crate) running: std::sync::Mutex<HashMap<String, CancellationToken>>,
     /// Per function: its `async_max_concurrency` slots, and what the
     /// dispatcher knows of its due tasks (so an idle function costs it
     /// neither a read nor a commit).
-    slots: HashMap<Arc<str>, Arc<Semaphore>>,
-    due_hints: HashMap<Arc<str>, DueHint>,
-    client: destination::Client,
+    pub(crate) slots: HashMap<Arc<str>, Arc<Semaphore>>,
+    pub(crate) due_hints: HashMap<Arc<str>, DueHint>,
+    pub(crate) client: destination::Client,
 }
 
 /// When a function's next task is due, as its last lease said (only the
@@ -89,8 +95,8 @@ pub struct AsyncQueue {
 /// each commit that schedules one; the dispatcher clears it before it
 /// leases, so a commit during a lease makes it look again).
 pub(crate) struct DueHint {
-    next_ms: std::sync::atomic::AtomicU64,
-    changed: std::sync::atomic::AtomicBool,
+    pub(crate) next_ms: std::sync::atomic::AtomicU64,
+    pub(crate) changed: std::sync::atomic::AtomicBool,
 }
 
 impl Default for DueHint {
@@ -211,7 +217,7 @@ impl AsyncQueue {
     }
 
     /// A commit scheduled a task of `function`: the dispatcher looks again.
-    pub(super) fn scheduled(&self, function: &str) {
+    pub(crate) fn scheduled(&self, function: &str) {
         if let Some(h) = self.due_hints.get(function) {
             h.changed.store(true, std::sync::atomic::Ordering::Release);
         }
@@ -244,7 +250,7 @@ impl AsyncQueue {
         self.running.lock().unwrap().len()
     }
 
-    fn publish_depth(&self) {
+    pub(crate) fn publish_depth(&self) {
         let d = self.store.depth();
         self.metrics.queued.set(d.tasks as i64);
         self.metrics.queued_bytes.set(d.bytes as i64);

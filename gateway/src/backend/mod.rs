@@ -36,6 +36,7 @@ use crate::config::backends::BackendConfig;
 use crate::config::{BackendSettings, FunctionConfig};
 use crate::error::InvokeError;
 use crate::ingress::VpcTable;
+pub use crate::metering::Leg;
 use crate::pipeline::Pipeline;
 use crate::pipeline::forward::{self, Call, Failed};
 use crate::scheduler::FunctionPool;
@@ -45,7 +46,6 @@ use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry,
 };
-use serde::Serialize;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Instant;
@@ -98,23 +98,6 @@ impl LegOutcome {
             LegOutcome::Success | LegOutcome::FunctionError | LegOutcome::Limited
         )
     }
-}
-
-/// One attempt on a backend, as the usage record keeps it.
-#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
-pub struct Leg {
-    pub backend: String,
-    pub kind: String,
-    /// Where the backend sits: `internet`, or `vpc` with `vpc_id`.
-    pub network: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub vpc_id: Option<String>,
-    /// Payload bytes sent to the backend.
-    pub bytes_out: u64,
-    /// Answer body bytes received from it.
-    pub bytes_in: u64,
-    pub duration_ms: f64,
-    pub outcome: String,
 }
 
 /// The backend metric families, registered once.

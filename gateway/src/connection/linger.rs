@@ -17,7 +17,7 @@
 //! Every other close is at once: a client that is done, a keep-alive
 //! timeout, a failed TLS handshake (no answer to protect). A refused *body*
 //! is drained by the pipeline instead, so the connection can live on
-//! ([`crate::pipeline::body`]).
+//! ([`crate::body`]).
 
 use prometheus::IntCounter;
 use std::io;

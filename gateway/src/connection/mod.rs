@@ -6,19 +6,21 @@
 //! now and costs nothing, instead of waiting in the listen backlog), the TLS handshake timeout, the header read timeout (for HTTP/1.1
 //! hyper also applies it to the idle wait between keep-alive requests), the
 //! HTTP/2 idle timeout (ours: hyper has none), and the maximum header size. Body size and time are bounded in
-//! [`crate::pipeline::body`].
+//! [`crate::body`].
 
 pub mod linger;
+mod metrics;
 pub mod proxy;
 pub mod tls;
 
 use crate::config::{IngressConfig, Limits};
 use crate::ingress::{Caller, Network, Origin, VpcId};
-use crate::metrics::{GaugeGuard, Metrics};
+use crate::metrics::GaugeGuard;
 use crate::pipeline::Pipeline;
 use crate::shards::Shards;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+pub use metrics::ConnectionMetrics;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -95,27 +97,9 @@ impl Drop for Busy {
 }
 
 /// How many times `max_header_bytes` an HTTP/2 header block may reach
-/// before h2 itself refuses it; under that, [`header_list_size`] is checked
+/// before h2 itself refuses it; under that, [`crate::body::header_list_size`] is checked
 /// by the pipeline.
 pub const H2_HEADER_HARD_FACTOR: u32 = 4;
-
-/// An HTTP/2 request's header list size as SETTINGS_MAX_HEADER_LIST_SIZE
-/// counts it (RFC 9113 6.5.2: name, value and 32 per field, pseudo-headers
-/// included).
-pub fn header_list_size(parts: &http::request::Parts) -> u64 {
-    let fields: usize = parts
-        .headers
-        .iter()
-        .map(|(n, v)| n.as_str().len() + v.len() + 32)
-        .sum();
-    let pseudo = parts.method.as_str().len()
-        + parts.uri.path_and_query().map_or(1, |p| p.as_str().len())
-        + parts.uri.authority().map_or(0, |a| a.as_str().len())
-        + parts.uri.scheme_str().map_or(0, str::len)
-        + 4 * 32
-        + ":method:path:authority:scheme".len();
-    (fields + pseudo) as u64
-}
 
 /// What a listener says about the callers arriving on it.
 #[derive(Debug, Clone, Copy)]
@@ -133,7 +117,7 @@ pub struct Server {
     pub ingress: Arc<IngressConfig>,
     pub tls: TlsAcceptor,
     pub limits: Limits,
-    pub metrics: Arc<Metrics>,
+    pub metrics: Arc<ConnectionMetrics>,
     h1: hyper::server::conn::http1::Builder,
     h2: hyper::server::conn::http2::Builder<TokioExecutor>,
     linger: Arc<linger::Bounds>,
@@ -149,7 +133,7 @@ impl Server {
         ingress: Arc<IngressConfig>,
         tls: TlsAcceptor,
         limits: Limits,
-        metrics: Arc<Metrics>,
+        metrics: Arc<ConnectionMetrics>,
     ) -> Arc<Self> {
         let mut h1 = hyper::server::conn::http1::Builder::new();
         h1.timer(TokioTimer::new())

@@ -15,7 +15,7 @@
 //! - `api`: the door the call came through (`fc`, `lambda`, `azure`), and
 //!   `access_key_id` when its signature was verified.
 //! - `backend_legs`: for a function with cloud backends, every attempt on
-//!   one ([`crate::backend::Leg`]): the backend, its kind, the network it
+//!   one ([`Leg`]): the backend, its kind, the network it
 //!   sits in (`internet`, or `vpc` with `vpc_id`), the payload bytes sent to
 //!   it (0 when it could not be reached), the answer's body bytes, the
 //!   attempt's duration and outcome. The caller's leg is the record itself.
@@ -54,7 +54,24 @@ pub struct UsageRecord {
     pub start_unix_ms: u64,
     pub end_unix_ms: u64,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub backend_legs: Vec<crate::backend::Leg>,
+    pub backend_legs: Vec<Leg>,
+}
+
+/// One attempt on a backend, as the usage record keeps it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct Leg {
+    pub backend: String,
+    pub kind: String,
+    /// Where the backend sits: `internet`, or `vpc` with `vpc_id`.
+    pub network: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vpc_id: Option<String>,
+    /// Payload bytes sent to the backend.
+    pub bytes_out: u64,
+    /// Answer body bytes received from it.
+    pub bytes_in: u64,
+    pub duration_ms: f64,
+    pub outcome: String,
 }
 
 fn fc() -> String {

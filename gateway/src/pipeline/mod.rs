@@ -8,7 +8,7 @@
 //! | 3 | ingress policy: VPC bindings, then access rules | [`crate::ingress::policy::IngressPolicy::check`] | 403 `AccessDenied` |
 //! | 4 | credentials: signature or function key, from the head | [`crate::api::Dialect::authenticate`] | 403 `SignatureNotMatch`, ... |
 //! | 5 | throttling: caller, gateway-caller and function rates, then concurrency (may queue) | [`crate::throttle`] | 429 `ResourceThrottled` |
-//! | 6 | read the payload, bounded in size and time (hashed when a signature covers it) | [`body::read`] | 400 `EntityTooLarge`, 408 |
+//! | 6 | read the payload, bounded in size and time (hashed when a signature covers it) | [`crate::body::read`] | 400 `EntityTooLarge`, 408 |
 //! | 7 | the rest of the signature, over the payload's hash | [`crate::auth::Authn::Payload`] | 403 `SignatureNotMatch` |
 //! | 8 | reserve an instance slot (bin-pack; may start one) | [`crate::scheduler::Scheduler::acquire`] | 412 `CAExited`, 429 `ResourceExhausted` |
 //! | 9 | call the instance, bounded by the function timeout | [`forward::call`] | 200 + `x-fc-error-type` |
@@ -29,12 +29,12 @@
 //! passes stages 1-4 and is answered from the store: the same ingress
 //! policy and credentials guard it as the function's invocations.
 
-pub mod body;
 pub mod forward;
 mod tasks;
 
 use crate::api::{Api, Dialect, Dialects, FunctionAnswer, Kind, Ran, Reply, ResponseBody};
 use crate::auth::{AuthMode, AuthPolicy, Authn, GatewayAuth, KeyId, PayloadHasher};
+use crate::body;
 use crate::config::{Config, Limits};
 use crate::error::{InvokeError, Outcome};
 use crate::ids::IdGen;
@@ -75,7 +75,7 @@ pub struct Pipeline {
     unknown: FunctionMetrics,
     usage: Option<UsageLog>,
     drains: body::DrainMetrics,
-    pub asynchronous: crate::asynchronous::AsyncQueue,
+    pub asynchronous: Arc<crate::asynchronous::AsyncQueue>,
     /// The backends of functions that have them ([`crate::backend`]).
     routes: crate::backend::RouteTable,
     /// Fleet mode with exact limits: rates checked on Redis.
@@ -128,7 +128,7 @@ struct Done<'a> {
     ran: Option<Ran>,
     key: Option<KeyId>,
     /// The attempts on cloud backends.
-    legs: Vec<crate::backend::Leg>,
+    legs: Vec<crate::metering::Leg>,
     /// The limit that refused it: counted in `fngate_throttles_total` by
     /// [`Pipeline::account`], the one place a call is counted, so a throttle
     /// is counted once wherever it was decided.
@@ -141,7 +141,7 @@ impl Pipeline {
         config: &Config,
         metrics: &Metrics,
         usage: Option<UsageLog>,
-        asynchronous: crate::asynchronous::AsyncQueue,
+        asynchronous: Arc<crate::asynchronous::AsyncQueue>,
         routes: crate::backend::RouteTable,
     ) -> Self {
         let vpcs = config.ingress.vpcs.clone();
@@ -164,7 +164,7 @@ impl Pipeline {
             },
             auth: config.auth.clone(),
             usage,
-            drains: metrics.refused_body.clone(),
+            drains: body::DrainMetrics::new(&metrics.registry),
             routes,
             exact: Default::default(),
         }
@@ -239,7 +239,7 @@ impl Pipeline {
         // 0: an HTTP/2 header block over the bound (h2 refuses only far past
         // it, see connection::H2_HEADER_HARD_FACTOR).
         if parts.version == http::Version::HTTP_2 {
-            let size = crate::connection::header_list_size(&parts);
+            let size = crate::body::header_list_size(&parts);
             let limit = self.limits.max_header_bytes;
             if size > u64::from(limit) {
                 let done = refused("(unknown)", None, None, Outcome::ClientError);
@@ -472,7 +472,7 @@ impl Pipeline {
         request_id: &HeaderValue,
     ) -> (
         Result<(FunctionAnswer, Ran), forward::Failed>,
-        Vec<crate::backend::Leg>,
+        Vec<crate::metering::Leg>,
     ) {
         match pool.cfg.backends.is_empty() {
             true => (
@@ -585,7 +585,7 @@ impl Pipeline {
     }
 
     /// The unread rest of a refused request's body: drained (HTTP/1.1) or
-    /// held by the answer (HTTP/2), see [`body::unread`].
+    /// held by the answer (HTTP/2), see [`crate::body::unread`].
     fn unread(
         &self,
         body: Incoming,

@@ -107,7 +107,7 @@ async fn pipeline(fake: Arc<Fake>, extra: &str) -> (Arc<Pipeline>, Arc<FunctionP
     let queue = crate::asynchronous::AsyncQueue::open(
         limits,
         std::iter::empty(),
-        metrics.asynchronous.clone(),
+        crate::asynchronous::AsyncMetrics::new(&metrics.registry),
         None,
     )
     .unwrap();
@@ -116,7 +116,7 @@ async fn pipeline(fake: Arc<Fake>, extra: &str) -> (Arc<Pipeline>, Arc<FunctionP
         &cfg,
         &metrics,
         None,
-        queue,
+        Arc::new(queue),
         Default::default(),
     ));
     let pool = scheduler.function("f").unwrap().clone();

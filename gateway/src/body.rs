@@ -169,6 +169,33 @@ pub struct DrainMetrics {
     pub bytes: prometheus::IntCounter,
 }
 
+impl DrainMetrics {
+    pub fn new(registry: &prometheus::Registry) -> Self {
+        let drains = prometheus::IntCounterVec::new(
+            prometheus::Opts::new(
+                "fngate_refused_body_drains_total",
+                "Unread bodies of refused requests, by how they ended (complete: read and dropped, the connection kept; too_large, timeout: the HTTP/1.1 connection closed, or the HTTP/2 stream reset with NO_ERROR, after the answer; not_sent: an Expect: 100-continue client never sent it).",
+            ),
+            &["result"],
+        )
+        .unwrap();
+        let bytes = prometheus::IntCounter::new(
+            "fngate_refused_body_drained_bytes_total",
+            "Bytes of refused requests' bodies read and dropped so their clients get the answer.",
+        )
+        .unwrap();
+        registry.register(Box::new(drains.clone())).unwrap();
+        registry.register(Box::new(bytes.clone())).unwrap();
+        DrainMetrics {
+            drains: Drain::ALL
+                .iter()
+                .map(|d| drains.with_label_values(&[d.as_str()]))
+                .collect(),
+            bytes,
+        }
+    }
+}
+
 /// Everything a drain needs, to run later from where the body is dropped.
 struct Drainer {
     max: u64,
@@ -349,4 +376,22 @@ impl Body for ResponseBody {
     fn size_hint(&self) -> SizeHint {
         SizeHint::with_exact(self.len())
     }
+}
+
+/// An HTTP/2 request's header list size as SETTINGS_MAX_HEADER_LIST_SIZE
+/// counts it (RFC 9113 6.5.2: name, value and 32 per field, pseudo-headers
+/// included).
+pub fn header_list_size(parts: &http::request::Parts) -> u64 {
+    let fields: usize = parts
+        .headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 32)
+        .sum();
+    let pseudo = parts.method.as_str().len()
+        + parts.uri.path_and_query().map_or(1, |p| p.as_str().len())
+        + parts.uri.authority().map_or(0, |a| a.as_str().len())
+        + parts.uri.scheme_str().map_or(0, str::len)
+        + 4 * 32
+        + ":method:path:authority:scheme".len();
+    (fields + pseudo) as u64
 }
