@@ -23,7 +23,7 @@ pub struct Admin {
     pub metrics: Arc<Metrics>,
     pub ingress: Arc<crate::config::IngressConfig>,
     pub scheduler: Arc<Scheduler>,
-    pub routes: crate::backend::RouteTable,
+    pub routes: crate::execute::routes::RouteTable,
     pub usage: Option<Arc<crate::metering::usage_log::LogHealth>>,
     pub fleet: Option<Arc<crate::fleet::Fleet>>,
     pub started: AtomicBool,

@@ -25,6 +25,7 @@ pub mod config;
 pub mod connection;
 pub mod dispatch;
 pub mod error;
+pub mod execute;
 pub mod fleet;
 pub mod ids;
 pub mod ingress;
@@ -134,37 +135,18 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         ));
     }
 
-    let networks = metrics::NetworkIndex::new(&config.ingress.vpcs);
-    let scheduler = scheduler::Scheduler::new(
-        &config.functions,
-        workers,
-        &metrics,
-        &networks,
-        &g.throttle,
-        scheduler::Times {
-            start_timeout: g.instance_start_timeout,
-            worker_timeout: g.worker_timeout,
-            max_lifetime: g.max_instance_lifetime,
-        },
-    );
-    scheduler::reaper::spawn(&scheduler);
     // Fleet mode: connected before anything is served, so the first answer
     // already counts the other members.
     let fleet = match &config.fleet {
         Some(cfg) => {
             let f = fleet::Fleet::connect(cfg.clone(), &metrics.registry).await?;
             let buckets = fleet::membership::buckets(&f).await?;
-            // This process's incarnation: a restarted gateway of the same
-            // id does not inherit what its predecessor left on the workers.
-            scheduler.set_owner(sandbox_runtime::fleet::owner(&cfg.id, f.started_unix_ms));
             tracing::info!(fleet = %cfg.name, id = %cfg.id, "joined the fleet's engine");
             Some((f, buckets))
         }
         None => None,
     };
 
-    let (tls_config, certificates) = connection::tls::server_config(&g.tls)?;
-    let tls = tokio_rustls::TlsAcceptor::from(tls_config);
     let (usage_log, usage_task) = match &config.usage {
         Some(cfg) => {
             let health = Arc::new(metering::usage_log::LogHealth::new(
@@ -183,9 +165,58 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         None => (None, None),
     };
     let usage_health = usage_log.as_ref().map(|l| l.health.clone());
-    if let Some(log) = &usage_log {
-        scheduler.set_usage_log(log.clone());
-    }
+    // `redis` limits: rates and scale-out on the fleet's count.
+    let redis = config
+        .fleet
+        .as_ref()
+        .and_then(|c| Some((c, c.redis_url.as_ref()?)));
+    let exact = match redis {
+        Some((cfg, url)) => {
+            let url = String::from_utf8_lossy(url.expose()).into_owned();
+            let exact = fleet::exact::ExactLimits::new(
+                &url,
+                &cfg.name,
+                cfg.redis_timeout,
+                &metrics.registry,
+            )
+            .map_err(|e| RunError::Fleet(fleet::FleetError::Redis(e)))?;
+            // An instance's entry in the fleet's count lapses as its
+            // owner's membership does (the workers release it then too).
+            Some((Arc::new(exact), cfg.member_ttl))
+        }
+        None => None,
+    };
+    let sharing = throttle::shared::Sharing {
+        // This process's incarnation: a restarted gateway of the same id
+        // does not inherit what its predecessor left on the workers.
+        owner: fleet
+            .as_ref()
+            .map(|(f, _)| sandbox_runtime::fleet::owner(&f.cfg.id, f.started_unix_ms)),
+        count: exact.clone().map(|(e, lease)| {
+            let e: Arc<dyn throttle::shared::SharedCount> = e;
+            (e, lease)
+        }),
+    };
+    let networks = metrics::NetworkIndex::new(&config.ingress.vpcs);
+    let scheduler = scheduler::Scheduler::new(
+        &config.functions,
+        workers,
+        &metrics,
+        &networks,
+        &g.throttle,
+        scheduler::Times {
+            start_timeout: g.instance_start_timeout,
+            worker_timeout: g.worker_timeout,
+            max_lifetime: g.max_instance_lifetime,
+        },
+        scheduler::Outside {
+            sharing,
+            usage: usage_log.clone(),
+        },
+    );
+    scheduler::reaper::spawn(&scheduler);
+    let (tls_config, certificates) = connection::tls::server_config(&g.tls)?;
+    let tls = tokio_rustls::TlsAcceptor::from(tls_config);
     // In a fleet, the queue is the fleet's (JetStream), shared by every member.
     let (shared_store, kills): (Option<Arc<dyn asynchronous::store::TaskStore>>, _) = match &fleet {
         Some((f, _)) => {
@@ -216,31 +247,28 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             "asynchronous task store in memory: accepted tasks are lost if the gateway stops"
         ),
     }
-    let routes = backend::table(&config, &metrics.registry).map_err(RunError::Backends)?;
+    let routes = execute::routes::table(&config, &metrics.registry).map_err(RunError::Backends)?;
+    let executor = execute::Executor {
+        sandbox: execute::sandbox::Sandbox {
+            scheduler: scheduler.clone(),
+            max_response_bytes: g.limits.max_response_bytes,
+        },
+        routes: routes.clone(),
+        keep_legs: usage_log.is_some(),
+    };
     let pipeline = Arc::new(pipeline::Pipeline::new(
         scheduler.clone(),
         &config,
         &metrics,
         usage_log,
         Arc::new(queue),
-        routes.clone(),
+        executor,
     ));
     // The fleet's tasks (heartbeat, leases) end first at shutdown.
     let stop_membership = CancellationToken::new();
-    if let Some(cfg) = config.fleet.as_ref()
-        && let Some(url) = &cfg.redis_url
-    {
-        let url = String::from_utf8_lossy(url.expose()).into_owned();
-        let exact = Arc::new(
-            fleet::exact::ExactLimits::new(&url, &cfg.name, cfg.redis_timeout, &metrics.registry)
-                .map_err(|e| RunError::Fleet(fleet::FleetError::Redis(e)))?,
-        );
-        pipeline.set_exact_limits(exact.clone());
-        // An instance's entry in the fleet's count lapses as its owner's
-        // membership does (the workers release it then too).
-        scheduler.set_exact_limits(exact.clone(), cfg.member_ttl);
+    if let Some((cfg, (exact, _))) = config.fleet.as_ref().zip(exact.as_ref()) {
         tokio::spawn(fleet::exact::keep_leases(
-            exact,
+            exact.clone(),
             scheduler.clone(),
             cfg.heartbeat,
             cfg.member_ttl,

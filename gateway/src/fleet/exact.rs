@@ -28,9 +28,10 @@
 //!   so the count recovers with Redis.
 //! - `max_concurrency` stays split: exact would cost two round trips a call.
 
+use crate::auth::KeyId;
 use crate::ingress::Caller;
-use crate::throttle::{CallerKey, GatewayLimits, LimitKind, Throttled};
-use crate::{auth::KeyId, scheduler::FunctionPool};
+use crate::throttle::shared::{Answer, SharedCount, StartCheck};
+use crate::throttle::{CallerKey, FunctionLimits, GatewayLimits, LimitKind, Throttled};
 use dashmap::DashMap;
 use governor::Quota;
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry};
@@ -91,15 +92,6 @@ local lease_end = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + to
 for i = 2, #ARGV do redis.call('ZADD', KEYS[1], lease_end, ARGV[i]) end
 return #ARGV - 1
 ";
-
-/// What the fleet's count says of a start.
-#[derive(Debug)]
-pub enum StartCheck {
-    Admitted,
-    Refused(Throttled),
-    /// Redis did not answer in time: the split share decides.
-    Unavailable,
-}
 
 /// After a failure, Redis is left alone this long.
 const BACKOFF: Duration = Duration::from_secs(1);
@@ -243,13 +235,13 @@ impl ExactLimits {
     /// Redis cannot answer in time.
     pub async fn check_rates(
         &self,
-        pool: &FunctionPool,
+        function: &Arc<str>,
+        own: &FunctionLimits,
         gw: &GatewayLimits,
         caller: Option<&Caller>,
         access_key: Option<KeyId>,
     ) -> Result<(), Throttled> {
-        let (rate, caller_rate) = pool.limits.quotas();
-        let function = &pool.cfg.name;
+        let (rate, caller_rate) = own.quotas();
         let who = caller.map(|c| gw.keying.key(c, access_key));
         // In the order the script checks them (and answers an index into).
         let checked = [
@@ -280,7 +272,7 @@ impl ExactLimits {
         let since = micros(now.duration_since(self.epoch));
         if since < self.down_until_us.load(Ordering::Relaxed) {
             self.fallbacks.with_label_values(&["unavailable"]).inc();
-            return pool.limits.check_rates(gw, caller, access_key);
+            return own.check_rates(gw, caller, access_key);
         }
         let mut call = self.script.prepare_invoke();
         for (limited, q) in limits.clone() {
@@ -318,7 +310,7 @@ impl ExactLimits {
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "Redis rate check failed; split limits for a second");
                 self.fall_back(since, "error");
-                pool.limits.check_rates(gw, caller, access_key)
+                own.check_rates(gw, caller, access_key)
             }
             Err(_) => {
                 tracing::warn!(
@@ -326,7 +318,7 @@ impl ExactLimits {
                     "Redis rate check timed out; split limits for a second"
                 );
                 self.fall_back(since, "timeout");
-                pool.limits.check_rates(gw, caller, access_key)
+                own.check_rates(gw, caller, access_key)
             }
         }
     }
@@ -435,6 +427,37 @@ impl ExactLimits {
         self.fallbacks.with_label_values(&[reason]).inc();
         self.down_until_us
             .store(since_us + micros(BACKOFF), Ordering::Relaxed);
+    }
+}
+
+impl SharedCount for ExactLimits {
+    fn check_rates<'a>(
+        &'a self,
+        function: &'a Arc<str>,
+        limits: &'a FunctionLimits,
+        gw: &'a GatewayLimits,
+        caller: Option<&'a Caller>,
+        key: Option<KeyId>,
+    ) -> Answer<'a, Result<(), Throttled>> {
+        Box::pin(ExactLimits::check_rates(
+            self, function, limits, gw, caller, key,
+        ))
+    }
+
+    fn admit_start<'a>(
+        &'a self,
+        gw: &'a GatewayLimits,
+        member: &'a str,
+        lease: Duration,
+        retry_hint: Duration,
+    ) -> Answer<'a, StartCheck> {
+        Box::pin(ExactLimits::admit_start(
+            self, gw, member, lease, retry_hint,
+        ))
+    }
+
+    fn release(self: Arc<Self>, member: String) -> Answer<'static, ()> {
+        Box::pin(async move { ExactLimits::release(&self, &member).await })
     }
 }
 

@@ -11,7 +11,7 @@
 //! | 6 | read the payload, bounded in size and time (hashed when a signature covers it) | [`crate::body::read`] | 400 `EntityTooLarge`, 408 |
 //! | 7 | the rest of the signature, over the payload's hash | [`crate::auth::Authn::Payload`] | 403 `SignatureNotMatch` |
 //! | 8 | reserve an instance slot (bin-pack; may start one) | [`crate::scheduler::Scheduler::acquire`] | 412 `CAExited`, 429 `ResourceExhausted` |
-//! | 9 | call the instance, bounded by the function timeout | [`forward::call`] | 200 + `x-fc-error-type` |
+//! | 9 | call the instance (or the backends), bounded by the function timeout | [`crate::execute::Execute`] | 200 + `x-fc-error-type` |
 //! | 10 | render the answer in the caller's dialect | [`crate::api::Dialect`] | |
 //!
 //! Stages 1-5 look at the request head only: a request refused there costs
@@ -29,7 +29,6 @@
 //! passes stages 1-4 and is answered from the store: the same ingress
 //! policy and credentials guard it as the function's invocations.
 
-pub mod forward;
 mod tasks;
 
 use crate::api::{Api, Dialect, Dialects, FunctionAnswer, Kind, Ran, Reply, ResponseBody};
@@ -37,6 +36,7 @@ use crate::auth::{AuthMode, AuthPolicy, Authn, GatewayAuth, KeyId, PayloadHasher
 use crate::body;
 use crate::config::{Config, Limits};
 use crate::error::{InvokeError, Outcome};
+use crate::execute::{Call, Execute, Executor, Failed};
 use crate::ids::IdGen;
 use crate::ingress::policy::Denial;
 use crate::ingress::{Network, Origin, VpcTable};
@@ -45,7 +45,6 @@ use crate::metering::{UsageRecord, billed_gb_s, unix_ms};
 use crate::metrics::{FunctionMetrics, GaugeGuard, Metrics, NetworkIndex};
 use crate::scheduler::{FunctionPool, Scheduler};
 use crate::throttle::{LimitKind, Throttled};
-use forward::Call;
 use http::{HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use std::sync::Arc;
@@ -64,7 +63,8 @@ fn nosniff(mut resp: Response<ResponseBody>) -> Response<ResponseBody> {
 /// fngate's own answer header: the invocation waited for its instance to start.
 pub const COLD_START: &str = "x-fngate-cold-start";
 
-pub struct Pipeline {
+/// `E`: where calls run (stage 9); a fake in unit tests.
+pub struct Pipeline<E = Executor> {
     pub scheduler: Arc<Scheduler>,
     pub limits: Limits,
     pub ids: IdGen,
@@ -76,10 +76,7 @@ pub struct Pipeline {
     usage: Option<UsageLog>,
     drains: body::DrainMetrics,
     pub asynchronous: Arc<crate::asynchronous::AsyncQueue>,
-    /// The backends of functions that have them ([`crate::backend`]).
-    routes: crate::backend::RouteTable,
-    /// Fleet mode with exact limits: rates checked on Redis.
-    exact: std::sync::OnceLock<Arc<crate::fleet::exact::ExactLimits>>,
+    executor: E,
 }
 
 /// How one asynchronous attempt went (see [`Pipeline::attempt`]).
@@ -135,14 +132,14 @@ struct Done<'a> {
     throttle: Option<LimitKind>,
 }
 
-impl Pipeline {
+impl<E: Execute> Pipeline<E> {
     pub fn new(
         scheduler: Arc<Scheduler>,
         config: &Config,
         metrics: &Metrics,
         usage: Option<UsageLog>,
         asynchronous: Arc<crate::asynchronous::AsyncQueue>,
-        routes: crate::backend::RouteTable,
+        executor: E,
     ) -> Self {
         let vpcs = config.ingress.vpcs.clone();
         let networks = NetworkIndex::new(&vpcs);
@@ -165,14 +162,8 @@ impl Pipeline {
             auth: config.auth.clone(),
             usage,
             drains: body::DrainMetrics::new(&metrics.registry),
-            routes,
-            exact: Default::default(),
+            executor,
         }
-    }
-
-    /// Fleet mode, `rate_limits = "redis"`: rates are checked on Redis.
-    pub fn set_exact_limits(&self, exact: Arc<crate::fleet::exact::ExactLimits>) {
-        let _ = self.exact.set(exact);
     }
 
     /// What `pool`'s function demands of its callers (the gateway's default
@@ -471,26 +462,10 @@ impl Pipeline {
         payload: bytes::Bytes,
         request_id: &HeaderValue,
     ) -> (
-        Result<(FunctionAnswer, Ran), forward::Failed>,
+        Result<(FunctionAnswer, Ran), Failed>,
         Vec<crate::metering::Leg>,
     ) {
-        match pool.cfg.backends.is_empty() {
-            true => (
-                forward::call(self, pool, call, payload, request_id).await,
-                Vec::new(),
-            ),
-            false => {
-                let Some(routes) = self.routes.get(&pool.cfg.name) else {
-                    let e = InvokeError::internal("the function's backends were not built");
-                    return (Err((e, None)), Vec::new());
-                };
-                // Boxed: its future is larger than the sandbox path needs.
-                Box::pin(crate::backend::call(
-                    self, pool, routes, call, payload, request_id,
-                ))
-                .await
-            }
-        }
+        self.executor.execute(pool, call, payload, request_id).await
     }
 
     /// Stage 5: the rate limits, then (for a call that runs now) a
@@ -508,8 +483,11 @@ impl Pipeline {
             Origin::Internal => None,
         };
         let gw = self.scheduler.limits();
-        let rates = match self.exact.get() {
-            Some(exact) => exact.check_rates(pool, gw, caller, key).await,
+        let rates = match self.scheduler.sharing().count() {
+            Some(count) => {
+                let f = &pool.cfg.name;
+                count.check_rates(f, &pool.limits, gw, caller, key).await
+            }
             None => pool.limits.check_rates(gw, caller, key),
         };
         match rates {
@@ -626,12 +604,6 @@ impl Pipeline {
             self.log_usage(record).await;
             resp
         }
-    }
-
-    /// Whether usage records are kept (what only they need is not built
-    /// otherwise).
-    pub fn records_usage(&self) -> bool {
-        self.usage.is_some()
     }
 
     /// Queues a usage record made by [`Pipeline::account`].

@@ -2,7 +2,7 @@
 //! accepted call, the task API, and [`Pipeline::attempt`], the one narrow
 //! entry through which the dispatcher runs stages 8-9.
 
-use super::{AttemptOutcome, Ctx, Done, Pipeline, forward, nosniff};
+use super::{AttemptOutcome, Ctx, Done, Pipeline, nosniff};
 use crate::api::{Api, Invocation, TaskAnswer, TaskOp};
 use crate::asynchronous::now_ms;
 use crate::asynchronous::store::Stop;
@@ -20,7 +20,7 @@ use std::time::SystemTime;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-impl Pipeline {
+impl<E: crate::execute::Execute> Pipeline<E> {
     /// The record of an asynchronous invocation accepted now.
     pub(super) fn task_record(
         &self,
@@ -186,7 +186,7 @@ impl Pipeline {
             Err(e) => Err((e, None)),
             Ok(_permit) => {
                 let _in_flight = GaugeGuard::new(&pool.metrics.in_flight);
-                let mut call = forward::Call::event(content_type.as_ref());
+                let mut call = crate::execute::Call::event(content_type.as_ref());
                 call.stop = Some(stop);
                 tokio::select! {
                     // The call sees the stop first when it holds an instance

@@ -19,6 +19,7 @@ use crate::config::GatewayThrottle;
 use crate::error::InvokeError;
 use crate::ids::IdGen;
 use crate::metrics::{FunctionMetrics, Metrics};
+use crate::throttle::shared::{Sharing, StartCheck};
 use crate::throttle::{FunctionLimits, GatewayLimits};
 use crate::workers::Worker;
 use pick::{Choice, Phase};
@@ -40,16 +41,13 @@ pub struct Scheduler {
     gone: Notify,
     live_gauge: prometheus::IntGauge,
     instance_egress: prometheus::IntCounterVec,
-    /// Where released instances' lifetime records go (`[usage]`), once set.
-    usage: OnceLock<crate::metering::usage_log::UsageLog>,
+    /// Where released instances' lifetime records go (`[usage]`).
+    usage: Option<crate::metering::usage_log::UsageLog>,
     worker_memory: prometheus::IntGaugeVec,
     /// Swapped whole when a worker joins or leaves the fleet.
     workers: arc_swap::ArcSwap<Vec<Arc<Worker>>>,
-    /// This gateway's fleet id: instances it starts carry it as their owner.
-    owner: OnceLock<String>,
-    /// Fleet mode, `redis` limits: starts on the fleet's count, and the
-    /// lease its entries carry.
-    exact: OnceLock<(Arc<crate::fleet::exact::ExactLimits>, Duration)>,
+    /// Alone or in a fleet, and whether starts meet the fleet's count.
+    sharing: Sharing,
     ids: IdGen,
     start_timeout: Duration,
     worker_timeout: Duration,
@@ -61,6 +59,15 @@ pub struct Scheduler {
     /// never waits for a start (warm instances serve the drain).
     no_starts: CancellationToken,
     tasks: TaskTracker,
+}
+
+/// What the scheduler is told of the world around it, decided once by `run`.
+#[derive(Clone, Default)]
+pub struct Outside {
+    /// Alone, or in a fleet (and on its shared count or not).
+    pub sharing: Sharing,
+    /// `[usage]`: where released instances' lifetime records go.
+    pub usage: Option<crate::metering::usage_log::UsageLog>,
 }
 
 /// The scheduler's time bounds.
@@ -234,6 +241,7 @@ impl Scheduler {
         networks: &crate::metrics::NetworkIndex,
         throttle: &GatewayThrottle,
         times: Times,
+        outside: Outside,
     ) -> Arc<Scheduler> {
         let functions = functions
             .iter()
@@ -267,23 +275,27 @@ impl Scheduler {
                 (f.name.clone(), Arc::new(pool))
             })
             .collect();
+        let limits = GatewayLimits::new(
+            throttle.caller_key,
+            throttle.caller_rate,
+            throttle.max_instances,
+            throttle.max_instance_starts_per_minute,
+        );
+        if outside.sharing.count.is_some() {
+            // Starts are admitted by the fleet's count, the split share its fallback.
+            limits.set_exact_starts();
+        }
         Arc::new(Scheduler {
             functions,
-            limits: GatewayLimits::new(
-                throttle.caller_key,
-                throttle.caller_rate,
-                throttle.max_instances,
-                throttle.max_instance_starts_per_minute,
-            ),
+            limits,
             gone_waiters: AtomicUsize::new(0),
             gone: Notify::new(),
             live_gauge: metrics.live_instances.clone(),
             instance_egress: metrics.instance_egress.clone(),
-            usage: OnceLock::new(),
+            usage: outside.usage,
             worker_memory: metrics.worker_memory.clone(),
             workers: arc_swap::ArcSwap::from_pointee(workers),
-            owner: OnceLock::new(),
-            exact: OnceLock::new(),
+            sharing: outside.sharing,
             ids: IdGen::new(),
             start_timeout: times.start_timeout,
             worker_timeout: times.worker_timeout,
@@ -351,31 +363,18 @@ impl Scheduler {
         removed
     }
 
-    /// In a fleet: the id instances started here carry as their owner.
-    pub fn set_owner(&self, id: String) {
-        let _ = self.owner.set(id);
+    /// How this gateway shares its limits with a fleet (if it is in one).
+    pub fn sharing(&self) -> &Sharing {
+        &self.sharing
     }
 
-    pub(crate) fn owner(&self) -> Option<String> {
-        self.owner.get().cloned()
-    }
-
-    /// Fleet mode, `redis` limits: every start from now on is admitted by
-    /// the fleet's count, its entry leased for `lease` (renewed by
-    /// [`crate::fleet::exact::keep_leases`]).
-    pub fn set_exact_limits(&self, exact: Arc<crate::fleet::exact::ExactLimits>, lease: Duration) {
-        if self.exact.set((exact, lease)).is_ok() {
-            self.limits.set_exact_starts();
-        }
+    pub(crate) fn owner(&self) -> Option<&str> {
+        self.sharing.owner.as_deref()
     }
 
     /// `inst`'s entry in the fleet's count.
     fn member(&self, inst: &Instance) -> String {
-        format!(
-            "{}/{}",
-            self.owner.get().map_or("", String::as_str),
-            inst.id
-        )
+        format!("{}/{}", self.owner().unwrap_or(""), inst.id)
     }
 
     /// The fleet-count entries of the instances this gateway holds.
@@ -396,8 +395,7 @@ impl Scheduler {
         pool: &FunctionPool,
         inst: &Instance,
     ) -> Result<(), crate::throttle::Throttled> {
-        use crate::fleet::exact::StartCheck;
-        let Some((exact, lease)) = self.exact.get() else {
+        let Some((exact, lease)) = &self.sharing.count else {
             return Ok(());
         };
         let hint = pool.limits.retry_hint();
@@ -446,7 +444,7 @@ impl Scheduler {
     /// start-rate limiter names.
     pub async fn acquire(self: &Arc<Self>, pool: &Arc<FunctionPool>) -> Result<Slot, InvokeError> {
         let deadline = Instant::now() + pool.limits.queue_timeout;
-        let poll = self.exact.get().map(|_| FLEET_POLL);
+        let poll = self.sharing.count.as_ref().map(|_| FLEET_POLL);
         // A start the fleet's count refused (it comes back from the start,
         // not from `try_acquire`): wait before asking again.
         let mut refused = None;
@@ -681,18 +679,16 @@ impl Scheduler {
         if self.gone_waiters.load(Ordering::Acquire) > 0 {
             self.gone.notify_waiters();
         }
-        if let Some((exact, _)) = self.exact.get()
+        if let Some(count) = self.sharing.count()
             && inst.counted.load(Ordering::Acquire)
         {
-            let (exact, member) = (exact.clone(), self.member(inst));
-            self.tasks
-                .spawn(async move { exact.release(&member).await });
+            self.tasks.spawn(count.clone().release(self.member(inst)));
         }
         if let Some(worker) = inst.worker.get().cloned() {
             let id = inst.id.clone();
             let mb = u64::from(inst.memory_mb);
             let egress = self.instance_egress.clone();
-            let usage = self.usage.get().cloned();
+            let usage = self.usage.clone();
             let lived = inst.created.elapsed();
             tracing::info!(function = %inst.function, instance = %id, reason = why, "releasing instance");
             self.tasks.spawn(async move {
@@ -857,11 +853,6 @@ impl Scheduler {
         }
         self.tasks.close();
         let _ = tokio::time::timeout(Duration::from_secs(10), self.tasks.wait()).await;
-    }
-
-    /// Sends released instances' lifetime records to `log` from now on.
-    pub fn set_usage_log(&self, log: crate::metering::usage_log::UsageLog) {
-        let _ = self.usage.set(log);
     }
 
     /// `instance_start_timeout_ms`.

@@ -71,7 +71,7 @@ pub(super) async fn start_on_best_fit(
             writable_paths: f.writable_paths.clone(),
             readable_paths: f.readable_paths.clone(),
             disk_mb: f.disk_mb,
-            owner: sched.owner(),
+            owner: sched.owner().map(str::to_string),
         };
         match worker.create(&req).await {
             Ok(info) => return Ok((worker.clone(), info)),

@@ -35,6 +35,7 @@ async fn scheduler(gateway: &str, toml: &str, fake: Arc<Fake>) -> (Arc<Scheduler
         &networks,
         &cfg.gateway.throttle,
         TIMES,
+        Default::default(),
     );
     (s, metrics)
 }

@@ -26,6 +26,8 @@
 //! was verified with when `gateway.caller_key = "access_key"` (callers with
 //! no verified key stay keyed by address).
 
+pub mod shared;
+
 use crate::auth::KeyId;
 use crate::ingress::{Caller, Network, VpcId};
 use arc_swap::ArcSwap;

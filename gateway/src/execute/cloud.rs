@@ -16,14 +16,14 @@
 //! the backend is a 502 naming the backend and the cloud's status and code,
 //! never its message (which may carry account ids or addresses).
 
-use super::LegOutcome;
-use super::client::{Client, Outbound};
-use super::sign;
+use super::routes::LegOutcome;
+use super::{Call, HTTP_REQUEST_ID, passes_on};
 use crate::api::{FunctionAnswer, Trigger, connection_named};
 use crate::auth::{hex, percent_encode_into, sha256};
+use crate::backend::client::{Client, Outbound};
+use crate::backend::sign;
 use crate::config::backends::{BackendConfig, BackendKind};
 use crate::error::InvokeError;
-use crate::pipeline::forward::{Call, HTTP_REQUEST_ID, passes_on};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};

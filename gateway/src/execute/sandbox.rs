@@ -26,127 +26,75 @@
 //! With `log_tail`, the worker is asked for the instance's output offset
 //! before the call and for the output since after it (best effort, bounded).
 
-use super::Pipeline;
-use crate::api::{FunctionAnswer, Ran, Trigger, connection_named, is_hop_by_hop};
+use super::{
+    CLIENT_CONTEXT, Call, FUNCTION_NAME, Failed, HTTP_FUNCTION_NAME, HTTP_REQUEST_ID, REQUEST_ID,
+    TRIGGER, passes_on,
+};
+use crate::api::{FunctionAnswer, Ran, Trigger, connection_named};
 use crate::error::InvokeError;
-use crate::scheduler::{FunctionPool, Slot};
+use crate::scheduler::{FunctionPool, Scheduler, Slot};
 use crate::upstream::h1;
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue, Method};
+use http::{HeaderName, HeaderValue, Method};
 use std::borrow::Cow;
-use std::net::IpAddr;
 use std::sync::Arc;
 
-/// Event contract headers (Function Compute's custom-runtime names).
-pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-fc-request-id");
-pub const FUNCTION_NAME: HeaderName = HeaderName::from_static("x-fc-function-name");
-/// fngate's own context headers; a caller's headers of this prefix are
-/// never forwarded.
-pub const CONTEXT_PREFIX: &str = "x-fngate-";
-pub const CLIENT_CONTEXT: HeaderName = HeaderName::from_static("x-fngate-client-context");
-pub const TRIGGER: HeaderName = HeaderName::from_static("x-fngate-trigger");
-pub const HTTP_REQUEST_ID: HeaderName = HeaderName::from_static("x-fngate-request-id");
-pub const HTTP_FUNCTION_NAME: HeaderName = HeaderName::from_static("x-fngate-function-name");
-
-/// Whether a caller's header of an HTTP-trigger call is passed on to the
-/// function (an instance, or an HTTP backend): not hop-by-hop nor named by
-/// `Connection` (`named`), not `Expect`, not the gateway's own
-/// `x-fngate-*`, not one the dialect consumed (a function key).
-pub fn passes_on(name: &HeaderName, named: &[HeaderName], consumed: &[&str]) -> bool {
-    !is_hop_by_hop(name)
-        && !named.contains(name)
-        && *name != http::header::EXPECT
-        && !name.as_str().starts_with(CONTEXT_PREFIX)
-        && !consumed.contains(&name.as_str())
+/// The executor of fngate's own instances: a slot from the scheduler,
+/// then the instance hop.
+pub struct Sandbox {
+    pub scheduler: Arc<Scheduler>,
+    /// `max_response_bytes`.
+    pub max_response_bytes: u64,
 }
 
-/// What to send to the instance, besides the payload.
-pub struct Call<'a> {
-    pub trigger: &'a Trigger<'a>,
-    /// The caller's method and headers (HTTP trigger only).
-    pub method: &'a Method,
-    pub uri: &'a http::Uri,
-    pub headers: &'a HeaderMap,
-    pub content_type: Option<&'a HeaderValue>,
-    pub client_context: Option<&'a HeaderValue>,
-    /// The caller's address, for `X-Forwarded-For` (HTTP trigger only).
-    pub caller_ip: Option<IpAddr>,
-    pub log_tail: bool,
-    /// Ends the call early (an asynchronous task stopped): the instance
-    /// running it is reclaimed, as after a timeout.
-    pub stop: Option<&'a tokio_util::sync::CancellationToken>,
-}
-
-impl Call<'_> {
-    /// An event call with no caller headers (asynchronous attempts).
-    pub fn event(content_type: Option<&HeaderValue>) -> Call<'_> {
-        static NO_HEADERS: std::sync::LazyLock<HeaderMap> =
-            std::sync::LazyLock::new(HeaderMap::new);
-        static ROOT: std::sync::LazyLock<http::Uri> =
-            std::sync::LazyLock::new(|| http::Uri::from_static("/"));
-        Call {
-            trigger: &Trigger::Event,
-            method: &Method::POST,
-            uri: &ROOT,
-            headers: &NO_HEADERS,
-            content_type,
-            client_context: None,
-            caller_ip: None,
-            log_tail: false,
-            stop: None,
-        }
-    }
-}
-
-/// Why a call produced no answer, and the instance (or backend) it ran on,
-/// if it did.
-pub type Failed = (InvokeError, Option<Ran>);
-
-pub async fn call(
-    p: &Pipeline,
-    pool: &Arc<FunctionPool>,
-    call: &Call<'_>,
-    payload: Bytes,
-    request_id: &HeaderValue,
-) -> Result<(FunctionAnswer, Ran), Failed> {
-    let mut retried = false;
-    loop {
-        let slot = p.scheduler.acquire(pool).await.map_err(|e| (e, None))?;
-        // Rare, so boxed: the request's future stays small (see
-        // `Pipeline::finish`).
-        let log_from = match call.log_tail {
-            true => Box::pin(p.scheduler.instance_log(&slot.instance, None))
-                .await
-                .map(|(end, _)| end),
-            false => None,
-        };
-        let mut ran = Ran {
-            instance_id: slot.instance.id_header.clone(),
-            cold: slot.cold,
-            log: None,
-        };
-        let result = attempt(p, pool, &slot, call, &payload, request_id).await;
-        if let Some(from) = log_from
-            && !matches!(result, Err(Attempt::NotSent))
-        {
-            ran.log = Box::pin(p.scheduler.instance_log(&slot.instance, Some(from)))
-                .await
-                .map(|(_, log)| log);
-        }
-        match result {
-            Ok(answer) => return Ok((answer, ran)),
-            Err(Attempt::NotSent) if !retried => {
-                p.scheduler.reclaim(pool, &slot.instance, "unreachable");
-                retried = true;
+impl Sandbox {
+    pub async fn call(
+        &self,
+        pool: &Arc<FunctionPool>,
+        call: &Call<'_>,
+        payload: Bytes,
+        request_id: &HeaderValue,
+    ) -> Result<(FunctionAnswer, Ran), Failed> {
+        let p = self;
+        let mut retried = false;
+        loop {
+            let slot = p.scheduler.acquire(pool).await.map_err(|e| (e, None))?;
+            // Rare, so boxed: the request's future stays small (see
+            // `Pipeline::finish`).
+            let log_from = match call.log_tail {
+                true => Box::pin(p.scheduler.instance_log(&slot.instance, None))
+                    .await
+                    .map(|(end, _)| end),
+                false => None,
+            };
+            let mut ran = Ran {
+                instance_id: slot.instance.id_header.clone(),
+                cold: slot.cold,
+                log: None,
+            };
+            let result = attempt(p, pool, &slot, call, &payload, request_id).await;
+            if let Some(from) = log_from
+                && !matches!(result, Err(Attempt::NotSent))
+            {
+                ran.log = Box::pin(p.scheduler.instance_log(&slot.instance, Some(from)))
+                    .await
+                    .map(|(_, log)| log);
             }
-            Err(Attempt::NotSent) => {
-                p.scheduler.reclaim(pool, &slot.instance, "unreachable");
-                let e = InvokeError::InstanceCrashed {
-                    detail: "was unreachable".into(),
-                };
-                return Err((e, Some(ran)));
+            match result {
+                Ok(answer) => return Ok((answer, ran)),
+                Err(Attempt::NotSent) if !retried => {
+                    p.scheduler.reclaim(pool, &slot.instance, "unreachable");
+                    retried = true;
+                }
+                Err(Attempt::NotSent) => {
+                    p.scheduler.reclaim(pool, &slot.instance, "unreachable");
+                    let e = InvokeError::InstanceCrashed {
+                        detail: "was unreachable".into(),
+                    };
+                    return Err((e, Some(ran)));
+                }
+                Err(Attempt::Failed(e)) => return Err((e, Some(ran))),
             }
-            Err(Attempt::Failed(e)) => return Err((e, Some(ran))),
         }
     }
 }
@@ -263,7 +211,7 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 async fn attempt(
-    p: &Pipeline,
+    p: &Sandbox,
     pool: &Arc<FunctionPool>,
     slot: &Slot,
     call: &Call<'_>,
@@ -279,7 +227,7 @@ async fn attempt(
     let timeout = pool.cfg.timeout;
     // The one deadline of the call: connecting, writing and reading.
     let deadline = tokio::time::Instant::now() + timeout;
-    let max = p.limits.max_response_bytes as usize;
+    let max = p.max_response_bytes as usize;
     let exchange = async {
         // A pooled connection the instance closed meanwhile fails before a
         // byte is written: nothing was sent, so try the next connection.

@@ -74,8 +74,9 @@ async fn instance(b: Behaviour) -> String {
     addr
 }
 
-/// A pipeline over `fake`, for function `f`.
-async fn pipeline(fake: Arc<Fake>, extra: &str) -> (Arc<Pipeline>, Arc<FunctionPool>) {
+/// The sandbox executor over `fake`, for function `f`: the instance hop
+/// alone, no pipeline, no task store.
+async fn pipeline(fake: Arc<Fake>, extra: &str) -> (Sandbox, Arc<FunctionPool>) {
     let cfg = crate::config::Config::parse(
         &format!("[gateway]\nmax_response_bytes = 1024\n[[functions]]\nname = \"f\"\ncommand = [\"x\"]\n{extra}\n"),
         std::path::Path::new("/"),
@@ -101,35 +102,19 @@ async fn pipeline(fake: Arc<Fake>, extra: &str) -> (Arc<Pipeline>, Arc<FunctionP
             worker_timeout: Duration::from_secs(5),
             max_lifetime: Duration::from_secs(3600),
         },
-    );
-    let mut limits = cfg.gateway.asynchronous.clone();
-    limits.store = crate::config::AsyncStoreKind::Memory;
-    let queue = crate::asynchronous::AsyncQueue::open(
-        limits,
-        std::iter::empty(),
-        crate::asynchronous::AsyncMetrics::new(&metrics.registry),
-        None,
-    )
-    .unwrap();
-    let p = Arc::new(Pipeline::new(
-        scheduler.clone(),
-        &cfg,
-        &metrics,
-        None,
-        Arc::new(queue),
         Default::default(),
-    ));
+    );
     let pool = scheduler.function("f").unwrap().clone();
-    (p, pool)
+    let sandbox = Sandbox {
+        scheduler,
+        max_response_bytes: cfg.gateway.limits.max_response_bytes,
+    };
+    (sandbox, pool)
 }
 
-async fn call_once(
-    p: &Pipeline,
-    pool: &Arc<FunctionPool>,
-) -> Result<(FunctionAnswer, Ran), Failed> {
+async fn call_once(p: &Sandbox, pool: &Arc<FunctionPool>) -> Result<(FunctionAnswer, Ran), Failed> {
     let id = HeaderValue::from_static("1-test");
-    call(
-        p,
+    p.call(
         pool,
         &Call::event(None),
         Bytes::from_static(b"payload"),
@@ -254,7 +239,8 @@ async fn an_answer_before_the_body_is_read_is_the_functions() {
     // Far more than the socket buffers hold: a writer that did not watch
     // for the answer would wait until the timeout.
     let payload = Bytes::from(vec![b'x'; 8 << 20]);
-    let (answer, _) = call(&p, &pool, &Call::event(None), payload, &id)
+    let (answer, _) = p
+        .call(&pool, &Call::event(None), payload, &id)
         .await
         .ok()
         .unwrap();

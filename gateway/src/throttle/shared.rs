@@ -1,0 +1,79 @@
+//! The seam between this process's limiters and a fleet's shared count
+//! (`rate_limits = "redis"`): the scheduler and the pipeline are built
+//! with a [`Sharing`] that `run` decides once, and never ask which mode
+//! they are in. Alone, or in a fleet with `split` limits, there is no
+//! shared count and every limit is this process's own.
+
+use super::{FunctionLimits, GatewayLimits, Throttled};
+use crate::auth::KeyId;
+use crate::ingress::Caller;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A future the shared count answers with (boxed: only the fleet path
+/// pays for it; alone, nothing is boxed).
+pub type Answer<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What the fleet's count says of a start.
+#[derive(Debug)]
+pub enum StartCheck {
+    Admitted,
+    Refused(Throttled),
+    /// The count did not answer in time: this gateway's split share decides.
+    Unavailable,
+}
+
+/// Limits counted across the fleet.
+pub trait SharedCount: Send + Sync {
+    /// The caller, gateway-caller and function rates of `function`, on the
+    /// shared state (falling back to `limits`' split share when it cannot
+    /// answer).
+    fn check_rates<'a>(
+        &'a self,
+        function: &'a Arc<str>,
+        limits: &'a FunctionLimits,
+        gw: &'a GatewayLimits,
+        caller: Option<&'a Caller>,
+        key: Option<KeyId>,
+    ) -> Answer<'a, Result<(), Throttled>>;
+
+    /// A cold start of `member` under the fleet's `max_instances` and
+    /// start rate, its entry leased for `lease`.
+    fn admit_start<'a>(
+        &'a self,
+        gw: &'a GatewayLimits,
+        member: &'a str,
+        lease: Duration,
+        retry_hint: Duration,
+    ) -> Answer<'a, StartCheck>;
+
+    /// `member` is gone: out of the count (else its lease lapses).
+    fn release(self: Arc<Self>, member: String) -> Answer<'static, ()>;
+}
+
+/// How this gateway shares its limits, decided once by `run`.
+#[derive(Clone, Default)]
+pub struct Sharing {
+    /// In a fleet: the id instances started here carry as their owner.
+    /// `None`: a gateway alone.
+    pub owner: Option<String>,
+    /// `redis` limits: the fleet's count, and the lease its entries carry.
+    pub count: Option<(Arc<dyn SharedCount>, Duration)>,
+}
+
+impl Sharing {
+    /// A gateway alone: every limit is its own.
+    pub fn alone() -> Self {
+        Self::default()
+    }
+
+    pub fn in_fleet(&self) -> bool {
+        self.owner.is_some()
+    }
+
+    pub fn count(&self) -> Option<&Arc<dyn SharedCount>> {
+        self.count.as_ref().map(|(c, _)| c)
+    }
+}
