@@ -38,6 +38,9 @@ pub mod throttle;
 pub mod upstream;
 pub mod workers;
 
+#[cfg(test)]
+mod layering;
+
 use config::Config;
 use std::future::Future;
 use std::sync::Arc;

@@ -26,6 +26,10 @@ use http_body_util::{BodyExt, Full};
 use serde_json::{Value, json};
 use std::time::Duration;
 
+/// The `functionError` of a record whose function failed (Lambda's
+/// destination records name every such failure so).
+pub const UNHANDLED: &str = "Unhandled";
+
 /// A function answer larger than this is not embedded (as Lambda's 256 KB).
 pub const MAX_RESPONSE_PAYLOAD: usize = 256 * 1024;
 

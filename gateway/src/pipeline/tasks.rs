@@ -247,7 +247,7 @@ impl<E: crate::execute::Execute> Pipeline<E> {
                 let out = AttemptOutcome {
                     status: status.as_u16(),
                     body,
-                    function_error: (outcome == Outcome::FunctionError).then_some("Unhandled"),
+                    function_error: (outcome == Outcome::FunctionError).then_some(crate::asynchronous::destination::UNHANDLED),
                     instance_id: ran
                         .as_ref()
                         .and_then(|r| r.instance_id.to_str().ok())
