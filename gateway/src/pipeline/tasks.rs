@@ -2,7 +2,8 @@
 //! accepted call, the task API, and [`Pipeline::attempt`], the one narrow
 //! entry through which the dispatcher runs stages 8-9.
 
-use super::{AttemptOutcome, Ctx, Done, Pipeline, nosniff};
+use super::finish::{Done, nosniff};
+use super::{AttemptOutcome, Ctx, Pipeline};
 use crate::api::{Api, Invocation, TaskAnswer, TaskOp};
 use crate::asynchronous::now_ms;
 use crate::asynchronous::store::Stop;
@@ -80,7 +81,7 @@ impl<E: crate::execute::Execute> Pipeline<E> {
         mut done: Done<'_>,
         op: &TaskOp<'_>,
         parts: &http::request::Parts,
-        body: Incoming,
+        body: Option<Incoming>,
     ) -> Response<crate::api::ResponseBody> {
         let store = &self.asynchronous.store;
         let function = done.function;
@@ -130,7 +131,9 @@ impl<E: crate::execute::Execute> Pipeline<E> {
                 self.error(ctx, &done, &e)
             }
         };
-        self.unread(body, parts, &mut resp);
+        if let Some(body) = body {
+            self.unread(body, parts, &mut resp);
+        }
         self.finish(ctx, done, resp).await
     }
 
@@ -192,7 +195,7 @@ impl<E: crate::execute::Execute> Pipeline<E> {
                     // The call sees the stop first when it holds an instance
                     // (and reclaims it); before that, this branch ends it.
                     biased;
-                    (r, l) = self.run(pool, &call, payload, &ctx.request_id) => {
+                    (r, l) = self.execute(&ctx, pool, &call, payload) => {
                         legs = l;
                         r
                     }
@@ -212,7 +215,6 @@ impl<E: crate::execute::Execute> Pipeline<E> {
         };
         match result {
             Ok((answer, ran)) => {
-                pool.limits.record_duration(ctx.started.elapsed());
                 let status = dialect.success_status(answer.status);
                 let out = AttemptOutcome {
                     error: None,
@@ -230,11 +232,6 @@ impl<E: crate::execute::Execute> Pipeline<E> {
             Err((e, ran)) => {
                 let outcome = e.outcome();
                 let status = dialect.status(&e);
-                if status.is_server_error() {
-                    tracing::warn!(function = %pool.cfg.name, request_id = ?ctx.request_id, status = status.as_u16(), error = %e, cause = e.cause().unwrap_or(""), "asynchronous attempt failed");
-                } else {
-                    tracing::info!(function = %pool.cfg.name, request_id = ?ctx.request_id, error = %e, "asynchronous attempt failed");
-                }
                 // The error's body only matters to a destination.
                 let body = match (failed_body, &pool.cfg.asynchronous.on_failure) {
                     (Some(b), _) => b,
@@ -247,7 +244,8 @@ impl<E: crate::execute::Execute> Pipeline<E> {
                 let out = AttemptOutcome {
                     status: status.as_u16(),
                     body,
-                    function_error: (outcome == Outcome::FunctionError).then_some(crate::asynchronous::destination::UNHANDLED),
+                    function_error: (outcome == Outcome::FunctionError)
+                        .then_some(crate::asynchronous::destination::UNHANDLED),
                     instance_id: ran
                         .as_ref()
                         .and_then(|r| r.instance_id.to_str().ok())

@@ -4,6 +4,7 @@
 //! woken by any release, a stuck worker's bounded cost, exact gauges.
 
 use super::*;
+use crate::throttle::{LimitKind, Throttled};
 use crate::workers::WorkerTimeouts;
 use crate::workers::fake::Fake;
 use std::path::Path;
@@ -16,6 +17,15 @@ const TIMES: Times = Times {
 
 /// A scheduler over one fake worker, for the functions in `toml`.
 async fn scheduler(gateway: &str, toml: &str, fake: Arc<Fake>) -> (Arc<Scheduler>, Metrics) {
+    scheduler_with(gateway, toml, fake, Default::default()).await
+}
+
+async fn scheduler_with(
+    gateway: &str,
+    toml: &str,
+    fake: Arc<Fake>,
+    outside: Outside,
+) -> (Arc<Scheduler>, Metrics) {
     let cfg =
         crate::config::Config::parse(&format!("[gateway]\n{gateway}\n{toml}"), Path::new("/"))
             .unwrap();
@@ -35,7 +45,7 @@ async fn scheduler(gateway: &str, toml: &str, fake: Arc<Fake>) -> (Arc<Scheduler
         &networks,
         &cfg.gateway.throttle,
         TIMES,
-        Default::default(),
+        outside,
     );
     (s, metrics)
 }
@@ -228,4 +238,65 @@ fn start_rate_waits_end_when_the_limiter_says() {
     );
     let soon = now + Duration::from_millis(50);
     assert_eq!(wake_at(&t, now, soon, poll), soon);
+}
+
+/// The fleet's count, faked: it refuses every start, and counts releases.
+struct RefusingCount {
+    asked: std::sync::atomic::AtomicUsize,
+}
+
+impl crate::throttle::shared::SharedCount for RefusingCount {
+    fn check_rates<'a>(
+        &'a self,
+        _: &'a Arc<str>,
+        _: &'a crate::throttle::FunctionLimits,
+        _: &'a crate::throttle::GatewayLimits,
+        _: Option<&'a crate::ingress::Caller>,
+        _: Option<crate::auth::KeyId>,
+    ) -> crate::throttle::shared::Answer<'a, Result<(), Throttled>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn admit_start<'a>(
+        &'a self,
+        _: &'a crate::throttle::GatewayLimits,
+        member: &'a str,
+        _: Duration,
+        retry_hint: Duration,
+    ) -> crate::throttle::shared::Answer<'a, crate::throttle::shared::StartCheck> {
+        assert!(member.starts_with("gw-a/"), "{member}");
+        self.asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Box::pin(async move {
+            crate::throttle::shared::StartCheck::Refused(Throttled {
+                limit: LimitKind::MaxInstances,
+                retry_after: retry_hint,
+            })
+        })
+    }
+
+    fn release(self: Arc<Self>, _: String) -> crate::throttle::shared::Answer<'static, ()> {
+        Box::pin(async {})
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_start_the_fleets_count_refuses_never_reaches_a_worker() {
+    let count = Arc::new(RefusingCount {
+        asked: Default::default(),
+    });
+    let outside = Outside {
+        sharing: crate::throttle::shared::Sharing {
+            owner: Some("gw-a".into()),
+            count: Some((count.clone(), Duration::from_secs(10))),
+        },
+        usage: None,
+    };
+    let fake = Arc::new(Fake::default());
+    let (s, _m) = scheduler_with("", &function("f", ""), fake.clone(), outside).await;
+    let pool = s.function("f").unwrap().clone();
+    let err = s.acquire(&pool).await.err().expect("refused");
+    assert_eq!(err.throttle(), Some(LimitKind::MaxInstances), "{err}");
+    assert!(count.asked.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+    assert!(fake.created.lock().unwrap().is_empty());
+    assert!(pool.snapshot().is_empty());
 }
