@@ -9,19 +9,22 @@
 mod auth;
 pub mod backends;
 pub mod fleet;
+mod functions;
+mod gateway;
+mod ingress;
 mod lambda;
 pub use lambda::LambdaSettings;
 
 use crate::auth::{AuthLevel, AuthMode, GatewayAuth, NamedKey};
 use crate::ingress::networks::NetworkMap;
-use crate::ingress::policy::{IngressPolicy, MAX_VPC_BINDINGS};
-use crate::ingress::rules::{Action, Match, Rule, RuleSet};
+use crate::ingress::policy::IngressPolicy;
+use crate::ingress::rules::{Action, RuleSet};
 use crate::ingress::{VpcId, VpcTable};
 use crate::throttle::{CallerKeying, Rate};
 use governor::Quota;
 use ipnet::IpNet;
 use serde::Deserialize;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -332,29 +335,12 @@ pub enum AsyncStoreKind {
     Memory,
 }
 
-/// A destination URL: absolute, HTTP or HTTPS.
-fn destination(key: &str, v: Option<String>) -> Result<Option<http::Uri>, ConfigError> {
-    let Some(v) = v else { return Ok(None) };
-    let uri: http::Uri = v
-        .parse()
-        .map_err(|_| invalid(key, format!("{v:?} is not a URL")))?;
-    match (uri.scheme_str(), uri.authority()) {
-        (Some("http" | "https"), Some(_)) => Ok(Some(uri)),
-        _ => Err(invalid(
-            key,
-            format!("{v:?} must be an http:// or https:// URL"),
-        )),
-    }
-}
-
 fn default_memory() -> u32 {
     128
 }
 fn default_disk() -> u32 {
     sandbox_runtime::api::DEFAULT_DISK_MB
 }
-/// The largest writable area of an instance: FC's largest temporary disk, 10 GB.
-const DISK_MB_MAX: u32 = 10_240;
 fn default_timeout() -> u64 {
     60
 }
@@ -542,42 +528,6 @@ pub struct FunctionConfig {
     pub disk_mb: u32,
 }
 
-/// A function's egress policy: `vpc` and `both` need a `vpc_id` of
-/// `[[networks]]` with CIDRs; every other VPC's CIDRs are refused.
-fn egress_policy(
-    key: &dyn Fn(&str) -> String,
-    mode: sandbox_runtime::api::EgressMode,
-    vpc_id: Option<&str>,
-    vpc_cidrs: &BTreeMap<&str, Vec<String>>,
-) -> Result<sandbox_runtime::api::Egress, ConfigError> {
-    use sandbox_runtime::api::EgressMode;
-    let own = match vpc_id {
-        Some(v) => Some(vpc_cidrs.get(v).ok_or_else(|| {
-            invalid(
-                key("vpc_id"),
-                format!("{v:?} is not a [[networks]] VPC with cidrs"),
-            )
-        })?),
-        None if matches!(mode, EgressMode::Vpc | EgressMode::Both) => {
-            return Err(invalid(
-                key("vpc_id"),
-                format!("egress = {:?} needs the VPC's id", mode.as_str()),
-            ));
-        }
-        None => None,
-    };
-    Ok(sandbox_runtime::api::Egress {
-        mode,
-        vpc_id: vpc_id.map(String::from),
-        vpc_cidrs: own.cloned().unwrap_or_default(),
-        refused_cidrs: vpc_cidrs
-            .iter()
-            .filter(|(id, _)| Some(**id) != vpc_id)
-            .flat_map(|(_, c)| c.iter().cloned())
-            .collect(),
-    })
-}
-
 /// How a function's asynchronous invocations are retried (see
 /// [`crate::pipeline::asynchronous`]).
 #[derive(Debug, Clone)]
@@ -594,11 +544,6 @@ pub struct AsyncPolicy {
     /// Where the record of a task that failed or expired is sent.
     pub on_failure: Option<http::Uri>,
 }
-
-/// Function Compute's limits on these values.
-const MEMORY_MB: std::ops::RangeInclusive<u32> = 64..=32768;
-const TIMEOUT_S: std::ops::RangeInclusive<u64> = 1..=86400;
-const CONCURRENCY: std::ops::RangeInclusive<u32> = 1..=200;
 
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -626,512 +571,124 @@ impl Config {
         })
     }
 
-    /// Parses and validates. Relative paths and `{config_dir}` resolve
-    /// against `config_dir`; `{bin_dir}` is the gateway executable's folder.
+    /// Parses and validates, one section after another. Relative paths and
+    /// `{config_dir}` resolve against `config_dir`; `{bin_dir}` is the
+    /// gateway executable's folder.
     pub fn parse(text: &str, config_dir: &Path) -> Result<Config, ConfigError> {
         let file: File = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: PathBuf::from("<config>"),
             message: e.to_string(),
         })?;
-        let g = file.gateway;
-        let addr = |key: &str, v: &str| -> Result<SocketAddr, ConfigError> {
-            v.parse()
-                .map_err(|_| invalid(key, format!("{v:?} is not an IP:port address")))
-        };
-        let listen = addr("gateway.listen", &g.listen)?;
-        let admin_listen = addr("gateway.admin_listen", &g.admin_listen)?;
-        let resolve = |p: PathBuf| {
-            if p.is_absolute() {
-                p
-            } else {
-                config_dir.join(p)
-            }
-        };
-        let tls = match (g.tls_cert, g.tls_key) {
-            (Some(cert), Some(key)) => TlsSource::Files {
-                cert: resolve(cert),
-                key: resolve(key),
-            },
-            (None, None) => TlsSource::SelfSigned {
-                write_to: g.self_signed_cert_path.map(resolve).unwrap_or_else(|| {
-                    std::env::temp_dir()
-                        .join(format!("fngate-self-signed-{}.pem", std::process::id()))
-                }),
-                validity_days: g.self_signed_validity_days,
-            },
-            (Some(_), None) => return Err(invalid("gateway.tls_key", "required with tls_cert")),
-            (None, Some(_)) => return Err(invalid("gateway.tls_cert", "required with tls_key")),
-        };
-        if !(1..=397).contains(&g.self_signed_validity_days) {
-            return Err(invalid(
-                "gateway.self_signed_validity_days",
-                "must be 1..=397 (browsers reject longer leaf validity)",
-            ));
-        }
-        let positive = |key: &str, v: u64| {
-            if v == 0 {
-                Err(invalid(key, "must be greater than 0"))
-            } else {
-                Ok(v)
-            }
-        };
-        let ms = Duration::from_millis;
-        let limits = Limits {
-            max_body_bytes: positive("gateway.max_body_bytes", g.max_body_bytes)?,
-            max_response_bytes: positive("gateway.max_response_bytes", g.max_response_bytes)?,
-            max_header_bytes: positive("gateway.max_header_bytes", g.max_header_bytes.into())?
-                as u32,
-            header_read_timeout: ms(positive(
-                "gateway.header_read_timeout_ms",
-                g.header_read_timeout_ms,
-            )?),
-            http2_idle_timeout: ms(positive(
-                "gateway.http2_idle_timeout_ms",
-                g.http2_idle_timeout_ms,
-            )?),
-            body_read_timeout: ms(positive(
-                "gateway.body_read_timeout_ms",
-                g.body_read_timeout_ms,
-            )?),
-            tls_handshake_timeout: ms(positive(
-                "gateway.tls_handshake_timeout_ms",
-                g.tls_handshake_timeout_ms,
-            )?),
-            max_connections: positive("gateway.max_connections", g.max_connections.into())? as u32,
-            max_refused_body_drain_bytes: g.max_refused_body_drain_bytes,
-            refused_body_drain_timeout: ms(positive(
-                "gateway.refused_body_drain_timeout_ms",
-                g.refused_body_drain_timeout_ms,
-            )?),
-        };
-        if limits.max_header_bytes < 8192 {
-            // hyper's HTTP/1 reader cannot go lower than its minimum buffer.
-            return Err(invalid("gateway.max_header_bytes", "must be at least 8192"));
-        }
-
-        let mut workers = Vec::new();
-        for (i, w) in file.workers.iter().enumerate() {
-            let key = format!("workers[{i}].url");
-            let uri: http::Uri = w
-                .url
-                .parse()
-                .map_err(|_| invalid(&key, format!("{:?} is not a URL", w.url)))?;
-            if uri.scheme_str() != Some("http") || uri.authority().is_none() {
-                return Err(invalid(&key, "must be http://host:port"));
-            }
-            workers.push(w.url.trim_end_matches('/').to_string());
-        }
-
-        // ---- ingress: VPCs, the source map, listeners, default rules ----
-        let mut vpcs = VpcTable::default();
-        let mut seen_cidr: HashMap<IpNet, String> = HashMap::new();
-        let mut cidrs = Vec::new();
-        let mut endpoints: HashMap<Box<str>, VpcId> = HashMap::new();
-        // Each VPC's CIDRs, for instances' egress policies.
-        let mut vpc_cidrs: BTreeMap<&str, Vec<String>> = BTreeMap::new();
-        for (i, n) in file.networks.iter().enumerate() {
-            let key = |k: &str| format!("networks[{i}].{k}");
-            valid_vpc_id(&key("vpc_id"), &n.vpc_id)?;
-            if vpcs.get(&n.vpc_id).is_some() {
-                return Err(invalid(
-                    key("vpc_id"),
-                    format!("duplicate VPC {:?}", n.vpc_id),
-                ));
-            }
-            let vpc = vpcs.intern(&n.vpc_id);
-            for (j, c) in n.cidrs.iter().enumerate() {
-                let net = parse_cidr(&key(&format!("cidrs[{j}]")), c)?;
-                if let Some(other) = seen_cidr.insert(net, n.vpc_id.clone()) {
-                    return Err(invalid(
-                        key(&format!("cidrs[{j}]")),
-                        format!("{net} is already in {other:?}"),
-                    ));
-                }
-                cidrs.push((net, vpc));
-                vpc_cidrs
-                    .entry(n.vpc_id.as_str())
-                    .or_default()
-                    .push(net.to_string());
-            }
-            for (j, e) in n.endpoint_ids.iter().enumerate() {
-                if e.is_empty() || endpoints.insert(e.as_str().into(), vpc).is_some() {
-                    return Err(invalid(
-                        key(&format!("endpoint_ids[{j}]")),
-                        format!("{e:?} is empty or listed twice"),
-                    ));
-                }
-            }
-        }
-        let mut private_endpoints = Vec::new();
-        for (i, p) in g.private_endpoints.iter().enumerate() {
-            let key = |k: &str| format!("gateway.private_endpoints[{i}].{k}");
-            let at = addr(&key("listen"), &p.listen)?;
-            valid_vpc_id(&key("vpc_id"), &p.vpc_id)?;
-            private_endpoints.push((at, vpcs.intern(&p.vpc_id)));
-        }
-        let mut proxy_listeners = Vec::new();
-        for (i, p) in g.proxy_listeners.iter().enumerate() {
-            proxy_listeners.push(addr(
-                &format!("gateway.proxy_listeners[{i}].listen"),
-                &p.listen,
-            )?);
-        }
-        let mut all_listens = vec![
-            ("gateway.listen".to_string(), listen),
-            ("gateway.admin_listen".to_string(), admin_listen),
-        ];
-        all_listens.extend(
-            private_endpoints
-                .iter()
-                .enumerate()
-                .map(|(i, (a, _))| (format!("gateway.private_endpoints[{i}].listen"), *a)),
-        );
-        all_listens.extend(
-            proxy_listeners
-                .iter()
-                .enumerate()
-                .map(|(i, a)| (format!("gateway.proxy_listeners[{i}].listen"), *a)),
-        );
-        for (i, (key, a)) in all_listens.iter().enumerate() {
-            if a.port() != 0 && all_listens[..i].iter().any(|(_, b)| b == a) {
-                return Err(invalid(
-                    key,
-                    format!("{a} is already used by another listener"),
-                ));
-            }
-        }
-        let mut trusted_proxies = Vec::new();
-        for (i, c) in g.trusted_proxies.iter().enumerate() {
-            trusted_proxies.push(parse_cidr(&format!("gateway.trusted_proxies[{i}]"), c)?);
-        }
-        if !proxy_listeners.is_empty() && trusted_proxies.is_empty() {
-            return Err(invalid(
-                "gateway.trusted_proxies",
-                "proxy_listeners need at least one trusted proxy CIDR",
-            ));
-        }
-        let default_rules = Arc::new(compile_rules(
-            "gateway.access_rules",
-            &g.access_rules,
-            &vpcs,
-        )?);
-
-        let gw_auth = auth::gateway(
+        let at = Resolve { config_dir };
+        let g = &file.gateway;
+        let gateway = gateway::gateway(g, &at)?;
+        let workers = workers(&file.workers)?;
+        let (ingress, vpc_cidrs) =
+            ingress::ingress(g, &file.networks, gateway.listen, gateway.admin_listen)?;
+        let credentials = &file.credentials;
+        let auth = auth::gateway(
             g.auth,
             g.signature_max_skew_s,
-            &file.credentials,
+            credentials,
             &file.azure,
             config_dir,
         )?;
-        file.lambda
-            .validate()
-            .map_err(|(key, reason)| invalid(key, reason))?;
-
-        let bin_dir = std::env::current_exe()
-            .ok()
-            .and_then(|p| p.parent().map(Path::to_path_buf))
-            .unwrap_or_default();
+        (file.lambda.validate()).map_err(|(key, reason)| invalid(key, reason))?;
         let outbound_keys = backends::outbound_keys(&file.outbound_credentials, config_dir)?;
-        let mut names = HashSet::new();
-        let mut functions = Vec::new();
-        for (i, f) in file.functions.into_iter().enumerate() {
-            let key = |k: &str| format!("functions[{i}].{k}");
-            if !valid_function_name(&f.name) {
-                return Err(invalid(
-                    key("name"),
-                    format!(
-                        "{:?}: 1-64 letters, digits, '_' or '-', starting with a letter or '_'",
-                        f.name
-                    ),
-                ));
-            }
-            if !names.insert(f.name.clone()) {
-                return Err(invalid(
-                    key("name"),
-                    format!("duplicate function name {:?}", f.name),
-                ));
-            }
-            let backends =
-                backends::backends(&key, &f.backends, &outbound_keys, &vpcs, config_dir)?;
-            let sandboxed = backends.is_empty()
-                || backends
-                    .iter()
-                    .any(|b| matches!(b.kind, backends::BackendKind::Sandbox));
-            if sandboxed && (f.command.is_empty() || f.command[0].is_empty()) {
-                return Err(invalid(key("command"), "must name a program"));
-            }
-            if !sandboxed && f.min_instances > 0 {
-                return Err(invalid(
-                    key("min_instances"),
-                    "needs a sandbox backend (no instance of this function runs here)",
-                ));
-            }
-            if !MEMORY_MB.contains(&f.memory_mb) {
-                return Err(invalid(
-                    key("memory_mb"),
-                    format!("{} is outside 64..=32768", f.memory_mb),
-                ));
-            }
-            if !TIMEOUT_S.contains(&f.timeout_s) {
-                return Err(invalid(
-                    key("timeout_s"),
-                    format!("{} is outside 1..=86400", f.timeout_s),
-                ));
-            }
-            if !CONCURRENCY.contains(&f.instance_concurrency) {
-                return Err(invalid(
-                    key("instance_concurrency"),
-                    format!("{} is outside 1..=200", f.instance_concurrency),
-                ));
-            }
-            if f.idle_timeout_s == 0 {
-                return Err(invalid(key("idle_timeout_s"), "must be greater than 0"));
-            }
-            if f.min_instances > 300 {
-                return Err(invalid(key("min_instances"), "must be at most 300"));
-            }
-            if f.vpc_bindings.len() > MAX_VPC_BINDINGS {
-                return Err(invalid(
-                    key("vpc_bindings"),
-                    format!(
-                        "{} VPCs bound; at most {MAX_VPC_BINDINGS}",
-                        f.vpc_bindings.len()
-                    ),
-                ));
-            }
-            let mut vpc_bindings = Vec::new();
-            for (j, v) in f.vpc_bindings.iter().enumerate() {
-                let id = vpcs.get(v).ok_or_else(|| {
-                    invalid(
-                        key(&format!("vpc_bindings[{j}]")),
-                        format!(
-                            "unknown VPC {v:?}: declare it in [[networks]] or a private endpoint"
-                        ),
-                    )
-                })?;
-                vpc_bindings.push(id);
-            }
-            vpc_bindings.sort();
-            vpc_bindings.dedup();
-            let (rules, rules_from_function) = match &f.access_rules {
-                Some(r) => (
-                    Arc::new(compile_rules(&key("access_rules"), r, &vpcs)?),
-                    true,
-                ),
-                None => (default_rules.clone(), false),
-            };
-            if f.max_concurrency == Some(0) {
-                return Err(invalid(
-                    key("max_concurrency"),
-                    "must be at least 1 (omit it for no limit)",
-                ));
-            }
-            if f.queue_timeout_ms > 600_000 {
-                return Err(invalid(key("queue_timeout_ms"), "must be at most 600000"));
-            }
-            if f.queue_max == 0 {
-                return Err(invalid(key("queue_max"), "must be at least 1"));
-            }
-            if f.async_max_retries > 8 {
-                return Err(invalid(key("async_max_retries"), "must be 0..=8"));
-            }
-            if !(1..=86400).contains(&f.async_max_event_age_s) {
-                return Err(invalid(key("async_max_event_age_s"), "must be 1..=86400"));
-            }
-            if !(1..=1000).contains(&f.async_max_concurrency) {
-                return Err(invalid(key("async_max_concurrency"), "must be 1..=1000"));
-            }
-            let on_success = destination(&key("on_success"), f.on_success)?;
-            let on_failure = destination(&key("on_failure"), f.on_failure)?;
-            let throttle = FunctionThrottle {
-                rate: quota(&key("rate_limit"), f.rate_limit)?,
-                caller_rate: quota(&key("caller_rate_limit"), f.caller_rate_limit)?,
-                max_concurrency: f.max_concurrency,
-                queue_timeout: Duration::from_millis(f.queue_timeout_ms),
-                queue_max: f.queue_max as usize,
-            };
-            let egress = egress_policy(&key, f.egress, f.vpc_id.as_deref(), &vpc_cidrs)?;
-            for (what, list) in [
-                ("writable_paths", &f.writable_paths),
-                ("readable_paths", &f.readable_paths),
-            ] {
-                for (j, p) in list.iter().enumerate() {
-                    if j >= 16 {
-                        return Err(invalid(key(&format!("{what}[{j}]")), "at most 16 paths"));
-                    }
-                    sandbox_runtime::rootfs::check_path(p)
-                        .map_err(|why| invalid(key(&format!("{what}[{j}]")), why))?;
-                }
-            }
-            if !(1..=DISK_MB_MAX).contains(&f.disk_mb) {
-                return Err(invalid(
-                    key("disk_mb"),
-                    format!("{} is outside 1..={DISK_MB_MAX}", f.disk_mb),
-                ));
-            }
-            let (auth, auth_level, function_keys) = auth::function(
-                &key,
-                &gw_auth,
-                f.auth,
-                f.auth_level,
-                &f.function_keys,
-                config_dir,
-            )?;
-            let ingress = Arc::new(IngressPolicy {
-                vpc_bindings,
-                rules,
-                rules_from_function,
-            });
-            let command = f
-                .command
-                .iter()
-                .map(|a| {
-                    a.replace("{bin_dir}", &bin_dir.to_string_lossy())
-                        .replace("{config_dir}", &config_dir.to_string_lossy())
-                })
-                .collect();
-            functions.push(Arc::new(FunctionConfig {
-                name: f.name.into(),
-                command,
-                backends,
-                env: f.env,
-                memory_mb: f.memory_mb,
-                timeout: Duration::from_secs(f.timeout_s),
-                instance_concurrency: f.instance_concurrency,
-                idle_timeout: Duration::from_secs(f.idle_timeout_s),
-                min_instances: f.min_instances,
-                ingress,
-                throttle,
-                asynchronous: AsyncPolicy {
-                    max_retries: f.async_max_retries,
-                    max_event_age: Duration::from_secs(f.async_max_event_age_s),
-                    max_concurrency: f.async_max_concurrency,
-                    on_success,
-                    on_failure,
-                },
-                auth,
-                auth_level,
-                function_keys,
-                egress,
-                writable_paths: f.writable_paths,
-                readable_paths: f.readable_paths,
-                disk_mb: f.disk_mb,
-            }));
-        }
-
-        let asynchronous = AsyncLimits {
-            max_queued: positive("gateway.max_async_queued", g.max_async_queued.into())? as u32,
-            max_body_bytes: positive("gateway.max_async_body_bytes", g.max_async_body_bytes)?
-                .min(limits.max_body_bytes),
-            retry_base: ms(positive(
-                "gateway.async_retry_base_ms",
-                g.async_retry_base_ms,
-            )?),
-            max_queued_bytes: positive("gateway.max_async_queued_bytes", g.max_async_queued_bytes)?,
-            store: g.async_store,
-            store_path: resolve(g.async_store_path),
-            retention: Duration::from_secs(g.async_retention_s),
-            max_retained: g.max_async_retained,
-            destination_max_age: Duration::from_secs(positive(
-                "gateway.async_destination_max_age_s",
-                g.async_destination_max_age_s,
-            )?),
-            destination_ca_file: g.async_destination_ca_file.map(resolve),
+        let cx = functions::Context {
+            vpcs: &ingress.vpcs,
+            vpc_cidrs: &vpc_cidrs,
+            default_rules: &ingress.default_rules,
+            auth: &auth,
+            outbound_keys: &outbound_keys,
+            config_dir,
+            bin_dir: std::env::current_exe()
+                .ok()
+                .and_then(|p| p.parent().map(Path::to_path_buf))
+                .unwrap_or_default(),
         };
+        let functions = functions::functions(file.functions, &cx)?;
+        let fleet = (file.fleet)
+            .map(|f| fleet::fleet(f, config_dir))
+            .transpose()?;
+        let usage = file.usage.map(|u| usage(u, &at)).transpose()?;
         Ok(Config {
-            gateway: GatewayConfig {
-                listen,
-                admin_listen,
-                tls,
-                limits,
-                drain_timeout: Duration::from_secs(g.drain_timeout_s),
-                max_instance_lifetime: Duration::from_secs(positive(
-                    "gateway.max_instance_lifetime_s",
-                    g.max_instance_lifetime_s,
-                )?),
-                instance_start_timeout: ms(positive(
-                    "gateway.instance_start_timeout_ms",
-                    g.instance_start_timeout_ms,
-                )?),
-                worker_timeout: ms(positive("gateway.worker_timeout_ms", g.worker_timeout_ms)?),
-                embedded_worker_memory_mb: positive(
-                    "gateway.embedded_worker_memory_mb",
-                    g.embedded_worker_memory_mb,
-                )?,
-                embedded_worker_isolation: g.embedded_worker_isolation,
-                embedded_worker_subnet: match &g.embedded_worker_subnet {
-                    None => None,
-                    Some(v) => Some(v.parse().map_err(|_| {
-                        invalid(
-                            "gateway.embedded_worker_subnet",
-                            format!("{v:?} is not an IPv4 CIDR"),
-                        )
-                    })?),
-                },
-                threads: match g.threads {
-                    None => crate::shards::default_count(),
-                    Some(n @ 1..=1024) => n as usize,
-                    Some(_) => return Err(invalid("gateway.threads", "must be 1..=1024")),
-                },
-                asynchronous,
-                throttle: GatewayThrottle {
-                    caller_rate: quota("gateway.caller_rate_limit", g.caller_rate_limit)?,
-                    caller_key: g.caller_key,
-                    max_instances: positive("gateway.max_instances", g.max_instances.into())?
-                        as u32,
-                    max_instance_starts_per_minute: positive(
-                        "gateway.max_instance_starts_per_minute",
-                        g.max_instance_starts_per_minute.into(),
-                    )? as u32,
-                },
-                backends: BackendSettings {
-                    ca_file: g.backend_ca_file.map(resolve),
-                    eject_after_failures: positive(
-                        "gateway.backend_eject_after_failures",
-                        g.backend_eject_after_failures.into(),
-                    )? as u32,
-                    eject_for: ms(positive("gateway.backend_eject_ms", g.backend_eject_ms)?),
-                    max_idle_per_host: g.backend_max_idle_per_host as usize,
-                },
-            },
+            gateway,
             workers,
             functions,
-            auth: gw_auth,
+            auth,
             lambda: file.lambda,
-            fleet: file
-                .fleet
-                .map(|f| fleet::fleet(f, config_dir))
-                .transpose()?,
-            usage: match file.usage {
-                None => None,
-                Some(u) => {
-                    if !(10..=60_000).contains(&u.sync_interval_ms) {
-                        return Err(invalid("usage.sync_interval_ms", "must be 10..=60000"));
-                    }
-                    if u.rotate_bytes < 4096 {
-                        return Err(invalid("usage.rotate_bytes", "must be at least 4096"));
-                    }
-                    Some(crate::metering::usage_log::UsageLogConfig {
-                        path: resolve(u.path),
-                        sync_interval: ms(u.sync_interval_ms),
-                        rotate_bytes: u.rotate_bytes,
-                    })
-                }
-            },
-            ingress: Arc::new(IngressConfig {
-                networks: NetworkMap::new(cidrs, endpoints),
-                vpcs,
-                trusted_proxies,
-                private_endpoints,
-                proxy_listeners,
-                proxy_header_timeout: ms(positive(
-                    "gateway.proxy_header_timeout_ms",
-                    g.proxy_header_timeout_ms,
-                )?),
-                default_rules,
-            }),
+            fleet,
+            usage,
+            ingress,
         })
     }
+}
+
+/// Where relative paths of the file resolve.
+struct Resolve<'a> {
+    config_dir: &'a Path,
+}
+
+impl Resolve<'_> {
+    fn path(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_owned()
+        } else {
+            self.config_dir.join(p)
+        }
+    }
+}
+
+fn addr(key: &str, v: &str) -> Result<SocketAddr, ConfigError> {
+    v.parse()
+        .map_err(|_| invalid(key, format!("{v:?} is not an IP:port address")))
+}
+
+fn positive(key: &str, v: u64) -> Result<u64, ConfigError> {
+    match v {
+        0 => Err(invalid(key, "must be greater than 0")),
+        v => Ok(v),
+    }
+}
+
+fn ms(v: u64) -> Duration {
+    Duration::from_millis(v)
+}
+
+/// `[[workers]]`: sandbox workers' API URLs.
+fn workers(sections: &[WorkerSection]) -> Result<Vec<String>, ConfigError> {
+    let mut workers = Vec::new();
+    for (i, w) in sections.iter().enumerate() {
+        let key = format!("workers[{i}].url");
+        let uri: http::Uri = w
+            .url
+            .parse()
+            .map_err(|_| invalid(&key, format!("{:?} is not a URL", w.url)))?;
+        if uri.scheme_str() != Some("http") || uri.authority().is_none() {
+            return Err(invalid(&key, "must be http://host:port"));
+        }
+        workers.push(w.url.trim_end_matches('/').to_string());
+    }
+    Ok(workers)
+}
+
+/// `[usage]`: the usage log.
+fn usage(
+    u: UsageSection,
+    at: &Resolve,
+) -> Result<crate::metering::usage_log::UsageLogConfig, ConfigError> {
+    if !(10..=60_000).contains(&u.sync_interval_ms) {
+        return Err(invalid("usage.sync_interval_ms", "must be 10..=60000"));
+    }
+    if u.rotate_bytes < 4096 {
+        return Err(invalid("usage.rotate_bytes", "must be at least 4096"));
+    }
+    Ok(crate::metering::usage_log::UsageLogConfig {
+        path: at.path(&u.path),
+        sync_interval: ms(u.sync_interval_ms),
+        rotate_bytes: u.rotate_bytes,
+    })
 }
 
 fn quota(key: &str, rate: Option<Rate>) -> Result<Option<Quota>, ConfigError> {
@@ -1147,75 +704,6 @@ fn quota(key: &str, rate: Option<Rate>) -> Result<Option<Quota>, ConfigError> {
             )
         }),
     }
-}
-
-/// A CIDR, or a bare address meaning a single host.
-fn parse_cidr(key: &str, v: &str) -> Result<IpNet, ConfigError> {
-    v.parse::<IpNet>()
-        .or_else(|_| v.parse::<std::net::IpAddr>().map(IpNet::from))
-        .map(|n| n.trunc())
-        .map_err(|_| {
-            invalid(
-                key,
-                format!("{v:?} is not a CIDR (like 10.0.0.0/8 or fd00::/8)"),
-            )
-        })
-}
-
-fn valid_vpc_id(key: &str, v: &str) -> Result<(), ConfigError> {
-    let ok = (1..=128).contains(&v.len())
-        && v.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-    if ok {
-        Ok(())
-    } else {
-        Err(invalid(
-            key,
-            format!("{v:?}: 1-128 letters, digits, '-' or '_'"),
-        ))
-    }
-}
-
-fn compile_rules(
-    key: &str,
-    rules: &[RuleSection],
-    vpcs: &VpcTable,
-) -> Result<RuleSet, ConfigError> {
-    let mut out = Vec::with_capacity(rules.len());
-    for (i, r) in rules.iter().enumerate() {
-        let k = |f: &str| format!("{key}[{i}].{f}");
-        let matches = match (&r.cidr, &r.vpc_id) {
-            (Some(c), None) => Match::Cidr(parse_cidr(&k("cidr"), c)?),
-            (None, Some(v)) => Match::Vpc(vpcs.get(v).ok_or_else(|| {
-                invalid(
-                    k("vpc_id"),
-                    format!("unknown VPC {v:?}: declare it in [[networks]] or a private endpoint"),
-                )
-            })?),
-            _ => {
-                return Err(invalid(
-                    format!("{key}[{i}]"),
-                    "a rule needs exactly one of cidr or vpc_id",
-                ));
-            }
-        };
-        out.push(Rule {
-            priority: r.priority,
-            action: r.action,
-            matches,
-            name: r.name.as_deref().map(Into::into),
-        });
-    }
-    Ok(RuleSet::new(out, vpcs.len()))
-}
-
-/// Function Compute's naming rule.
-fn valid_function_name(name: &str) -> bool {
-    let b = name.as_bytes();
-    (1..=64).contains(&b.len())
-        && (b[0].is_ascii_alphabetic() || b[0] == b'_')
-        && b.iter()
-            .all(|c| c.is_ascii_alphanumeric() || *c == b'_' || *c == b'-')
 }
 
 #[cfg(test)]

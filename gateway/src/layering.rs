@@ -32,7 +32,13 @@ const LAYERS: &[&[&str]] = &[
 ];
 
 /// Literal prefixes of the clouds' header names.
-const CLOUD_HEADERS: &[&str] = &["\"x-fc-", "\"x-amz-", "\"x-acs-", "\"x-functions-", "\"x-ms-"];
+const CLOUD_HEADERS: &[&str] = &[
+    "\"x-fc-",
+    "\"x-amz-",
+    "\"x-acs-",
+    "\"x-functions-",
+    "\"x-ms-",
+];
 
 /// Where a cloud's header names may be spelled: the doors, the clients
 /// and requests to cloud backends, and the instance contract (Function
@@ -48,7 +54,11 @@ fn sources() -> Vec<(String, String)> {
     fn walk(dir: &Path, root: &Path, out: &mut Vec<(String, String)>) {
         for entry in std::fs::read_dir(dir).unwrap() {
             let path = entry.unwrap().path();
-            let rel = path.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            let rel = path
+                .strip_prefix(root)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
             if path.is_dir() {
                 if path.file_name().is_some_and(|n| n != "tests") {
                     walk(&path, root, out);
@@ -129,7 +139,10 @@ fn top_level_modules_import_only_downward() {
     let files = sources();
     let modules: BTreeSet<&str> = files.iter().filter_map(|(r, _)| module_of(r)).collect();
     for m in &modules {
-        assert!(rank(m).is_some(), "module {m} is in no layer: add it to LAYERS");
+        assert!(
+            rank(m).is_some(),
+            "module {m} is in no layer: add it to LAYERS"
+        );
     }
     let mut upward = Vec::new();
     for (rel, code) in &files {
@@ -169,5 +182,8 @@ fn cloud_header_names_are_spelled_only_where_a_cloud_is_spoken() {
             }
         }
     }
-    assert!(stray.is_empty(), "cloud header names outside the doors: {stray:?}");
+    assert!(
+        stray.is_empty(),
+        "cloud header names outside the doors: {stray:?}"
+    );
 }
