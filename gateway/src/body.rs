@@ -171,27 +171,21 @@ pub struct DrainMetrics {
 
 impl DrainMetrics {
     pub fn new(registry: &prometheus::Registry) -> Self {
-        let drains = prometheus::IntCounterVec::new(
-            prometheus::Opts::new(
-                "fngate_refused_body_drains_total",
-                "Unread bodies of refused requests, by how they ended (complete: read and dropped, the connection kept; too_large, timeout: the HTTP/1.1 connection closed, or the HTTP/2 stream reset with NO_ERROR, after the answer; not_sent: an Expect: 100-continue client never sent it).",
-            ),
+        let f = crate::families::Families(registry);
+        let drains = f.counters(
+            "fngate_refused_body_drains_total",
+            "Unread bodies of refused requests, by how they ended (complete: read and dropped, the connection kept; too_large, timeout: the HTTP/1.1 connection closed, or the HTTP/2 stream reset with NO_ERROR, after the answer; not_sent: an Expect: 100-continue client never sent it).",
             &["result"],
-        )
-        .unwrap();
-        let bytes = prometheus::IntCounter::new(
-            "fngate_refused_body_drained_bytes_total",
-            "Bytes of refused requests' bodies read and dropped so their clients get the answer.",
-        )
-        .unwrap();
-        registry.register(Box::new(drains.clone())).unwrap();
-        registry.register(Box::new(bytes.clone())).unwrap();
+        );
         DrainMetrics {
             drains: Drain::ALL
                 .iter()
                 .map(|d| drains.with_label_values(&[d.as_str()]))
                 .collect(),
-            bytes,
+            bytes: f.counter(
+                "fngate_refused_body_drained_bytes_total",
+                "Bytes of refused requests' bodies read and dropped so their clients get the answer.",
+            ),
         }
     }
 }

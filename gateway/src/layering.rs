@@ -9,10 +9,10 @@ use std::path::{Path, PathBuf};
 /// The gateway's top-level modules, bottom first: each may import only
 /// the ones before it. The groups are ARCHITECTURE.md's layer diagram.
 const LAYERS: &[&[&str]] = &[
-    // Leaf types: ids, the runtime threads, credentials, where callers
-    // stand, limiters, errors, usage records.
+    // Leaf types: ids, the runtime threads, metric registration,
+    // credentials, where callers stand, limiters, errors, usage records.
     &[
-        "ids", "shards", "auth", "ingress", "throttle", "error", "metering",
+        "ids", "shards", "families", "auth", "ingress", "throttle", "error", "metering",
     ],
     &["config"],
     // Clients and plumbing: bodies, the instance hop, the worker API, cloud

@@ -26,6 +26,7 @@ pub mod connection;
 pub mod dispatch;
 pub mod error;
 pub mod execute;
+pub mod families;
 pub mod fleet;
 pub mod ids;
 pub mod ingress;

@@ -11,9 +11,9 @@ use crate::asynchronous::policy::RetryReason;
 use crate::asynchronous::task::TaskState;
 use crate::auth::AuthError;
 use crate::error::Outcome;
+use crate::families::Families;
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry,
+    Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry,
 };
 
 /// Maps a caller's network to its index in [`FunctionMetrics::by_network`].
@@ -115,188 +115,101 @@ pub struct FunctionMetrics {
 impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
-        let invocations = IntCounterVec::new(
-            Opts::new(
+        let f = Families(&registry);
+        Self {
+            invocations: f.counters(
                 "fngate_invocations_total",
                 "Invocation requests by function, caller network, API door and outcome.",
+                &["function", "network", "api", "outcome"],
             ),
-            &["function", "network", "api", "outcome"],
-        )
-        .unwrap();
-        let traffic = IntCounterVec::new(
-            Opts::new(
+            traffic: f.counters(
                 "fngate_traffic_bytes_total",
                 "HTTP body bytes by function, caller network and direction (in: request, out: response).",
+                &["function", "network", "direction"],
             ),
-            &["function", "network", "direction"],
-        )
-        .unwrap();
-        let cold_starts = IntCounterVec::new(
-            Opts::new(
+            cold_starts: f.counters(
                 "fngate_cold_starts_total",
                 "Invocations that waited for an instance to start.",
+                &["function"],
             ),
-            &["function"],
-        )
-        .unwrap();
-        let releases = IntCounterVec::new(
-            Opts::new(
+            releases: f.counters(
                 "fngate_instance_releases_total",
                 "Instances taken out of service, by function and reason.",
+                &["function", "reason"],
             ),
-            &["function", "reason"],
-        )
-        .unwrap();
-        let worker_memory = IntGaugeVec::new(
-            Opts::new(
+            worker_memory: f.gauges(
                 "fngate_worker_memory_bytes",
                 "Sandbox worker memory as the gateway accounts it: capacity and reserved.",
+                &["worker", "kind"],
             ),
-            &["worker", "kind"],
-        )
-        .unwrap();
-        let duration = HistogramVec::new(
-            HistogramOpts::new(
+            duration: f.histograms(
                 "fngate_invocation_duration_seconds",
                 "Time from request head to response, in seconds.",
-            )
-            .buckets(vec![
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                10.0, 30.0, 60.0,
-            ]),
-            &["function"],
-        )
-        .unwrap();
-        let instances = IntGaugeVec::new(
-            Opts::new("fngate_instances", "Function instances by state."),
-            &["function", "state"],
-        )
-        .unwrap();
-        let instance_starts = IntCounterVec::new(
-            Opts::new("fngate_instance_starts_total", "Instance starts by result."),
-            &["function", "result"],
-        )
-        .unwrap();
-        let cold_start_seconds = HistogramVec::new(
-            HistogramOpts::new(
+                &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,],
+                &["function"],
+            ),
+            instances: f.gauges(
+                "fngate_instances",
+                "Function instances by state.",
+                &["function", "state"],
+            ),
+            instance_starts: f.counters(
+                "fngate_instance_starts_total",
+                "Instance starts by result.",
+                &["function", "result"],
+            ),
+            cold_start_seconds: f.histograms(
                 "fngate_cold_start_duration_seconds",
                 "Time to start an instance until it accepts, in seconds.",
-            )
-            .buckets(vec![
-                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-            ]),
-            &["function"],
-        )
-        .unwrap();
-        let denials = IntCounterVec::new(
-            Opts::new(
+                &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,],
+                &["function"],
+            ),
+            denials: f.counters(
                 "fngate_ingress_denials_total",
                 "Invocations refused by ingress policy, by function and reason.",
+                &["function", "reason"],
             ),
-            &["function", "reason"],
-        )
-        .unwrap();
-        let throttles = IntCounterVec::new(
-            Opts::new(
+            throttles: f.counters(
                 "fngate_throttles_total",
                 "Invocations refused with 429 by a throttling limit, by function and limit.",
+                &["function", "limit"],
             ),
-            &["function", "limit"],
-        )
-        .unwrap();
-        let in_flight = IntGaugeVec::new(
-            Opts::new(
+            in_flight: f.gauges(
                 "fngate_invocations_in_flight",
                 "Invocations admitted and not yet answered, by function.",
+                &["function"],
             ),
-            &["function"],
-        )
-        .unwrap();
-        let live_instances = IntGauge::new(
-            "fngate_instances_live",
-            "Instances counted against gateway.max_instances.",
-        )
-        .unwrap();
-        let instance_egress = IntCounterVec::new(
-            Opts::new(
+            live_instances: f.gauge(
+                "fngate_instances_live",
+                "Instances counted against gateway.max_instances.",
+            ),
+            instance_egress: f.counters(
                 "fngate_instance_egress_bytes_total",
                 "What isolated instances exchanged outside in their lifetime (the worker's counters at release; IP bytes), by function, network (internet or a VPC id) and direction (out: sent by the instance). Workers count the same live as fngate_egress_bytes_total.",
+                &["function", "network", "direction"],
             ),
-            &["function", "network", "direction"],
-        )
-        .unwrap();
-        let async_results = IntCounterVec::new(
-            Opts::new(
+            async_results: f.counters(
                 "fngate_async_results_total",
                 "Asynchronous invocations done, by function and result (succeeded, failed, expired, stopped).",
+                &["function", "result"],
             ),
-            &["function", "result"],
-        )
-        .unwrap();
-        let async_retries = IntCounterVec::new(
-            Opts::new(
+            async_retries: f.counters(
                 "fngate_async_retries_total",
                 "Retries of asynchronous invocations, by function and reason.",
+                &["function", "reason"],
             ),
-            &["function", "reason"],
-        )
-        .unwrap();
-        let auth_failures = IntCounterVec::new(
-            Opts::new(
+            auth_failures: f.counters(
                 "fngate_auth_failures_total",
                 "Invocations refused for their credentials (signature or function key), by function, API door and reason.",
+                &["function", "api", "reason"],
             ),
-            &["function", "api", "reason"],
-        )
-        .unwrap();
-        let usage_log_write_errors = IntCounter::new(
-            "fngate_usage_log_write_errors_total",
-            "Failed writes to the usage log (each retried; no record is dropped).",
-        )
-        .unwrap();
-        for c in [
-            Box::new(denials.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(throttles.clone()),
-            Box::new(in_flight.clone()),
-            Box::new(live_instances.clone()),
-            Box::new(instance_egress.clone()),
-            Box::new(invocations.clone()),
-            Box::new(traffic.clone()),
-            Box::new(cold_starts.clone()),
-            Box::new(releases.clone()),
-            Box::new(worker_memory.clone()),
-            Box::new(duration.clone()),
-            Box::new(instances.clone()),
-            Box::new(instance_starts.clone()),
-            Box::new(cold_start_seconds.clone()),
-            Box::new(async_results.clone()),
-            Box::new(async_retries.clone()),
-            Box::new(auth_failures.clone()),
-            Box::new(usage_log_write_errors.clone()),
-        ] {
-            registry.register(c).unwrap();
-        }
-        Self {
-            registry,
+            usage_log_write_errors: f.counter(
+                "fngate_usage_log_write_errors_total",
+                "Failed writes to the usage log (each retried; no record is dropped).",
+            ),
             embedded_worker: std::sync::OnceLock::new(),
-            invocations,
-            traffic,
-            cold_starts,
-            releases,
-            worker_memory,
-            duration,
-            instances,
-            instance_starts,
-            cold_start_seconds,
-            denials,
-            throttles,
-            in_flight,
-            live_instances,
-            instance_egress,
-            async_results,
-            async_retries,
-            auth_failures,
-            usage_log_write_errors,
+            // The same registry (a handle): the families are in it.
+            registry: registry.clone(),
         }
     }
 

@@ -2,7 +2,8 @@
 
 use super::linger::Lingered;
 use super::proxy::Reject;
-use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use crate::families::Families;
+use prometheus::{IntCounter, IntGauge, Registry};
 
 pub struct ConnectionMetrics {
     pub open_connections: IntGauge,
@@ -19,44 +20,28 @@ pub struct ConnectionMetrics {
 
 impl ConnectionMetrics {
     pub fn new(registry: &Registry) -> Self {
-        let counter = |name: &str, help: &str| {
-            let c = IntCounter::new(name, help).unwrap();
-            registry.register(Box::new(c.clone())).unwrap();
-            c
-        };
-        let vec = |name: &str, help: &str| {
-            let v = IntCounterVec::new(Opts::new(name, help), &["result"]).unwrap();
-            registry.register(Box::new(v.clone())).unwrap();
-            v
-        };
-        let open_connections = IntGauge::new(
-            "fngate_open_connections",
-            "Client connections currently open.",
-        )
-        .unwrap();
-        registry
-            .register(Box::new(open_connections.clone()))
-            .unwrap();
-        let proxy = IntCounterVec::new(
-            Opts::new(
-                "fngate_proxy_protocol_rejections_total",
-                "Connections closed for a PROXY protocol problem, by reason.",
-            ),
+        let f = Families(registry);
+        let proxy = f.counters(
+            "fngate_proxy_protocol_rejections_total",
+            "Connections closed for a PROXY protocol problem, by reason.",
             &["reason"],
-        )
-        .unwrap();
-        registry.register(Box::new(proxy.clone())).unwrap();
-        let lingering = vec(
+        );
+        let lingering = f.counters(
             "fngate_lingering_closes_total",
             "Connections that ended with the client's bytes unread (a request head over max_header_bytes, say), read and dropped before the close so the client gets its answer, by how the drain ended (complete: the client closed; too_large, timeout: past the drain bounds).",
+            &["result"],
         );
-        let reloads = vec(
+        let reloads = f.counters(
             "fngate_tls_certificate_reloads_total",
             "Reloads of the configured TLS certificate (SIGHUP or a file change), by result.",
+            &["result"],
         );
         ConnectionMetrics {
-            open_connections,
-            tls_handshake_failures: counter(
+            open_connections: f.gauge(
+                "fngate_open_connections",
+                "Client connections currently open.",
+            ),
+            tls_handshake_failures: f.counter(
                 "fngate_tls_handshake_failures_total",
                 "TLS handshakes that failed or timed out.",
             ),
@@ -68,12 +53,12 @@ impl ConnectionMetrics {
                 .iter()
                 .map(|l| lingering.with_label_values(&[l.as_str()]))
                 .collect(),
-            http2_idle_closes: counter(
+            http2_idle_closes: f.counter(
                 "fngate_http2_idle_closes_total",
                 "HTTP/2 connections closed (GOAWAY) after http2_idle_timeout_ms with no stream in flight.",
             ),
             tls_reloads: ["ok", "error"].map(|r| reloads.with_label_values(&[r])),
-            connections_refused: counter(
+            connections_refused: f.counter(
                 "fngate_connections_refused_total",
                 "Connections refused (reset at once) because max_connections were open.",
             ),

@@ -41,8 +41,7 @@ use crate::scheduler::FunctionPool;
 use bytes::Bytes;
 use http::HeaderValue;
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry,
+    Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry,
 };
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -110,59 +109,36 @@ pub struct BackendFamilies {
 
 impl BackendFamilies {
     pub fn new(registry: &Registry) -> Self {
-        let requests = IntCounterVec::new(
-            Opts::new(
-                "fngate_backend_requests_total",
-                "Attempts on a function's backends, by function, backend and outcome (success, function_error, throttled, limited: its max_concurrency was reached, connect_error, timeout, error).",
-            ),
+        let f = crate::families::Families(registry);
+        let requests = f.counters(
+            "fngate_backend_requests_total",
+            "Attempts on a function's backends, by function, backend and outcome (success, function_error, throttled, limited: its max_concurrency was reached, connect_error, timeout, error).",
             &["function", "backend", "outcome"],
-        )
-        .unwrap();
-        let duration = HistogramVec::new(
-            HistogramOpts::new(
-                "fngate_backend_request_duration_seconds",
-                "Time of one attempt on a backend, from sending to the answer's last byte, in seconds.",
-            )
-            .buckets(vec![
-                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-                30.0, 60.0,
-            ]),
+        );
+        let duration = f.histograms(
+            "fngate_backend_request_duration_seconds",
+            "Time of one attempt on a backend, from sending to the answer's last byte, in seconds.",
+            &[
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                60.0,
+            ],
             &["function", "backend"],
-        )
-        .unwrap();
-        let bytes = IntCounterVec::new(
-            Opts::new(
-                "fngate_backend_traffic_bytes_total",
-                "Body bytes between the gateway and a function's backends, by the backend's network and direction (out: to the backend).",
-            ),
+        );
+        let bytes = f.counters(
+            "fngate_backend_traffic_bytes_total",
+            "Body bytes between the gateway and a function's backends, by the backend's network and direction (out: to the backend).",
             &["function", "backend", "network", "direction"],
-        )
-        .unwrap();
-        let ejections = IntCounterVec::new(
-            Opts::new(
-                "fngate_backend_ejections_total",
-                "Times a backend was taken out of rotation after consecutive failures.",
-            ),
+        );
+        let ejections = f.counters(
+            "fngate_backend_ejections_total",
+            "Times a backend was taken out of rotation after consecutive failures.",
             &["function", "backend"],
-        )
-        .unwrap();
-        let ejected = IntGaugeVec::new(
-            Opts::new(
-                "fngate_backend_ejected",
-                "1 while a backend is out of rotation (probed once per cool-down).",
-            ),
+        );
+        let ejected = f.gauges(
+            "fngate_backend_ejected",
+            "1 while a backend is out of rotation (probed once per cool-down).",
             &["function", "backend"],
-        )
-        .unwrap();
-        for c in [
-            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(duration.clone()),
-            Box::new(bytes.clone()),
-            Box::new(ejections.clone()),
-            Box::new(ejected.clone()),
-        ] {
-            registry.register(c).unwrap();
-        }
+        );
         BackendFamilies {
             requests,
             duration,

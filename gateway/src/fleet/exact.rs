@@ -28,13 +28,11 @@
 //!   so the count recovers with Redis.
 //! - `max_concurrency` stays split: exact would cost two round trips a call.
 
-use crate::auth::KeyId;
-use crate::ingress::Caller;
-use crate::throttle::shared::{Answer, SharedCount, StartCheck};
-use crate::throttle::{CallerKey, FunctionLimits, GatewayLimits, LimitKind, Throttled};
+use crate::throttle::shared::{Answer, RateCheck, SharedCount, StartCheck};
+use crate::throttle::{CallerKey, GatewayLimits, LimitKind, Throttled};
 use dashmap::DashMap;
 use governor::Quota;
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry};
+use prometheus::{Histogram, IntCounter, IntCounterVec, Registry};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -185,35 +183,26 @@ impl ExactLimits {
         // Lazily: a gateway starts (on split limits) while Redis is down.
         let conn = redis::aio::ConnectionManager::new_lazy_with_config(client, config)
             .map_err(|e| format!("fleet.redis_url: {e}"))?;
-        let fallbacks = IntCounterVec::new(
-            Opts::new(
-                "fngate_fleet_limit_fallbacks_total",
-                "Calls checked against this gateway's split limits because Redis was unreachable, failing or slow",
-            ),
+        let f = crate::families::Families(registry);
+        let fallbacks = f.counters(
+            "fngate_fleet_limit_fallbacks_total",
+            "Calls checked against this gateway's split limits because Redis was unreachable, failing or slow",
             &["reason"],
-        )
-        .unwrap();
+        );
         for reason in ["timeout", "error", "unavailable"] {
             fallbacks.with_label_values(&[reason]);
         }
-        let cached_denials = IntCounter::new(
+        let cached_denials = f.counter(
             "fngate_fleet_limit_cached_denials_total",
             "Calls refused from the local cache of Redis denials, with no round trip",
-        )
-        .unwrap();
-        let rtt = Histogram::with_opts(
-            HistogramOpts::new(
-                "fngate_fleet_redis_rtt_seconds",
-                "Round trip of one rate check on Redis",
-            )
-            .buckets(vec![
+        );
+        let rtt = f.histogram(
+            "fngate_fleet_redis_rtt_seconds",
+            "Round trip of one rate check on Redis",
+            &[
                 0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1,
-            ]),
-        )
-        .unwrap();
-        registry.register(Box::new(fallbacks.clone())).unwrap();
-        registry.register(Box::new(cached_denials.clone())).unwrap();
-        registry.register(Box::new(rtt.clone())).unwrap();
+            ],
+        );
         Ok(ExactLimits {
             conn,
             script: redis::Script::new(GCRA),
@@ -233,14 +222,14 @@ impl ExactLimits {
 
     /// Stages 4.1-4.3 on the fleet's shared state; the split limits when
     /// Redis cannot answer in time.
-    pub async fn check_rates(
-        &self,
-        function: &Arc<str>,
-        own: &FunctionLimits,
-        gw: &GatewayLimits,
-        caller: Option<&Caller>,
-        access_key: Option<KeyId>,
-    ) -> Result<(), Throttled> {
+    pub async fn check_rates(&self, call: RateCheck<'_>) -> Result<(), Throttled> {
+        let RateCheck {
+            function,
+            limits: own,
+            gw,
+            caller,
+            key: access_key,
+        } = call;
         let (rate, caller_rate) = own.quotas();
         let who = caller.map(|c| gw.keying.key(c, access_key));
         // In the order the script checks them (and answers an index into).
@@ -431,17 +420,8 @@ impl ExactLimits {
 }
 
 impl SharedCount for ExactLimits {
-    fn check_rates<'a>(
-        &'a self,
-        function: &'a Arc<str>,
-        limits: &'a FunctionLimits,
-        gw: &'a GatewayLimits,
-        caller: Option<&'a Caller>,
-        key: Option<KeyId>,
-    ) -> Answer<'a, Result<(), Throttled>> {
-        Box::pin(ExactLimits::check_rates(
-            self, function, limits, gw, caller, key,
-        ))
+    fn check_rates<'a>(&'a self, call: RateCheck<'a>) -> Answer<'a, Result<(), Throttled>> {
+        Box::pin(ExactLimits::check_rates(self, call))
     }
 
     fn admit_start<'a>(
@@ -485,6 +465,7 @@ pub async fn keep_leases(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::KeyId;
     use crate::ingress::VpcId;
 
     /// Every member of a fleet must name a limit's state the same way, in

@@ -13,6 +13,7 @@ use crate::ingress::policy::Denial;
 use crate::metrics::GaugeGuard;
 use crate::scheduler::FunctionPool;
 use crate::throttle::ConcurrencyPermit;
+use crate::throttle::shared::RateCheck;
 use bytes::Bytes;
 use hyper::body::Incoming;
 use std::sync::Arc;
@@ -133,8 +134,15 @@ impl<E: Execute> Pipeline<E> {
         let gw = self.scheduler.limits();
         let rates = match self.scheduler.sharing().count() {
             Some(count) => {
-                let f = &pool.cfg.name;
-                count.check_rates(f, &pool.limits, gw, caller, key).await
+                let (function, limits) = (&pool.cfg.name, &pool.limits);
+                let call = RateCheck {
+                    function,
+                    limits,
+                    gw,
+                    caller,
+                    key,
+                };
+                count.check_rates(call).await
             }
             None => pool.limits.check_rates(gw, caller, key),
         };

@@ -7,8 +7,8 @@ use crate::api::FunctionAnswer;
 use crate::execute::Failed;
 use crate::ingress::{Caller, Network};
 use crate::metering::Leg;
-use crate::throttle::shared::{Answer, SharedCount, Sharing, StartCheck};
-use crate::throttle::{FunctionLimits, GatewayLimits};
+use crate::throttle::GatewayLimits;
+use crate::throttle::shared::{Answer, RateCheck, SharedCount, Sharing, StartCheck};
 use bytes::Bytes;
 use http::StatusCode;
 use http_body_util::{BodyExt, Full};
@@ -56,14 +56,7 @@ struct FullCount {
 }
 
 impl SharedCount for FullCount {
-    fn check_rates<'a>(
-        &'a self,
-        _function: &'a Arc<str>,
-        _limits: &'a FunctionLimits,
-        _gw: &'a GatewayLimits,
-        _caller: Option<&'a Caller>,
-        _key: Option<KeyId>,
-    ) -> Answer<'a, Result<(), Throttled>> {
+    fn check_rates<'a>(&'a self, _: RateCheck<'a>) -> Answer<'a, Result<(), Throttled>> {
         self.asked.fetch_add(1, Ordering::SeqCst);
         Box::pin(async {
             Err(Throttled {

@@ -248,11 +248,7 @@ struct RefusingCount {
 impl crate::throttle::shared::SharedCount for RefusingCount {
     fn check_rates<'a>(
         &'a self,
-        _: &'a Arc<str>,
-        _: &'a crate::throttle::FunctionLimits,
-        _: &'a crate::throttle::GatewayLimits,
-        _: Option<&'a crate::ingress::Caller>,
-        _: Option<crate::auth::KeyId>,
+        _: crate::throttle::shared::RateCheck<'a>,
     ) -> crate::throttle::shared::Answer<'a, Result<(), Throttled>> {
         Box::pin(async { Ok(()) })
     }

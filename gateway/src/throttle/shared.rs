@@ -25,19 +25,22 @@ pub enum StartCheck {
     Unavailable,
 }
 
+/// A call's rates to check: on which function, for which caller.
+#[derive(Clone, Copy)]
+pub struct RateCheck<'a> {
+    pub function: &'a Arc<str>,
+    /// The function's own (split) limiters, the fallback.
+    pub limits: &'a FunctionLimits,
+    pub gw: &'a GatewayLimits,
+    pub caller: Option<&'a Caller>,
+    pub key: Option<KeyId>,
+}
+
 /// Limits counted across the fleet.
 pub trait SharedCount: Send + Sync {
-    /// The caller, gateway-caller and function rates of `function`, on the
-    /// shared state (falling back to `limits`' split share when it cannot
-    /// answer).
-    fn check_rates<'a>(
-        &'a self,
-        function: &'a Arc<str>,
-        limits: &'a FunctionLimits,
-        gw: &'a GatewayLimits,
-        caller: Option<&'a Caller>,
-        key: Option<KeyId>,
-    ) -> Answer<'a, Result<(), Throttled>>;
+    /// The caller, gateway-caller and function rates of a call, on the
+    /// shared state (falling back to the split share when it cannot answer).
+    fn check_rates<'a>(&'a self, call: RateCheck<'a>) -> Answer<'a, Result<(), Throttled>>;
 
     /// A cold start of `member` under the fleet's `max_instances` and
     /// start rate, its entry leased for `lease`.
