@@ -29,6 +29,7 @@ const LAYERS: &[&[&str]] = &[
     &["fleet"],
     &["connection"],
     &["admin"],
+    &["run"],
 ];
 
 /// Literal prefixes of the clouds' header names.
