@@ -423,7 +423,7 @@ pub struct GatewayConfig {
     pub backends: BackendSettings,
 }
 
-/// How the gateway calls cloud backends (see [`crate::backend`]).
+/// How the gateway calls cloud backends (see [`crate::execute::routes`]).
 #[derive(Debug, Clone)]
 pub struct BackendSettings {
     /// PEM trust anchors besides the system's.
@@ -529,7 +529,7 @@ pub struct FunctionConfig {
 }
 
 /// How a function's asynchronous invocations are retried (see
-/// [`crate::pipeline::asynchronous`]).
+/// [`crate::asynchronous`]).
 #[derive(Debug, Clone)]
 pub struct AsyncPolicy {
     /// Retries after a function error (the first attempt is not a retry).

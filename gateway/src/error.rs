@@ -61,7 +61,10 @@ pub enum InvokeError {
     /// The asynchronous task store's engine did not answer (fleet mode:
     /// NATS unreachable or electing a leader).
     #[error("the asynchronous task store did not answer")]
-    QueueUnavailable,
+    QueueUnavailable {
+        /// Why, for the log only (see [`InvokeError::cause`]).
+        cause: Arc<str>,
+    },
 
     // ---- the function failed (rendered as the function's error, HTTP 200 in FC) ----
     #[error("function timed out after {0:?}")]
@@ -82,7 +85,7 @@ pub enum InvokeError {
     #[error("asynchronous task stopped")]
     AsyncTaskStopped,
 
-    // ---- cloud backends (see crate::backend) ----
+    // ---- cloud backends (see crate::execute::routes) ----
     /// A backend could not be reached, or failed in a way of its own (its
     /// error answer, refused credentials, a broken answer). `detail` names
     /// no address and no secret.
@@ -128,6 +131,7 @@ impl InvokeError {
     pub fn cause(&self) -> Option<&str> {
         match self {
             InvokeError::BackendError { cause, .. } => cause.as_deref(),
+            InvokeError::QueueUnavailable { cause } => Some(cause),
             _ => None,
         }
     }
@@ -149,7 +153,7 @@ impl InvokeError {
             InvokeError::Internal(_)
             | InvokeError::ShuttingDown
             | InvokeError::WorkerUnavailable
-            | InvokeError::QueueUnavailable => Outcome::GatewayError,
+            | InvokeError::QueueUnavailable { .. } => Outcome::GatewayError,
             InvokeError::AccessDenied(_) => Outcome::Denied,
             InvokeError::Unauthenticated(_) => Outcome::Unauthenticated,
             InvokeError::RouteNotFound { .. }

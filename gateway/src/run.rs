@@ -42,7 +42,7 @@ pub enum RunError {
     #[error("asynchronous task store: {0}")]
     AsyncStore(#[from] asynchronous::OpenError),
     #[error("backends: {0}")]
-    Backends(String),
+    Backends(#[from] execute::routes::RoutesError),
     #[error("fleet: {0}")]
     Fleet(#[from] fleet::FleetError),
 }
@@ -137,8 +137,7 @@ impl Built {
         scheduler::reaper::spawn(&scheduler);
         let tls = connection::tls::server_config(&g.tls)?;
         let (queue, kills) = open_queue(config, &metrics, fleet.as_ref()).await?;
-        let routes =
-            execute::routes::table(config, &metrics.registry).map_err(RunError::Backends)?;
+        let routes = execute::routes::table(config, &metrics.registry)?;
         let executor = execute::Executor {
             sandbox: execute::sandbox::Sandbox {
                 scheduler: scheduler.clone(),
@@ -502,7 +501,7 @@ fn exact_limits(config: &Config, metrics: &metrics::Metrics) -> Result<Option<Ex
     let url = String::from_utf8_lossy(url.expose()).into_owned();
     let exact =
         fleet::exact::ExactLimits::new(&url, &cfg.name, cfg.redis_timeout, &metrics.registry)
-            .map_err(|e| RunError::Fleet(fleet::FleetError::Redis(e)))?;
+            .map_err(fleet::FleetError::Redis)?;
     // An instance's entry in the fleet's count lapses as its owner's
     // membership does (the workers release it then too).
     Ok(Some((Arc::new(exact), cfg.member_ttl)))

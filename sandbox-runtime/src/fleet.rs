@@ -18,6 +18,29 @@ use futures_util::StreamExt;
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
+/// Why a fleet's engine could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("{url:?} is not a NATS address: {source}")]
+    Address {
+        url: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot connect to NATS at {urls}: {source}")]
+    Connect {
+        urls: String,
+        #[source]
+        source: async_nats::ConnectError,
+    },
+    #[error("cannot open the bucket {bucket}: {source}")]
+    Bucket {
+        bucket: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
 /// Opens a fleet's key-value bucket, creating it when missing.
 ///
 /// The stream is made here, as the KV layout defines it, rather than by
@@ -30,7 +53,11 @@ pub async fn bucket(
     max_age: Duration,
     storage: stream::StorageType,
     replicas: usize,
-) -> Result<kv::Store, String> {
+) -> Result<kv::Store, EngineError> {
+    let failed = |source: Box<dyn std::error::Error + Send + Sync>| EngineError::Bucket {
+        bucket: bucket.to_string(),
+        source,
+    };
     let config = stream::Config {
         name: format!("KV_{bucket}"),
         subjects: vec![format!("$KV.{bucket}.>")],
@@ -48,13 +75,13 @@ pub async fn bucket(
         // Made by another member with other settings (say, another TTL):
         // used as it is.
         if js.get_stream(format!("KV_{bucket}")).await.is_err() {
-            return Err(format!("cannot open the bucket {bucket}: {create}"));
+            return Err(failed(Box::new(create)));
         }
         tracing::warn!(bucket, error = %create, "using the existing bucket as it is");
     }
     js.get_key_value(bucket.to_string())
         .await
-        .map_err(|e| format!("cannot open the bucket {bucket}: {e}"))
+        .map_err(|e| failed(Box::new(e)))
 }
 
 /// Who is live in one bucket.
@@ -304,10 +331,15 @@ pub async fn connect(
     engine_timeout: Duration,
     options: async_nats::ConnectOptions,
     within: Duration,
-) -> Result<async_nats::Client, String> {
+) -> Result<async_nats::Client, EngineError> {
     let addrs: Vec<async_nats::ServerAddr> = urls
         .iter()
-        .map(|u| u.parse().map_err(|e| format!("{u:?}: {e}")))
+        .map(|u| {
+            u.parse().map_err(|source| EngineError::Address {
+                url: u.clone(),
+                source,
+            })
+        })
         .collect::<Result<_, _>>()?;
     let options = options
         .name(name)
@@ -327,7 +359,12 @@ pub async fn connect(
                 tracing::warn!(error = %e, "NATS not reachable yet; retrying");
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
-            Err(e) => return Err(format!("cannot connect to NATS at {}: {e}", urls.join(","))),
+            Err(source) => {
+                return Err(EngineError::Connect {
+                    urls: urls.join(","),
+                    source,
+                });
+            }
         }
     }
 }
@@ -343,7 +380,7 @@ pub struct Joined {
 impl crate::Worker {
     /// Joins the fleet (connects, opens its buckets), retrying NATS for
     /// `connect_timeout`; an error means the worker should not serve.
-    pub async fn join_fleet(&self, cfg: WorkerFleet) -> Result<Joined, String> {
+    pub async fn join_fleet(&self, cfg: WorkerFleet) -> Result<Joined, EngineError> {
         let client = connect(
             &cfg.nats_urls,
             format!("fngate worker {}/{}", cfg.name, cfg.id),

@@ -157,7 +157,7 @@ impl Dialect for Azure {
             InvokeError::InstanceStartFailed { .. }
             | InvokeError::ShuttingDown
             | InvokeError::WorkerUnavailable
-            | InvokeError::QueueUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            | InvokeError::QueueUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             InvokeError::Internal(_)
             | InvokeError::FunctionTimeout(_)
             | InvokeError::InstanceCrashed { .. }
@@ -240,7 +240,7 @@ impl Dialect for Azure {
                 "ServiceUnavailable",
                 "no sandbox worker could start an instance in time; retry",
             ),
-            InvokeError::QueueUnavailable => body(
+            InvokeError::QueueUnavailable { .. } => body(
                 "ServiceUnavailable",
                 "the asynchronous task queue did not answer; retry",
             ),

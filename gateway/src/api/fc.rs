@@ -246,7 +246,7 @@ impl Dialect for Fc {
             InvokeError::InstanceStartFailed { .. } => StatusCode::PRECONDITION_FAILED,
             InvokeError::ShuttingDown
             | InvokeError::WorkerUnavailable
-            | InvokeError::QueueUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            | InvokeError::QueueUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             InvokeError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             InvokeError::BackendError { .. } => StatusCode::BAD_GATEWAY,
             InvokeError::BackendTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
@@ -372,7 +372,7 @@ impl Dialect for Fc {
                 "ServiceUnavailable",
                 "no sandbox worker could start an instance in time; retry",
             ),
-            InvokeError::QueueUnavailable => gateway(
+            InvokeError::QueueUnavailable { .. } => gateway(
                 "ServiceUnavailable",
                 "the asynchronous task queue did not answer; retry",
             ),

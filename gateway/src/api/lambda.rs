@@ -404,7 +404,7 @@ impl Dialect for Lambda {
             InvokeError::NoCapacity { .. } => StatusCode::BAD_GATEWAY,
             InvokeError::ShuttingDown
             | InvokeError::WorkerUnavailable
-            | InvokeError::QueueUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            | InvokeError::QueueUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             InvokeError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             InvokeError::BackendError { .. } => StatusCode::BAD_GATEWAY,
             InvokeError::BackendTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
@@ -544,7 +544,7 @@ impl Dialect for Lambda {
                 "No sandbox worker could start an instance in time; retry.".into(),
                 None,
             ),
-            InvokeError::QueueUnavailable => gateway(
+            InvokeError::QueueUnavailable { .. } => gateway(
                 "ServiceException",
                 "Service",
                 "The asynchronous invocation queue did not answer; retry.".into(),

@@ -97,7 +97,9 @@ pub(crate) fn every_error() -> Vec<InvokeError> {
         },
         InvokeError::ShuttingDown,
         InvokeError::WorkerUnavailable,
-        InvokeError::QueueUnavailable,
+        InvokeError::QueueUnavailable {
+            cause: "nats: timed out".into(),
+        },
         InvokeError::internal("secret detail"),
         InvokeError::FunctionTimeout(Duration::from_secs(3)),
         InvokeError::InstanceCrashed {

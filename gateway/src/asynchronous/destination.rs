@@ -21,6 +21,7 @@
 
 use super::store::Delivery;
 use super::task::TaskRecord;
+use crate::backend::client::TrustError;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use serde_json::{Value, json};
@@ -43,24 +44,9 @@ pub type Client = hyper_util::client::legacy::Client<
 
 /// The outbound client for destinations: HTTP, or HTTPS verified against
 /// the system's roots and `extra_roots` (PEM).
-pub fn client(extra_roots: Option<&[u8]>) -> Result<Client, String> {
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add_parsable_certificates(system_roots());
-    if let Some(pem) = extra_roots {
-        use rustls_pki_types::pem::PemObject;
-        for c in rustls_pki_types::CertificateDer::pem_slice_iter(pem) {
-            let c = c.map_err(|e| format!("destination CA file: {e}"))?;
-            roots
-                .add(c)
-                .map_err(|e| format!("destination CA file: {e}"))?;
-        }
-    }
-    let tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+pub fn client(extra_roots: Option<&[u8]>) -> Result<Client, TrustError> {
+    let tls =
+        crate::backend::client::client_tls(extra_roots.map(|p| ("async_destination_ca_file", p)))?;
     let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
@@ -81,14 +67,6 @@ pub fn client(extra_roots: Option<&[u8]>) -> Result<Client, String> {
 
 /// The system's trust anchors. None found is not an error: a configured CA
 /// file, or plain HTTP, may be all a user needs.
-fn system_roots() -> Vec<rustls_pki_types::CertificateDer<'static>> {
-    let found = rustls_native_certs::load_native_certs();
-    for e in &found.errors {
-        tracing::debug!(error = %e, "system trust anchors for HTTPS destinations");
-    }
-    found.certs
-}
-
 /// A payload as a JSON value: itself when it is JSON, else a string.
 fn embed(payload: &[u8]) -> Value {
     serde_json::from_slice(payload)

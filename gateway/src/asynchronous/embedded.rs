@@ -127,7 +127,7 @@ pub struct Embedded {
     depth: Arc<DepthCell>,
 }
 
-fn err(e: impl std::fmt::Display) -> StoreError {
+fn err(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> StoreError {
     StoreError::storage(e)
 }
 

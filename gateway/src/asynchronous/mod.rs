@@ -123,8 +123,8 @@ pub enum Submitted {
 pub enum OpenError {
     #[error("{0}")]
     Store(#[from] StoreError),
-    #[error("async_destination_ca_file {path}: {message}")]
-    CaFile { path: String, message: String },
+    #[error("async_destination_ca_file: {0}")]
+    CaFile(#[from] crate::backend::client::TrustError),
 }
 
 impl AsyncQueue {
@@ -154,21 +154,10 @@ impl AsyncQueue {
                 )?)
             }
         };
-        let ca = match &limits.destination_ca_file {
-            None => None,
-            Some(p) => Some(std::fs::read(p).map_err(|e| OpenError::CaFile {
-                path: p.display().to_string(),
-                message: e.to_string(),
-            })?),
-        };
-        let client = destination::client(ca.as_deref()).map_err(|message| OpenError::CaFile {
-            path: limits
-                .destination_ca_file
-                .as_ref()
-                .map(|p| p.display().to_string())
-                .unwrap_or_default(),
-            message,
-        })?;
+        let ca = (limits.destination_ca_file.as_deref())
+            .map(crate::backend::client::read_ca_file)
+            .transpose()?;
+        let client = destination::client(ca.as_deref())?;
         let functions: Vec<_> = functions.collect();
         let q = AsyncQueue {
             slots: functions

@@ -18,38 +18,40 @@ pub enum StoreError {
     #[error("the asynchronous task store is full ({0})")]
     Full(&'static str),
     #[error("asynchronous task store: {0}")]
-    Storage(std::sync::Arc<str>),
+    Storage(#[source] Cause),
     /// The store's engine did not answer (a broker's leader election, a
     /// lost connection): worth retrying, answered 503.
     #[error("asynchronous task store unavailable: {0}")]
-    Unavailable(std::sync::Arc<str>),
+    Unavailable(#[source] Cause),
     #[error("asynchronous task store is closed")]
     Closed,
 }
 
+/// What a store's engine said, kept with its own causes (shared: a store
+/// error is cloned to every waiter of a batch).
+pub type Cause = std::sync::Arc<dyn std::error::Error + Send + Sync>;
+
 impl StoreError {
-    pub fn storage(e: impl std::fmt::Display) -> Self {
-        StoreError::Storage(e.to_string().into())
+    pub fn storage(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        StoreError::Storage(e.into().into())
     }
 
-    pub fn unavailable(e: impl std::fmt::Display) -> Self {
-        StoreError::Unavailable(e.to_string().into())
+    pub fn unavailable(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        StoreError::Unavailable(e.into().into())
     }
 }
 
 impl From<StoreError> for crate::error::InvokeError {
-    /// `Full` is the caller's to map (a throttle of its own kind).
+    /// `Full` is the caller's to map (a throttle of its own kind). Not
+    /// logged here: the pipeline logs a 5xx once, with the cause chain.
     fn from(e: StoreError) -> Self {
+        use crate::error::{InvokeError, error_chain};
         match e {
-            StoreError::Unavailable(detail) => {
-                tracing::warn!(%detail, "asynchronous task store unavailable");
-                crate::error::InvokeError::QueueUnavailable
-            }
-            StoreError::Closed => crate::error::InvokeError::ShuttingDown,
-            e => {
-                tracing::error!(error = %e, "asynchronous task store failed");
-                crate::error::InvokeError::internal(e)
-            }
+            StoreError::Unavailable(cause) => InvokeError::QueueUnavailable {
+                cause: error_chain(&*cause).into(),
+            },
+            StoreError::Closed => InvokeError::ShuttingDown,
+            e => InvokeError::internal(e),
         }
     }
 }

@@ -17,7 +17,7 @@
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper_util::client::legacy::connect::HttpConnector;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,32 +29,77 @@ pub struct Outbound {
     tls: Arc<rustls::ClientConfig>,
 }
 
+/// Why the trust anchors for outbound HTTPS could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TrustError {
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{what}: not a PEM certificate: {source}")]
+    Pem {
+        what: String,
+        #[source]
+        source: rustls_pki_types::pem::Error,
+    },
+    #[error("{what}: a certificate rustls refuses: {source}")]
+    Certificate {
+        what: String,
+        #[source]
+        source: rustls::Error,
+    },
+    #[error("TLS settings: {0}")]
+    Settings(#[from] rustls::Error),
+}
+
+/// Client TLS (1.3 and 1.2) trusting the system's anchors and the PEM
+/// certificates of `extra` (named `what` in errors).
+pub fn client_tls(extra: Option<(&str, &[u8])>) -> Result<rustls::ClientConfig, TrustError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    let found = rustls_native_certs::load_native_certs();
+    for e in &found.errors {
+        tracing::debug!(error = %e, "system trust anchors");
+    }
+    roots.add_parsable_certificates(found.certs);
+    if let Some((what, pem)) = extra {
+        use rustls_pki_types::pem::PemObject;
+        for c in rustls_pki_types::CertificateDer::pem_slice_iter(pem) {
+            let c = c.map_err(|source| TrustError::Pem {
+                what: what.to_string(),
+                source,
+            })?;
+            roots.add(c).map_err(|source| TrustError::Certificate {
+                what: what.to_string(),
+                source,
+            })?;
+        }
+    }
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+/// Reads a CA file's PEM certificates.
+pub fn read_ca_file(path: &Path) -> Result<Vec<u8>, TrustError> {
+    std::fs::read(path).map_err(|source| TrustError::Read {
+        path: path.to_owned(),
+        source,
+    })
+}
+
 impl Outbound {
     /// Trust anchors: the system's, plus the PEM certificates in `ca_file`.
-    pub fn new(ca_file: Option<&Path>) -> Result<Outbound, String> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut roots = rustls::RootCertStore::empty();
-        let found = rustls_native_certs::load_native_certs();
-        for e in &found.errors {
-            tracing::debug!(error = %e, "system trust anchors for backends");
-        }
-        roots.add_parsable_certificates(found.certs);
-        if let Some(path) = ca_file {
-            use rustls_pki_types::pem::PemObject;
-            let what = |e: &dyn std::fmt::Display| {
-                format!("gateway.backend_ca_file {}: {e}", path.display())
-            };
-            let pem = std::fs::read(path).map_err(|e| what(&e))?;
-            for c in rustls_pki_types::CertificateDer::pem_slice_iter(&pem) {
-                roots.add(c.map_err(|e| what(&e))?).map_err(|e| what(&e))?;
-            }
-        }
-        let tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-            .map_err(|e| e.to_string())?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        Ok(Outbound { tls: Arc::new(tls) })
+    pub fn new(ca_file: Option<&Path>) -> Result<Outbound, TrustError> {
+        let pem = ca_file.map(read_ca_file).transpose()?;
+        let what = ca_file.map(|p| format!("gateway.backend_ca_file {}", p.display()));
+        let extra = what.as_deref().zip(pem.as_deref());
+        Ok(Outbound {
+            tls: Arc::new(client_tls(extra)?),
+        })
     }
 
     /// A pooled client with this connect timeout.

@@ -30,6 +30,14 @@ use http_body_util::{BodyExt, Full, Limited};
 use std::time::{Duration, SystemTime};
 
 /// A cloud backend's fixed parts, computed once.
+/// A backend whose configuration passed validation but cannot be called.
+#[derive(Debug, thiserror::Error)]
+#[error("backend {backend:?}: its {what} cannot be used")]
+pub struct Unusable {
+    pub backend: String,
+    pub what: &'static str,
+}
+
 pub struct Target {
     /// One client per runtime shard.
     clients: Box<[Client]>,
@@ -75,8 +83,11 @@ impl Target {
         b: &BackendConfig,
         outbound: &Outbound,
         max_idle: usize,
-    ) -> Result<Option<Target>, String> {
-        let unusable = |what: &str| format!("backend {:?}: its {what} cannot be used", b.name);
+    ) -> Result<Option<Target>, Unusable> {
+        let unusable = |what| Unusable {
+            backend: b.name.to_string(),
+            what,
+        };
         let Some(base) = b.url.as_ref() else {
             return Ok(None);
         };

@@ -291,7 +291,7 @@ impl Routes {
         outbound: &client::Outbound,
         families: &BackendFamilies,
         vpcs: &VpcTable,
-    ) -> Result<Option<Routes>, String> {
+    ) -> Result<Option<Routes>, cloud::Unusable> {
         if f.backends.is_empty() {
             return Ok(None);
         }
@@ -332,7 +332,7 @@ impl Routes {
                     cfg: b.clone(),
                 })
             })
-            .collect::<Result<_, String>>()?;
+            .collect::<Result<_, cloud::Unusable>>()?;
         let weights = backends
             .iter()
             .enumerate()
@@ -397,8 +397,24 @@ impl Routes {
 /// Every function's routes, by name (only functions with backends).
 pub type RouteTable = Arc<std::collections::HashMap<Arc<str>, Routes>>;
 
+/// Why the backends could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum RoutesError {
+    #[error(transparent)]
+    Trust(#[from] client::TrustError),
+    #[error("function {function:?}: {source}")]
+    Unusable {
+        function: String,
+        #[source]
+        source: cloud::Unusable,
+    },
+}
+
 /// Builds the routes of every function that has backends.
-pub fn table(config: &crate::config::Config, registry: &Registry) -> Result<RouteTable, String> {
+pub fn table(
+    config: &crate::config::Config,
+    registry: &Registry,
+) -> Result<RouteTable, RoutesError> {
     let settings = &config.gateway.backends;
     let mut out = std::collections::HashMap::new();
     if config.functions.iter().any(|f| !f.backends.is_empty()) {
@@ -406,7 +422,10 @@ pub fn table(config: &crate::config::Config, registry: &Registry) -> Result<Rout
         let families = BackendFamilies::new(registry);
         for f in &config.functions {
             let routes = Routes::new(f, settings, &outbound, &families, &config.ingress.vpcs)
-                .map_err(|e| format!("function {:?}: {e}", f.name))?;
+                .map_err(|source| RoutesError::Unusable {
+                    function: f.name.to_string(),
+                    source,
+                })?;
             if let Some(r) = routes {
                 out.insert(f.name.clone(), r);
             }

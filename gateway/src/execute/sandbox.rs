@@ -74,7 +74,7 @@ impl Sandbox {
             };
             let result = attempt(p, pool, &slot, call, &payload, request_id).await;
             if let Some(from) = log_from
-                && !matches!(result, Err(Attempt::NotSent))
+                && !matches!(result, Err(Attempt::NotSent(_)))
             {
                 ran.log = Box::pin(p.scheduler.instance_log(&slot.instance, Some(from)))
                     .await
@@ -82,14 +82,15 @@ impl Sandbox {
             }
             match result {
                 Ok(answer) => return Ok((answer, ran)),
-                Err(Attempt::NotSent) if !retried => {
+                Err(Attempt::NotSent(e)) if !retried => {
+                    tracing::debug!(function = %pool.cfg.name, instance = %slot.instance.id, error = %e, "instance unreachable; retrying on another");
                     p.scheduler.reclaim(pool, &slot.instance, "unreachable");
                     retried = true;
                 }
-                Err(Attempt::NotSent) => {
+                Err(Attempt::NotSent(e)) => {
                     p.scheduler.reclaim(pool, &slot.instance, "unreachable");
                     let e = InvokeError::InstanceCrashed {
-                        detail: "was unreachable".into(),
+                        detail: format!("was unreachable ({e})").into(),
                     };
                     return Err((e, Some(ran)));
                 }
@@ -100,14 +101,15 @@ impl Sandbox {
 }
 
 enum Attempt {
-    NotSent,
+    /// Could not connect (the cause): nothing was sent.
+    NotSent(std::io::Error),
     Failed(InvokeError),
 }
 
 /// How a call to an instance went wrong.
 enum CallError {
     /// Could not connect: nothing was sent.
-    NotSent,
+    NotSent(std::io::Error),
     Broken(h1::Error),
 }
 
@@ -234,7 +236,7 @@ async fn attempt(
         // Each retry takes a different idle connection, so the loop ends on
         // a new one at the latest.
         loop {
-            let mut pooled = inst.upstream.get().await.map_err(|_| CallError::NotSent)?;
+            let mut pooled = inst.upstream.get().await.map_err(CallError::NotSent)?;
             write_head(&mut pooled.conn, pool, call, &target, host, request_id);
             match pooled.conn.exchange(payload, max).await {
                 Ok(resp) => {
@@ -263,7 +265,7 @@ async fn attempt(
             return Err(Attempt::Failed(InvokeError::FunctionTimeout(timeout)));
         }
         Ok(Ok(r)) => r,
-        Ok(Err(CallError::NotSent)) => return Err(Attempt::NotSent),
+        Ok(Err(CallError::NotSent(e))) => return Err(Attempt::NotSent(e)),
         Ok(Err(CallError::Broken(h1::Error::TooLarge(_)))) => {
             return Err(Attempt::Failed(InvokeError::BadFunctionResponse {
                 detail: format!("response body exceeds {max} bytes").into(),

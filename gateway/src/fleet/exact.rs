@@ -174,15 +174,14 @@ impl ExactLimits {
         fleet: &str,
         timeout: Duration,
         registry: &Registry,
-    ) -> Result<ExactLimits, String> {
-        let client = redis::Client::open(url).map_err(|e| format!("fleet.redis_url: {e}"))?;
+    ) -> Result<ExactLimits, redis::RedisError> {
+        let client = redis::Client::open(url)?;
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout.max(Duration::from_millis(200))))
             .set_response_timeout(Some(timeout))
             .set_number_of_retries(1);
         // Lazily: a gateway starts (on split limits) while Redis is down.
-        let conn = redis::aio::ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(|e| format!("fleet.redis_url: {e}"))?;
+        let conn = redis::aio::ConnectionManager::new_lazy_with_config(client, config)?;
         let f = crate::families::Families(registry);
         let fallbacks = f.counters(
             "fngate_fleet_limit_fallbacks_total",

@@ -34,12 +34,20 @@ use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FleetError {
-    #[error("{0}")]
-    Connect(String),
-    #[error("NATS JetStream: {0}")]
-    JetStream(String),
-    #[error("Redis: {0}")]
-    Redis(String),
+    #[error(transparent)]
+    Engine(#[from] sandbox_runtime::fleet::EngineError),
+    #[error("NATS JetStream: cannot open {what}: {source}")]
+    JetStream {
+        what: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error(
+        "gateway.max_async_body_bytes ({body}) does not fit NATS's max_payload ({max_payload}) with the task record"
+    )]
+    PayloadTooLarge { body: u64, max_payload: u64 },
+    #[error("Redis: fleet.redis_url: {0}")]
+    Redis(#[from] redis::RedisError),
 }
 
 /// The fleet's metrics (registered only in fleet mode).
@@ -137,8 +145,7 @@ impl Fleet {
             opts,
             cfg.connect_timeout,
         )
-        .await
-        .map_err(FleetError::Connect)?;
+        .await?;
         let jetstream = async_nats::jetstream::new(client.clone());
         let metrics = FleetMetrics::new(registry);
         metrics.live_gateways.set(1);
@@ -176,7 +183,7 @@ impl Fleet {
             self.cfg.replicas,
         )
         .await
-        .map_err(FleetError::JetStream)
+        .map_err(FleetError::Engine)
     }
 
     /// Gateways live in the fleet, this one included (at least 1).

@@ -81,7 +81,7 @@ pub struct Kill {
 }
 
 /// An engine error: NATS did not answer as it should (worth a retry).
-fn err(e: impl std::fmt::Display) -> StoreError {
+fn err(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> StoreError {
     StoreError::unavailable(e)
 }
 
@@ -165,15 +165,17 @@ impl JetStreamStore {
         limits: &AsyncLimits,
     ) -> Result<(Arc<Self>, tokio::sync::mpsc::UnboundedReceiver<Kill>), FleetError> {
         let js = &fleet.jetstream;
-        let engine = |what: &str, e: &dyn std::fmt::Display| {
-            FleetError::JetStream(format!("cannot open {what}: {e}"))
-        };
+        let engine =
+            |what: &str, source: Box<dyn std::error::Error + Send + Sync>| FleetError::JetStream {
+                what: what.to_string(),
+                source,
+            };
         let max_payload = fleet.client.server_info().max_payload as u64;
         if limits.max_body_bytes + 64 * 1024 > max_payload {
-            return Err(FleetError::JetStream(format!(
-                "gateway.max_async_body_bytes ({}) does not fit NATS's max_payload ({max_payload}) with the task record",
-                limits.max_body_bytes
-            )));
+            return Err(FleetError::PayloadTooLarge {
+                body: limits.max_body_bytes,
+                max_payload,
+            });
         }
         let tasks_subject = format!("{}.tasks", fleet.cfg.name);
         let deliveries_subject = format!("{}.deliveries", fleet.cfg.name);
@@ -199,7 +201,7 @@ impl JetStreamStore {
                 limits.max_queued_bytes as i64,
             ))
             .await
-            .map_err(|e| engine(&tasks_name, &e))?;
+            .map_err(|e| engine(&tasks_name, Box::new(e)))?;
         let deliveries_name = fleet.scoped("deliveries");
         let deliveries = js
             .get_or_create_stream(queue(
@@ -209,7 +211,7 @@ impl JetStreamStore {
                 -1,
             ))
             .await
-            .map_err(|e| engine(&deliveries_name, &e))?;
+            .map_err(|e| engine(&deliveries_name, Box::new(e)))?;
         let state = fleet
             .bucket("tasks", 1, limits.retention, stream::StorageType::File)
             .await?;
@@ -218,7 +220,7 @@ impl JetStreamStore {
             .client
             .subscribe(kill_subject.clone())
             .await
-            .map_err(|e| engine(&kill_subject, &e))?;
+            .map_err(|e| engine(&kill_subject, Box::new(e)))?;
         let (kill_tx, kill_rx) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(async move {
             while let Some(m) = kills.next().await {

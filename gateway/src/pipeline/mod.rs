@@ -301,9 +301,11 @@ impl<E: Execute> Pipeline<E> {
                     retry_after: pool.limits.retry_hint(),
                 }))
             }
-            // Logged with its cause by the conversion.
             Err(e) => Some(e.into()),
         };
+        if let Some(e) = &err {
+            self.log_failure(ctx, pool, e);
+        }
         let outcome = err.as_ref().map_or(Outcome::Accepted, InvokeError::outcome);
         let mut done = Done::new(pool, inv, outcome, read, key);
         done.throttle = err.as_ref().and_then(InvokeError::throttle);

@@ -127,6 +127,9 @@ impl<E: crate::execute::Execute> Pipeline<E> {
         let mut resp = match answered {
             Ok(r) => nosniff(r),
             Err(e) => {
+                if let Some(pool) = done.pool {
+                    self.log_failure(ctx, pool, &e);
+                }
                 done.outcome = e.outcome();
                 self.error(ctx, &done, &e)
             }
