@@ -27,7 +27,7 @@ const FULL_LOOK_MS: u64 = 10_000;
 /// function's concurrency queue, an instance start, then the function's
 /// timeout), with room to spare. An attempt that outlives it may run twice:
 /// at least once, never lost.
-fn lease_ms(p: &Pipeline, pool: &FunctionPool) -> u64 {
+fn lease_ms(p: &Pipeline, pool: &crate::functions::Function) -> u64 {
     let d = pool.cfg.throttle.queue_timeout
         + p.scheduler.start_timeout()
         + pool.cfg.timeout

@@ -21,6 +21,8 @@ const LAYERS: &[&[&str]] = &[
     // The doors: decode a request, render an answer.
     &["api"],
     &["metrics"],
+    // A registry of functions (configuration, limiters, metric handles).
+    &["functions"],
     &["scheduler"],
     // Stage 9: the executors.
     &["execute"],

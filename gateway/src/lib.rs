@@ -28,6 +28,7 @@ pub mod error;
 pub mod execute;
 pub mod families;
 pub mod fleet;
+pub mod functions;
 pub mod ids;
 pub mod ingress;
 pub mod metering;

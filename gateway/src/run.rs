@@ -5,8 +5,8 @@
 use crate::config::{self, Config};
 use crate::throttle::shared::{SharedCount, Sharing};
 use crate::{
-    admin, asynchronous, connection, dispatch, execute, fleet, metering, metrics, pipeline,
-    scheduler, shards, workers,
+    admin, asynchronous, connection, dispatch, execute, fleet, functions, metering, metrics,
+    pipeline, scheduler, shards, workers,
 };
 use std::future::Future;
 use std::sync::Arc;
@@ -130,10 +130,10 @@ impl Built {
             sharing,
             usage: usage_log.clone(),
         };
-        let (functions, throttle) = (&config.functions, &g.throttle);
-        let scheduler = scheduler::Scheduler::new(
-            functions, workers, &metrics, &networks, throttle, times, outside,
-        );
+        let functions = functions::Functions::new(&config.functions, &metrics, &networks);
+        let throttle = &g.throttle;
+        let scheduler =
+            scheduler::Scheduler::new(&functions, workers, &metrics, throttle, times, outside);
         scheduler::reaper::spawn(&scheduler);
         let tls = connection::tls::server_config(&g.tls)?;
         let (queue, kills) = open_queue(config, &metrics, fleet.as_ref()).await?;

@@ -136,7 +136,7 @@ fn target<'a>(call: &'a Call<'_>) -> Result<Cow<'a, str>, InvokeError> {
 /// The request line and headers, by the contract of `call.trigger`.
 fn write_head(
     conn: &mut h1::Conn,
-    pool: &FunctionPool,
+    pool: &crate::functions::Function,
     call: &Call<'_>,
     target: &str,
     host: &HeaderValue,

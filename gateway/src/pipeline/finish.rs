@@ -8,9 +8,9 @@ use crate::auth::KeyId;
 use crate::body;
 use crate::error::{InvokeError, Outcome};
 use crate::execute::Execute;
+use crate::functions::Function;
 use crate::ingress::{Network, Origin};
 use crate::metering::{Leg, UsageRecord, billed_gb_s, unix_ms};
-use crate::scheduler::FunctionPool;
 use crate::throttle::LimitKind;
 use http::{HeaderValue, Response, StatusCode};
 use hyper::body::Incoming;
@@ -30,7 +30,7 @@ pub(super) fn nosniff(mut resp: Response<ResponseBody>) -> Response<ResponseBody
 pub(super) struct Refusal {
     pub error: InvokeError,
     /// `None`: refused at or before the lookup.
-    pub pool: Option<Arc<FunctionPool>>,
+    pub pool: Option<Arc<Function>>,
     /// The payload bytes read (`None`: before stage 6 ended; the declared
     /// length counts).
     pub read: Option<u64>,
@@ -38,10 +38,10 @@ pub(super) struct Refusal {
 }
 
 impl Refusal {
-    pub fn of(pool: &Arc<FunctionPool>, error: InvokeError) -> Self {
+    pub fn of(pool: &crate::scheduler::FunctionPool, error: InvokeError) -> Self {
         Refusal {
             error,
-            pool: Some(pool.clone()),
+            pool: Some(pool.function.clone()),
             read: None,
             key: None,
         }
@@ -68,7 +68,7 @@ impl From<InvokeError> for Refusal {
 
 /// What [`Pipeline::account`] needs to know about how a request went.
 pub(super) struct Done<'a> {
-    pub pool: Option<&'a Arc<FunctionPool>>,
+    pub pool: Option<&'a Function>,
     pub function: &'a str,
     pub qualifier: Option<&'a str>,
     pub outcome: Outcome,
@@ -85,7 +85,7 @@ pub(super) struct Done<'a> {
 
 impl<'a> Done<'a> {
     pub fn new(
-        pool: &'a Arc<FunctionPool>,
+        pool: &'a Function,
         inv: &'a Invocation<'_>,
         outcome: Outcome,
         bytes_in: u64,
@@ -120,7 +120,7 @@ impl<E: Execute> Pipeline<E> {
     ) -> impl Future<Output = Response<ResponseBody>> + use<'a, E> {
         let declared = crate::body::declared_length(&parts.headers);
         let done = Done {
-            pool: r.pool.as_ref(),
+            pool: r.pool.as_deref(),
             function: inv.map_or("(unknown)", |i| &i.function),
             qualifier: inv.and_then(|i| i.qualifier.as_deref()),
             outcome: r.error.outcome(),
@@ -141,7 +141,7 @@ impl<E: Execute> Pipeline<E> {
     /// is not told (no payload, no secret in either): a 5xx at warn with
     /// its causes; a refusal the caller can fix, or a throttle, not at all
     /// (they are counted).
-    pub(super) fn log_failure(&self, ctx: &Ctx<'_>, pool: &FunctionPool, e: &InvokeError) {
+    pub(super) fn log_failure(&self, ctx: &Ctx<'_>, pool: &Function, e: &InvokeError) {
         let status = ctx.dialect.status(e);
         if status.is_server_error() {
             tracing::warn!(function = %pool.cfg.name, request_id = ?ctx.request_id, status = status.as_u16(), error = %e, cause = e.cause().unwrap_or(""), "invocation failed");
@@ -168,7 +168,7 @@ impl<E: Execute> Pipeline<E> {
     pub(super) fn answer(
         &self,
         ctx: &Ctx<'_>,
-        pool: &Arc<FunctionPool>,
+        pool: &Function,
         result: Result<(FunctionAnswer, Ran), (InvokeError, Option<Ran>)>,
     ) -> (Outcome, Option<Ran>, Response<ResponseBody>) {
         match result {
@@ -203,13 +203,12 @@ impl<E: Execute> Pipeline<E> {
         parts: &http::request::Parts,
         resp: &mut Response<ResponseBody>,
     ) {
-        let tasks = self.scheduler.tasks();
         let held = body::unread(
             body,
             &parts.headers,
             parts.version,
             &self.limits,
-            tasks,
+            &self.drain_tasks,
             &self.drains,
         );
         if let Some(b) = held {

@@ -47,6 +47,7 @@ use crate::body;
 use crate::config::{Config, Limits};
 use crate::error::{InvokeError, Outcome};
 use crate::execute::{Call, Execute, Executor};
+use crate::functions::Function;
 use crate::ids::IdGen;
 use crate::ingress::{Origin, VpcTable};
 use crate::metering::usage_log::UsageLog;
@@ -75,6 +76,9 @@ pub struct Pipeline<E = Executor> {
     unknown: FunctionMetrics,
     usage: Option<UsageLog>,
     drains: body::DrainMetrics,
+    /// The drains of refused requests' unread bodies (bounded each; a stop
+    /// does not wait for them: their answers are sent).
+    drain_tasks: tokio_util::task::TaskTracker,
     pub asynchronous: Arc<crate::asynchronous::AsyncQueue>,
     executor: E,
 }
@@ -104,7 +108,7 @@ struct Ctx<'a> {
 impl Ctx<'_> {
     /// What the dialect answers with: the request, the function (`None`: not
     /// found) and the instance the call ran on, if it did.
-    fn reply<'a>(&'a self, pool: Option<&Arc<FunctionPool>>, ran: Option<&'a Ran>) -> Reply<'a> {
+    fn reply<'a>(&'a self, pool: Option<&Function>, ran: Option<&'a Ran>) -> Reply<'a> {
         Reply {
             request_id: &self.request_id,
             ran,
@@ -144,6 +148,7 @@ impl<E: Execute> Pipeline<E> {
             auth: config.auth.clone(),
             usage,
             drains: body::DrainMetrics::new(&metrics.registry),
+            drain_tasks: Default::default(),
             executor,
         }
     }

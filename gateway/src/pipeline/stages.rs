@@ -8,10 +8,10 @@ use crate::api::{Invocation, Kind};
 use crate::auth::{AuthLevel, AuthMode, AuthPolicy, Authn, KeyId, PayloadHasher};
 use crate::error::InvokeError;
 use crate::execute::Execute;
+use crate::functions::Function;
 use crate::ingress::Origin;
 use crate::ingress::policy::Denial;
 use crate::metrics::GaugeGuard;
-use crate::scheduler::FunctionPool;
 use crate::throttle::ConcurrencyPermit;
 use crate::throttle::shared::RateCheck;
 use bytes::Bytes;
@@ -29,10 +29,10 @@ pub(super) struct Admitted<'a> {
 }
 
 impl<'a> Admitted<'a> {
-    pub(super) fn new(pool: &'a FunctionPool, permit: Option<ConcurrencyPermit>) -> Self {
+    pub(super) fn new(f: &'a Function, permit: Option<ConcurrencyPermit>) -> Self {
         Admitted {
             _permit: permit,
-            _in_flight: GaugeGuard::new(&pool.metrics.in_flight),
+            _in_flight: GaugeGuard::new(&f.metrics.in_flight),
         }
     }
 }
@@ -63,7 +63,7 @@ impl<E: Execute> Pipeline<E> {
         ctx: &Ctx<'_>,
         parts: &http::request::Parts,
         inv: &Invocation<'_>,
-    ) -> Result<Arc<FunctionPool>, InvokeError> {
+    ) -> Result<Arc<crate::scheduler::FunctionPool>, InvokeError> {
         match self.scheduler.function(&inv.function) {
             Some(pool) => Ok(pool.clone()),
             None => Err(match ctx.dialect.authenticate(parts, &self.policy(None)) {
@@ -77,7 +77,7 @@ impl<E: Execute> Pipeline<E> {
 
     /// Stage 3: the function's ingress policy, from the head and the
     /// connection alone.
-    pub(super) fn ingress(&self, ctx: &Ctx<'_>, pool: &FunctionPool) -> Result<(), InvokeError> {
+    pub(super) fn ingress(&self, ctx: &Ctx<'_>, pool: &Function) -> Result<(), InvokeError> {
         let denial = match pool.cfg.ingress.check(&ctx.origin, &self.vpcs) {
             Ok(()) => return Ok(()),
             Err(d) => d,
@@ -94,14 +94,14 @@ impl<E: Execute> Pipeline<E> {
         &self,
         ctx: &Ctx<'_>,
         parts: &http::request::Parts,
-        pool: &FunctionPool,
+        pool: &Function,
     ) -> Result<Authn, InvokeError> {
         ctx.dialect
             .authenticate(parts, &self.policy(Some(pool)))
             .inspect_err(|e| self.count_auth_failure(ctx, pool, e))
     }
 
-    fn count_auth_failure(&self, ctx: &Ctx<'_>, pool: &FunctionPool, e: &InvokeError) {
+    fn count_auth_failure(&self, ctx: &Ctx<'_>, pool: &Function, e: &InvokeError) {
         if let InvokeError::Unauthenticated(a) = e {
             pool.metrics.auth_failures[ctx.dialect.api().index()][a.index()].inc();
         }
@@ -122,7 +122,7 @@ impl<E: Execute> Pipeline<E> {
     /// when it runs; a dry run never does.
     pub(super) async fn throttle<'a>(
         &self,
-        pool: &'a FunctionPool,
+        pool: &'a Function,
         origin: &Origin,
         kind: Kind,
         key: Option<KeyId>,
@@ -194,7 +194,7 @@ impl<E: Execute> Pipeline<E> {
     pub(super) fn verify_payload(
         &self,
         ctx: &Ctx<'_>,
-        pool: &FunctionPool,
+        pool: &Function,
         authn: Authn,
         hash: Option<[u8; 32]>,
     ) -> Result<Option<KeyId>, InvokeError> {
@@ -213,7 +213,7 @@ impl<E: Execute> Pipeline<E> {
 
     /// What `pool`'s function demands of its callers (the gateway's default
     /// for an unknown function).
-    pub(super) fn policy<'a>(&'a self, pool: Option<&'a FunctionPool>) -> AuthPolicy<'a> {
+    pub(super) fn policy<'a>(&'a self, pool: Option<&'a Function>) -> AuthPolicy<'a> {
         let (mode, level, function_keys) = match pool {
             Some(p) => (p.cfg.auth, p.cfg.auth_level, &p.cfg.function_keys[..]),
             None => (self.auth.mode, AuthLevel::Anonymous, &[][..]),

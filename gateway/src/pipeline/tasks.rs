@@ -27,7 +27,7 @@ impl<E: crate::execute::Execute> Pipeline<E> {
         &self,
         ctx: &Ctx<'_>,
         inv: &Invocation<'_>,
-        pool: &FunctionPool,
+        pool: &crate::functions::Function,
         content_type: Option<&HeaderValue>,
         key: Option<KeyId>,
         payload_bytes: usize,

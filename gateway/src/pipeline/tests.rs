@@ -97,10 +97,9 @@ fn setup(function: &str, executor: FakeExecutor, sharing: Sharing) -> Setup {
     let metrics = Metrics::new();
     let networks = NetworkIndex::new(&cfg.ingress.vpcs);
     let scheduler = Scheduler::new(
-        &cfg.functions,
+        &crate::functions::Functions::new(&cfg.functions, &metrics, &networks),
         Vec::new(),
         &metrics,
-        &networks,
         &cfg.gateway.throttle,
         crate::scheduler::Times {
             start_timeout: Duration::from_secs(5),

@@ -14,13 +14,13 @@ pub mod pick;
 pub mod placement;
 pub mod reaper;
 
-use crate::config::FunctionConfig;
 use crate::config::GatewayThrottle;
 use crate::error::InvokeError;
+pub use crate::functions::{Function, Functions};
 use crate::ids::IdGen;
-use crate::metrics::{FunctionMetrics, Metrics};
+use crate::metrics::Metrics;
+use crate::throttle::GatewayLimits;
 use crate::throttle::shared::{Sharing, StartCheck};
-use crate::throttle::{FunctionLimits, GatewayLimits};
 use crate::workers::Worker;
 use pick::{Choice, Phase};
 use std::collections::HashMap;
@@ -102,17 +102,23 @@ fn wake_at(
 /// How often a caller waiting on the fleet's `max_instances` asks again.
 const FLEET_POLL: Duration = Duration::from_millis(100);
 
+/// One function's instances (and what waits for them). It reads as its
+/// [`Function`] (`Deref`): a pool is the function as the scheduler holds it.
 pub struct FunctionPool {
-    pub cfg: Arc<FunctionConfig>,
-    pub limits: FunctionLimits,
+    pub function: Arc<Function>,
     /// Callers waiting (up to `queue_timeout_ms`) for a slot while a
     /// scale-out limit bites; only then do freed slots notify.
     waiting: AtomicUsize,
     freed: Notify,
-    /// The function name as a header value (instance calls), built once.
-    pub name_header: http::HeaderValue,
-    pub metrics: FunctionMetrics,
     instances: Mutex<Vec<Arc<Instance>>>,
+}
+
+impl std::ops::Deref for FunctionPool {
+    type Target = Function;
+
+    fn deref(&self) -> &Function {
+        &self.function
+    }
 }
 
 /// The gateway's view of one instance.
@@ -235,44 +241,30 @@ impl FunctionPool {
 
 impl Scheduler {
     pub fn new(
-        functions: &[Arc<FunctionConfig>],
+        functions: &Functions,
         workers: Vec<Arc<Worker>>,
         metrics: &Metrics,
-        networks: &crate::metrics::NetworkIndex,
         throttle: &GatewayThrottle,
         times: Times,
         outside: Outside,
     ) -> Arc<Scheduler> {
-        let functions = functions
-            .iter()
+        let functions = (functions.iter())
             .map(|f| {
                 // Egress series at zero up front (see the metrics invariant).
-                let own_vpc = f.egress.vpc_id.iter().map(String::as_str);
+                let own_vpc = f.cfg.egress.vpc_id.iter().map(String::as_str);
                 for network in std::iter::once("internet").chain(own_vpc) {
                     for direction in ["in", "out"] {
-                        metrics
-                            .instance_egress
-                            .with_label_values(&[&*f.name, network, direction]);
+                        let labels = [&*f.cfg.name, network, direction];
+                        metrics.instance_egress.with_label_values(&labels);
                     }
                 }
-                let t = &f.throttle;
                 let pool = FunctionPool {
-                    cfg: f.clone(),
-                    limits: FunctionLimits::new(
-                        t.rate,
-                        t.caller_rate,
-                        t.max_concurrency,
-                        t.queue_timeout,
-                        t.queue_max,
-                    ),
+                    function: f.clone(),
                     waiting: AtomicUsize::new(0),
                     freed: Notify::new(),
-                    // Validated names are ASCII letters, digits, '_' and '-'.
-                    name_header: http::HeaderValue::from_str(&f.name).expect("validated name"),
-                    metrics: metrics.function(&f.name, networks),
                     instances: Mutex::new(Vec::new()),
                 };
-                (f.name.clone(), Arc::new(pool))
+                (f.cfg.name.clone(), Arc::new(pool))
             })
             .collect();
         let limits = GatewayLimits::new(
@@ -674,6 +666,15 @@ impl Scheduler {
             .retain(|i| !Arc::ptr_eq(i, inst));
         pool.set_phase(inst, Phase::Gone);
         pool.metrics.released(why);
+        self.uncount(inst);
+        if let Some(worker) = inst.worker.get().cloned() {
+            self.release_on(worker, inst, why);
+        }
+    }
+
+    /// Out of the scale-out limits (here, and in the fleet's count when it
+    /// was counted there): a start waiting on them may go.
+    fn uncount(&self, inst: &Instance) {
         self.limits.instance_gone();
         self.live_gauge.set(i64::from(self.limits.live_instances()));
         if self.gone_waiters.load(Ordering::Acquire) > 0 {
@@ -684,43 +685,35 @@ impl Scheduler {
         {
             self.tasks.spawn(count.clone().release(self.member(inst)));
         }
-        if let Some(worker) = inst.worker.get().cloned() {
-            let id = inst.id.clone();
-            let mb = u64::from(inst.memory_mb);
-            let egress = self.instance_egress.clone();
-            let usage = self.usage.clone();
-            let lived = inst.created.elapsed();
-            tracing::info!(function = %inst.function, instance = %id, reason = why, "releasing instance");
-            self.tasks.spawn(async move {
-                match worker.release(&id).await {
-                    Ok(info) => {
-                        // Its lifetime's egress, as the worker counted it.
-                        for e in &info.egress {
-                            egress
-                                .with_label_values(&[&info.function, &e.network, &e.direction])
-                                .inc_by(e.bytes);
-                        }
-                        if let Some(log) = usage {
-                            let end = crate::metering::unix_ms(std::time::SystemTime::now());
-                            let record = crate::metering::InstanceRecord {
-                                record: crate::metering::INSTANCE_RECORD.into(),
-                                function: info.function,
-                                instance_id: info.instance_id,
-                                worker: worker.url.clone(),
-                                memory_mb: info.memory_mb,
-                                start_unix_ms: end.saturating_sub(lived.as_millis() as u64),
-                                end_unix_ms: end,
-                                reason: why.into(),
-                                egress: info.egress,
-                            };
-                            log.instance(Box::new(record)).await;
-                        }
+    }
+
+    /// Releases `inst` on `worker` in the background, then accounts for
+    /// its lifetime: its egress, its usage record, the worker's memory.
+    fn release_on(&self, worker: Arc<Worker>, inst: &Instance, why: &'static str) {
+        let id = inst.id.clone();
+        let mb = u64::from(inst.memory_mb);
+        let egress = self.instance_egress.clone();
+        let usage = self.usage.clone();
+        let lived = inst.created.elapsed();
+        tracing::info!(function = %inst.function, instance = %id, reason = why, "releasing instance");
+        self.tasks.spawn(async move {
+            match worker.release(&id).await {
+                Ok(info) => {
+                    // Its lifetime's egress, as the worker counted it.
+                    for e in &info.egress {
+                        egress
+                            .with_label_values(&[&info.function, &e.network, &e.direction])
+                            .inc_by(e.bytes);
                     }
-                    Err(e) => tracing::debug!(instance = %id, error = %e, "release"),
+                    if let Some(log) = usage {
+                        let record = instance_record(info, &worker.url, lived, why);
+                        log.instance(Box::new(record)).await;
+                    }
                 }
-                worker.unreserve(mb);
-            });
-        }
+                Err(e) => tracing::debug!(instance = %id, error = %e, "release"),
+            }
+            worker.unreserve(mb);
+        });
     }
 
     /// Asks the instance's worker why a call to it failed: `Some(exit)` when
@@ -866,6 +859,27 @@ impl Scheduler {
 
     pub fn tasks(&self) -> &TaskTracker {
         &self.tasks
+    }
+}
+
+/// A released instance's lifetime, as the usage log keeps it.
+fn instance_record(
+    info: sandbox_runtime::api::InstanceInfo,
+    worker: &str,
+    lived: Duration,
+    why: &'static str,
+) -> crate::metering::InstanceRecord {
+    let end = crate::metering::unix_ms(std::time::SystemTime::now());
+    crate::metering::InstanceRecord {
+        record: crate::metering::INSTANCE_RECORD.into(),
+        function: info.function,
+        instance_id: info.instance_id,
+        worker: worker.to_string(),
+        memory_mb: info.memory_mb,
+        start_unix_ms: end.saturating_sub(lived.as_millis() as u64),
+        end_unix_ms: end,
+        reason: why.into(),
+        egress: info.egress,
     }
 }
 

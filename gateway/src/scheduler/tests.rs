@@ -39,10 +39,9 @@ async fn scheduler_with(
         .await
         .unwrap();
     let s = Scheduler::new(
-        &cfg.functions,
+        &crate::functions::Functions::new(&cfg.functions, &metrics, &networks),
         vec![Arc::new(worker)],
         &metrics,
-        &networks,
         &cfg.gateway.throttle,
         TIMES,
         outside,

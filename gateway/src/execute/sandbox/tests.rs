@@ -92,10 +92,9 @@ async fn pipeline(fake: Arc<Fake>, extra: &str) -> (Sandbox, Arc<FunctionPool>) 
         .await
         .unwrap();
     let scheduler = crate::scheduler::Scheduler::new(
-        &cfg.functions,
+        &crate::functions::Functions::new(&cfg.functions, &metrics, &networks),
         vec![Arc::new(worker)],
         &metrics,
-        &networks,
         &cfg.gateway.throttle,
         crate::scheduler::Times {
             start_timeout: Duration::from_secs(30),
