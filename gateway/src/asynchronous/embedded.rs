@@ -544,21 +544,7 @@ impl<'t> Tables<'t> {
     fn apply(&mut self, op: Op, d: &mut Depth, bounds: Bounds) -> Result<Answer, StoreError> {
         Ok(match op {
             Op::Append(task, payload, reply) => {
-                let key = task.key();
-                if let Some(known) = self.task(&key)? {
-                    return Ok(answer(reply, Ok(Appended::Known(Box::new(known)))));
-                }
-                if d.tasks >= bounds.max_tasks {
-                    return Ok(answer(reply, Err(StoreError::Full("tasks"))));
-                }
-                if d.bytes + task.payload_bytes > bounds.max_bytes {
-                    return Ok(answer(reply, Err(StoreError::Full("bytes"))));
-                }
-                self.payloads
-                    .insert(key.as_str(), payload.as_ref())
-                    .map_err(err)?;
-                self.index(&task, d)?;
-                answer(reply, Ok(Appended::New))
+                answer(reply, self.append(task, &payload, d, bounds)?)
             }
             Op::Lease {
                 function,
@@ -566,183 +552,215 @@ impl<'t> Tables<'t> {
                 max,
                 until,
                 reply,
-            } => {
-                let f = function.as_str();
-                let mut ids = Vec::new();
-                for e in self
-                    .due
-                    .range((f, 0, "")..(f, now.saturating_add(1), ""))
-                    .map_err(err)?
-                    .take(max)
-                {
-                    ids.push(e.map_err(err)?.0.value().2.to_string());
-                }
-                let mut leased = Vec::with_capacity(ids.len());
-                for id in ids {
-                    let key = task_key(f, &id);
-                    let Some(old) = self.task(&key)? else {
-                        continue;
-                    };
-                    let mut t = old.clone();
-                    t.state = TaskState::Running;
-                    t.attempts += 1;
-                    t.due_ms = until;
-                    t.started_ms.get_or_insert(now);
-                    t.event("Running", now, format!("attempt {}", t.attempts));
-                    self.replace(&old, &t, d)?;
-                    let payload = self
-                        .payloads
-                        .get(key.as_str())
-                        .map_err(err)?
-                        .map(|p| Bytes::copy_from_slice(p.value()))
-                        .unwrap_or_default();
-                    leased.push(Leased {
-                        task: t,
-                        payload,
-                        was_due_ms: old.due_ms,
-                    });
-                }
-                let next = self
-                    .due
-                    .range((f, 0, "")..(f, u64::MAX, ""))
-                    .map_err(err)?
-                    .next()
-                    .transpose()
-                    .map_err(err)?
-                    .map(|(k, _)| k.value().1);
-                answer(reply, Ok((leased, next)))
-            }
-            Op::Update(new, delivery, reply) => {
-                let Some(old) = self.task(&new.key())? else {
-                    return Ok(answer(reply, Ok(false)));
-                };
-                // Only the attempt holding the current lease may write.
-                if old.state != TaskState::Running || old.attempts != new.attempts {
-                    return Ok(answer(reply, Ok(false)));
-                }
-                self.replace(&old, &new, d)?;
-                if let Some(dl) = delivery {
-                    self.put_delivery(&dl)?;
-                    d.deliveries += 1;
-                }
-                answer(reply, Ok(true))
-            }
-            Op::Stop(key, now, reply) => {
-                let Some(old) = self.task(&key)? else {
-                    return Ok(answer(reply, Ok(Stop::NotFound)));
-                };
-                if old.state.is_done() {
-                    return Ok(answer(reply, Ok(Stop::Done(old))));
-                }
-                let mut t = old.clone();
-                t.state = TaskState::Stopped;
-                t.ended_ms = Some(now);
-                t.event("Stopped", now, String::new());
-                self.replace(&old, &t, d)?;
-                let was_running = old.state == TaskState::Running;
-                answer(
-                    reply,
-                    Ok(Stop::Stopped {
-                        task: t,
-                        was_running,
-                    }),
-                )
-            }
-            Op::Recover(now, reply) => {
-                let mut ids = Vec::new();
-                for e in self.leased.iter().map_err(err)? {
-                    ids.push(e.map_err(err)?.0.value().to_string());
-                }
-                let mut n = 0;
-                for key in ids {
-                    let Some(old) = self.task(&key)? else {
-                        continue;
-                    };
-                    let mut t = old.clone();
-                    t.state = TaskState::Enqueued;
-                    t.due_ms = now;
-                    t.event("Enqueued", now, "leased by a gateway that stopped".into());
-                    self.replace(&old, &t, d)?;
-                    n += 1;
-                }
-                answer(reply, Ok(n))
-            }
-            Op::Purge(before, keep, reply) => {
-                let over = self.done.len().map_err(err)?.saturating_sub(keep);
-                let mut keys = Vec::new();
-                for e in self.done.iter().map_err(err)?.take(PURGE_BATCH) {
-                    let k = e.map_err(err)?.0;
-                    let (ended, key) = k.value();
-                    if ended >= before && keys.len() as u64 >= over {
-                        break;
-                    }
-                    keys.push(key.to_string());
-                }
-                let mut n = 0;
-                for key in keys {
-                    if let Some(old) = self.task(&key)? {
-                        self.unindex(&old, d)?;
-                    }
-                    self.tasks.remove(key.as_str()).map_err(err)?;
-                    self.payloads.remove(key.as_str()).map_err(err)?;
-                    n += 1;
-                }
-                answer(reply, Ok(n))
-            }
+            } => answer(reply, Ok(self.lease(&function, now, max, until, d)?)),
+            Op::Update(new, delivery, reply) => answer(reply, Ok(self.update(new, delivery, d)?)),
+            Op::Stop(key, now, reply) => answer(reply, Ok(self.stop(&key, now, d)?)),
+            Op::Recover(now, reply) => answer(reply, Ok(self.recover(now, d)?)),
+            Op::Purge(before, keep, reply) => answer(reply, Ok(self.purge(before, keep, d)?)),
             Op::LeaseDeliveries {
                 now,
                 max,
                 until,
                 reply,
-            } => {
-                let mut ids = Vec::new();
-                for e in self
-                    .delivery_due
-                    .range(..(now.saturating_add(1), ""))
-                    .map_err(err)?
-                    .take(max)
-                {
-                    let k = e.map_err(err)?.0;
-                    let (due, id) = k.value();
-                    ids.push((due, id.to_string()));
-                }
-                let mut out = Vec::with_capacity(ids.len());
-                for (due, id) in ids {
-                    self.delivery_due.remove((due, id.as_str())).map_err(err)?;
-                    let Some(mut dl) = self.delivery(&id)? else {
-                        continue;
-                    };
-                    dl.due_ms = until;
-                    self.put_delivery(&dl)?;
-                    out.push(dl);
-                }
-                let next = self
-                    .delivery_due
-                    .first()
-                    .map_err(err)?
-                    .map(|(k, _)| k.value().0);
-                answer(reply, Ok((out, next)))
-            }
-            Op::Delivered(id, reply) => {
-                if let Some(dl) = self.delivery(&id)? {
-                    self.delivery_due
-                        .remove((dl.due_ms, id.as_str()))
-                        .map_err(err)?;
-                    self.deliveries.remove(id.as_str()).map_err(err)?;
-                    d.deliveries = d.deliveries.saturating_sub(1);
-                }
-                answer(reply, Ok(()))
-            }
-            Op::Redeliver(dl, reply) => {
-                if let Some(old) = self.delivery(&dl.id)? {
-                    self.delivery_due
-                        .remove((old.due_ms, dl.id.as_str()))
-                        .map_err(err)?;
-                    self.put_delivery(&dl)?;
-                }
-                answer(reply, Ok(()))
-            }
+            } => answer(reply, Ok(self.lease_deliveries(now, max, until)?)),
+            Op::Delivered(id, reply) => answer(reply, Ok(self.delivered(&id, d)?)),
+            Op::Redeliver(dl, reply) => answer(reply, Ok(self.redeliver(dl)?)),
         })
+    }
+
+    /// The outer `Err` fails the commit; the inner one is the caller's
+    /// answer (a known task, a full store).
+    fn append(
+        &mut self,
+        task: TaskRecord,
+        payload: &[u8],
+        d: &mut Depth,
+        bounds: Bounds,
+    ) -> Result<Result<Appended, StoreError>, StoreError> {
+        let key = task.key();
+        if let Some(known) = self.task(&key)? {
+            return Ok(Ok(Appended::Known(Box::new(known))));
+        }
+        if d.tasks >= bounds.max_tasks {
+            return Ok(Err(StoreError::Full("tasks")));
+        }
+        if d.bytes + task.payload_bytes > bounds.max_bytes {
+            return Ok(Err(StoreError::Full("bytes")));
+        }
+        self.payloads.insert(key.as_str(), payload).map_err(err)?;
+        self.index(&task, d)?;
+        Ok(Ok(Appended::New))
+    }
+
+    fn lease(
+        &mut self,
+        f: &str,
+        now: u64,
+        max: usize,
+        until: u64,
+        d: &mut Depth,
+    ) -> Result<(Vec<Leased>, Option<u64>), StoreError> {
+        let mut ids = Vec::new();
+        let due = self.due.range((f, 0, "")..(f, now.saturating_add(1), ""));
+        for e in due.map_err(err)?.take(max) {
+            ids.push(e.map_err(err)?.0.value().2.to_string());
+        }
+        let mut leased = Vec::with_capacity(ids.len());
+        for id in ids {
+            let key = task_key(f, &id);
+            let Some(old) = self.task(&key)? else {
+                continue;
+            };
+            let mut t = old.clone();
+            t.state = TaskState::Running;
+            t.attempts += 1;
+            t.due_ms = until;
+            t.started_ms.get_or_insert(now);
+            t.event("Running", now, format!("attempt {}", t.attempts));
+            self.replace(&old, &t, d)?;
+            let payload = (self.payloads.get(key.as_str()).map_err(err)?)
+                .map(|p| Bytes::copy_from_slice(p.value()))
+                .unwrap_or_default();
+            leased.push(Leased {
+                task: t,
+                payload,
+                was_due_ms: old.due_ms,
+            });
+        }
+        let next = (self.due.range((f, 0, "")..(f, u64::MAX, "")).map_err(err)?)
+            .next()
+            .transpose()
+            .map_err(err)?
+            .map(|(k, _)| k.value().1);
+        Ok((leased, next))
+    }
+
+    fn update(
+        &mut self,
+        new: TaskRecord,
+        delivery: Option<Delivery>,
+        d: &mut Depth,
+    ) -> Result<bool, StoreError> {
+        let Some(old) = self.task(&new.key())? else {
+            return Ok(false);
+        };
+        // Only the attempt holding the current lease may write.
+        if old.state != TaskState::Running || old.attempts != new.attempts {
+            return Ok(false);
+        }
+        self.replace(&old, &new, d)?;
+        if let Some(dl) = delivery {
+            self.put_delivery(&dl)?;
+            d.deliveries += 1;
+        }
+        Ok(true)
+    }
+
+    fn stop(&mut self, key: &str, now: u64, d: &mut Depth) -> Result<Stop, StoreError> {
+        let Some(old) = self.task(key)? else {
+            return Ok(Stop::NotFound);
+        };
+        if old.state.is_done() {
+            return Ok(Stop::Done(old));
+        }
+        let mut t = old.clone();
+        t.state = TaskState::Stopped;
+        t.ended_ms = Some(now);
+        t.event("Stopped", now, String::new());
+        self.replace(&old, &t, d)?;
+        let was_running = old.state == TaskState::Running;
+        Ok(Stop::Stopped {
+            task: t,
+            was_running,
+        })
+    }
+
+    fn recover(&mut self, now: u64, d: &mut Depth) -> Result<u64, StoreError> {
+        let mut ids = Vec::new();
+        for e in self.leased.iter().map_err(err)? {
+            ids.push(e.map_err(err)?.0.value().to_string());
+        }
+        let mut n = 0;
+        for key in ids {
+            let Some(old) = self.task(&key)? else {
+                continue;
+            };
+            let mut t = old.clone();
+            t.state = TaskState::Enqueued;
+            t.due_ms = now;
+            t.event("Enqueued", now, "leased by a gateway that stopped".into());
+            self.replace(&old, &t, d)?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    fn purge(&mut self, before: u64, keep: u64, d: &mut Depth) -> Result<u64, StoreError> {
+        let over = self.done.len().map_err(err)?.saturating_sub(keep);
+        let mut keys = Vec::new();
+        for e in self.done.iter().map_err(err)?.take(PURGE_BATCH) {
+            let k = e.map_err(err)?.0;
+            let (ended, key) = k.value();
+            if ended >= before && keys.len() as u64 >= over {
+                break;
+            }
+            keys.push(key.to_string());
+        }
+        let mut n = 0;
+        for key in keys {
+            if let Some(old) = self.task(&key)? {
+                self.unindex(&old, d)?;
+            }
+            self.tasks.remove(key.as_str()).map_err(err)?;
+            self.payloads.remove(key.as_str()).map_err(err)?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    fn lease_deliveries(
+        &mut self,
+        now: u64,
+        max: usize,
+        until: u64,
+    ) -> Result<(Vec<Delivery>, Option<u64>), StoreError> {
+        let mut ids = Vec::new();
+        let due = self.delivery_due.range(..(now.saturating_add(1), ""));
+        for e in due.map_err(err)?.take(max) {
+            let k = e.map_err(err)?.0;
+            let (due, id) = k.value();
+            ids.push((due, id.to_string()));
+        }
+        let mut out = Vec::with_capacity(ids.len());
+        for (due, id) in ids {
+            self.delivery_due.remove((due, id.as_str())).map_err(err)?;
+            let Some(mut dl) = self.delivery(&id)? else {
+                continue;
+            };
+            dl.due_ms = until;
+            self.put_delivery(&dl)?;
+            out.push(dl);
+        }
+        let first = self.delivery_due.first().map_err(err)?;
+        Ok((out, first.map(|(k, _)| k.value().0)))
+    }
+
+    fn delivered(&mut self, id: &str, d: &mut Depth) -> Result<(), StoreError> {
+        if let Some(dl) = self.delivery(id)? {
+            self.delivery_due.remove((dl.due_ms, id)).map_err(err)?;
+            self.deliveries.remove(id).map_err(err)?;
+            d.deliveries = d.deliveries.saturating_sub(1);
+        }
+        Ok(())
+    }
+
+    fn redeliver(&mut self, dl: Delivery) -> Result<(), StoreError> {
+        if let Some(old) = self.delivery(&dl.id)? {
+            let due = (old.due_ms, dl.id.as_str());
+            self.delivery_due.remove(due).map_err(err)?;
+            self.put_delivery(&dl)?;
+        }
+        Ok(())
     }
 }
 

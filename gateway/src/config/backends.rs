@@ -225,181 +225,93 @@ pub(super) fn backends(
     let mut out: Vec<BackendConfig> = Vec::with_capacity(sections.len());
     for (i, b) in sections.iter().enumerate() {
         let k = |f: &str| key(&format!("backends[{i}].{f}"));
-        if b.name.is_empty()
-            || b.name.len() > 64
-            || !b
-                .name
-                .bytes()
-                .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
-        {
-            return Err(invalid(
-                k("name"),
-                format!("{:?}: 1-64 letters, digits, '-' or '_'", b.name),
-            ));
+        let valid_name = (1..=64).contains(&b.name.len())
+            && (b.name.bytes()).all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_');
+        if !valid_name {
+            let why = format!("{:?}: 1-64 letters, digits, '-' or '_'", b.name);
+            return Err(invalid(k("name"), why));
         }
         if out.iter().any(|o| *o.name == *b.name) {
             return Err(invalid(k("name"), format!("{:?} is listed twice", b.name)));
         }
-        let required = |v: &Option<String>, f: &str| -> Result<Arc<str>, ConfigError> {
-            match v {
-                Some(s) if !s.is_empty() => Ok(s.as_str().into()),
-                _ => Err(invalid(
-                    k(f),
-                    format!("required for kind = \"{}\"", kind_name(b.kind)),
-                )),
-            }
+        let f = Fields {
+            b,
+            k: &k,
+            keys,
+            config_dir,
         };
-        let unused = |present: bool, f: &str| -> Result<(), ConfigError> {
-            match present {
-                true => Err(invalid(
-                    k(f),
-                    format!("not used by kind = \"{}\"", kind_name(b.kind)),
-                )),
-                false => Ok(()),
-            }
-        };
-        let credentials = || -> Result<OutboundKey, ConfigError> {
-            let name = required(&b.credentials, "credentials")?;
-            keys.iter()
-                .find(|(n, _)| **n == *name)
-                .map(|(_, c)| c.clone())
-                .ok_or_else(|| {
-                    invalid(
-                        k("credentials"),
-                        format!("no [[outbound_credentials]] named {name:?}"),
-                    )
-                })
-        };
-        let endpoint = b
-            .endpoint
-            .as_deref()
+        out.push(f.backend(vpcs)?);
+    }
+    if !out.is_empty() && out.iter().all(|b| b.weight == 0) {
+        return Err(invalid(
+            key("backends"),
+            "at least one backend needs a weight above 0",
+        ));
+    }
+    Ok(out)
+}
+
+/// One `[[functions.backends]]` entry, read field by field.
+struct Fields<'a> {
+    b: &'a BackendSection,
+    k: &'a dyn Fn(&str) -> String,
+    keys: &'a [(String, OutboundKey)],
+    config_dir: &'a Path,
+}
+
+impl Fields<'_> {
+    fn backend(&self, vpcs: &VpcTable) -> Result<BackendConfig, ConfigError> {
+        let (b, k) = (self.b, self.k);
+        let endpoint = (b.endpoint.as_deref())
             .map(|e| url(&k("endpoint"), e))
             .transpose()?;
         if let Some(e) = &endpoint
             && e.path() != "/"
         {
-            return Err(invalid(
-                k("endpoint"),
-                "an endpoint is a scheme, host and port only",
-            ));
+            let why = "an endpoint is a scheme, host and port only";
+            return Err(invalid(k("endpoint"), why));
         }
-        let has_key = b.function_key.is_some()
-            || b.function_key_file.is_some()
-            || b.function_key_env.is_some();
         let (kind, base) = match b.kind {
-            KindName::Sandbox => {
-                for (present, f) in [
-                    (b.endpoint.is_some(), "endpoint"),
-                    (b.url.is_some(), "url"),
-                    (b.region.is_some(), "region"),
-                    (b.function.is_some(), "function"),
-                    (b.credentials.is_some(), "credentials"),
-                    (b.network.is_some(), "network"),
-                    (b.timeout_ms.is_some(), "timeout_ms"),
-                    (b.connect_timeout_ms.is_some(), "connect_timeout_ms"),
-                ] {
-                    unused(present, f)?;
-                }
-                (BackendKind::Sandbox, None)
-            }
-            KindName::Lambda => {
-                unused(b.url.is_some(), "url")?;
-                unused(b.account_id.is_some(), "account_id")?;
-                unused(has_key, "function_key")?;
-                let region = required(&b.region, "region")?;
-                let base = match endpoint {
-                    Some(e) => e,
-                    None => url(
-                        &k("region"),
-                        &format!("https://lambda.{region}.amazonaws.com"),
-                    )?,
-                };
-                let kind = BackendKind::Lambda {
-                    region,
-                    function: required(&b.function, "function")?,
-                    qualifier: b.qualifier.as_deref().map(Into::into),
-                    key: credentials()?,
-                };
-                (kind, Some(base))
-            }
-            KindName::Fc => {
-                unused(b.url.is_some(), "url")?;
-                unused(has_key, "function_key")?;
-                let base = match endpoint {
-                    Some(e) => e,
-                    None => {
-                        let account = required(&b.account_id, "account_id")?;
-                        let region = required(&b.region, "region")?;
-                        url(
-                            &k("region"),
-                            &format!("https://{account}.{region}.fc.aliyuncs.com"),
-                        )?
-                    }
-                };
-                let kind = BackendKind::Fc {
-                    function: required(&b.function, "function")?,
-                    qualifier: b.qualifier.as_deref().map(Into::into),
-                    key: credentials()?,
-                };
-                (kind, Some(base))
-            }
-            KindName::Azure => {
-                unused(b.credentials.is_some(), "credentials")?;
-                unused(b.region.is_some(), "region")?;
-                unused(b.qualifier.is_some(), "qualifier")?;
-                let app = url(&k("url"), &required(&b.url, "url")?)?;
-                let function = required(&b.function, "function")?;
-                let full = format!("{}/api/{function}", app.to_string().trim_end_matches('/'));
-                let full = rebase(&k("url"), url(&k("url"), &full)?, endpoint.as_ref())?;
-                let function_key = match has_key {
-                    true => Some(secret(
-                        &k("function_key"),
-                        (&b.function_key, &b.function_key_file, &b.function_key_env),
-                        ["function_key", "function_key_file", "function_key_env"],
-                        config_dir,
-                    )?),
-                    false => None,
-                };
-                (BackendKind::Azure { function_key }, Some(full))
-            }
-            KindName::Http => {
-                for (present, f) in [
-                    (b.credentials.is_some(), "credentials"),
-                    (b.region.is_some(), "region"),
-                    (b.function.is_some(), "function"),
-                    (b.qualifier.is_some(), "qualifier"),
-                    (has_key, "function_key"),
-                ] {
-                    unused(present, f)?;
-                }
-                let u = url(&k("url"), &required(&b.url, "url")?)?;
-                let u = rebase(&k("endpoint"), u, endpoint.as_ref())?;
-                (BackendKind::Http, Some(u))
-            }
+            KindName::Sandbox => (self.sandbox()?, None),
+            KindName::Lambda => self.lambda(endpoint)?,
+            KindName::Fc => self.fc(endpoint)?,
+            KindName::Azure => self.azure(endpoint)?,
+            KindName::Http => self.http(endpoint)?,
         };
         let network = match b.network.as_deref() {
             None | Some("internet") => None,
             Some(v) => Some(vpcs.get(v).ok_or_else(|| {
-                invalid(
-                    k("network"),
-                    format!("unknown VPC {v:?}: \"internet\", or a vpc_id of [[networks]]"),
-                )
+                let why = format!("unknown VPC {v:?}: \"internet\", or a vpc_id of [[networks]]");
+                invalid(k("network"), why)
             })?),
         };
+        let (connect_timeout, timeout) = self.bounds()?;
+        Ok(BackendConfig {
+            name: b.name.as_str().into(),
+            kind,
+            weight: b.weight,
+            fallback: b.fallback,
+            url: base,
+            network,
+            connect_timeout,
+            max_concurrency: b.max_concurrency,
+            timeout,
+        })
+    }
+
+    /// Weight, concurrency and the timeouts.
+    fn bounds(&self) -> Result<(Duration, Option<Duration>), ConfigError> {
+        let (b, k) = (self.b, self.k);
         if b.weight > 1000 {
             return Err(invalid(k("weight"), "must be 0..=1000"));
         }
         if b.weight == 0 && b.fallback.is_none() {
-            return Err(invalid(
-                k("weight"),
-                "0 takes no calls: give the backend a fallback order or a weight",
-            ));
+            let why = "0 takes no calls: give the backend a fallback order or a weight";
+            return Err(invalid(k("weight"), why));
         }
         if b.max_concurrency == Some(0) {
-            return Err(invalid(
-                k("max_concurrency"),
-                "must be at least 1 (omit it for no limit)",
-            ));
+            let why = "must be at least 1 (omit it for no limit)";
+            return Err(invalid(k("max_concurrency"), why));
         }
         let connect_timeout = match b.connect_timeout_ms {
             None => Duration::from_secs(5),
@@ -411,25 +323,153 @@ pub(super) fn backends(
             Some(ms @ 1..=86_400_000) => Some(Duration::from_millis(ms)),
             Some(_) => return Err(invalid(k("timeout_ms"), "must be 1..=86400000")),
         };
-        out.push(BackendConfig {
-            name: b.name.as_str().into(),
-            kind,
-            weight: b.weight,
-            fallback: b.fallback,
-            url: base,
-            network,
-            connect_timeout,
-            max_concurrency: b.max_concurrency,
-            timeout,
-        });
+        Ok((connect_timeout, timeout))
     }
-    if !out.is_empty() && out.iter().all(|b| b.weight == 0) {
-        return Err(invalid(
-            key("backends"),
-            "at least one backend needs a weight above 0",
-        ));
+
+    fn required(&self, v: &Option<String>, f: &str) -> Result<Arc<str>, ConfigError> {
+        match v {
+            Some(s) if !s.is_empty() => Ok(s.as_str().into()),
+            _ => {
+                let why = format!("required for kind = \"{}\"", kind_name(self.b.kind));
+                Err(invalid((self.k)(f), why))
+            }
+        }
     }
-    Ok(out)
+
+    /// Each field named that is set is an error: this kind does not use it.
+    fn unused(&self, fields: &[(bool, &str)]) -> Result<(), ConfigError> {
+        match fields.iter().find(|(present, _)| *present) {
+            Some((_, f)) => {
+                let why = format!("not used by kind = \"{}\"", kind_name(self.b.kind));
+                Err(invalid((self.k)(f), why))
+            }
+            None => Ok(()),
+        }
+    }
+
+    fn has_key(&self) -> bool {
+        let b = self.b;
+        b.function_key.is_some() || b.function_key_file.is_some() || b.function_key_env.is_some()
+    }
+
+    fn credentials(&self) -> Result<OutboundKey, ConfigError> {
+        let name = self.required(&self.b.credentials, "credentials")?;
+        (self.keys.iter())
+            .find(|(n, _)| **n == *name)
+            .map(|(_, c)| c.clone())
+            .ok_or_else(|| {
+                let why = format!("no [[outbound_credentials]] named {name:?}");
+                invalid((self.k)("credentials"), why)
+            })
+    }
+
+    fn sandbox(&self) -> Result<BackendKind, ConfigError> {
+        let b = self.b;
+        self.unused(&[
+            (b.endpoint.is_some(), "endpoint"),
+            (b.url.is_some(), "url"),
+            (b.region.is_some(), "region"),
+            (b.function.is_some(), "function"),
+            (b.credentials.is_some(), "credentials"),
+            (b.network.is_some(), "network"),
+            (b.timeout_ms.is_some(), "timeout_ms"),
+            (b.connect_timeout_ms.is_some(), "connect_timeout_ms"),
+        ])?;
+        Ok(BackendKind::Sandbox)
+    }
+
+    fn lambda(
+        &self,
+        endpoint: Option<http::Uri>,
+    ) -> Result<(BackendKind, Option<http::Uri>), ConfigError> {
+        let (b, k) = (self.b, self.k);
+        self.unused(&[
+            (b.url.is_some(), "url"),
+            (b.account_id.is_some(), "account_id"),
+            (self.has_key(), "function_key"),
+        ])?;
+        let region = self.required(&b.region, "region")?;
+        let base = match endpoint {
+            Some(e) => e,
+            None => url(
+                &k("region"),
+                &format!("https://lambda.{region}.amazonaws.com"),
+            )?,
+        };
+        let kind = BackendKind::Lambda {
+            region,
+            function: self.required(&b.function, "function")?,
+            qualifier: b.qualifier.as_deref().map(Into::into),
+            key: self.credentials()?,
+        };
+        Ok((kind, Some(base)))
+    }
+
+    fn fc(
+        &self,
+        endpoint: Option<http::Uri>,
+    ) -> Result<(BackendKind, Option<http::Uri>), ConfigError> {
+        let (b, k) = (self.b, self.k);
+        self.unused(&[(b.url.is_some(), "url"), (self.has_key(), "function_key")])?;
+        let base = match endpoint {
+            Some(e) => e,
+            None => {
+                let account = self.required(&b.account_id, "account_id")?;
+                let region = self.required(&b.region, "region")?;
+                let u = format!("https://{account}.{region}.fc.aliyuncs.com");
+                url(&k("region"), &u)?
+            }
+        };
+        let kind = BackendKind::Fc {
+            function: self.required(&b.function, "function")?,
+            qualifier: b.qualifier.as_deref().map(Into::into),
+            key: self.credentials()?,
+        };
+        Ok((kind, Some(base)))
+    }
+
+    fn azure(
+        &self,
+        endpoint: Option<http::Uri>,
+    ) -> Result<(BackendKind, Option<http::Uri>), ConfigError> {
+        let (b, k) = (self.b, self.k);
+        self.unused(&[
+            (b.credentials.is_some(), "credentials"),
+            (b.region.is_some(), "region"),
+            (b.qualifier.is_some(), "qualifier"),
+        ])?;
+        let app = url(&k("url"), &self.required(&b.url, "url")?)?;
+        let function = self.required(&b.function, "function")?;
+        let full = format!("{}/api/{function}", app.to_string().trim_end_matches('/'));
+        let full = rebase(&k("url"), url(&k("url"), &full)?, endpoint.as_ref())?;
+        let function_key = match self.has_key() {
+            true => Some(secret(
+                &k("function_key"),
+                (&b.function_key, &b.function_key_file, &b.function_key_env),
+                ["function_key", "function_key_file", "function_key_env"],
+                self.config_dir,
+            )?),
+            false => None,
+        };
+        Ok((BackendKind::Azure { function_key }, Some(full)))
+    }
+
+    fn http(
+        &self,
+        endpoint: Option<http::Uri>,
+    ) -> Result<(BackendKind, Option<http::Uri>), ConfigError> {
+        let (b, k) = (self.b, self.k);
+        self.unused(&[
+            (b.credentials.is_some(), "credentials"),
+            (b.region.is_some(), "region"),
+            (b.function.is_some(), "function"),
+            (b.qualifier.is_some(), "qualifier"),
+            (self.has_key(), "function_key"),
+        ])?;
+        let u = url(&k("url"), &self.required(&b.url, "url")?)?;
+        let u = rebase(&k("endpoint"), u, endpoint.as_ref())?;
+        Ok((BackendKind::Http, Some(u)))
+    }
 }
 
 fn kind_name(k: KindName) -> &'static str {
