@@ -4,10 +4,11 @@
 
 use crate::asynchronous::destination;
 use crate::asynchronous::policy::{self, Next};
-use crate::asynchronous::store::Leased;
-use crate::asynchronous::task::TaskState;
+use crate::asynchronous::store::{Delivery, Leased};
+use crate::asynchronous::task::{TaskRecord, TaskState};
 use crate::asynchronous::{IDLE_LOOK, now_ms};
-use crate::pipeline::Pipeline;
+use crate::functions::Function;
+use crate::pipeline::{AttemptOutcome, Pipeline};
 use crate::scheduler::FunctionPool;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -27,7 +28,7 @@ const FULL_LOOK_MS: u64 = 10_000;
 /// function's concurrency queue, an instance start, then the function's
 /// timeout), with room to spare. An attempt that outlives it may run twice:
 /// at least once, never lost.
-fn lease_ms(p: &Pipeline, pool: &crate::functions::Function) -> u64 {
+fn lease_ms(p: &Pipeline, pool: &Function) -> u64 {
     let d = pool.cfg.throttle.queue_timeout
         + p.scheduler.start_timeout()
         + pool.cfg.timeout
@@ -139,16 +140,47 @@ async fn run(p: Arc<Pipeline>, pool: Arc<FunctionPool>, l: Leased, permit: Owned
     task.status = Some(out.status);
     task.instance_id = out.instance_id.clone();
     task.error = out.error.as_ref().map(|e| e.to_string());
+    let (delivery, result) = settle(&mut task, &out, &pool, &payload, q.limits.retry_base, now);
+    let has_delivery = delivery.is_some();
+    let again = task.state == TaskState::Enqueued;
+    let function = task.function.clone();
+    match q.store.update(task, delivery).await {
+        Ok(true) => {
+            // The depth first: whoever sees the result sees the task gone.
+            q.publish_depth();
+            if let Some(i) = result {
+                pool.metrics.async_results[i].inc();
+            }
+            // Only once committed: a lease before then would not see it due.
+            if again {
+                q.scheduled(&function);
+            }
+            if has_delivery {
+                q.deliveries.notify_one();
+            }
+        }
+        Ok(false) => {}
+        // The lease expires and the task runs again.
+        Err(e) => tracing::error!(error = %e, "asynchronous task store: update failed"),
+    }
+    drop(permit);
+    q.wake.notify_one();
+}
+
+/// What the retry rule makes of an attempt's outcome, written into `task`:
+/// retried, enqueued again, or done (with its destination record, and the
+/// index of its result to count once committed).
+fn settle(
+    task: &mut TaskRecord,
+    out: &AttemptOutcome,
+    pool: &Function,
+    payload: &[u8],
+    retry_base: Duration,
+    now: u64,
+) -> (Option<Delivery>, Option<usize>) {
     let policy = &pool.cfg.asynchronous;
     let jitter = policy::jitter(&task.id, task.attempts);
-    let next = policy::next(
-        out.error.as_ref(),
-        &mut task,
-        policy,
-        q.limits.retry_base,
-        now,
-        jitter,
-    );
+    let next = policy::next(out.error.as_ref(), task, policy, retry_base, now, jitter);
     let mut delivery = None;
     let mut result = None;
     match next {
@@ -188,38 +220,15 @@ async fn run(p: Arc<Pipeline>, pool: Arc<FunctionPool>, l: Leased, permit: Owned
                     body: &out.body,
                 };
                 delivery = Some(destination::record(
-                    &task,
+                    task,
                     condition,
                     &url.to_string(),
-                    &payload,
+                    payload,
                     &response,
                     now,
                 ));
             }
         }
     }
-    let has_delivery = delivery.is_some();
-    let again = task.state == TaskState::Enqueued;
-    let function = task.function.clone();
-    match q.store.update(task, delivery).await {
-        Ok(true) => {
-            // The depth first: whoever sees the result sees the task gone.
-            q.publish_depth();
-            if let Some(i) = result {
-                pool.metrics.async_results[i].inc();
-            }
-            // Only once committed: a lease before then would not see it due.
-            if again {
-                q.scheduled(&function);
-            }
-            if has_delivery {
-                q.deliveries.notify_one();
-            }
-        }
-        Ok(false) => {}
-        // The lease expires and the task runs again.
-        Err(e) => tracing::error!(error = %e, "asynchronous task store: update failed"),
-    }
-    drop(permit);
-    q.wake.notify_one();
+    (delivery, result)
 }

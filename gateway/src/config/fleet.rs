@@ -154,16 +154,46 @@ pub(super) fn fleet(f: FleetSection, config_dir: &Path) -> Result<FleetConfig, C
             ));
         }
     }
+    let auth = nats_auth(&f, config_dir)?;
+    times(&f)?;
+    let redis_url = redis_url(&f, config_dir)?;
+    if !(1..=5).contains(&f.replicas) {
+        // JetStream's own bound.
+        return Err(invalid("fleet.replicas", "must be 1..=5"));
+    }
+    Ok(FleetConfig {
+        id: f.id,
+        name: f.name,
+        nats_urls: f.nats_urls,
+        auth,
+        rate_limits: f.rate_limits,
+        redis_url,
+        redis_timeout: Duration::from_millis(f.redis_timeout_ms),
+        discover_workers: f.discover_workers,
+        heartbeat: Duration::from_millis(f.heartbeat_ms),
+        member_ttl: Duration::from_millis(f.member_ttl_ms),
+        connect_timeout: Duration::from_millis(f.connect_timeout_ms),
+        engine_timeout: Duration::from_millis(f.engine_timeout_ms),
+        async_ack_wait: Duration::from_millis(f.async_ack_wait_ms),
+        replicas: f.replicas,
+    })
+}
+
+type SecretSource<'a> = (&'a Option<String>, &'a Option<PathBuf>, &'a Option<String>);
+
+fn given((a, b, c): SecretSource<'_>) -> bool {
+    a.is_some() || b.is_some() || c.is_some()
+}
+
+/// A user and password, a token, or nothing.
+fn nats_auth(f: &FleetSection, config_dir: &Path) -> Result<NatsAuth, ConfigError> {
     let password = (
         &f.nats_password,
         &f.nats_password_file,
         &f.nats_password_env,
     );
     let token = (&f.nats_token, &f.nats_token_file, &f.nats_token_env);
-    let given = |(a, b, c): (&Option<String>, &Option<PathBuf>, &Option<String>)| {
-        a.is_some() || b.is_some() || c.is_some()
-    };
-    let auth = match (&f.nats_user, given(password), given(token)) {
+    Ok(match (&f.nats_user, given(password), given(token)) {
         (None, false, false) => NatsAuth::None,
         (Some(user), true, false) => NatsAuth::UserPassword {
             user: user.clone(),
@@ -186,7 +216,11 @@ pub(super) fn fleet(f: FleetSection, config_dir: &Path) -> Result<FleetConfig, C
                 "NATS credentials are either nats_user with a nats_password(_file/_env), or a nats_token(_file/_env)",
             ));
         }
-    };
+    })
+}
+
+/// The heartbeat, the membership's time to live, the engine's timeouts.
+fn times(f: &FleetSection) -> Result<(), ConfigError> {
     if !(100..=60_000).contains(&f.heartbeat_ms) {
         return Err(invalid("fleet.heartbeat_ms", "must be 100..=60000"));
     }
@@ -202,6 +236,14 @@ pub(super) fn fleet(f: FleetSection, config_dir: &Path) -> Result<FleetConfig, C
     if !(10..=60_000).contains(&f.engine_timeout_ms) {
         return Err(invalid("fleet.engine_timeout_ms", "must be 10..=60000"));
     }
+    if !(1000..=3_600_000).contains(&f.async_ack_wait_ms) {
+        return Err(invalid("fleet.async_ack_wait_ms", "must be 1000..=3600000"));
+    }
+    Ok(())
+}
+
+/// `redis` limits: Redis's URL (a secret: it may hold a password).
+fn redis_url(f: &FleetSection, config_dir: &Path) -> Result<Option<Secret>, ConfigError> {
     let redis = (&f.redis_url, &f.redis_url_file, &f.redis_url_env);
     let redis_url = match f.rate_limits {
         RateLimitMode::Redis => Some(secret(
@@ -229,27 +271,5 @@ pub(super) fn fleet(f: FleetSection, config_dir: &Path) -> Result<FleetConfig, C
     if !(1..=10_000).contains(&f.redis_timeout_ms) {
         return Err(invalid("fleet.redis_timeout_ms", "must be 1..=10000"));
     }
-    if !(1000..=3_600_000).contains(&f.async_ack_wait_ms) {
-        return Err(invalid("fleet.async_ack_wait_ms", "must be 1000..=3600000"));
-    }
-    // JetStream's own bound.
-    if !(1..=5).contains(&f.replicas) {
-        return Err(invalid("fleet.replicas", "must be 1..=5"));
-    }
-    Ok(FleetConfig {
-        id: f.id,
-        name: f.name,
-        nats_urls: f.nats_urls,
-        auth,
-        rate_limits: f.rate_limits,
-        redis_url,
-        redis_timeout: Duration::from_millis(f.redis_timeout_ms),
-        discover_workers: f.discover_workers,
-        heartbeat: Duration::from_millis(f.heartbeat_ms),
-        member_ttl: Duration::from_millis(f.member_ttl_ms),
-        connect_timeout: Duration::from_millis(f.connect_timeout_ms),
-        engine_timeout: Duration::from_millis(f.engine_timeout_ms),
-        async_ack_wait: Duration::from_millis(f.async_ack_wait_ms),
-        replicas: f.replicas,
-    })
+    Ok(redis_url)
 }

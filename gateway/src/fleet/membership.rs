@@ -68,36 +68,21 @@ pub async fn run(
     let mut beat = Heartbeat::new(buckets.gateways.clone(), me.id.clone(), value);
     let mut gateways = Roster::new(buckets.gateways, ttl);
     let mut workers = buckets.workers.map(|w| Roster::new(w, ttl));
-    // Workers this gateway learned from the fleet, or is connecting to;
-    // configured ones are never dropped.
-    let configured: HashSet<String> = sched.workers().iter().map(|w| w.url.clone()).collect();
-    let mut discovered: HashSet<String> = HashSet::new();
-    let (connected_tx, mut connected) =
-        tokio::sync::mpsc::unbounded_channel::<Result<Arc<Worker>, String>>();
+    let (connected_tx, mut connected) = tokio::sync::mpsc::unbounded_channel();
+    let mut known = Discovered {
+        configured: sched.workers().iter().map(|w| w.url.clone()).collect(),
+        connecting: HashSet::new(),
+        connected: connected_tx,
+        discovery,
+    };
     let mut tick = tokio::time::interval(fleet.cfg.heartbeat);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut live = 1;
-    fleet.metrics.workers.set(configured.len() as i64);
+    fleet.metrics.workers.set(known.configured.len() as i64);
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
-            _ = tick.tick() => {
-                if let Some(rtt) = beat.beat(timeout).await {
-                    fleet.metrics.engine_rtt.observe(rtt.as_secs_f64());
-                    fleet
-                        .last_heartbeat_ms
-                        .store(crate::asynchronous::now_ms(), Ordering::Release);
-                    gateways.seen(&beat.key, beat.value.clone());
-                }
-                fleet
-                    .metrics
-                    .heartbeat_age
-                    .set(beat.age().map_or(f64::INFINITY, |a| a.as_secs_f64()));
-                gateways.ensure_watch(timeout).await;
-                if let Some(w) = &mut workers {
-                    w.ensure_watch(timeout).await;
-                }
-            }
+            _ = tick.tick() => heartbeat(&fleet, &mut beat, &mut gateways, workers.as_mut()).await,
             change = gateways.changed() => gateways.apply(change),
             change = async {
                 match &mut workers {
@@ -109,18 +94,7 @@ pub async fn run(
                     w.apply(change);
                 }
             }
-            Some(result) = connected.recv() => match result {
-                Ok(w) => {
-                    if sched.add_worker(w.clone()) {
-                        tracing::info!(worker = %w.url, memory_mb = w.memory_mb_total, "worker joined from the fleet");
-                    }
-                    fleet.metrics.workers.set(sched.workers().len() as i64);
-                }
-                // Tried again at the next pass.
-                Err(url) => {
-                    discovered.remove(&url);
-                }
-            },
+            Some(result) = connected.recv() => known.joined(result, &sched, &fleet),
         }
         // While the engine is unreachable every other entry would age out:
         // keep the last view instead (a partitioned gateway must not take
@@ -129,53 +103,114 @@ pub async fn run(
             continue;
         }
         gateways.sweep();
-        let n = (gateways.len() as u32).max(1);
-        if n != live {
-            tracing::info!(live_gateways = n, "fleet membership changed");
-            live = n;
-            fleet.live.store(n, Ordering::Release);
-            fleet.metrics.live_gateways.set(i64::from(n));
-            // The limits (split mode) or the fallback (redis mode).
-            sched.split_limits(n);
-            fleet.metrics.share.set(i64::from(sched.limits().share()));
-        }
+        recount(&fleet, &sched, gateways.len(), &mut live);
         if let Some(w) = &mut workers {
-            w.sweep();
-            let urls: HashSet<String> = w
-                .live()
-                .filter_map(|(_, v)| serde_json::from_slice::<WorkerEntry>(v).ok())
-                .map(|e| e.url)
-                .collect();
-            let new: Vec<String> = urls
-                .difference(&discovered)
-                .filter(|u| !configured.contains(*u))
-                .cloned()
-                .collect();
-            for url in new {
-                discovered.insert(url.clone());
-                let tx = connected_tx.clone();
-                let (client, timeouts) = (discovery.client.clone(), discovery.timeouts);
-                tokio::spawn(async move {
-                    let _ = tx.send(match Worker::connect(url.clone(), client, timeouts).await {
-                        Ok(w) => Ok(Arc::new(w)),
-                        Err(e) => {
-                            tracing::warn!(worker = %url, error = %e, "a worker of the fleet is not reachable");
-                            Err(url)
-                        }
-                    });
-                });
-            }
-            if w.settled() {
-                let gone: Vec<String> = discovered.difference(&urls).cloned().collect();
-                for url in gone {
-                    discovered.remove(&url);
-                    if sched.remove_worker(&url) {
-                        tracing::info!(worker = %url, "worker left the fleet");
-                    }
-                    fleet.metrics.workers.set(sched.workers().len() as i64);
-                }
-            }
+            known.sync(w, &sched, &fleet);
         }
     }
     beat.leave(timeout).await;
+}
+
+/// This gateway's heartbeat, and the watches on the buckets kept open.
+async fn heartbeat(
+    fleet: &Fleet,
+    beat: &mut Heartbeat,
+    gateways: &mut Roster,
+    workers: Option<&mut Roster>,
+) {
+    let timeout = fleet.cfg.engine_timeout;
+    if let Some(rtt) = beat.beat(timeout).await {
+        fleet.metrics.engine_rtt.observe(rtt.as_secs_f64());
+        fleet
+            .last_heartbeat_ms
+            .store(crate::asynchronous::now_ms(), Ordering::Release);
+        gateways.seen(&beat.key, beat.value.clone());
+    }
+    let age = beat.age().map_or(f64::INFINITY, |a| a.as_secs_f64());
+    fleet.metrics.heartbeat_age.set(age);
+    gateways.ensure_watch(timeout).await;
+    if let Some(w) = workers {
+        w.ensure_watch(timeout).await;
+    }
+}
+
+/// The live gateways counted again: a new count splits the limits anew
+/// (or the fallback of `redis` limits).
+fn recount(fleet: &Fleet, sched: &Scheduler, gateways: usize, live: &mut u32) {
+    let n = (gateways as u32).max(1);
+    if n == *live {
+        return;
+    }
+    tracing::info!(live_gateways = n, "fleet membership changed");
+    *live = n;
+    fleet.live.store(n, Ordering::Release);
+    fleet.metrics.live_gateways.set(i64::from(n));
+    sched.split_limits(n);
+    fleet.metrics.share.set(i64::from(sched.limits().share()));
+}
+
+/// The workers this gateway learned from the fleet, or is connecting to;
+/// configured ones are never dropped.
+struct Discovered {
+    configured: HashSet<String>,
+    connecting: HashSet<String>,
+    /// A connection attempt's end: the worker, or the URL that failed.
+    connected: tokio::sync::mpsc::UnboundedSender<Result<Arc<Worker>, String>>,
+    discovery: Discovery,
+}
+
+impl Discovered {
+    /// The roster's workers against the scheduler's: connects to new ones
+    /// (in the background), drops those gone once the roster has settled.
+    fn sync(&mut self, roster: &mut Roster, sched: &Scheduler, fleet: &Fleet) {
+        roster.sweep();
+        let urls: HashSet<String> = (roster.live())
+            .filter_map(|(_, v)| serde_json::from_slice::<WorkerEntry>(v).ok())
+            .map(|e| e.url)
+            .collect();
+        let new: Vec<String> = (urls.difference(&self.connecting))
+            .filter(|u| !self.configured.contains(*u))
+            .cloned()
+            .collect();
+        for url in new {
+            self.connecting.insert(url.clone());
+            let tx = self.connected.clone();
+            let (client, timeouts) = (self.discovery.client.clone(), self.discovery.timeouts);
+            tokio::spawn(async move {
+                let _ = tx.send(match Worker::connect(url.clone(), client, timeouts).await {
+                    Ok(w) => Ok(Arc::new(w)),
+                    Err(e) => {
+                        tracing::warn!(worker = %url, error = %e, "a worker of the fleet is not reachable");
+                        Err(url)
+                    }
+                });
+            });
+        }
+        if !roster.settled() {
+            return;
+        }
+        let gone: Vec<String> = self.connecting.difference(&urls).cloned().collect();
+        for url in gone {
+            self.connecting.remove(&url);
+            if sched.remove_worker(&url) {
+                tracing::info!(worker = %url, "worker left the fleet");
+            }
+            fleet.metrics.workers.set(sched.workers().len() as i64);
+        }
+    }
+
+    fn joined(&mut self, result: Result<Arc<Worker>, String>, sched: &Scheduler, fleet: &Fleet) {
+        match result {
+            Ok(w) => {
+                if sched.add_worker(w.clone()) {
+                    tracing::info!(worker = %w.url, memory_mb = w.memory_mb_total, "worker joined from the fleet");
+                }
+                fleet.metrics.workers.set(sched.workers().len() as i64);
+            }
+            // Tried again at the next pass.
+            Err(url) => {
+                self.connecting.remove(&url);
+            }
+        }
+    }
 }

@@ -10,8 +10,8 @@ use crate::asynchronous::store::Stop;
 use crate::asynchronous::task::{CallerRecord, TaskRecord, TaskState};
 use crate::auth::KeyId;
 use crate::error::{InvokeError, Outcome};
+use crate::functions::Function;
 use crate::ingress::Origin;
-use crate::metrics::GaugeGuard;
 use crate::scheduler::FunctionPool;
 use bytes::Bytes;
 use http::{HeaderValue, Response};
@@ -154,58 +154,18 @@ impl<E: crate::execute::Execute> Pipeline<E> {
         payload: Bytes,
         stop: &CancellationToken,
     ) -> AttemptOutcome {
-        let api = Api::ALL
-            .into_iter()
+        let api = (Api::ALL.into_iter())
             .find(|a| a.as_str() == task.api)
             .unwrap_or(Api::Fc);
-        let dialect = self.dialects.get(api);
         let ctx = Ctx {
-            dialect,
+            dialect: self.dialects.get(api),
             request_id: HeaderValue::from_str(&task.request_id)
                 .unwrap_or_else(|_| self.ids.request_id()),
             origin: Origin::Internal,
             started: Instant::now(),
             wall: SystemTime::now(),
         };
-        let done = |outcome, ran| Done {
-            pool: Some(pool),
-            function: &pool.cfg.name,
-            qualifier: task.qualifier.as_deref(),
-            outcome,
-            bytes_in: 0,
-            ran,
-            key: None,
-            legs: Vec::new(),
-            throttle: None,
-        };
-        let content_type = task
-            .content_type
-            .as_deref()
-            .and_then(|c| HeaderValue::from_str(c).ok());
-        let permit = tokio::select! {
-            biased;
-            p = pool.limits.admit() => p.map_err(InvokeError::Throttled),
-            _ = stop.cancelled() => Err(InvokeError::AsyncTaskStopped),
-        };
-        let mut legs = Vec::new();
-        let result = match permit {
-            Err(e) => Err((e, None)),
-            Ok(_permit) => {
-                let _in_flight = GaugeGuard::new(&pool.metrics.in_flight);
-                let mut call = crate::execute::Call::event(content_type.as_ref());
-                call.stop = Some(stop);
-                tokio::select! {
-                    // The call sees the stop first when it holds an instance
-                    // (and reclaims it); before that, this branch ends it.
-                    biased;
-                    (r, l) = self.execute(&ctx, pool, &call, payload) => {
-                        legs = l;
-                        r
-                    }
-                    _ = stop.cancelled() => Err((InvokeError::AsyncTaskStopped, None)),
-                }
-            }
-        };
+        let (result, legs) = self.attempt_call(&ctx, pool, task, payload, stop).await;
         // A cloud function's failure is a function error (retried as one);
         // its error object is what a destination gets.
         let mut failed_body = None;
@@ -216,9 +176,9 @@ impl<E: crate::execute::Execute> Pipeline<E> {
             }
             r => r,
         };
-        match result {
+        let (out, outcome, ran) = match result {
             Ok((answer, ran)) => {
-                let status = dialect.success_status(answer.status);
+                let status = ctx.dialect.success_status(answer.status);
                 let out = AttemptOutcome {
                     error: None,
                     status: status.as_u16(),
@@ -226,42 +186,97 @@ impl<E: crate::execute::Execute> Pipeline<E> {
                     function_error: None,
                     instance_id: ran.instance_id.to_str().ok().map(str::to_string),
                 };
-                let mut done = done(Outcome::Success, Some(ran));
-                done.legs = legs;
-                let record = self.account(&ctx, api, done, status, 0);
-                self.log_usage(record).await;
-                out
+                (out, Outcome::Success, Some(ran))
             }
             Err((e, ran)) => {
                 let outcome = e.outcome();
-                let status = dialect.status(&e);
-                // The error's body only matters to a destination.
-                let body = match (failed_body, &pool.cfg.asynchronous.on_failure) {
-                    (Some(b), _) => b,
-                    (None, Some(_)) => dialect
-                        .error(&e, &ctx.reply(Some(pool), ran.as_ref()))
-                        .into_body()
-                        .into_bytes(),
-                    (None, None) => Bytes::new(),
-                };
-                let out = AttemptOutcome {
-                    status: status.as_u16(),
-                    body,
-                    function_error: (outcome == Outcome::FunctionError)
-                        .then_some(crate::asynchronous::destination::UNHANDLED),
-                    instance_id: ran
-                        .as_ref()
-                        .and_then(|r| r.instance_id.to_str().ok())
-                        .map(str::to_string),
-                    error: Some(e),
-                };
-                let mut done = done(outcome, ran);
-                done.legs = legs;
-                done.throttle = out.error.as_ref().and_then(InvokeError::throttle);
-                let record = self.account(&ctx, api, done, status, 0);
-                self.log_usage(record).await;
-                out
+                let out = self.attempt_failed(&ctx, pool, e, ran.as_ref(), failed_body);
+                (out, outcome, ran)
             }
+        };
+        let inv = self.task_invocation(task);
+        let mut done = Done::new(pool, &inv, outcome, 0, None);
+        done.ran = ran;
+        done.legs = legs;
+        done.throttle = out.error.as_ref().and_then(InvokeError::throttle);
+        let status = http::StatusCode::from_u16(out.status).unwrap_or_default();
+        let record = self.account(&ctx, api, done, status, 0);
+        self.log_usage(record).await;
+        out
+    }
+
+    /// Stages 8-9 of an attempt: the function's concurrency permit, then
+    /// the call, either ended early by `stop`.
+    async fn attempt_call(
+        &self,
+        ctx: &Ctx<'_>,
+        pool: &Arc<FunctionPool>,
+        task: &TaskRecord,
+        payload: Bytes,
+        stop: &CancellationToken,
+    ) -> (
+        Result<(crate::api::FunctionAnswer, crate::api::Ran), crate::execute::Failed>,
+        Vec<crate::metering::Leg>,
+    ) {
+        let permit = tokio::select! {
+            biased;
+            p = pool.limits.admit() => p.map_err(InvokeError::Throttled),
+            _ = stop.cancelled() => Err(InvokeError::AsyncTaskStopped),
+        };
+        let permit = match permit {
+            Ok(p) => p,
+            Err(e) => return (Err((e, None)), Vec::new()),
+        };
+        let _admitted = super::stages::Admitted::new(pool, permit);
+        let content_type =
+            (task.content_type.as_deref()).and_then(|c| HeaderValue::from_str(c).ok());
+        let mut call = crate::execute::Call::event(content_type.as_ref());
+        call.stop = Some(stop);
+        tokio::select! {
+            // The call sees the stop first when it holds an instance (and
+            // reclaims it); before that, this branch ends it.
+            biased;
+            r = self.execute(ctx, pool, &call, payload) => r,
+            _ = stop.cancelled() => (Err((InvokeError::AsyncTaskStopped, None)), Vec::new()),
         }
+    }
+
+    /// What a failed attempt reports: its status at its door and, for a
+    /// destination, the function's error body (or the door's error).
+    fn attempt_failed(
+        &self,
+        ctx: &Ctx<'_>,
+        pool: &Function,
+        e: InvokeError,
+        ran: Option<&crate::api::Ran>,
+        failed_body: Option<Bytes>,
+    ) -> AttemptOutcome {
+        let status = ctx.dialect.status(&e);
+        // The error's body only matters to a destination.
+        let body = match (failed_body, &pool.cfg.asynchronous.on_failure) {
+            (Some(b), _) => b,
+            (None, Some(_)) => (ctx.dialect.error(&e, &ctx.reply(Some(pool), ran)))
+                .into_body()
+                .into_bytes(),
+            (None, None) => Bytes::new(),
+        };
+        AttemptOutcome {
+            status: status.as_u16(),
+            body,
+            function_error: (e.outcome() == Outcome::FunctionError)
+                .then_some(crate::asynchronous::destination::UNHANDLED),
+            instance_id: ran
+                .and_then(|r| r.instance_id.to_str().ok())
+                .map(str::to_string),
+            error: Some(e),
+        }
+    }
+
+    /// The task's invocation as its record names it (function, qualifier),
+    /// for the account.
+    fn task_invocation<'t>(&self, task: &'t TaskRecord) -> Invocation<'t> {
+        let mut inv = Invocation::event(&task.function);
+        inv.qualifier = task.qualifier.as_deref().map(std::borrow::Cow::Borrowed);
+        inv
     }
 }
