@@ -3,17 +3,19 @@
 //! The request path, in the order a request meets it (see ARCHITECTURE.md):
 //!
 //! 1. [`connection`]: accept, connection limits, TLS (rustls), HTTP/1.1 or HTTP/2.
-//! 2. [`pipeline`]: the ordered stages of one invocation.
-//! 3. [`api`]: the cloud dialects (Function Compute 3.0, AWS Lambda, Azure
-//!    Functions HTTP triggers) that decode requests and render answers and
-//!    [`error::InvokeError`]s; [`auth`] holds what their request signatures
-//!    and function keys share.
-//! 4. [`scheduler`]: bin-pack routing, best-fit placement, instance lifecycle.
-//! 5. [`workers`]: the sandbox worker API client; invocations then go straight
-//!    to the instance over [`upstream`] connections.
+//! 2. [`pipeline`]: the ordered stages of one invocation, in the dialect
+//!    [`api`] decodes and renders (Function Compute 3.0, AWS Lambda, Azure
+//!    Functions HTTP triggers); [`auth`], [`ingress`] and [`throttle`] hold
+//!    what the stages decide with.
+//! 3. [`execute`]: stage 9, where the call runs: the sandbox (a slot from
+//!    the [`scheduler`], then the instance hop over [`upstream`]) or a
+//!    function's cloud backends (clients in [`backend`]).
 //!
-//! Beside the path: [`shards`] (the runtime threads), [`config`], [`metrics`],
-//! [`admin`], [`ids`].
+//! Beside the path: [`dispatch`] (asynchronous attempts, through the same
+//! pipeline), [`asynchronous`] (the task stores), [`fleet`], [`admin`],
+//! [`metering`], [`metrics`]; below everything, [`config`], [`functions`]
+//! (the registry) and the leaf types. `run` builds it all, bottom first.
+//! The modules import only downward, in the order `layering.rs` checks.
 
 pub mod admin;
 pub mod api;

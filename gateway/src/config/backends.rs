@@ -251,6 +251,9 @@ pub(super) fn backends(
     Ok(out)
 }
 
+/// A signed cloud call's function, qualifier and key.
+type Signed = (Arc<str>, Option<Arc<str>>, OutboundKey);
+
 /// One `[[functions.backends]]` entry, read field by field.
 struct Fields<'a> {
     b: &'a BackendSection,
@@ -363,6 +366,14 @@ impl Fields<'_> {
             })
     }
 
+    /// What a signed call to a cloud names: the function, its qualifier,
+    /// and the key it is signed with.
+    fn signed(&self) -> Result<Signed, ConfigError> {
+        let function = self.required(&self.b.function, "function")?;
+        let qualifier = self.b.qualifier.as_deref().map(Into::into);
+        Ok((function, qualifier, self.credentials()?))
+    }
+
     fn sandbox(&self) -> Result<BackendKind, ConfigError> {
         let b = self.b;
         self.unused(&[
@@ -396,11 +407,12 @@ impl Fields<'_> {
                 &format!("https://lambda.{region}.amazonaws.com"),
             )?,
         };
+        let (function, qualifier, key) = self.signed()?;
         let kind = BackendKind::Lambda {
             region,
-            function: self.required(&b.function, "function")?,
-            qualifier: b.qualifier.as_deref().map(Into::into),
-            key: self.credentials()?,
+            function,
+            qualifier,
+            key,
         };
         Ok((kind, Some(base)))
     }
@@ -420,10 +432,11 @@ impl Fields<'_> {
                 url(&k("region"), &u)?
             }
         };
+        let (function, qualifier, key) = self.signed()?;
         let kind = BackendKind::Fc {
-            function: self.required(&b.function, "function")?,
-            qualifier: b.qualifier.as_deref().map(Into::into),
-            key: self.credentials()?,
+            function,
+            qualifier,
+            key,
         };
         Ok((kind, Some(base)))
     }

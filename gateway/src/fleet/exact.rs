@@ -28,8 +28,8 @@
 //!   so the count recovers with Redis.
 //! - `max_concurrency` stays split: exact would cost two round trips a call.
 
-use crate::throttle::shared::{Answer, RateCheck, SharedCount, StartCheck};
-use crate::throttle::{CallerKey, GatewayLimits, LimitKind, Throttled};
+use crate::throttle::shared::{Answer, RateCheck, SharedCount, StartCheck, StartRequest};
+use crate::throttle::{CallerKey, LimitKind, Throttled};
 use dashmap::DashMap;
 use governor::Quota;
 use prometheus::{Histogram, IntCounter, IntCounterVec, Registry};
@@ -320,13 +320,13 @@ impl ExactLimits {
     /// A cold start on the fleet's count: under the fleet's
     /// `max_instances` and start rate, `member` is added with a lease of
     /// `lease`. Idempotent for one member.
-    pub async fn admit_start(
-        &self,
-        gw: &GatewayLimits,
-        member: &str,
-        lease: Duration,
-        retry_hint: Duration,
-    ) -> StartCheck {
+    pub async fn admit_start(&self, start: StartRequest<'_>) -> StartCheck {
+        let StartRequest {
+            gw,
+            member,
+            lease,
+            retry_hint,
+        } = start;
         if self.resting().is_some() {
             self.fallbacks.with_label_values(&["unavailable"]).inc();
             return StartCheck::Unavailable;
@@ -423,16 +423,8 @@ impl SharedCount for ExactLimits {
         Box::pin(ExactLimits::check_rates(self, call))
     }
 
-    fn admit_start<'a>(
-        &'a self,
-        gw: &'a GatewayLimits,
-        member: &'a str,
-        lease: Duration,
-        retry_hint: Duration,
-    ) -> Answer<'a, StartCheck> {
-        Box::pin(ExactLimits::admit_start(
-            self, gw, member, lease, retry_hint,
-        ))
+    fn admit_start<'a>(&'a self, start: StartRequest<'a>) -> Answer<'a, StartCheck> {
+        Box::pin(ExactLimits::admit_start(self, start))
     }
 
     fn release(self: Arc<Self>, member: String) -> Answer<'static, ()> {

@@ -7,8 +7,7 @@ use crate::api::FunctionAnswer;
 use crate::execute::Failed;
 use crate::ingress::{Caller, Network};
 use crate::metering::Leg;
-use crate::throttle::GatewayLimits;
-use crate::throttle::shared::{Answer, RateCheck, SharedCount, Sharing, StartCheck};
+use crate::throttle::shared::{Answer, RateCheck, SharedCount, Sharing, StartCheck, StartRequest};
 use bytes::Bytes;
 use http::StatusCode;
 use http_body_util::{BodyExt, Full};
@@ -66,17 +65,11 @@ impl SharedCount for FullCount {
         })
     }
 
-    fn admit_start<'a>(
-        &'a self,
-        _gw: &'a GatewayLimits,
-        _member: &'a str,
-        _lease: Duration,
-        retry_hint: Duration,
-    ) -> Answer<'a, StartCheck> {
+    fn admit_start<'a>(&'a self, start: StartRequest<'a>) -> Answer<'a, StartCheck> {
         Box::pin(async move {
             StartCheck::Refused(Throttled {
                 limit: LimitKind::MaxInstances,
-                retry_after: retry_hint,
+                retry_after: start.retry_hint,
             })
         })
     }

@@ -20,7 +20,7 @@ pub use crate::functions::{Function, Functions};
 use crate::ids::IdGen;
 use crate::metrics::Metrics;
 use crate::throttle::GatewayLimits;
-use crate::throttle::shared::{Sharing, StartCheck};
+use crate::throttle::shared::{Sharing, StartCheck, StartRequest};
 use crate::workers::Worker;
 use pick::{Choice, Phase};
 use std::collections::HashMap;
@@ -391,10 +391,14 @@ impl Scheduler {
             return Ok(());
         };
         let hint = pool.limits.retry_hint();
-        let admitted = match exact
-            .admit_start(&self.limits, &self.member(inst), *lease, hint)
-            .await
-        {
+        let member = self.member(inst);
+        let start = StartRequest {
+            gw: &self.limits,
+            member: &member,
+            lease: *lease,
+            retry_hint: hint,
+        };
+        let admitted = match exact.admit_start(start).await {
             StartCheck::Admitted => Ok(()),
             StartCheck::Refused(t) => Err(t),
             // Admitted here: the next renewal adds it to the count.

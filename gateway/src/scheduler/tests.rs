@@ -254,17 +254,14 @@ impl crate::throttle::shared::SharedCount for RefusingCount {
 
     fn admit_start<'a>(
         &'a self,
-        _: &'a crate::throttle::GatewayLimits,
-        member: &'a str,
-        _: Duration,
-        retry_hint: Duration,
+        start: crate::throttle::shared::StartRequest<'a>,
     ) -> crate::throttle::shared::Answer<'a, crate::throttle::shared::StartCheck> {
-        assert!(member.starts_with("gw-a/"), "{member}");
+        assert!(start.member.starts_with("gw-a/"), "{}", start.member);
         self.asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         Box::pin(async move {
             crate::throttle::shared::StartCheck::Refused(Throttled {
                 limit: LimitKind::MaxInstances,
-                retry_after: retry_hint,
+                retry_after: start.retry_hint,
             })
         })
     }

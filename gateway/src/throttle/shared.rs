@@ -36,21 +36,24 @@ pub struct RateCheck<'a> {
     pub key: Option<KeyId>,
 }
 
+/// A cold start to count: `member`'s entry, leased for `lease`.
+#[derive(Clone, Copy)]
+pub struct StartRequest<'a> {
+    pub gw: &'a GatewayLimits,
+    pub member: &'a str,
+    pub lease: Duration,
+    /// What a refusal by `max_instances` tells its caller to wait.
+    pub retry_hint: Duration,
+}
+
 /// Limits counted across the fleet.
 pub trait SharedCount: Send + Sync {
     /// The caller, gateway-caller and function rates of a call, on the
     /// shared state (falling back to the split share when it cannot answer).
     fn check_rates<'a>(&'a self, call: RateCheck<'a>) -> Answer<'a, Result<(), Throttled>>;
 
-    /// A cold start of `member` under the fleet's `max_instances` and
-    /// start rate, its entry leased for `lease`.
-    fn admit_start<'a>(
-        &'a self,
-        gw: &'a GatewayLimits,
-        member: &'a str,
-        lease: Duration,
-        retry_hint: Duration,
-    ) -> Answer<'a, StartCheck>;
+    /// A cold start under the fleet's `max_instances` and start rate.
+    fn admit_start<'a>(&'a self, start: StartRequest<'a>) -> Answer<'a, StartCheck>;
 
     /// `member` is gone: out of the count (else its lease lapses).
     fn release(self: Arc<Self>, member: String) -> Answer<'static, ()>;

@@ -287,12 +287,7 @@ async fn lambda_errors_have_lambdas_shape() {
 async fn azure_http_trigger_hands_over_the_request_and_returns_the_answer() {
     let gw = Gateway::start("", &echo_fn("web", "instance_concurrency = 4"));
     for h2 in [false, true] {
-        let mut c = gw
-            .client(ClientOpts {
-                h2,
-                ..Default::default()
-            })
-            .await;
+        let mut c = gw.client(ClientOpts::h2(h2)).await;
         let r = c
             .send(azure(
                 "PUT",

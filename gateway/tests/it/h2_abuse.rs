@@ -56,13 +56,7 @@ fn request_headers(path: &str) -> Vec<u8> {
 /// A TLS connection speaking HTTP/2 (ALPN h2), preface and SETTINGS sent.
 async fn connect(gw: &Gateway) -> Tls {
     let tcp = tokio::net::TcpStream::connect(gw.https).await.unwrap();
-    let cfg = tls_config(
-        &gw.ca,
-        &ClientOpts {
-            h2: true,
-            ..Default::default()
-        },
-    );
+    let cfg = tls_config(&gw.ca, &ClientOpts::h2(true));
     let mut tls = tokio_rustls::TlsConnector::from(cfg)
         .connect(
             rustls_pki_types::ServerName::try_from("localhost").unwrap(),
@@ -102,22 +96,13 @@ async fn drain_frames(mut rx: tokio::io::ReadHalf<Tls>, limit: Duration) -> (usi
     (seen, goaway)
 }
 
-fn rss_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap()
-}
-
 /// While `abuse` runs and after it, another client is served and the
 /// gateway's memory grows by less than `max_growth_kb`.
 async fn survives<F: std::future::Future<Output = ()>>(gw: &Gateway, max_growth_kb: u64, abuse: F) {
     let pid = gw.proc.child.id();
     let mut other = gw.h1().await;
     assert_eq!(other.invoke("echo", "before").await.status, 200);
-    let rss0 = rss_kb(pid);
+    let rss0 = rss_kb(pid).expect("the gateway runs");
     let mut peak = rss0;
     tokio::pin!(abuse);
     loop {
@@ -128,13 +113,13 @@ async fn survives<F: std::future::Future<Output = ()>>(gw: &Gateway, max_growth_
                     .await
                     .expect("another client is served during the abuse");
                 assert_eq!(r.status, 200);
-                peak = peak.max(rss_kb(pid));
+                peak = peak.max(rss_kb(pid).expect("the gateway runs"));
             }
         }
     }
     let mut fresh = gw.h1().await;
     assert_eq!(fresh.invoke("echo", "after").await.text(), "after");
-    peak = peak.max(rss_kb(pid));
+    peak = peak.max(rss_kb(pid).expect("the gateway runs"));
     eprintln!("abuse: RSS {rss0} KiB before, peak {peak} KiB");
     assert!(
         peak - rss0 < max_growth_kb,

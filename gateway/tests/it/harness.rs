@@ -365,6 +365,14 @@ pub struct ClientOpts {
 }
 
 impl ClientOpts {
+    /// HTTP/2 (`true`) or HTTP/1.1, nothing else set.
+    pub fn h2(h2: bool) -> Self {
+        ClientOpts {
+            h2,
+            ..Default::default()
+        }
+    }
+
     pub fn from(source: &str) -> Self {
         ClientOpts {
             source: Some(source.parse().unwrap()),
@@ -1029,4 +1037,13 @@ impl Redis {
             _dir: dir,
         }
     }
+}
+
+/// The resident memory of process `pid`, KiB (`None`: it is gone).
+pub fn rss_kb(pid: u32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
 }

@@ -41,12 +41,7 @@ async fn oversized_payload_is_refused_and_never_forwarded() {
     let limit = 65536usize;
     // Declared length over the limit (HTTP/1.1 and HTTP/2).
     for h2 in [false, true] {
-        let mut c = gw
-            .client(ClientOpts {
-                h2,
-                ..Default::default()
-            })
-            .await;
+        let mut c = gw.client(ClientOpts::h2(h2)).await;
         let r = c.invoke("big", vec![b'x'; limit + 1]).await;
         assert_eq!(r.status, 400, "h2={h2}");
         let v = r.json();

@@ -115,15 +115,7 @@ async fn synchronous_calls_stay_fast_behind_ten_thousand_queued_tasks() {
         .map(|_| {
             let (https, ca, sent) = (gw.https, gw.ca.clone(), sent.clone());
             tokio::spawn(async move {
-                let mut c = Client::connect(
-                    https,
-                    &ca,
-                    ClientOpts {
-                        h2: true,
-                        ..Default::default()
-                    },
-                )
-                .await;
+                let mut c = Client::connect(https, &ca, ClientOpts::h2(true)).await;
                 while sent.fetch_add(1, Ordering::Relaxed) < 10_000 {
                     let r = c
                         .send(async_request("f", "fngate:sleep:100", None))
