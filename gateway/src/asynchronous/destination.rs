@@ -145,18 +145,30 @@ fn rfc3339_ms(ms: u64) -> String {
     )
 }
 
+/// Why a destination record was not delivered (it is tried again).
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    #[error("the destination URL cannot be requested: {0}")]
+    Request(#[from] http::Error),
+    #[error("the destination was not reached: {0}")]
+    Unreached(#[source] hyper_util::client::legacy::Error),
+    #[error("the destination answered {0}")]
+    Status(http::StatusCode),
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+}
+
 /// One delivery attempt: `Ok` when the destination answered 2xx.
-pub async fn send(client: &Client, d: &Delivery) -> Result<(), String> {
+pub async fn send(client: &Client, d: &Delivery) -> Result<(), DeliveryError> {
     let req = http::Request::post(&d.url)
         .header(http::header::CONTENT_TYPE, "application/json")
         .header(http::header::USER_AGENT, "fngate-destination")
-        .body(Full::new(Bytes::from(d.body.clone())))
-        .map_err(|e| e.to_string())?;
+        .body(Full::new(Bytes::from(d.body.clone())))?;
     let exchange = async {
         let resp = client
             .request(req)
             .await
-            .map_err(|e| crate::error::error_chain(&e))?;
+            .map_err(DeliveryError::Unreached)?;
         let status = resp.status();
         // Read (bounded) and drop the answer so the connection is reused.
         let _ = http_body_util::Limited::new(resp.into_body(), 64 * 1024)
@@ -164,12 +176,12 @@ pub async fn send(client: &Client, d: &Delivery) -> Result<(), String> {
             .await;
         match status.is_success() {
             true => Ok(()),
-            false => Err(format!("destination answered {status}")),
+            false => Err(DeliveryError::Status(status)),
         }
     };
     match tokio::time::timeout(DELIVERY_TIMEOUT, exchange).await {
         Ok(r) => r,
-        Err(_) => Err(format!("no answer within {DELIVERY_TIMEOUT:?}")),
+        Err(_) => Err(DeliveryError::Timeout(DELIVERY_TIMEOUT)),
     }
 }
 

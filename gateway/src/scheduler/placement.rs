@@ -36,7 +36,7 @@ pub(super) async fn start_on_best_fit(
     let mut unanswered = false;
     // In a fleet, a worker that looks full may have been freed by others
     // (or for a dead gateway): ask the workers once before refusing.
-    let mut refreshed = sched.owner().is_none();
+    let mut refreshed = !sched.sharing().in_fleet();
     loop {
         let free = workers
             .iter()

@@ -120,7 +120,7 @@ pub(super) fn sweep(sched: &Arc<Scheduler>, pool: &Arc<FunctionPool>) {
 async fn sync_exits(sched: &Arc<Scheduler>) {
     for worker in sched.workers().iter() {
         // In a fleet, workers are shared: their memory changes under us.
-        if sched.owner().is_some() {
+        if sched.sharing().in_fleet() {
             worker.refresh_capacity().await;
         }
         let Ok(list) = worker.list().await else {
