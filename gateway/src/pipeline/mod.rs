@@ -208,7 +208,8 @@ impl<E: Execute> Pipeline<E> {
             // Boxed, as are the other paths rarer than a call: the request's
             // future (moved into hyper's box when it starts) is only as large
             // as the common path needs.
-            let done = Done::new(&pool, inv, Outcome::TaskApi, 0, None);
+            let declared = body::declared_length(&parts.headers).unwrap_or(0);
+            let done = Done::new(&pool, inv, Outcome::TaskApi, declared, None);
             let body = body.take();
             return Ok(Box::pin(self.task_api(ctx, done, op, parts, body)).await);
         }
