@@ -170,6 +170,19 @@ async fn a_fleet_runs_every_accepted_task_when_a_gateway_dies_and_another_joins(
         accepted.len()
     );
     assert!(at_kill >= TASKS / 3, "the kill came early");
+    if !lost.is_empty() {
+        // What the gateways said went wrong, for whoever reads the failure.
+        for (name, gw) in [("gw-a", &a), ("gw-b", &b), ("gw-c", &c), ("gw-d", &d)] {
+            let log = gw.proc.log();
+            let odd = log
+                .lines()
+                .filter(|l| l.contains("WARN") || l.contains("ERROR") || l.contains("failed"));
+            for l in odd.take(40) {
+                eprintln!("{name}: {l}");
+            }
+            eprintln!("{name}: {} log lines", log.lines().count());
+        }
+    }
     assert!(
         lost.is_empty(),
         "{} accepted and never run: {lost:?}",
