@@ -182,6 +182,16 @@ async fn a_fleet_runs_every_accepted_task_when_a_gateway_dies_and_another_joins(
             }
             eprintln!("{name}: {} log lines", log.lines().count());
         }
+        let mut ca = a.h1().await;
+        for i in &lost {
+            let id = crate::REQUEST_IDS.lock().unwrap().get(i).cloned();
+            let Some(id) = id else { continue };
+            let r = ca
+                .send(task_request("GET", "sink", &format!("/{id}")))
+                .await;
+            let record = r.map(|r| r.text()).unwrap_or_default();
+            eprintln!("lost task {i} ({id}): {record}");
+        }
     }
     assert!(
         lost.is_empty(),

@@ -22,6 +22,11 @@ use std::time::Duration;
 /// Submits asynchronous `fngate:append` calls for the ids from `next` up to
 /// `end` through `gws`, `per_gateway` connections each, each at one call per `every`; a gateway that goes
 /// away stops its connections.
+/// The request id each accepted submission was answered with (the task's
+/// id), for a failure's report.
+pub static REQUEST_IDS: std::sync::Mutex<std::collections::BTreeMap<usize, String>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
 pub async fn submit(
     gws: &[&Gateway],
     per_gateway: usize,
@@ -50,7 +55,12 @@ pub async fn submit(
                     let req =
                         async_request("sink", format!("fngate:append:{}:{i}", out.display()), None);
                     match tokio::time::timeout(Duration::from_secs(20), c.send(req)).await {
-                        Ok(Ok(r)) if r.status == 202 => accepted.lock().unwrap().push(i),
+                        Ok(Ok(r)) if r.status == 202 => {
+                            accepted.lock().unwrap().push(i);
+                            if let Some(id) = r.header("x-fc-request-id") {
+                                REQUEST_IDS.lock().unwrap().insert(i, id.to_string());
+                            }
+                        }
                         Ok(Ok(r)) => panic!("submission {i}: {} {}", r.status, r.text()),
                         // The gateway died with this call in flight: not accepted.
                         _ => return,
