@@ -443,15 +443,24 @@ impl JetStreamStore {
         }
         // The task is durable from here; its record follows (a lease that
         // finds none uses the message's own).
-        if self.write(&task, 0, seq, None).await?.is_none() {
-            // Known for longer than the server's dedupe window (its record
-            // is still kept): not run twice.
-            let _ = self.tasks.delete_message(seq).await;
-            if let Some(known) = self.record(&key).await? {
-                return Ok(Appended::Known(Box::new(known)));
-            }
+        if self.write(&task, 0, seq, None).await?.is_some() {
+            return Ok(Appended::New);
         }
-        Ok(Appended::New)
+        match self.entry(&key).await? {
+            // Made from this very message by a gateway that leased it
+            // between the publish and this write: the task is this one,
+            // running. Its message must stay (deleting it would leave the
+            // record running with nothing to redeliver if that gateway dies).
+            Some(e) if e.seq == seq => Ok(Appended::New),
+            // Known for longer than the server's dedupe window (its record
+            // is still kept): this message is a duplicate, not run twice.
+            Some(e) => {
+                let _ = self.tasks.delete_message(seq).await;
+                Ok(Appended::Known(Box::new(e.record)))
+            }
+            // Purged meanwhile: this message is the task.
+            None => Ok(Appended::New),
+        }
     }
 
     /// Up to `max` messages waiting for `c`, within the engine timeout: a
