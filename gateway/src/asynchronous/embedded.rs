@@ -611,12 +611,7 @@ impl<'t> Tables<'t> {
             let Some(old) = self.task(&key)? else {
                 continue;
             };
-            let mut t = old.clone();
-            t.state = TaskState::Running;
-            t.attempts += 1;
-            t.due_ms = until;
-            t.started_ms.get_or_insert(now);
-            t.event("Running", now, format!("attempt {}", t.attempts));
+            let t = old.leased(now, until);
             self.replace(&old, &t, d)?;
             let payload = (self.payloads.get(key.as_str()).map_err(err)?)
                 .map(|p| Bytes::copy_from_slice(p.value()))

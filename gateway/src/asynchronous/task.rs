@@ -163,6 +163,19 @@ impl TaskRecord {
         task_key(&self.function, &self.id)
     }
 
+    /// This task as a new attempt's lease makes it: running, one more
+    /// attempt, due again at `until` (the lease's end) if it is not done.
+    /// Every store leases by this rule.
+    pub fn leased(&self, now: u64, until: u64) -> TaskRecord {
+        let mut t = self.clone();
+        t.state = TaskState::Running;
+        t.attempts += 1;
+        t.due_ms = until;
+        t.started_ms.get_or_insert(now);
+        t.event("Running", now, format!("attempt {}", t.attempts));
+        t
+    }
+
     pub fn event(&mut self, status: &str, timestamp_ms: u64, detail: String) {
         if self.events.len() >= MAX_EVENTS {
             // Keep the first (accepted) event; drop the oldest after it.

@@ -548,12 +548,7 @@ impl JetStreamStore {
                 .await;
             return Ok(None);
         }
-        let mut t = old.clone();
-        t.state = TaskState::Running;
-        t.attempts += 1;
-        t.due_ms = until;
-        t.started_ms.get_or_insert(now);
-        t.event("Running", now, format!("attempt {}", t.attempts));
+        let t = old.leased(now, until);
         match self.write(&t, rev, seq, None).await? {
             Some(rev) => {
                 self.inflight.lock().unwrap().insert(key, (m, rev));
