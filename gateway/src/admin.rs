@@ -3,7 +3,10 @@
 //! `/healthz` (the process is up), `/readyz` (listeners bound, every
 //! function's `min_instances` ready, the usage log's writes succeeding and, in a fleet, the engine reachable), `/metrics` (Prometheus text),
 //! `/admin/instances` and `/admin/functions` (JSON: each function's settings
-//! and its effective ingress policy).
+//! and its effective ingress policy), `/admin/config` (the files loaded,
+//! their hash and time, the last reload) and `POST /admin/reload` (reads
+//! the files again: [`crate::reload`]; 200 when applied or unchanged, 422
+//! with the reason when refused).
 
 use crate::metrics::Metrics;
 use crate::scheduler::Scheduler;
@@ -21,9 +24,9 @@ use tokio_util::sync::CancellationToken;
 
 pub struct Admin {
     pub metrics: Arc<Metrics>,
-    pub ingress: Arc<crate::config::IngressConfig>,
+    pub reloader: Arc<crate::reload::Reloader>,
     pub scheduler: Arc<Scheduler>,
-    pub routes: crate::execute::routes::RouteTable,
+    pub pipeline: Arc<crate::pipeline::Pipeline>,
     pub usage: Option<Arc<crate::metering::usage_log::LogHealth>>,
     pub fleet: Option<Arc<crate::fleet::Fleet>>,
     pub started: AtomicBool,
@@ -58,7 +61,7 @@ impl Admin {
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req| {
                     let this = this.clone();
-                    async move { Ok::<_, Infallible>(this.handle(req)) }
+                    async move { Ok::<_, Infallible>(this.handle(req).await) }
                 });
                 let conn = hyper::server::conn::http1::Builder::new()
                     .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
@@ -81,7 +84,7 @@ impl Admin {
         if let Some(why) = self.fleet.as_ref().and_then(|f| f.not_ready()) {
             return Some(why);
         }
-        let provisioned = self.scheduler.functions().all(|p| {
+        let provisioned = self.scheduler.functions().values().all(|p| {
             let ready = p
                 .snapshot()
                 .iter()
@@ -92,8 +95,21 @@ impl Admin {
         (!provisioned).then_some("provisioned instances (min_instances) are starting")
     }
 
-    fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
         match (req.method(), req.uri().path()) {
+            (&Method::POST, "/admin/reload") => {
+                let out = self.reloader.reload("POST /admin/reload").await;
+                let status = match out.result {
+                    "refused" => StatusCode::UNPROCESSABLE_ENTITY,
+                    _ => StatusCode::OK,
+                };
+                let body = serde_json::to_string(&out).unwrap_or_default();
+                reply(status, "application/json", body)
+            }
+            (&Method::GET, "/admin/config") => {
+                let body = serde_json::to_string(&*self.reloader.shown()).unwrap_or_default();
+                reply(StatusCode::OK, "application/json", body)
+            }
             (&Method::GET, "/healthz") => reply(StatusCode::OK, "text/plain", "ok\n".into()),
             (&Method::GET, "/readyz") => match self.not_ready() {
                 None => reply(StatusCode::OK, "text/plain", "ready\n".into()),
@@ -109,7 +125,7 @@ impl Admin {
                 self.metrics.render(),
             ),
             (&Method::GET, "/admin/instances") => {
-                let pools: Vec<_> = self.scheduler.functions().cloned().collect();
+                let pools = self.scheduler.all_pools();
                 let snaps: Vec<_> = pools.iter().map(|p| p.snapshot()).collect();
                 let mut views = Vec::new();
                 for inst in snaps.iter().flatten() {
@@ -143,10 +159,11 @@ impl Admin {
 impl Admin {
     fn functions_json(&self) -> String {
         use crate::ingress::rules::Match;
-        let vpcs = &self.ingress.vpcs;
-        let mut out: Vec<serde_json::Value> = self
-            .scheduler
-            .functions()
+        let settings = self.pipeline.settings();
+        let vpcs = &settings.vpcs;
+        let routes = self.pipeline.executor().routes.load();
+        let pools = self.scheduler.functions();
+        let mut out: Vec<serde_json::Value> = (pools.values())
             .map(|p| {
                 let f = &p.cfg;
                 let rules: Vec<serde_json::Value> = f
@@ -193,7 +210,7 @@ impl Admin {
                         "order": ["vpc_bindings", "access_rules"],
                     },
                     // Where calls run: none listed means the sandbox only.
-                    "backends": self.routes.get(&f.name).map(|r| {
+                    "backends": routes.get(&f.name).map(|r| {
                         r.backends.iter().map(|b| b.status()).collect::<Vec<_>>()
                     }).unwrap_or_default(),
                 })

@@ -76,6 +76,14 @@ struct File {
     fleet: Option<fleet::FleetSection>,
 }
 
+/// A file of `gateway.functions_dir`: functions only.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FunctionsFile {
+    #[serde(default)]
+    functions: Vec<FunctionSection>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct UsageSection {
@@ -178,6 +186,8 @@ struct GatewaySection {
     backend_eject_after_failures: u32,
     backend_eject_ms: u64,
     backend_max_idle_per_host: u32,
+    /// A directory of TOML files holding more `[[functions]]`.
+    functions_dir: Option<PathBuf>,
 }
 
 impl Default for GatewaySection {
@@ -239,6 +249,7 @@ impl Default for GatewaySection {
             backend_eject_after_failures: 5,
             backend_eject_ms: 30_000,
             backend_max_idle_per_host: 256,
+            functions_dir: None,
         }
     }
 }
@@ -366,6 +377,22 @@ pub struct Config {
     pub lambda: LambdaSettings,
     /// `[fleet]`; `None`: this gateway runs alone.
     pub fleet: Option<fleet::FleetConfig>,
+    /// The files it was read from; `None`: parsed from text.
+    pub source: Option<Arc<Source>>,
+}
+
+/// Where a configuration was read from, for a reload to read again and
+/// to compare with.
+#[derive(Debug)]
+pub struct Source {
+    pub path: PathBuf,
+    /// `gateway.functions_dir`, resolved.
+    pub functions_dir: Option<PathBuf>,
+    /// SHA-256 over every file read (its name and content), hex.
+    pub hash: String,
+    /// The main file as TOML, with the directory's `[[functions]]` appended
+    /// to its own: what a reload compares, section by section.
+    pub raw: toml::Table,
 }
 
 /// Where callers stand, compiled at load (see [`crate::ingress`]).
@@ -469,7 +496,7 @@ pub struct GatewayThrottle {
 }
 
 /// A function's throttling (see [`crate::throttle`]).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct FunctionThrottle {
     pub rate: Option<Quota>,
     pub caller_rate: Option<Quota>,
@@ -545,12 +572,40 @@ pub struct AsyncPolicy {
     pub on_failure: Option<http::Uri>,
 }
 
+impl FunctionConfig {
+    /// What a worker starts an instance from differs: instances of `self`
+    /// cannot serve `other` (a reload starts new ones).
+    pub fn shape_differs(&self, other: &FunctionConfig) -> bool {
+        self.command != other.command
+            || self.env != other.env
+            || self.memory_mb != other.memory_mb
+            || self.egress != other.egress
+            || self.writable_paths != other.writable_paths
+            || self.readable_paths != other.readable_paths
+            || self.disk_mb != other.disk_mb
+    }
+}
+
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        Self::read(path, None)
+    }
+
+    /// Reads the file at `path` and the files of its `functions_dir`, then
+    /// validates the whole. `running`: the running configuration's VPCs,
+    /// whose ids a reloaded one keeps (see [`VpcTable::seeded`]).
+    pub fn read(path: &Path, running: Option<&VpcTable>) -> Result<Config, ConfigError> {
+        let read = |path: &Path| {
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            })
+        };
+        let parse_err = |path: &Path, e: &dyn std::fmt::Display| ConfigError::Parse {
             path: path.to_owned(),
-            source,
-        })?;
+            message: e.to_string(),
+        };
+        let text = read(path)?;
         let dir = path
             .parent()
             .map(|p| {
@@ -562,13 +617,44 @@ impl Config {
             })
             .unwrap_or(Path::new("."));
         let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_owned());
-        Self::parse(&text, &dir).map_err(|e| match e {
-            ConfigError::Parse { message, .. } => ConfigError::Parse {
-                path: path.to_owned(),
-                message,
-            },
-            other => other,
-        })
+        let file: File = toml::from_str(&text).map_err(|e| parse_err(path, &e))?;
+        let mut raw: toml::Table = toml::from_str(&text).map_err(|e| parse_err(path, &e))?;
+        let mut hash = ring::digest::Context::new(&ring::digest::SHA256);
+        hash.update(text.as_bytes());
+        let functions_dir =
+            (file.gateway.functions_dir.as_deref()).map(|d| Resolve { config_dir: &dir }.path(d));
+        let mut more = Vec::new();
+        if let Some(fdir) = &functions_dir {
+            for p in functions_files(fdir)? {
+                let text = read(&p)?;
+                let part: FunctionsFile = toml::from_str(&text).map_err(|e| parse_err(&p, &e))?;
+                let part_raw: toml::Table = toml::from_str(&text).map_err(|e| parse_err(&p, &e))?;
+                let name = p.file_name().unwrap_or_default().to_string_lossy();
+                hash.update(name.as_bytes());
+                hash.update(&[0]);
+                hash.update(text.as_bytes());
+                if let Some(toml::Value::Array(fs)) = part_raw.get("functions") {
+                    let all = raw
+                        .entry("functions")
+                        .or_insert_with(|| toml::Value::Array(Vec::new()));
+                    if let toml::Value::Array(all) = all {
+                        all.extend(fs.iter().cloned());
+                    }
+                }
+                more.push((name.into_owned(), part.functions));
+            }
+        }
+        let mut config = Self::build(file, more, &dir, running)?;
+        let hex: String = (hash.finish().as_ref().iter())
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        config.source = Some(Arc::new(Source {
+            path: path.to_owned(),
+            functions_dir,
+            hash: hex,
+            raw,
+        }));
+        Ok(config)
     }
 
     /// Parses and validates, one section after another. Relative paths and
@@ -579,12 +665,27 @@ impl Config {
             path: PathBuf::from("<config>"),
             message: e.to_string(),
         })?;
+        Self::build(file, Vec::new(), config_dir, None)
+    }
+
+    /// `more`: the functions of each `functions_dir` file, by file name.
+    fn build(
+        file: File,
+        more: Vec<(String, Vec<FunctionSection>)>,
+        config_dir: &Path,
+        running: Option<&VpcTable>,
+    ) -> Result<Config, ConfigError> {
         let at = Resolve { config_dir };
         let g = &file.gateway;
         let gateway = gateway::gateway(g, &at)?;
         let workers = workers(&file.workers)?;
-        let (ingress, vpc_cidrs) =
-            ingress::ingress(g, &file.networks, gateway.listen, gateway.admin_listen)?;
+        let (ingress, vpc_cidrs) = ingress::ingress(
+            g,
+            &file.networks,
+            gateway.listen,
+            gateway.admin_listen,
+            running,
+        )?;
         let credentials = &file.credentials;
         let auth = auth::gateway(
             g.auth,
@@ -607,7 +708,12 @@ impl Config {
                 .and_then(|p| p.parent().map(Path::to_path_buf))
                 .unwrap_or_default(),
         };
-        let functions = functions::functions(file.functions, &cx)?;
+        let main =
+            (file.functions.into_iter().enumerate()).map(|(i, f)| (format!("functions[{i}]"), f));
+        let dir = more.into_iter().flat_map(|(name, fs)| {
+            (fs.into_iter().enumerate()).map(move |(i, f)| (format!("{name}: functions[{i}]"), f))
+        });
+        let functions = functions::functions(main.chain(dir), &cx)?;
         let fleet = (file.fleet)
             .map(|f| fleet::fleet(f, config_dir))
             .transpose()?;
@@ -621,8 +727,28 @@ impl Config {
             fleet,
             usage,
             ingress,
+            source: None,
         })
     }
+}
+
+/// The `*.toml` files of `functions_dir`, by name (hidden files, such as
+/// an editor's, are not read).
+fn functions_files(dir: &Path) -> Result<Vec<PathBuf>, ConfigError> {
+    let err = |source| ConfigError::Read {
+        path: dir.to_owned(),
+        source,
+    };
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(err)? {
+        let p = entry.map_err(err)?.path();
+        let name = p.file_name().unwrap_or_default().to_string_lossy();
+        if name.ends_with(".toml") && !name.starts_with('.') && p.is_file() {
+            out.push(p);
+        }
+    }
+    out.sort();
+    Ok(out)
 }
 
 /// Where relative paths of the file resolve.

@@ -10,10 +10,10 @@ use crate::asynchronous::{IDLE_LOOK, now_ms};
 use crate::functions::Function;
 use crate::pipeline::{AttemptOutcome, Pipeline};
 use crate::scheduler::FunctionPool;
+use crate::throttle::ConcurrencyPermit;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
-use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
 /// The most tasks one lease takes (then the dispatcher looks again at once).
@@ -21,6 +21,8 @@ const LEASE_BATCH: usize = 64;
 /// How often done tasks past their retention are deleted (and whenever
 /// more than `max_async_retained` are kept).
 const PURGE_EVERY_MS: u64 = 60_000;
+/// How long a removed function's tasks are looked for after its last one.
+const REMOVED_WATCH: Duration = Duration::from_secs(60);
 /// How often every function is looked at, whatever its hint says.
 const FULL_LOOK_MS: u64 = 10_000;
 
@@ -57,12 +59,14 @@ pub async fn dispatch(p: Arc<Pipeline>) {
         if full_look {
             last_full_look = now;
         }
-        for pool in p.scheduler.functions() {
+        let pools = p.scheduler.functions();
+        for pool in pools.values() {
             let name = &pool.cfg.name;
-            let (Some(slots), Some(hint)) = (q.slots.get(name), q.due_hints.get(name)) else {
+            let Some(f) = q.functions.load().get(name).cloned() else {
                 continue;
             };
-            let free = slots.available_permits().min(LEASE_BATCH);
+            let (slots, hint) = (&f.slots, &f.hint);
+            let free = slots.available().min(LEASE_BATCH);
             if free == 0 {
                 // An attempt ending wakes the dispatcher.
                 continue;
@@ -85,12 +89,15 @@ pub async fn dispatch(p: Arc<Pipeline>) {
             hint.next_ms.store(next, Ordering::Release);
             wake_at = wake_at.min(next);
             for l in leased {
-                let Ok(permit) = slots.clone().try_acquire_owned() else {
+                let Some(permit) = slots.try_acquire() else {
                     break;
                 };
                 let (p2, pool) = (p.clone(), pool.clone());
                 q.attempts.spawn(run(p2, pool, l, permit));
             }
+        }
+        if let Some(next) = invalidate_removed(q).await {
+            wake_at = wake_at.min(next);
         }
         q.publish_depth();
         let depth = q.store.depth();
@@ -118,8 +125,53 @@ pub async fn dispatch(p: Arc<Pipeline>) {
     }
 }
 
+/// The due tasks of functions a reload removed end `Invalid`, a lease batch
+/// at a time (a task waiting for a retry ends when it falls due); a function
+/// with none left is forgotten. Returns when to look again.
+async fn invalidate_removed(q: &crate::asynchronous::AsyncQueue) -> Option<u64> {
+    let removed: Vec<_> = q.removed.lock().unwrap().clone();
+    let mut wake = None;
+    for r in removed {
+        let (name, invalid) = (&r.function, &r.invalid);
+        let now = now_ms();
+        let (leased, next) = match q.store.lease(name, now, LEASE_BATCH, now + 60_000).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, "asynchronous task store: lease failed");
+                continue;
+            }
+        };
+        let n = leased.len();
+        for l in leased {
+            let mut task = l.task;
+            let why = "its function was removed from the configuration";
+            task.state = TaskState::Invalid;
+            task.ended_ms = Some(now);
+            task.error = Some(why.into());
+            task.event(TaskState::Invalid.as_str(), now, why.into());
+            match q.store.update(task, None).await {
+                Ok(true) => invalid.inc(),
+                Ok(false) => {}
+                Err(e) => tracing::error!(error = %e, "asynchronous task store: update failed"),
+            }
+        }
+        if n > 0 {
+            tracing::info!(function = %name, tasks = n, "asynchronous tasks of a removed function ended Invalid");
+        }
+        match (n, next) {
+            (LEASE_BATCH, _) => wake = Some(now),
+            (_, Some(t)) => wake = Some(wake.map_or(t, |w: u64| w.min(t))),
+            (_, None) if r.since.elapsed() >= REMOVED_WATCH => {
+                q.removed.lock().unwrap().retain(|o| o.function != *name)
+            }
+            (_, None) => {}
+        }
+    }
+    wake
+}
+
 /// One attempt of a leased task, and what the rule makes of it.
-async fn run(p: Arc<Pipeline>, pool: Arc<FunctionPool>, l: Leased, permit: OwnedSemaphorePermit) {
+async fn run(p: Arc<Pipeline>, pool: Arc<FunctionPool>, l: Leased, permit: ConcurrencyPermit) {
     let q = &p.asynchronous;
     let Leased {
         mut task,

@@ -5,7 +5,10 @@
 //! those, in a pool per function that holds its `Function`).
 //!
 //! The registry is one immutable map, built whole from a configuration:
-//! what changes a function is a new registry, never an edit in place.
+//! what changes a function is a new registry, never an edit in place. A
+//! reload builds the next one from the running one ([`Functions::renewed`]),
+//! so a function keeps its limiter state across it
+//! ([`crate::throttle::FunctionLimits::renewed`]).
 
 use crate::config::FunctionConfig;
 use crate::metrics::{FunctionMetrics, Metrics, NetworkIndex};
@@ -16,7 +19,9 @@ use std::sync::Arc;
 /// One function: its configuration, limiters and metric handles.
 pub struct Function {
     pub cfg: Arc<FunctionConfig>,
-    pub limits: FunctionLimits,
+    /// Shared with the function of the same name before a reload that
+    /// left its throttle settings as they were.
+    pub limits: Arc<FunctionLimits>,
     pub metrics: FunctionMetrics,
     /// The function name as a header value (instance calls), built once.
     pub name_header: http::HeaderValue,
@@ -33,10 +38,41 @@ impl Function {
             t.queue_max,
         );
         Function {
-            limits,
+            limits: Arc::new(limits),
             metrics: metrics.function(&cfg.name, networks),
             // Validated names are ASCII letters, digits, '_' and '-'.
             name_header: http::HeaderValue::from_str(&cfg.name).expect("validated name"),
+            cfg,
+        }
+    }
+}
+
+impl Function {
+    /// `cfg` as the reload of `old` (the function of its name until now):
+    /// the same limiters when its throttle settings are unchanged, else
+    /// new ones that start from the old ones' state.
+    pub fn renewed(
+        old: &Function,
+        cfg: Arc<FunctionConfig>,
+        metrics: &Metrics,
+        networks: &NetworkIndex,
+    ) -> Self {
+        let t = &cfg.throttle;
+        let limits = if *t == old.cfg.throttle {
+            old.limits.clone()
+        } else {
+            Arc::new(old.limits.renewed(
+                t.rate,
+                t.caller_rate,
+                t.max_concurrency,
+                t.queue_timeout,
+                t.queue_max,
+            ))
+        };
+        Function {
+            limits,
+            metrics: metrics.function(&cfg.name, networks),
+            name_header: old.name_header.clone(),
             cfg,
         }
     }
@@ -63,6 +99,34 @@ impl Functions {
             })
             .collect();
         Functions { by_name }
+    }
+
+    /// The registry of `configs` that follows this one: a function of a
+    /// name served until now is [`Function::renewed`] from it.
+    pub fn renewed(
+        &self,
+        configs: &[Arc<FunctionConfig>],
+        metrics: &Metrics,
+        networks: &NetworkIndex,
+    ) -> Self {
+        let by_name = (configs.iter())
+            .map(|c| {
+                let f = match self.by_name.get(&c.name) {
+                    Some(old) => Function::renewed(old, c.clone(), metrics, networks),
+                    None => Function::new(c.clone(), metrics, networks),
+                };
+                (c.name.clone(), Arc::new(f))
+            })
+            .collect();
+        Functions { by_name }
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_name.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_name.is_empty()
     }
 
     pub fn get(&self, name: &str) -> Option<&Arc<Function>> {

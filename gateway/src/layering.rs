@@ -30,6 +30,8 @@ const LAYERS: &[&[&str]] = &[
     &["dispatch"],
     &["fleet"],
     &["connection"],
+    // Configuration reload: swaps what the layers below read.
+    &["reload"],
     &["admin"],
     &["run"],
 ];

@@ -36,6 +36,7 @@ pub mod ingress;
 pub mod metering;
 pub mod metrics;
 pub mod pipeline;
+pub mod reload;
 mod run;
 pub mod scheduler;
 pub mod shards;

@@ -6,7 +6,7 @@ use crate::config::{self, Config};
 use crate::throttle::shared::{SharedCount, Sharing};
 use crate::{
     admin, asynchronous, connection, dispatch, execute, fleet, functions, metering, metrics,
-    pipeline, scheduler, shards, workers,
+    pipeline, reload, scheduler, shards, workers,
 };
 use std::future::Future;
 use std::sync::Arc;
@@ -64,10 +64,11 @@ type Usage = (
 /// lets in-flight invocations finish (up to `drain_timeout`), releases every
 /// instance, and stops the embedded worker.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
+    let drain_timeout = config.gateway.drain_timeout;
     let built = Built::new(&config).await?;
-    let running = built.serve(&config).await?;
+    let running = built.serve(config).await?;
     shutdown.await;
-    running.drain(config.gateway.drain_timeout).await;
+    running.drain(drain_timeout).await;
     Ok(())
 }
 
@@ -85,7 +86,9 @@ struct Built {
     usage_health: Option<Arc<metering::usage_log::LogHealth>>,
     scheduler: Arc<scheduler::Scheduler>,
     pipeline: Arc<pipeline::Pipeline>,
-    routes: execute::routes::RouteTable,
+    /// The registry and the routes' builder, kept for reloads.
+    functions: functions::Functions,
+    builder: execute::routes::Builder,
     kills: Option<Kills>,
     tls: (
         Arc<rustls::ServerConfig>,
@@ -137,13 +140,13 @@ impl Built {
         scheduler::reaper::spawn(&scheduler);
         let tls = connection::tls::server_config(&g.tls)?;
         let (queue, kills) = open_queue(config, &metrics, fleet.as_ref()).await?;
-        let routes = execute::routes::table(config, &metrics.registry)?;
+        let builder = execute::routes::Builder::new(&g.backends, &metrics.registry);
         let executor = execute::Executor {
             sandbox: execute::sandbox::Sandbox {
                 scheduler: scheduler.clone(),
                 max_response_bytes: g.limits.max_response_bytes,
             },
-            routes: routes.clone(),
+            routes: arc_swap::ArcSwap::new(builder.table(config)?),
             keep_legs: usage_log.is_some(),
         };
         let usage_health = usage_log.as_ref().map(|l| l.health.clone());
@@ -169,7 +172,8 @@ impl Built {
             usage_health,
             scheduler,
             pipeline: Arc::new(pipeline),
-            routes,
+            functions,
+            builder,
             kills,
             tls,
         })
@@ -177,11 +181,11 @@ impl Built {
 
     /// Starts what runs beside the request path (the fleet's tasks, the
     /// dispatcher and deliverer), then the listeners and the admin API.
-    async fn serve(mut self, config: &Config) -> Result<Running, RunError> {
+    async fn serve(mut self, config: Config) -> Result<Running, RunError> {
         let g = &config.gateway;
         // The fleet's tasks (heartbeat, leases) end first at shutdown.
         let stop_membership = CancellationToken::new();
-        self.spawn_fleet_tasks(config, &stop_membership);
+        self.spawn_fleet_tasks(&config, &stop_membership);
         let dispatcher = tokio::spawn(dispatch::dispatch(self.pipeline.clone()));
         let deliverer = tokio::spawn(self.pipeline.asynchronous.clone().deliver());
         let conn_metrics = Arc::new(connection::ConnectionMetrics::new(&self.metrics.registry));
@@ -193,7 +197,7 @@ impl Built {
             g.limits.clone(),
             conn_metrics.clone(),
         );
-        let (listeners, admin_l) = bind_listeners(config).await?;
+        let (listeners, admin_l) = bind_listeners(&config).await?;
         let https_addr = listeners[0].0.local_addr().ok();
         let admin_addr = admin_l.local_addr().ok();
         let stop_accepting = CancellationToken::new();
@@ -214,11 +218,24 @@ impl Built {
                 tokio::spawn(accept)
             })
             .collect();
+        let (threads, functions) = (g.threads, config.functions.len());
+        let reloader = reload::Reloader::new(
+            config,
+            reload::Parts {
+                scheduler: self.scheduler.clone(),
+                pipeline: self.pipeline.clone(),
+                server: server.clone(),
+                builder: self.builder,
+                metrics: self.metrics.clone(),
+                functions: self.functions,
+            },
+        );
+        let reload_task = tokio::spawn(reloader.clone().watch(self.stop.clone()));
         let admin = Arc::new(admin::Admin {
             metrics: self.metrics.clone(),
-            ingress: config.ingress.clone(),
+            reloader,
             scheduler: self.scheduler.clone(),
-            routes: self.routes,
+            pipeline: self.pipeline.clone(),
             usage: self.usage_health,
             fleet: self.fleet.as_ref().map(|(f, _)| f.clone()),
             started: Default::default(),
@@ -249,8 +266,8 @@ impl Built {
         tracing::info!(
             https = %addr(https_addr),
             admin = %addr(admin_addr),
-            functions = config.functions.len(),
-            threads = g.threads,
+            functions,
+            threads,
             "fngate listening"
         );
         Ok(Running {
@@ -265,7 +282,7 @@ impl Built {
             deliverer,
             usage_task: self.usage_task,
             stop: self.stop,
-            tasks: vec![admin_task, cert_task],
+            tasks: vec![admin_task, cert_task, reload_task],
             embedded: self.embedded,
         })
     }

@@ -59,7 +59,21 @@ pub use crate::config::LambdaSettings as Settings;
 
 #[derive(Debug, Default)]
 pub struct Lambda {
-    pub settings: Settings,
+    /// `[lambda]`, swapped whole by a reload.
+    settings: arc_swap::ArcSwap<Settings>,
+}
+
+impl Lambda {
+    pub fn new(settings: Settings) -> Lambda {
+        Lambda {
+            settings: arc_swap::ArcSwap::from_pointee(settings),
+        }
+    }
+
+    /// A reload's `[lambda]`, for the requests that follow.
+    pub fn set_settings(&self, settings: Settings) {
+        self.settings.store(std::sync::Arc::new(settings));
+    }
 }
 
 #[derive(Serialize)]
@@ -186,13 +200,11 @@ fn valid_client_context(v: &HeaderValue) -> bool {
 
 impl Lambda {
     fn arn(&self, name: &str) -> String {
+        let s = self.settings.load();
         format!(
             "arn:aws:lambda:{}:{}:function:{name}",
-            self.settings.region.as_deref().unwrap_or("us-east-1"),
-            self.settings
-                .account_id
-                .as_deref()
-                .unwrap_or("000000000000"),
+            s.region.as_deref().unwrap_or("us-east-1"),
+            s.account_id.as_deref().unwrap_or("000000000000"),
         )
     }
 
@@ -266,7 +278,7 @@ impl Dialect for Lambda {
                 "1 validation error detected: Value '{whole}' at 'functionName' failed to satisfy constraint: Member must satisfy regular expression pattern: (arn:(aws[a-zA-Z-]*)?:lambda:)?([a-z]{{2}}(-gov)?-[a-z]+-\\d{{1}}:)?(\\d{{12}}:)?(function:)?([a-zA-Z0-9-_\\.]+)(:(\\$LATEST|[a-zA-Z0-9-_]+))?"
             ))
         })?;
-        let s = &self.settings;
+        let s = self.settings.load();
         let other = |want: &Option<String>, got: Option<&str>| matches!((want, got), (Some(w), Some(g)) if w != g);
         if other(&s.region, f.region) || other(&s.account_id, f.account) {
             return Err(InvokeError::FunctionNotFound {

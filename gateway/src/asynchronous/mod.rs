@@ -54,7 +54,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 use store::{Appended, StoreError, TaskStore};
 use task::TaskRecord;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -82,12 +82,31 @@ pub struct AsyncQueue {
     pub(crate) attempts: TaskTracker,
     /// Running attempts by task key, to stop them.
     pub(crate) running: std::sync::Mutex<HashMap<String, CancellationToken>>,
-    /// Per function: its `async_max_concurrency` slots, and what the
-    /// dispatcher knows of its due tasks (so an idle function costs it
-    /// neither a read nor a commit).
-    pub(crate) slots: HashMap<Arc<str>, Arc<Semaphore>>,
-    pub(crate) due_hints: HashMap<Arc<str>, DueHint>,
+    /// Per function, swapped whole by a reload.
+    pub(crate) functions: arc_swap::ArcSwap<HashMap<Arc<str>, Arc<PerFunction>>>,
+    /// Functions a reload removed whose tasks are still in the store: the
+    /// dispatcher ends them `Invalid`, counting each on the handle given.
+    pub(crate) removed: std::sync::Mutex<Vec<Removed>>,
     pub(crate) client: destination::Client,
+}
+
+/// A function a reload removed, until its tasks have ended.
+#[derive(Clone)]
+pub(crate) struct Removed {
+    pub(crate) function: Arc<str>,
+    /// Its `fngate_async_results_total{result="invalid"}`.
+    pub(crate) invalid: prometheus::IntCounter,
+    /// Looked after for a while even with no task left: a call that found
+    /// the function just before the reload may still commit one.
+    pub(crate) since: std::time::Instant,
+}
+
+/// One function's `async_max_concurrency` slots, and what the dispatcher
+/// knows of its due tasks (so an idle function costs it neither a read nor
+/// a commit).
+pub(crate) struct PerFunction {
+    pub(crate) slots: crate::throttle::Concurrency,
+    pub(crate) hint: DueHint,
 }
 
 /// When a function's next task is due, as its last lease said (only the
@@ -158,16 +177,9 @@ impl AsyncQueue {
             .map(crate::backend::client::read_ca_file)
             .transpose()?;
         let client = destination::client(ca.as_deref())?;
-        let functions: Vec<_> = functions.collect();
         let q = AsyncQueue {
-            slots: functions
-                .iter()
-                .map(|(name, n)| ((*name).clone(), Arc::new(Semaphore::new(*n as usize))))
-                .collect(),
-            due_hints: functions
-                .iter()
-                .map(|(name, _)| ((*name).clone(), Default::default()))
-                .collect(),
+            functions: Default::default(),
+            removed: Default::default(),
             limits,
             store,
             metrics,
@@ -178,8 +190,48 @@ impl AsyncQueue {
             running: Default::default(),
             client,
         };
+        q.set_functions(functions);
         q.publish_depth();
         Ok(q)
+    }
+
+    /// The functions served, with their `async_max_concurrency` (at open
+    /// and at each reload): a function kept keeps its slots, resized if
+    /// its concurrency changed, and what is known of its due tasks.
+    pub fn set_functions<'a>(&self, functions: impl Iterator<Item = (&'a Arc<str>, u32)>) {
+        let old = self.functions.load();
+        let next: HashMap<Arc<str>, Arc<PerFunction>> = functions
+            .map(|(name, n)| {
+                let f = match old.get(name) {
+                    Some(f) if f.slots.configured() == n => f.clone(),
+                    Some(f) => Arc::new(PerFunction {
+                        slots: f.slots.resized(n),
+                        hint: Default::default(),
+                    }),
+                    None => Arc::new(PerFunction {
+                        slots: crate::throttle::Concurrency::new(n),
+                        hint: Default::default(),
+                    }),
+                };
+                (name.clone(), f)
+            })
+            .collect();
+        // A function served again keeps its tasks.
+        (self.removed.lock().unwrap()).retain(|r| !next.contains_key(&r.function));
+        self.functions.store(Arc::new(next));
+        self.wake.notify_one();
+    }
+
+    /// A reload removed `function`: its tasks still in the store end
+    /// `Invalid` (counted on `invalid`), as the dispatcher finds them.
+    pub fn removed(&self, function: Arc<str>, invalid: prometheus::IntCounter) {
+        let since = std::time::Instant::now();
+        (self.removed.lock().unwrap()).push(Removed {
+            function,
+            invalid,
+            since,
+        });
+        self.wake.notify_one();
     }
 
     /// Commits `task` (the caller may then be told 202).
@@ -207,8 +259,10 @@ impl AsyncQueue {
 
     /// A commit scheduled a task of `function`: the dispatcher looks again.
     pub(crate) fn scheduled(&self, function: &str) {
-        if let Some(h) = self.due_hints.get(function) {
-            h.changed.store(true, std::sync::atomic::Ordering::Release);
+        if let Some(f) = self.functions.load().get(function) {
+            f.hint
+                .changed
+                .store(true, std::sync::atomic::Ordering::Release);
         }
         self.wake.notify_one();
     }

@@ -18,24 +18,29 @@ pub enum TaskState {
     Expired,
     /// Stopped through the task API.
     Stopped,
+    /// Its function was removed by a reload before the task was done (FC:
+    /// a task whose function is deleted becomes `Invalid`).
+    Invalid,
 }
 
 impl TaskState {
-    pub const ALL: [TaskState; 6] = [
+    pub const ALL: [TaskState; 7] = [
         TaskState::Enqueued,
         TaskState::Running,
         TaskState::Succeeded,
         TaskState::Failed,
         TaskState::Expired,
         TaskState::Stopped,
+        TaskState::Invalid,
     ];
 
     /// The done states, in the order of `fngate_async_results_total`'s handles.
-    pub const DONE: [TaskState; 4] = [
+    pub const DONE: [TaskState; 5] = [
         TaskState::Succeeded,
         TaskState::Failed,
         TaskState::Expired,
         TaskState::Stopped,
+        TaskState::Invalid,
     ];
 
     /// Its place in [`TaskState::DONE`] (a state not done has none).
@@ -55,6 +60,7 @@ impl TaskState {
             TaskState::Failed => "Failed",
             TaskState::Expired => "Expired",
             TaskState::Stopped => "Stopped",
+            TaskState::Invalid => "Invalid",
         }
     }
 
@@ -69,6 +75,7 @@ impl TaskState {
             TaskState::Failed => "failed",
             TaskState::Expired => "expired",
             TaskState::Stopped => "stopped",
+            TaskState::Invalid => "invalid",
             TaskState::Enqueued | TaskState::Running => "pending",
         }
     }
@@ -79,7 +86,9 @@ impl TaskState {
             TaskState::Succeeded => Some("Success"),
             TaskState::Failed => Some("RetriesExhausted"),
             TaskState::Expired => Some("EventAgeExceeded"),
-            TaskState::Stopped | TaskState::Enqueued | TaskState::Running => None,
+            TaskState::Stopped | TaskState::Invalid | TaskState::Enqueued | TaskState::Running => {
+                None
+            }
         }
     }
 }

@@ -35,14 +35,16 @@ pub(super) struct Context<'a> {
     pub bin_dir: PathBuf,
 }
 
+/// `sections`: each with where it was written (`functions[3]`, or a file
+/// of `functions_dir` and its index there), for the errors' keys.
 pub(super) fn functions(
-    sections: Vec<FunctionSection>,
+    sections: impl Iterator<Item = (String, FunctionSection)>,
     cx: &Context<'_>,
 ) -> Result<Vec<Arc<FunctionConfig>>, ConfigError> {
     let mut names = HashSet::new();
-    let mut out = Vec::with_capacity(sections.len());
-    for (i, f) in sections.into_iter().enumerate() {
-        let key = |k: &str| format!("functions[{i}].{k}");
+    let mut out = Vec::new();
+    for (at, f) in sections {
+        let key = |k: &str| format!("{at}.{k}");
         if !valid_function_name(&f.name) {
             let why = format!(
                 "{:?}: 1-64 letters, digits, '_' or '-', starting with a letter or '_'",

@@ -31,13 +31,14 @@ pub(super) fn ingress<'a>(
     networks: &'a [NetworkSection],
     listen: SocketAddr,
     admin_listen: SocketAddr,
+    running: Option<&VpcTable>,
 ) -> Result<(Arc<IngressConfig>, VpcCidrs<'a>), ConfigError> {
     let Networks {
         mut vpcs,
         cidrs,
         endpoints,
         vpc_cidrs,
-    } = self::networks(networks)?;
+    } = self::networks(networks, running)?;
     let mut private_endpoints = Vec::new();
     for (i, p) in g.private_endpoints.iter().enumerate() {
         let key = |k: &str| format!("gateway.private_endpoints[{i}].{k}");
@@ -77,9 +78,12 @@ pub(super) fn ingress<'a>(
     Ok((Arc::new(config), vpc_cidrs))
 }
 
-fn networks(sections: &[NetworkSection]) -> Result<Networks<'_>, ConfigError> {
+fn networks<'a>(
+    sections: &'a [NetworkSection],
+    running: Option<&VpcTable>,
+) -> Result<Networks<'a>, ConfigError> {
     let mut out = Networks {
-        vpcs: VpcTable::default(),
+        vpcs: running.map(VpcTable::seeded).unwrap_or_default(),
         cidrs: Vec::new(),
         endpoints: HashMap::new(),
         vpc_cidrs: BTreeMap::new(),

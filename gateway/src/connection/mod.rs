@@ -114,7 +114,9 @@ pub enum ListenerKind {
 
 pub struct Server {
     pub pipeline: Arc<Pipeline>,
-    pub ingress: Arc<IngressConfig>,
+    /// Swapped by a reload: a connection is classified (its network) by
+    /// the version current when it is accepted.
+    ingress: arc_swap::ArcSwap<IngressConfig>,
     pub tls: TlsAcceptor,
     pub limits: Limits,
     pub metrics: Arc<ConnectionMetrics>,
@@ -171,7 +173,7 @@ impl Server {
         });
         Arc::new(Server {
             pipeline,
-            ingress,
+            ingress: arc_swap::ArcSwap::new(ingress),
             tls,
             limits,
             metrics,
@@ -250,6 +252,12 @@ impl Server {
         }
     }
 
+    /// A reload's networks and trusted proxies, for connections accepted
+    /// from now on.
+    pub fn set_ingress(&self, ingress: Arc<IngressConfig>) {
+        self.ingress.store(ingress);
+    }
+
     /// Where the caller stands, decided once for the whole connection.
     async fn resolve(
         &self,
@@ -258,11 +266,12 @@ impl Server {
         kind: ListenerKind,
     ) -> Result<(Caller, Vec<u8>), proxy::Reject> {
         let ip = peer.ip().to_canonical();
+        let ingress = self.ingress.load_full();
         match kind {
             ListenerKind::Public => Ok((
                 Caller {
                     ip,
-                    network: self.ingress.networks.network_of(ip),
+                    network: ingress.networks.network_of(ip),
                 },
                 Vec::new(),
             )),
@@ -274,26 +283,22 @@ impl Server {
                 Vec::new(),
             )),
             ListenerKind::Proxy => {
-                if !self.ingress.is_trusted_proxy(ip) {
+                if !ingress.is_trusted_proxy(ip) {
                     return Err(proxy::Reject::UntrustedPeer);
                 }
-                let (info, rest) = tokio::time::timeout(
-                    self.ingress.proxy_header_timeout,
-                    proxy::read_header(stream),
-                )
-                .await
-                .map_err(|_| proxy::Reject::Timeout)??;
+                let (info, rest) =
+                    tokio::time::timeout(ingress.proxy_header_timeout, proxy::read_header(stream))
+                        .await
+                        .map_err(|_| proxy::Reject::Timeout)??;
                 let ip = info.source.map(|s| s.ip().to_canonical()).unwrap_or(ip);
                 // A VPC endpoint id names the VPC; an unknown one is trusted
                 // as no VPC at all.
                 let network = match &info.endpoint_id {
-                    Some(id) => self
-                        .ingress
-                        .networks
+                    Some(id) => (ingress.networks)
                         .endpoint(id)
                         .map(Network::Vpc)
                         .unwrap_or(Network::Internet),
-                    None => self.ingress.networks.network_of(ip),
+                    None => ingress.networks.network_of(ip),
                 };
                 Ok((Caller { ip, network }, rest))
             }

@@ -103,8 +103,8 @@ pub trait Execute: Send + Sync + 'static {
 /// The gateway's executor: the sandbox, or the function's backends.
 pub struct Executor {
     pub sandbox: sandbox::Sandbox,
-    /// The backends of functions that have them.
-    pub routes: routes::RouteTable,
+    /// The backends of functions that have them, swapped whole by a reload.
+    pub routes: arc_swap::ArcSwap<std::collections::HashMap<Arc<str>, routes::Routes>>,
     /// Legs are kept only for the usage record.
     pub keep_legs: bool,
 }
@@ -121,7 +121,8 @@ impl Execute for Executor {
             let r = self.sandbox.call(pool, call, payload, request_id).await;
             return (r, Vec::new());
         }
-        let Some(routes) = self.routes.get(&pool.cfg.name) else {
+        let table = self.routes.load_full();
+        let Some(routes) = table.get(&pool.cfg.name) else {
             let e = InvokeError::internal("the function's backends were not built");
             return (Err((e, None)), Vec::new());
         };

@@ -410,28 +410,56 @@ pub enum RoutesError {
     },
 }
 
-/// Builds the routes of every function that has backends.
-pub fn table(
-    config: &crate::config::Config,
-    registry: &Registry,
-) -> Result<RouteTable, RoutesError> {
-    let settings = &config.gateway.backends;
-    let mut out = std::collections::HashMap::new();
-    if config.functions.iter().any(|f| !f.backends.is_empty()) {
-        let outbound = client::Outbound::new(settings.ca_file.as_deref())?;
-        let families = BackendFamilies::new(registry);
+/// Builds every function's routes, at start and at each reload, with one
+/// outbound client (its connection pools outlive a reload) and one set of
+/// metric families.
+pub struct Builder {
+    settings: crate::config::BackendSettings,
+    families: BackendFamilies,
+    /// Made when a function first has backends.
+    outbound: std::sync::OnceLock<client::Outbound>,
+}
+
+impl Builder {
+    pub fn new(settings: &crate::config::BackendSettings, registry: &Registry) -> Builder {
+        Builder {
+            settings: settings.clone(),
+            families: BackendFamilies::new(registry),
+            outbound: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The routes of every function of `config` that has backends.
+    pub fn table(&self, config: &crate::config::Config) -> Result<RouteTable, RoutesError> {
+        let mut out = std::collections::HashMap::new();
+        if !config.functions.iter().any(|f| !f.backends.is_empty()) {
+            return Ok(Arc::new(out));
+        }
+        let outbound = match self.outbound.get() {
+            Some(o) => o,
+            None => {
+                let o = client::Outbound::new(self.settings.ca_file.as_deref())?;
+                self.outbound.get_or_init(|| o)
+            }
+        };
         for f in &config.functions {
-            let routes = Routes::new(f, settings, &outbound, &families, &config.ingress.vpcs)
-                .map_err(|source| RoutesError::Unusable {
-                    function: f.name.to_string(),
-                    source,
-                })?;
+            let routes = Routes::new(
+                f,
+                &self.settings,
+                outbound,
+                &self.families,
+                &config.ingress.vpcs,
+            )
+            .map_err(|source| RoutesError::Unusable {
+                function: f.name.to_string(),
+                source,
+            })?;
             if let Some(r) = routes {
                 out.insert(f.name.clone(), r);
             }
         }
+        Ok(Arc::new(out))
     }
-    Ok(Arc::new(out))
 }
 
 /// Sandbox errors that mean the call never ran (it may go to a fallback).

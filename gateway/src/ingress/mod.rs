@@ -47,25 +47,41 @@ pub enum Origin {
     Internal,
 }
 
-/// The VPC ids the configuration knows, interned.
+/// The VPC ids the configuration knows, interned. A reloaded
+/// configuration's table starts from the running one's ([`VpcTable::seeded`]),
+/// so a VPC keeps its id for as long as the process lives: connections
+/// classified before a reload still name the same VPC after it.
 #[derive(Debug, Default, Clone)]
 pub struct VpcTable {
     names: Vec<Arc<str>>,
+    /// Declared by this configuration (a seeded name may not be).
+    known: Vec<bool>,
 }
 
 impl VpcTable {
+    /// The ids of `running`, none of them declared yet.
+    pub fn seeded(running: &VpcTable) -> VpcTable {
+        VpcTable {
+            names: running.names.clone(),
+            known: vec![false; running.names.len()],
+        }
+    }
+
     pub fn intern(&mut self, name: &str) -> VpcId {
-        if let Some(id) = self.get(name) {
-            return id;
+        if let Some(i) = self.names.iter().position(|n| &**n == name) {
+            self.known[i] = true;
+            return VpcId(i as u16);
         }
         self.names.push(name.into());
+        self.known.push(true);
         VpcId((self.names.len() - 1) as u16)
     }
 
+    /// A VPC this configuration declares.
     pub fn get(&self, name: &str) -> Option<VpcId> {
-        self.names
-            .iter()
+        (self.names.iter())
             .position(|n| &**n == name)
+            .filter(|i| self.known[*i])
             .map(|i| VpcId(i as u16))
     }
 

@@ -245,23 +245,6 @@ impl<E: Execute> Pipeline<E> {
         }
     }
 
-    /// Where `origin` stands, as records name it: `internet`, `vpc` (with
-    /// the VPC's id) or `internal`.
-    pub(super) fn network_names(&self, origin: &Origin) -> (&'static str, Option<String>) {
-        match origin {
-            Origin::Client(c) => match c.network {
-                Network::Internet => ("internet", None),
-                Network::Vpc(v) => ("vpc", Some(self.vpcs.name(v).to_string())),
-            },
-            Origin::Internal => ("internal", None),
-        }
-    }
-
-    /// A verified caller's access key id, as records name it.
-    pub(super) fn key_id(&self, key: Option<KeyId>) -> Option<String> {
-        key.map(|k| self.auth.credentials.id(k).to_string())
-    }
-
     /// The one place requests are counted and usage records made (for
     /// [`Pipeline::log_usage`]).
     pub(super) fn account(
@@ -274,8 +257,11 @@ impl<E: Execute> Pipeline<E> {
     ) -> Option<Box<UsageRecord>> {
         let (origin, wall) = (ctx.origin, ctx.wall);
         let elapsed = ctx.started.elapsed();
-        let net = self.networks.of(&origin);
-        let m = done.pool.map(|p| &p.metrics).unwrap_or(&self.unknown);
+        let net = ctx.settings.networks.of(&origin);
+        let m = done
+            .pool
+            .map(|p| &p.metrics)
+            .unwrap_or(&ctx.settings.unknown);
         let by_net = &m.by_network[net];
         by_net.invocations(api, done.outcome).inc();
         by_net.bytes_in.inc_by(done.bytes_in);
@@ -291,7 +277,7 @@ impl<E: Execute> Pipeline<E> {
         }
         self.usage.as_ref()?;
         let memory_mb = done.pool.map(|p| p.cfg.memory_mb).unwrap_or(0);
-        let (network, vpc_id) = self.network_names(&origin);
+        let (network, vpc_id) = ctx.settings.network_names(&origin);
         // Built in its box: it travels to the writer thread as is.
         let record = Box::new(UsageRecord {
             request_id: ctx.request_id.to_str().unwrap_or_default().to_string(),
@@ -300,7 +286,7 @@ impl<E: Execute> Pipeline<E> {
             api: api.as_str().into(),
             network: network.into(),
             vpc_id,
-            access_key_id: self.key_id(done.key),
+            access_key_id: ctx.settings.key_id(done.key),
             bytes_in: done.bytes_in,
             bytes_out,
             duration_ms: elapsed.as_secs_f64() * 1000.0,
@@ -323,5 +309,24 @@ impl<E: Execute> Pipeline<E> {
             backend_legs: done.legs,
         });
         Some(record)
+    }
+}
+
+impl super::Settings {
+    /// Where `origin` stands, as records name it: `internet`, `vpc` (with
+    /// the VPC's id) or `internal`.
+    pub(super) fn network_names(&self, origin: &Origin) -> (&'static str, Option<String>) {
+        match origin {
+            Origin::Client(c) => match c.network {
+                Network::Internet => ("internet", None),
+                Network::Vpc(v) => ("vpc", Some(self.vpcs.name(v).to_string())),
+            },
+            Origin::Internal => ("internal", None),
+        }
+    }
+
+    /// A verified caller's access key id, as records name it.
+    pub(super) fn key_id(&self, key: Option<KeyId>) -> Option<String> {
+        key.map(|k| self.auth.credentials.id(k).to_string())
     }
 }

@@ -69,11 +69,9 @@ pub struct Pipeline<E = Executor> {
     pub scheduler: Arc<Scheduler>,
     pub limits: Limits,
     pub ids: IdGen,
-    pub vpcs: VpcTable,
     pub dialects: Dialects,
-    pub auth: GatewayAuth,
-    networks: NetworkIndex,
-    unknown: FunctionMetrics,
+    /// Swapped whole by a reload; a request reads the version it began with.
+    settings: arc_swap::ArcSwap<Settings>,
     usage: Option<UsageLog>,
     drains: body::DrainMetrics,
     /// The drains of refused requests' unread bodies (bounded each; a stop
@@ -81,6 +79,29 @@ pub struct Pipeline<E = Executor> {
     drain_tasks: tokio_util::task::TaskTracker,
     pub asynchronous: Arc<crate::asynchronous::AsyncQueue>,
     executor: E,
+}
+
+/// What the pipeline reads of the configuration besides the functions
+/// (which it finds in the scheduler's registry).
+pub struct Settings {
+    pub vpcs: VpcTable,
+    pub auth: GatewayAuth,
+    networks: NetworkIndex,
+    /// Requests for no function served.
+    unknown: FunctionMetrics,
+}
+
+impl Settings {
+    pub fn new(config: &Config, metrics: &Metrics) -> Settings {
+        let vpcs = config.ingress.vpcs.clone();
+        let networks = NetworkIndex::new(&vpcs);
+        Settings {
+            unknown: metrics.function("(unknown)", &networks),
+            networks,
+            vpcs,
+            auth: config.auth.clone(),
+        }
+    }
 }
 
 /// How one asynchronous attempt went (see [`Pipeline::attempt`]).
@@ -99,6 +120,7 @@ pub struct AttemptOutcome {
 /// What every stage's answer needs about the request itself.
 struct Ctx<'a> {
     dialect: &'a dyn Dialect,
+    settings: Arc<Settings>,
     request_id: HeaderValue,
     origin: Origin,
     started: Instant,
@@ -128,29 +150,37 @@ impl<E: Execute> Pipeline<E> {
         asynchronous: Arc<crate::asynchronous::AsyncQueue>,
         executor: E,
     ) -> Self {
-        let vpcs = config.ingress.vpcs.clone();
-        let networks = NetworkIndex::new(&vpcs);
         Pipeline {
             asynchronous,
-            unknown: metrics.function("(unknown)", &networks),
-            networks,
+            settings: arc_swap::ArcSwap::from_pointee(Settings::new(config, metrics)),
             scheduler,
             limits: config.gateway.limits.clone(),
             ids: IdGen::new(),
-            vpcs,
             dialects: Dialects {
                 fc: crate::api::fc::Fc,
-                lambda: crate::api::lambda::Lambda {
-                    settings: config.lambda.clone(),
-                },
+                lambda: crate::api::lambda::Lambda::new(config.lambda.clone()),
                 azure: crate::api::azure::Azure,
             },
-            auth: config.auth.clone(),
             usage,
             drains: body::DrainMetrics::new(&metrics.registry),
             drain_tasks: Default::default(),
             executor,
         }
+    }
+
+    /// Where calls run.
+    pub fn executor(&self) -> &E {
+        &self.executor
+    }
+
+    /// The settings requests read now.
+    pub fn settings(&self) -> Arc<Settings> {
+        self.settings.load_full()
+    }
+
+    /// A reload's settings, read by requests that begin from now on.
+    pub fn set_settings(&self, settings: Settings) {
+        self.settings.store(Arc::new(settings));
     }
 
     /// One request, start to answer. Shaped as hyper's service future (owns
@@ -174,6 +204,7 @@ impl<E: Execute> Pipeline<E> {
     ) -> Result<Response<ResponseBody>, std::convert::Infallible> {
         let mut ctx = Ctx {
             dialect: self.dialects.select(parts.uri.path()),
+            settings: self.settings.load_full(),
             request_id: self.ids.request_id(),
             origin,
             started: Instant::now(),

@@ -66,19 +66,21 @@ impl<E: Execute> Pipeline<E> {
     ) -> Result<Arc<crate::scheduler::FunctionPool>, InvokeError> {
         match self.scheduler.function(&inv.function) {
             Some(pool) => Ok(pool.clone()),
-            None => Err(match ctx.dialect.authenticate(parts, &self.policy(None)) {
-                Err(e) => e,
-                Ok(_) => InvokeError::FunctionNotFound {
-                    name: inv.function.to_string(),
+            None => Err(
+                match ctx.dialect.authenticate(parts, &ctx.settings.policy(None)) {
+                    Err(e) => e,
+                    Ok(_) => InvokeError::FunctionNotFound {
+                        name: inv.function.to_string(),
+                    },
                 },
-            }),
+            ),
         }
     }
 
     /// Stage 3: the function's ingress policy, from the head and the
     /// connection alone.
     pub(super) fn ingress(&self, ctx: &Ctx<'_>, pool: &Function) -> Result<(), InvokeError> {
-        let denial = match pool.cfg.ingress.check(&ctx.origin, &self.vpcs) {
+        let denial = match pool.cfg.ingress.check(&ctx.origin, &ctx.settings.vpcs) {
             Ok(()) => return Ok(()),
             Err(d) => d,
         };
@@ -97,7 +99,7 @@ impl<E: Execute> Pipeline<E> {
         pool: &Function,
     ) -> Result<Authn, InvokeError> {
         ctx.dialect
-            .authenticate(parts, &self.policy(Some(pool)))
+            .authenticate(parts, &ctx.settings.policy(Some(pool)))
             .inspect_err(|e| self.count_auth_failure(ctx, pool, e))
     }
 
@@ -210,7 +212,9 @@ impl<E: Execute> Pipeline<E> {
             },
         }
     }
+}
 
+impl super::Settings {
     /// What `pool`'s function demands of its callers (the gateway's default
     /// for an unknown function).
     pub(super) fn policy<'a>(&'a self, pool: Option<&'a Function>) -> AuthPolicy<'a> {

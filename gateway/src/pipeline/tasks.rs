@@ -34,7 +34,7 @@ impl<E: crate::execute::Execute> Pipeline<E> {
     ) -> TaskRecord {
         let now = now_ms();
         let request_id = ctx.request_id.to_str().unwrap_or_default().to_string();
-        let (network, vpc_id) = self.network_names(&ctx.origin);
+        let (network, vpc_id) = ctx.settings.network_names(&ctx.origin);
         let caller = CallerRecord {
             network: network.into(),
             vpc_id,
@@ -42,7 +42,7 @@ impl<E: crate::execute::Execute> Pipeline<E> {
                 Origin::Client(c) => Some(c.ip.to_string()),
                 Origin::Internal => None,
             },
-            access_key_id: self.key_id(key),
+            access_key_id: ctx.settings.key_id(key),
         };
         let mut t = TaskRecord {
             id: inv
@@ -159,6 +159,7 @@ impl<E: crate::execute::Execute> Pipeline<E> {
             .unwrap_or(Api::Fc);
         let ctx = Ctx {
             dialect: self.dialects.get(api),
+            settings: self.settings(),
             request_id: HeaderValue::from_str(&task.request_id)
                 .unwrap_or_else(|_| self.ids.request_id()),
             origin: Origin::Internal,

@@ -10,6 +10,7 @@
 //! only to pick-and-reserve or to add/remove an instance, never across an
 //! `.await`. Nothing is shared by all functions on the invocation path.
 
+mod install;
 pub mod pick;
 pub mod placement;
 pub mod reaper;
@@ -22,6 +23,7 @@ use crate::metrics::Metrics;
 use crate::throttle::GatewayLimits;
 use crate::throttle::shared::{Sharing, StartCheck, StartRequest};
 use crate::workers::Worker;
+pub use install::Plan;
 use pick::{Choice, Phase};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -32,8 +34,14 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+/// The pools of the functions served, by name: swapped whole by a reload.
+pub type Pools = HashMap<Arc<str>, Arc<FunctionPool>>;
+
 pub struct Scheduler {
-    functions: HashMap<Arc<str>, Arc<FunctionPool>>,
+    functions: arc_swap::ArcSwap<Pools>,
+    /// Pools a reload replaced (a new instance shape) or removed: their
+    /// instances finish what they run and are released ([`reaper`]).
+    retired: Mutex<Vec<Arc<FunctionPool>>>,
     limits: GatewayLimits,
     /// Callers of any function waiting while `max_instances` bites; only
     /// then does a reclaim notify `gone`.
@@ -104,8 +112,17 @@ const FLEET_POLL: Duration = Duration::from_millis(100);
 
 /// One function's instances (and what waits for them). It reads as its
 /// [`Function`] (`Deref`): a pool is the function as the scheduler holds it.
+/// A reload that changes only the function's policy makes a new pool of
+/// the new `Function` over the same [`PoolState`]: a call keeps the version
+/// it started with, and both versions route onto the same instances.
 pub struct FunctionPool {
     pub function: Arc<Function>,
+    state: Arc<PoolState>,
+}
+
+/// The instances of one function's shape, and who waits for them.
+#[derive(Default)]
+struct PoolState {
     /// Callers waiting (up to `queue_timeout_ms`) for a slot while a
     /// scale-out limit bites; only then do freed slots notify.
     waiting: AtomicUsize,
@@ -167,8 +184,8 @@ impl Drop for Slot {
             .last_used_ms
             .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
         self.instance.in_flight.fetch_sub(1, Ordering::AcqRel);
-        if self.pool.waiting.load(Ordering::Acquire) > 0 {
-            self.pool.freed.notify_waiters();
+        if self.pool.state.waiting.load(Ordering::Acquire) > 0 {
+            self.pool.state.freed.notify_waiters();
         }
     }
 }
@@ -235,7 +252,22 @@ impl FunctionPool {
     }
 
     pub fn snapshot(&self) -> Vec<Arc<Instance>> {
-        self.instances.lock().unwrap().clone()
+        self.state.instances.lock().unwrap().clone()
+    }
+
+    /// A version of this pool for `function`, on the same instances.
+    fn with(&self, function: Arc<Function>) -> FunctionPool {
+        FunctionPool {
+            function,
+            state: self.state.clone(),
+        }
+    }
+
+    fn new(function: Arc<Function>) -> FunctionPool {
+        FunctionPool {
+            function,
+            state: Default::default(),
+        }
     }
 }
 
@@ -250,21 +282,8 @@ impl Scheduler {
     ) -> Arc<Scheduler> {
         let functions = (functions.iter())
             .map(|f| {
-                // Egress series at zero up front (see the metrics invariant).
-                let own_vpc = f.cfg.egress.vpc_id.iter().map(String::as_str);
-                for network in std::iter::once("internet").chain(own_vpc) {
-                    for direction in ["in", "out"] {
-                        let labels = [&*f.cfg.name, network, direction];
-                        metrics.instance_egress.with_label_values(&labels);
-                    }
-                }
-                let pool = FunctionPool {
-                    function: f.clone(),
-                    waiting: AtomicUsize::new(0),
-                    freed: Notify::new(),
-                    instances: Mutex::new(Vec::new()),
-                };
-                (f.cfg.name.clone(), Arc::new(pool))
+                zero_egress(&metrics.instance_egress, &f.cfg);
+                (f.cfg.name.clone(), Arc::new(FunctionPool::new(f.clone())))
             })
             .collect();
         let limits = GatewayLimits::new(
@@ -278,7 +297,8 @@ impl Scheduler {
             limits.set_exact_starts();
         }
         Arc::new(Scheduler {
-            functions,
+            functions: arc_swap::ArcSwap::from_pointee(functions),
+            retired: Mutex::new(Vec::new()),
             limits,
             gone_waiters: AtomicUsize::new(0),
             gone: Notify::new(),
@@ -299,12 +319,20 @@ impl Scheduler {
         })
     }
 
-    pub fn function(&self, name: &str) -> Option<&Arc<FunctionPool>> {
-        self.functions.get(name)
+    pub fn function(&self, name: &str) -> Option<Arc<FunctionPool>> {
+        self.functions.load().get(name).cloned()
     }
 
-    pub fn functions(&self) -> impl Iterator<Item = &Arc<FunctionPool>> {
-        self.functions.values()
+    /// The pools of the functions served now.
+    pub fn functions(&self) -> Arc<Pools> {
+        self.functions.load_full()
+    }
+
+    /// Every pool with instances: those served now and those a reload retired.
+    pub fn all_pools(&self) -> Vec<Arc<FunctionPool>> {
+        let mut all: Vec<_> = self.functions.load().values().cloned().collect();
+        all.extend(self.retired.lock().unwrap().iter().cloned());
+        all
     }
 
     pub fn limits(&self) -> &GatewayLimits {
@@ -315,7 +343,7 @@ impl Scheduler {
     /// scale-out limit when `n` gateways are live.
     pub fn split_limits(&self, n: u32) {
         if self.limits.split(n) {
-            for p in self.functions.values() {
+            for p in self.functions.load().values() {
                 p.limits.split(n);
             }
             // A larger share of `max_instances` may admit a waiting start.
@@ -371,8 +399,7 @@ impl Scheduler {
 
     /// The fleet-count entries of the instances this gateway holds.
     pub fn members(&self) -> Vec<String> {
-        self.functions
-            .values()
+        (self.all_pools().iter())
             .flat_map(|p| p.snapshot())
             .filter(|i| i.counted.load(Ordering::Acquire) && !i.reclaimed.load(Ordering::Acquire))
             .map(|i| self.member(&i))
@@ -449,7 +476,7 @@ impl Scheduler {
                 return Err(InvokeError::ShuttingDown);
             }
             // Registered before looking, so a release in between still wakes us.
-            let freed = pool.freed.notified();
+            let freed = pool.state.freed.notified();
             let gone = self.gone.notified();
             tokio::pin!(freed, gone);
             let (throttled, recheck) = match refused.take() {
@@ -465,7 +492,7 @@ impl Scheduler {
             if Instant::now() >= deadline {
                 return Err(InvokeError::Throttled(throttled));
             }
-            pool.waiting.fetch_add(1, Ordering::AcqRel);
+            pool.state.waiting.fetch_add(1, Ordering::AcqRel);
             self.gone_waiters.fetch_add(1, Ordering::AcqRel);
             freed.as_mut().enable();
             gone.as_mut().enable();
@@ -486,7 +513,7 @@ impl Scheduler {
                     None
                 }
             };
-            pool.waiting.fetch_sub(1, Ordering::AcqRel);
+            pool.state.waiting.fetch_sub(1, Ordering::AcqRel);
             self.gone_waiters.fetch_sub(1, Ordering::AcqRel);
             if let Some(slot) = r {
                 match self.wait_started(slot).await {
@@ -505,7 +532,7 @@ impl Scheduler {
     ) -> Result<Slot, crate::throttle::Throttled> {
         let conc = pool.cfg.instance_concurrency;
         let (instance, choice) = {
-            let mut list = pool.instances.lock().unwrap();
+            let mut list = pool.state.instances.lock().unwrap();
             let choice = pick::pick(list.iter().map(|i| (i.phase(), i.in_flight())), conc);
             let instance = match choice {
                 Choice::Use(i) | Choice::Wait(i) => list[i].clone(),
@@ -641,7 +668,8 @@ impl Scheduler {
     /// woken (none was freed); its callers get the refusal.
     fn unstart(&self, pool: &FunctionPool, inst: &Arc<Instance>, t: crate::throttle::Throttled) {
         if !inst.reclaimed.swap(true, Ordering::AcqRel) {
-            pool.instances
+            pool.state
+                .instances
                 .lock()
                 .unwrap()
                 .retain(|i| !Arc::ptr_eq(i, inst));
@@ -664,7 +692,8 @@ impl Scheduler {
         if inst.reclaimed.swap(true, Ordering::AcqRel) {
             return;
         }
-        pool.instances
+        pool.state
+            .instances
             .lock()
             .unwrap()
             .retain(|i| !Arc::ptr_eq(i, inst));
@@ -766,7 +795,7 @@ impl Scheduler {
     /// task stopped while it ran on `inst`).
     pub fn abandon(&self, pool: &FunctionPool, inst: &Arc<Instance>, why: &'static str) {
         {
-            let _list = pool.instances.lock().unwrap();
+            let _list = pool.state.instances.lock().unwrap();
             // The caller's own slot is still held: more than one is someone else.
             if inst.in_flight() > 1 && inst.phase() != Phase::Gone {
                 pool.set_phase(inst, Phase::Draining);
@@ -788,7 +817,7 @@ impl Scheduler {
         why: &'static str,
     ) -> bool {
         {
-            let _list = pool.instances.lock().unwrap();
+            let _list = pool.state.instances.lock().unwrap();
             let unused =
                 matches!(inst.phase(), Phase::Ready | Phase::Draining) && inst.in_flight() == 0;
             if !unused {
@@ -805,7 +834,7 @@ impl Scheduler {
     /// slot lands on it) and reclaims it at once if nothing is in flight.
     pub(crate) fn drain(&self, pool: &FunctionPool, inst: &Arc<Instance>, why: &'static str) {
         {
-            let _list = pool.instances.lock().unwrap();
+            let _list = pool.state.instances.lock().unwrap();
             if inst.phase() == Phase::Gone {
                 return;
             }
@@ -843,9 +872,9 @@ impl Scheduler {
     pub async fn shutdown(&self) {
         self.stop_starts();
         self.closing.cancel();
-        for pool in self.functions.values() {
+        for pool in self.all_pools() {
             for inst in pool.snapshot() {
-                self.reclaim(pool, &inst, "shutdown");
+                self.reclaim(&pool, &inst, "shutdown");
             }
         }
         self.tasks.close();
@@ -863,6 +892,17 @@ impl Scheduler {
 
     pub fn tasks(&self) -> &TaskTracker {
         &self.tasks
+    }
+}
+
+/// The egress series of `f`'s instances, at zero up front (see the
+/// metrics invariant).
+fn zero_egress(egress: &prometheus::IntCounterVec, f: &crate::config::FunctionConfig) {
+    let own_vpc = f.egress.vpc_id.iter().map(String::as_str);
+    for network in std::iter::once("internet").chain(own_vpc) {
+        for direction in ["in", "out"] {
+            egress.with_label_values(&[&*f.name, network, direction]);
+        }
     }
 }
 

@@ -26,8 +26,7 @@ use std::time::Duration;
 /// How often the reaper looks: a quarter of the shortest idle timeout,
 /// between 50 ms and 1 s.
 pub fn tick_for(sched: &Scheduler) -> Duration {
-    sched
-        .functions()
+    (sched.functions().values())
         .map(|p| p.cfg.idle_timeout / 4)
         .min()
         .unwrap_or(Duration::from_secs(1))
@@ -36,24 +35,25 @@ pub fn tick_for(sched: &Scheduler) -> Duration {
 
 pub fn spawn(sched: &Arc<Scheduler>) {
     let this = sched.clone();
-    let tick = tick_for(sched);
     sched.tasks().spawn(async move {
-        let mut interval = tokio::time::interval(tick);
-        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let sync_every = (Duration::from_secs(2).as_millis() / tick.as_millis()).max(1) as u64;
         let syncing = Arc::new(AtomicBool::new(false));
-        let mut n = 0u64;
+        let (mut since_sync, mut since_evict) = (Duration::ZERO, Duration::ZERO);
         loop {
+            // Looked at every time: a reload may change the functions.
+            let tick = tick_for(&this);
             tokio::select! {
                 _ = this.closing().cancelled() => return,
-                _ = interval.tick() => {}
+                _ = tokio::time::sleep(tick) => {}
             }
-            for pool in this.functions() {
+            for pool in this.functions().values() {
                 sweep(&this, pool);
             }
+            retire(&this);
             this.publish_worker_memory();
-            n += 1;
-            if n.is_multiple_of(sync_every) && !syncing.swap(true, Ordering::AcqRel) {
+            since_sync += tick;
+            since_evict += tick;
+            if since_sync >= Duration::from_secs(2) && !syncing.swap(true, Ordering::AcqRel) {
+                since_sync = Duration::ZERO;
                 let (sched, syncing) = (this.clone(), syncing.clone());
                 this.tasks().spawn(async move {
                     sync_exits(&sched).await;
@@ -62,9 +62,10 @@ pub fn spawn(sched: &Arc<Scheduler>) {
             }
             // Forget idle callers now and then, so per-caller limiter memory
             // follows the active caller set, not every address ever seen.
-            if n.is_multiple_of(sync_every * 5) {
+            if since_evict >= Duration::from_secs(10) {
+                since_evict = Duration::ZERO;
                 this.limits().evict_idle();
-                for pool in this.functions() {
+                for pool in this.functions().values() {
                     pool.limits.evict_idle();
                 }
             }
@@ -101,18 +102,42 @@ pub(super) fn sweep(sched: &Arc<Scheduler>, pool: &Arc<FunctionPool>) {
             Phase::Gone => {}
         }
     }
-    for _ in live..pool.cfg.min_instances {
-        if sched.closing().is_cancelled() {
-            return;
-        }
-        // Provisioned instances count against the scale-out limits too; a
-        // refused start is retried on a later tick.
-        if sched.limits().admit_start(Default::default()).is_err() {
-            return;
+    provision(sched, pool, pool.cfg.min_instances.saturating_sub(live));
+}
+
+/// Starts up to `n` instances of `pool` ahead of demand, and returns them.
+/// Provisioned instances count against the scale-out limits too; a start
+/// refused is retried on a later tick.
+pub(super) fn provision(
+    sched: &Arc<Scheduler>,
+    pool: &Arc<FunctionPool>,
+    n: u32,
+) -> Vec<Arc<super::Instance>> {
+    let mut started = Vec::new();
+    for _ in 0..n {
+        if sched.closing().is_cancelled() || sched.limits().admit_start(Default::default()).is_err()
+        {
+            break;
         }
         let inst = sched.new_instance(pool);
-        pool.instances.lock().unwrap().push(inst.clone());
-        sched.spawn_start(pool.clone(), inst);
+        pool.state.instances.lock().unwrap().push(inst.clone());
+        sched.spawn_start(pool.clone(), inst.clone());
+        started.push(inst);
+    }
+    started
+}
+
+/// The pools a reload retired: no new work for their instances, each
+/// released when its last call ends; a pool with none left is forgotten.
+fn retire(sched: &Arc<Scheduler>) {
+    let retired: Vec<_> = sched.retired.lock().unwrap().clone();
+    for pool in &retired {
+        for inst in pool.snapshot() {
+            sched.drain(pool, &inst, "config changed");
+        }
+    }
+    if !retired.is_empty() {
+        (sched.retired.lock().unwrap()).retain(|p| !p.snapshot().is_empty());
     }
 }
 
@@ -134,11 +159,11 @@ async fn sync_exits(sched: &Arc<Scheduler>) {
         if exited.is_empty() {
             continue;
         }
-        for pool in sched.functions() {
+        for pool in sched.all_pools() {
             for inst in pool.snapshot() {
                 if exited.contains(&*inst.id) {
                     tracing::warn!(function = %pool.cfg.name, instance = %inst.id, "instance exited while idle; removing");
-                    sched.reclaim(pool, &inst, "exited");
+                    sched.reclaim(&pool, &inst, "exited");
                 }
             }
         }

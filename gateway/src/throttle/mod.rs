@@ -26,6 +26,7 @@
 //! was verified with when `gateway.caller_key = "access_key"` (callers with
 //! no verified key stay keyed by address).
 
+mod carry;
 pub mod shared;
 
 use crate::auth::KeyId;
@@ -173,6 +174,11 @@ impl<C: Clock> KeyedLimiter<C> {
     pub fn evict_idle(&self) {
         self.inner.retain_recent();
         self.inner.shrink_to_fit();
+    }
+
+    /// Takes `n` tokens of `key`'s bucket if it holds them.
+    fn take(&self, key: &CallerKey, n: NonZeroU32) -> bool {
+        matches!(self.inner.check_key_n(key, n), Ok(Ok(())))
     }
 
     pub fn len(&self) -> usize {
@@ -382,22 +388,25 @@ impl GatewayLimits {
     }
 }
 
-/// A function's `max_concurrency`, resized when the fleet's share changes.
+/// A function's `max_concurrency` (and its asynchronous attempts' slots),
+/// resized when the fleet's share changes or a reload changes it.
 /// Growing adds permits; shrinking forgets free ones and owes the rest,
 /// which permits pay as they come back: calls in flight are never cut, and
 /// the new bound holds once they end.
-struct Concurrency {
+pub struct Concurrency {
     configured: u32,
+    /// Kept across a reload that changes `configured` ([`carry`]): the
+    /// permits in flight stay counted.
     inner: Arc<ConcurrencyInner>,
-    /// Permits that exist (free or held) once the debt is paid. Membership
-    /// changes only: a cold-path lock, so that two resizes do not interleave.
-    size: Mutex<u32>,
 }
 
 #[derive(Debug)]
 struct ConcurrencyInner {
     sem: Semaphore,
     debt: AtomicUsize,
+    /// Permits that exist (free or held) once the debt is paid. Resizes
+    /// only: a cold-path lock, so that two resizes do not interleave.
+    size: Mutex<u32>,
 }
 
 /// A call's concurrency slot, given back when dropped (at the end of the
@@ -418,14 +427,14 @@ impl Drop for ConcurrencyPermit {
 }
 
 impl Concurrency {
-    fn new(n: u32) -> Self {
+    pub fn new(n: u32) -> Self {
         Concurrency {
             configured: n,
             inner: Arc::new(ConcurrencyInner {
                 sem: Semaphore::new(n as usize),
                 debt: AtomicUsize::new(0),
+                size: Mutex::new(n),
             }),
-            size: Mutex::new(n),
         }
     }
 
@@ -433,8 +442,8 @@ impl Concurrency {
     /// as the fleet bound counts).
     fn split(&self, n: u32) {
         let target = self.configured.div_ceil(n.max(1));
-        let mut size = self.size.lock().unwrap();
         let i = &self.inner;
+        let mut size = i.size.lock().unwrap();
         if target > *size {
             let grow = (target - *size) as usize;
             // Owed permits are forgiven before new ones are made.
@@ -453,7 +462,26 @@ impl Concurrency {
         *size = target;
     }
 
-    fn try_acquire(&self) -> Option<ConcurrencyPermit> {
+    /// The same slots, resized to `n` (a reload): permits held stay counted.
+    pub fn resized(&self, n: u32) -> Concurrency {
+        let c = Concurrency {
+            configured: n,
+            inner: self.inner.clone(),
+        };
+        c.split(1);
+        c
+    }
+
+    pub fn configured(&self) -> u32 {
+        self.configured
+    }
+
+    /// Free slots now.
+    pub fn available(&self) -> usize {
+        self.inner.sem.available_permits()
+    }
+
+    pub fn try_acquire(&self) -> Option<ConcurrencyPermit> {
         let p = self.inner.sem.try_acquire().ok()?;
         p.forget();
         Some(ConcurrencyPermit(self.inner.clone()))
@@ -466,16 +494,23 @@ impl Concurrency {
     }
 }
 
-/// One function's limits.
+/// One function's limits. A reload that leaves a limit as it was keeps the
+/// same limiter (its parts are shared); one that changes it carries the
+/// old one's state over ([`carry`]).
 pub struct FunctionLimits {
-    rate: Option<Shared<Direct>>,
-    caller_rate: Option<Shared<KeyedLimiter>>,
+    rate: Option<Arc<Shared<Direct>>>,
+    caller_rate: Option<Arc<Shared<KeyedLimiter>>>,
+    /// The callers of a per-caller rate changed by a reload: each keeps
+    /// what it had left, moved over at its first call.
+    carried: Option<Arc<carry::Callers>>,
     concurrency: Option<Concurrency>,
     pub queue_timeout: Duration,
     queue_max: usize,
     queued: AtomicUsize,
     /// Recent invocation time (EWMA, µs): the expected wait for a busy slot.
     avg_duration_us: AtomicU64,
+    /// The gateways splitting these limits (1 alone).
+    share: AtomicU32,
 }
 
 impl FunctionLimits {
@@ -487,13 +522,15 @@ impl FunctionLimits {
         queue_max: usize,
     ) -> Self {
         FunctionLimits {
-            rate: rate.map(|q| Shared::new(q, direct)),
-            caller_rate: caller_rate.map(|q| Shared::new(q, KeyedLimiter::new)),
+            rate: rate.map(|q| Arc::new(Shared::new(q, direct))),
+            caller_rate: caller_rate.map(|q| Arc::new(Shared::new(q, KeyedLimiter::new))),
+            carried: None,
             concurrency: max_concurrency.map(Concurrency::new),
             queue_timeout,
             queue_max,
             queued: AtomicUsize::new(0),
             avg_duration_us: AtomicU64::new(0),
+            share: AtomicU32::new(1),
         }
     }
 
@@ -508,6 +545,7 @@ impl FunctionLimits {
     /// This gateway's part of the function's rates and concurrency when
     /// `n` gateways share them.
     pub fn split(&self, n: u32) {
+        self.share.store(n.max(1), Ordering::Relaxed);
         if let Some(l) = &self.rate {
             l.split(n);
         }
@@ -530,6 +568,9 @@ impl FunctionLimits {
         if let Some(c) = caller {
             let key = gw.keying.key(c, access_key);
             if let Some(l) = &self.caller_rate {
+                if let Some(carried) = &self.carried {
+                    carried.move_over(&key, &l.limiter.load());
+                }
                 l.limiter
                     .load()
                     .check(&key)

@@ -74,12 +74,10 @@ fn qualifiers_and_configured_account() {
         Err(InvokeError::InvalidArgument { .. })
     ));
 
-    let l = Lambda {
-        settings: Settings {
-            account_id: Some("123456789012".into()),
-            region: Some("us-east-1".into()),
-        },
-    };
+    let l = Lambda::new(Settings {
+        account_id: Some("123456789012".into()),
+        region: Some("us-east-1".into()),
+    });
     let ok = path("arn%3Aaws%3Alambda%3Aus-east-1%3A123456789012%3Afunction%3Aecho");
     assert!(l.decode(&parts("POST", &ok, &[])).is_ok());
     for other in [

@@ -1,0 +1,502 @@
+//! Configuration reload: on SIGHUP, on a change of the files (the main file
+//! and those of `gateway.functions_dir`), and on `POST /admin/reload`.
+//!
+//! A reload reads and validates the whole configuration first, off the
+//! runtime; a file that does not validate, or one that changes what only a
+//! restart can (listen addresses, threads, the fleet, the workers, the
+//! usage log, the gateway-wide limits: [`fixed_changes`]), is refused whole
+//! and the running configuration stays. One that validates is applied, in
+//! this order, with nothing dropped:
+//!
+//! 1. the next function registry is built from the running one, so limiter
+//!    state carries over ([`crate::functions::Functions::renewed`]);
+//! 2. a function whose instance shape changed gets a new pool, whose
+//!    `min_instances` start now, while the old shape still serves
+//!    ([`crate::scheduler::Scheduler::prewarm`]);
+//! 3. routes, the pipeline's settings (VPCs, credentials, `[lambda]`,
+//!    `[azure]`), the networks new connections are classified by, the
+//!    asynchronous slots, and last the pools are swapped, each whole: a
+//!    request reads each at one version, so it ends with the old
+//!    configuration's outcome or the new one's, on connections open before
+//!    as on new ones;
+//! 4. pools replaced or removed are retired: their instances finish their
+//!    calls and are released; a removed function's queued tasks end
+//!    `Invalid`.
+//!
+//! Reloads are serialized. What was loaded (its hash and time) and how the
+//! last reload went are on `/admin/config` and in metrics.
+
+use crate::config::{Config, ConfigError};
+use crate::execute::routes::{Builder, RoutesError};
+use crate::families::Families;
+use crate::functions::Functions;
+use crate::metrics::{Metrics, NetworkIndex};
+use crate::pipeline::{Pipeline, Settings};
+use crate::scheduler::Scheduler;
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio_util::sync::CancellationToken;
+
+/// `[gateway]` keys a reload applies; every other one needs a restart.
+const LIVE_GATEWAY_KEYS: &[&str] = &[
+    "access_rules",
+    "auth",
+    "signature_max_skew_s",
+    "trusted_proxies",
+    "proxy_header_timeout_ms",
+    "functions_dir",
+];
+/// Top-level sections a reload applies (besides `[gateway]`'s live keys).
+const LIVE_SECTIONS: &[&str] = &[
+    "functions",
+    "networks",
+    "credentials",
+    "lambda",
+    "azure",
+    "outbound_credentials",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("the configuration was not read from a file: there is nothing to read again")]
+    NoFile,
+    #[error(transparent)]
+    Invalid(#[from] ConfigError),
+    #[error("backends: {0}")]
+    Backends(#[from] RoutesError),
+    #[error("cannot change without a restart: {}", .0.join(", "))]
+    NeedsRestart(Vec<String>),
+    #[error("the configuration could not be read: {0}")]
+    Read(#[from] tokio::task::JoinError),
+}
+
+/// How a reload went, as `/admin/reload` answers and `/admin/config` shows.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Outcome {
+    pub trigger: &'static str,
+    /// `applied`, `unchanged` or `refused`.
+    pub result: &'static str,
+    pub at_unix_ms: u64,
+    pub elapsed_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub changes: Option<Changes>,
+}
+
+/// What a reload changed.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Changes {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub changed: Vec<Changed>,
+    /// Sections other than the functions (`networks`, `gateway.auth`, ...).
+    pub sections: Vec<String>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Changed {
+    pub function: String,
+    /// The keys whose values differ as written (or `egress`, when only
+    /// the networks its egress names changed).
+    pub fields: Vec<String>,
+    /// Its instance shape changed: new calls run on new instances.
+    pub new_instances: bool,
+}
+
+/// What `/admin/config` shows.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Shown {
+    pub path: Option<PathBuf>,
+    pub functions_dir: Option<PathBuf>,
+    /// SHA-256 of the files loaded.
+    pub hash: Option<String>,
+    pub loaded_unix_ms: u64,
+    pub functions: usize,
+    pub last_reload: Option<Outcome>,
+}
+
+struct ReloadMetrics {
+    /// `[applied, unchanged, refused]`.
+    reloads: [prometheus::IntCounter; 3],
+    loaded: prometheus::Gauge,
+    info: prometheus::IntGaugeVec,
+}
+
+/// What a reload needs beside the configuration.
+pub struct Parts {
+    pub scheduler: Arc<Scheduler>,
+    pub pipeline: Arc<Pipeline>,
+    pub server: Arc<crate::connection::Server>,
+    pub builder: Builder,
+    pub metrics: Arc<Metrics>,
+    pub functions: Functions,
+}
+
+pub struct Reloader {
+    /// The running configuration and registry; held for a whole reload.
+    running: tokio::sync::Mutex<(Config, Functions)>,
+    shown: arc_swap::ArcSwap<Shown>,
+    scheduler: Arc<Scheduler>,
+    pipeline: Arc<Pipeline>,
+    server: Arc<crate::connection::Server>,
+    builder: Builder,
+    metrics: Arc<Metrics>,
+    counts: ReloadMetrics,
+}
+
+impl Reloader {
+    pub fn new(config: Config, parts: Parts) -> Arc<Reloader> {
+        let f = Families(&parts.metrics.registry);
+        let reloads = f.counters(
+            "fngate_config_reloads_total",
+            "Configuration reloads (SIGHUP, a file change, POST /admin/reload), by result: applied, unchanged (the files were as loaded), refused (invalid, or a change that needs a restart; the running configuration stayed).",
+            &["result"],
+        );
+        let counts = ReloadMetrics {
+            reloads: ["applied", "unchanged", "refused"].map(|r| reloads.with_label_values(&[r])),
+            loaded: f.float_gauge(
+                "fngate_config_loaded_timestamp_seconds",
+                "When the running configuration was loaded (Unix time).",
+            ),
+            info: f.gauges(
+                "fngate_config_info",
+                "The running configuration: 1 for its hash (SHA-256 of the files loaded).",
+                &["hash"],
+            ),
+        };
+        let shown = shown(&config, None);
+        publish(&counts, None, &shown);
+        Arc::new(Reloader {
+            shown: arc_swap::ArcSwap::from_pointee(shown),
+            running: tokio::sync::Mutex::new((config, parts.functions)),
+            scheduler: parts.scheduler,
+            pipeline: parts.pipeline,
+            server: parts.server,
+            builder: parts.builder,
+            metrics: parts.metrics,
+            counts,
+        })
+    }
+
+    pub fn shown(&self) -> Arc<Shown> {
+        self.shown.load_full()
+    }
+
+    /// Reads the files again and applies them (see the module); the outcome
+    /// is logged, counted and kept for `/admin/config`.
+    pub async fn reload(&self, trigger: &'static str) -> Outcome {
+        let t0 = std::time::Instant::now();
+        let mut running = self.running.lock().await;
+        let result = self.apply(&mut running, trigger).await;
+        let mut out = Outcome {
+            trigger,
+            result: "applied",
+            at_unix_ms: crate::metering::unix_ms(SystemTime::now()),
+            elapsed_ms: t0.elapsed().as_millis() as u64,
+            error: None,
+            changes: None,
+        };
+        let previous = self.shown.load_full();
+        match result {
+            Ok(Some(changes)) => {
+                out.changes = Some(changes);
+                self.counts.reloads[0].inc();
+            }
+            Ok(None) => {
+                out.result = "unchanged";
+                self.counts.reloads[1].inc();
+                tracing::info!(trigger, "configuration reload: the files are as loaded");
+            }
+            Err(e) => {
+                out.result = "refused";
+                out.error = Some(e.to_string());
+                self.counts.reloads[2].inc();
+                tracing::error!(trigger, error = %e, "configuration reload refused; the running configuration stays");
+            }
+        }
+        let mut next = match out.result {
+            "applied" => shown(&running.0, None),
+            _ => (*previous).clone(),
+        };
+        next.last_reload = Some(out.clone());
+        publish(&self.counts, previous.hash.as_deref(), &next);
+        self.shown.store(Arc::new(next));
+        out
+    }
+
+    async fn apply(
+        &self,
+        running: &mut (Config, Functions),
+        trigger: &'static str,
+    ) -> Result<Option<Changes>, ReloadError> {
+        let (old, old_functions) = (&running.0, &running.1);
+        let source = old.source.clone().ok_or(ReloadError::NoFile)?;
+        let (path, vpcs) = (source.path.clone(), old.ingress.vpcs.clone());
+        let new = tokio::task::spawn_blocking(move || Config::read(&path, Some(&vpcs))).await??;
+        let new_source = new.source.clone().ok_or(ReloadError::NoFile)?;
+        let fixed = fixed_changes(&source.raw, &new_source.raw);
+        if !fixed.is_empty() {
+            return Err(ReloadError::NeedsRestart(fixed));
+        }
+        if new_source.hash == source.hash {
+            return Ok(None);
+        }
+        let routes = self.builder.table(&new)?;
+        let networks = NetworkIndex::new(&new.ingress.vpcs);
+        let functions = old_functions.renewed(&new.functions, &self.metrics, &networks);
+        let share = self.scheduler.limits().share();
+        for f in functions
+            .iter()
+            .filter(|f| old_functions.get(&f.cfg.name).is_none())
+        {
+            // Added: this gateway's part, as its peers' were split.
+            if share > 1 {
+                f.limits.split(share);
+            }
+        }
+        let plan = self.scheduler.plan(&functions);
+        let changes = changes(old, &new, &source.raw, &new_source.raw, &plan);
+        self.scheduler.prewarm(&plan).await;
+        // Swapped whole, each; the pools last (see the module).
+        self.pipeline.executor().routes.store(routes);
+        self.pipeline
+            .set_settings(Settings::new(&new, &self.metrics));
+        (self.pipeline.dialects.lambda).set_settings(new.lambda.clone());
+        self.server.set_ingress(new.ingress.clone());
+        let q = &self.pipeline.asynchronous;
+        q.set_functions((new.functions.iter()).map(|f| (&f.name, f.asynchronous.max_concurrency)));
+        let invalid = crate::asynchronous::task::TaskState::Invalid
+            .done_index()
+            .expect("a done state");
+        for name in &plan.removed {
+            if let Some(f) = old_functions.get(name) {
+                q.removed(name.clone(), f.metrics.async_results[invalid].clone());
+            }
+        }
+        self.scheduler.install(plan);
+        tracing::info!(
+            trigger,
+            hash = %new_source.hash,
+            functions = functions.len(),
+            added = ?changes.added,
+            removed = ?changes.removed,
+            changed = %describe(&changes.changed),
+            sections = ?changes.sections,
+            "configuration reloaded"
+        );
+        *running = (new, functions);
+        Ok(Some(changes))
+    }
+
+    /// Reloads on SIGHUP and when the files change (looked at every 2 s),
+    /// until `stop`.
+    pub async fn watch(self: Arc<Self>, stop: CancellationToken) {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hup = match signal(SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "no SIGHUP handler: the configuration reloads on file changes and POST /admin/reload only");
+                None
+            }
+        };
+        let mut seen = self.stamp().await;
+        loop {
+            let signalled = tokio::select! {
+                _ = stop.cancelled() => return,
+                Some(()) = async { hup.as_mut()?.recv().await } => true,
+                _ = tokio::time::sleep(Duration::from_secs(2)) => false,
+            };
+            let now = self.stamp().await;
+            if !signalled && now == seen {
+                continue;
+            }
+            let trigger = if signalled { "SIGHUP" } else { "file change" };
+            self.reload(trigger).await;
+            // What this reload read (a change during it is seen next time).
+            seen = now;
+        }
+    }
+
+    /// The files' sizes and times (the main file, and the `*.toml` of the
+    /// functions directory), read off the runtime.
+    async fn stamp(&self) -> Vec<(PathBuf, Option<(SystemTime, u64)>)> {
+        let shown = self.shown();
+        let (Some(path), dir) = (shown.path.clone(), shown.functions_dir.clone()) else {
+            return Vec::new();
+        };
+        let read = move || {
+            let meta = |p: &std::path::Path| {
+                let m = std::fs::metadata(p).ok()?;
+                Some((m.modified().ok()?, m.len()))
+            };
+            let mut out = vec![(path.clone(), meta(&path))];
+            if let Some(dir) = dir
+                && let Ok(entries) = std::fs::read_dir(&dir)
+            {
+                let mut files: Vec<_> = (entries.flatten())
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+                    .collect();
+                files.sort();
+                out.extend(files.into_iter().map(|p| {
+                    let m = meta(&p);
+                    (p, m)
+                }));
+            }
+            out
+        };
+        tokio::task::spawn_blocking(read).await.unwrap_or_default()
+    }
+}
+
+fn shown(config: &Config, last: Option<Outcome>) -> Shown {
+    let source = config.source.as_deref();
+    Shown {
+        path: source.map(|s| s.path.clone()),
+        functions_dir: source.and_then(|s| s.functions_dir.clone()),
+        hash: source.map(|s| s.hash.clone()),
+        loaded_unix_ms: crate::metering::unix_ms(SystemTime::now()),
+        functions: config.functions.len(),
+        last_reload: last,
+    }
+}
+
+fn publish(m: &ReloadMetrics, previous_hash: Option<&str>, now: &Shown) {
+    if let Some(h) = previous_hash
+        && Some(h) != now.hash.as_deref()
+    {
+        let _ = m.info.remove_label_values(&[h]);
+    }
+    if let Some(h) = &now.hash {
+        m.info.with_label_values(&[h]).set(1);
+    }
+    m.loaded.set(now.loaded_unix_ms as f64 / 1000.0);
+}
+
+/// `f1 (command, memory_mb; new instances), f2 (rate_limit)`.
+fn describe(changed: &[Changed]) -> String {
+    let one = |c: &Changed| {
+        let more = if c.new_instances {
+            "; new instances"
+        } else {
+            ""
+        };
+        format!("{} ({}{more})", c.function, c.fields.join(", "))
+    };
+    changed.iter().map(one).collect::<Vec<_>>().join(", ")
+}
+
+/// The keys of `a` and `b` whose values differ.
+fn differing(a: &toml::Table, b: &toml::Table) -> BTreeSet<String> {
+    let keys: BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+    (keys.into_iter())
+        .filter(|k| a.get(*k) != b.get(*k))
+        .cloned()
+        .collect()
+}
+
+fn table<'a>(raw: &'a toml::Table, key: &str) -> std::borrow::Cow<'a, toml::Table> {
+    match raw.get(key) {
+        Some(toml::Value::Table(t)) => std::borrow::Cow::Borrowed(t),
+        _ => std::borrow::Cow::Owned(toml::Table::new()),
+    }
+}
+
+/// What differs between two configurations as written that only a restart
+/// can apply, named as written (`gateway.listen`, `fleet`).
+pub fn fixed_changes(old: &toml::Table, new: &toml::Table) -> Vec<String> {
+    let gateway = differing(&table(old, "gateway"), &table(new, "gateway"));
+    let sections = differing(old, new);
+    let fixed_keys = (gateway.into_iter())
+        .filter(|k| !LIVE_GATEWAY_KEYS.contains(&k.as_str()))
+        .map(|k| format!("gateway.{k}"));
+    let fixed_sections =
+        (sections.into_iter()).filter(|s| s != "gateway" && !LIVE_SECTIONS.contains(&s.as_str()));
+    fixed_keys.chain(fixed_sections).collect()
+}
+
+/// The functions of a configuration as written, by name.
+fn functions_by_name(raw: &toml::Table) -> std::collections::HashMap<&str, &toml::Table> {
+    let Some(toml::Value::Array(fs)) = raw.get("functions") else {
+        return Default::default();
+    };
+    (fs.iter())
+        .filter_map(|f| {
+            let t = f.as_table()?;
+            Some((t.get("name")?.as_str()?, t))
+        })
+        .collect()
+}
+
+fn changes(
+    old: &Config,
+    new: &Config,
+    old_raw: &toml::Table,
+    new_raw: &toml::Table,
+    plan: &crate::scheduler::Plan,
+) -> Changes {
+    let names = |v: &[Arc<str>]| v.iter().map(|n| n.to_string()).collect();
+    let (before, after) = (functions_by_name(old_raw), functions_by_name(new_raw));
+    let mut changed = Vec::new();
+    for f in &new.functions {
+        let Some(was) = old.functions.iter().find(|o| o.name == f.name) else {
+            continue;
+        };
+        let mut fields: Vec<String> = match (before.get(&*f.name), after.get(&*f.name)) {
+            (Some(a), Some(b)) => differing(a, b).into_iter().collect(),
+            _ => Vec::new(),
+        };
+        let new_instances = plan.reshaped.contains(&f.name);
+        if fields.is_empty() && was.egress != f.egress {
+            fields.push("egress".into());
+        }
+        if !fields.is_empty() || new_instances {
+            changed.push(Changed {
+                function: f.name.to_string(),
+                fields,
+                new_instances,
+            });
+        }
+    }
+    changed.sort_by(|a, b| a.function.cmp(&b.function));
+    let gateway = differing(&table(old_raw, "gateway"), &table(new_raw, "gateway"));
+    let mut sections: Vec<String> = (differing(old_raw, new_raw).into_iter())
+        .filter(|s| s != "functions" && s != "gateway")
+        .collect();
+    sections.extend(gateway.into_iter().map(|k| format!("gateway.{k}")));
+    Changes {
+        added: names(&plan.added),
+        removed: names(&plan.removed),
+        changed,
+        sections,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(s: &str) -> toml::Table {
+        toml::from_str(s).unwrap()
+    }
+
+    #[test]
+    fn what_needs_a_restart_is_named() {
+        let old = raw(
+            "[gateway]\nlisten = \"127.0.0.1:1\"\nauth = \"none\"\n[[networks]]\nvpc_id = \"vpc-a\"\ncidrs = []\n",
+        );
+        let live = raw(
+            "[gateway]\nlisten = \"127.0.0.1:1\"\nauth = \"signature\"\n[[networks]]\nvpc_id = \"vpc-b\"\ncidrs = []\n",
+        );
+        assert!(fixed_changes(&old, &live).is_empty());
+        let fixed =
+            raw("[gateway]\nlisten = \"127.0.0.1:2\"\nthreads = 2\n[fleet]\nname = \"x\"\n");
+        assert_eq!(
+            fixed_changes(&old, &fixed),
+            ["gateway.listen", "gateway.threads", "fleet"]
+        );
+    }
+}
