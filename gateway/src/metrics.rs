@@ -190,7 +190,7 @@ impl Metrics {
             ),
             async_results: f.counters(
                 "fngate_async_results_total",
-                "Asynchronous invocations done, by function and result (succeeded, failed, expired, stopped).",
+                "Asynchronous invocations done, by function and result (succeeded, failed, expired, stopped, invalid: its function was removed by a reload).",
                 &["function", "result"],
             ),
             async_retries: f.counters(

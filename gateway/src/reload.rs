@@ -292,16 +292,25 @@ impl Reloader {
     }
 
     /// Reloads on SIGHUP and when the files change (looked at every 2 s),
-    /// until `stop`.
-    pub async fn watch(self: Arc<Self>, stop: CancellationToken) {
+    /// until `stop`. The handler is installed before this returns (before
+    /// the gateway says it listens): SIGHUP's default is to exit.
+    pub fn watch(self: Arc<Self>, stop: CancellationToken) -> impl Future<Output = ()> {
         use tokio::signal::unix::{SignalKind, signal};
-        let mut hup = match signal(SignalKind::hangup()) {
+        let hup = match signal(SignalKind::hangup()) {
             Ok(s) => Some(s),
             Err(e) => {
                 tracing::warn!(error = %e, "no SIGHUP handler: the configuration reloads on file changes and POST /admin/reload only");
                 None
             }
         };
+        self.watching(hup, stop)
+    }
+
+    async fn watching(
+        self: Arc<Self>,
+        mut hup: Option<tokio::signal::unix::Signal>,
+        stop: CancellationToken,
+    ) {
         let mut seen = self.stamp().await;
         loop {
             let signalled = tokio::select! {

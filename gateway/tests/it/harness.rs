@@ -286,6 +286,31 @@ impl Gateway {
         plain_get(self.admin, path).await
     }
 
+    /// `POST /admin/reload`: its status and its answer.
+    pub async fn reload(&self) -> (u16, serde_json::Value) {
+        let (status, body) = plain_request(self.admin, "POST", "/admin/reload").await;
+        let v = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+        (status, v)
+    }
+
+    /// Rewrites the configuration file (the `[gateway]` section as
+    /// [`config`] makes it, then `rest`), for a reload to read.
+    /// The embedded worker keeps the address range it started with.
+    pub fn rewrite(&self, extra_gateway: &str, rest: &str) {
+        let path = self.dir.path().join("gateway.toml");
+        let old = std::fs::read_to_string(&path).unwrap();
+        let subnet = |t: &str| {
+            t.lines()
+                .find(|l| l.starts_with("embedded_worker_subnet"))
+                .map(str::to_string)
+        };
+        let mut text = config(extra_gateway, rest, self.dir.path());
+        if let (Some(was), Some(now)) = (subnet(&old), subnet(&text)) {
+            text = text.replace(&now, &was);
+        }
+        std::fs::write(path, text).unwrap();
+    }
+
     pub async fn instances(&self) -> Vec<serde_json::Value> {
         let (status, body) = self.admin_get("/admin/instances").await;
         assert_eq!(status, 200);
@@ -570,12 +595,17 @@ pub fn invoke_request(function: &str, payload: Bytes) -> http::Request<Full<Byte
 }
 
 pub async fn plain_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    plain_request(addr, "GET", path).await
+}
+
+pub async fn plain_request(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let (mut s, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
         .await
         .unwrap();
     tokio::spawn(conn);
     let req = http::Request::builder()
+        .method(method)
         .uri(path)
         .header("host", "localhost")
         .body(Full::new(Bytes::new()))

@@ -17,6 +17,7 @@ mod lifecycle;
 mod loadtest;
 mod metering;
 mod observability;
+mod reload;
 mod scheduling;
 mod sdk;
 mod tasks;

@@ -240,6 +240,11 @@ async fn command(body: &Bytes) -> Option<Response<Full<Bytes>>> {
                 );
                 return Some(reply(StatusCode::OK, Bytes::from(me), None));
             }
+            "env" => {
+                // The value of environment variable ARG (empty when unset).
+                let v = std::env::var(arg).unwrap_or_default();
+                return Some(reply(StatusCode::OK, Bytes::from(v), None));
+            }
             "print" => {
                 // Writes ARG to stdout and stderr (an invocation's log tail).
                 println!("{arg}");
