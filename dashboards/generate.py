@@ -125,6 +125,11 @@ def overview():
     p.append(panel(22, "Egress of released instances by network (bytes, gateway)", [
         f'sum by (network, direction) (increase(fngate_instance_egress_bytes_total[{RI}]))'], "bytes", 12, 80,
         legend=["{{network}} {{direction}}"]))
+    # Reloads (issue 30): how they went, and how old the running files are.
+    p.append(panel(23, "Configuration reloads /s by result, age of the loaded configuration", [
+        f'sum by (result) (rate(fngate_config_reloads_total[{RI}]))',
+        'time() - max(fngate_config_loaded_timestamp_seconds)'], "short", 0, 88,
+        legend=["{{result}} /s", "loaded (s ago)"]))
     return dashboard("fngate-overview", "fngate overview", p)
 
 
@@ -195,6 +200,11 @@ def fleet():
         'max by (instance) (fngate_fleet_workers)',
         f'sum(increase(fngate_sandbox_lease_releases_total[{RI}]))'], "short", 12, 16,
         legend=["{{instance}} workers", "lease releases"]))
+    # A rollout is done when every gateway runs one configuration (hash).
+    p.append(panel(7, "Configuration versions running, gateways per version", [
+        'count(count by (hash) (fngate_config_info))',
+        'count by (hash) (fngate_config_info)'], "short", 0, 24,
+        legend=["versions", "{{hash}}"]))
     return dashboard("fngate-fleet", "fngate fleet", p)
 
 

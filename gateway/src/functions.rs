@@ -22,7 +22,9 @@ pub struct Function {
     /// Shared with the function of the same name before a reload that
     /// left its throttle settings as they were.
     pub limits: Arc<FunctionLimits>,
-    pub metrics: FunctionMetrics,
+    /// Shared with the function of the same name before a reload, while
+    /// the networks (the series it counts by) are the same.
+    pub metrics: Arc<FunctionMetrics>,
     /// The function name as a header value (instance calls), built once.
     pub name_header: http::HeaderValue,
 }
@@ -39,7 +41,7 @@ impl Function {
         );
         Function {
             limits: Arc::new(limits),
-            metrics: metrics.function(&cfg.name, networks),
+            metrics: Arc::new(metrics.function(&cfg.name, networks)),
             // Validated names are ASCII letters, digits, '_' and '-'.
             name_header: http::HeaderValue::from_str(&cfg.name).expect("validated name"),
             cfg,
@@ -69,9 +71,15 @@ impl Function {
                 t.queue_max,
             ))
         };
+        // The VPC table only grows (`VpcTable::seeded`): as many networks
+        // is the same networks.
+        let metrics = match old.metrics.by_network.len() == networks.len() {
+            true => old.metrics.clone(),
+            false => Arc::new(metrics.function(&cfg.name, networks)),
+        };
         Function {
             limits,
-            metrics: metrics.function(&cfg.name, networks),
+            metrics,
             name_header: old.name_header.clone(),
             cfg,
         }
@@ -79,7 +87,7 @@ impl Function {
 }
 
 /// Every function, by name.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct Functions {
     by_name: HashMap<Arc<str>, Arc<Function>>,
 }

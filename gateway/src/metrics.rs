@@ -16,19 +16,28 @@ use prometheus::{
     Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry,
 };
 
-/// Maps a caller's network to its index in [`FunctionMetrics::by_network`].
+/// Maps a caller's network to its index in [`FunctionMetrics::by_network`]:
+/// `internet`, `internal`, then the VPCs in their ids' order. A reload only
+/// appends VPCs, so an index never moves.
 pub struct NetworkIndex {
     names: Vec<String>,
 }
 
 impl NetworkIndex {
     pub fn new(vpcs: &crate::ingress::VpcTable) -> Self {
-        let mut names = vec!["internet".to_string()];
+        let mut names = vec!["internet".to_string(), "internal".to_string()];
         names.extend(
             (0..vpcs.len()).map(|i| vpcs.name(crate::ingress::VpcId(i as u16)).to_string()),
         );
-        names.push("internal".into());
         NetworkIndex { names }
+    }
+
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
     }
 
     pub fn of(&self, origin: &crate::ingress::Origin) -> usize {
@@ -36,9 +45,9 @@ impl NetworkIndex {
         match origin {
             Origin::Client(c) => match c.network {
                 Network::Internet => 0,
-                Network::Vpc(v) => 1 + v.0 as usize,
+                Network::Vpc(v) => 2 + v.0 as usize,
             },
-            Origin::Internal => self.names.len() - 1,
+            Origin::Internal => 1,
         }
     }
 }

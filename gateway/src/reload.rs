@@ -142,7 +142,7 @@ pub struct Reloader {
     scheduler: Arc<Scheduler>,
     pipeline: Arc<Pipeline>,
     server: Arc<crate::connection::Server>,
-    builder: Builder,
+    builder: Arc<Builder>,
     metrics: Arc<Metrics>,
     counts: ReloadMetrics,
 }
@@ -175,7 +175,7 @@ impl Reloader {
             scheduler: parts.scheduler,
             pipeline: parts.pipeline,
             server: parts.server,
-            builder: parts.builder,
+            builder: Arc::new(parts.builder),
             metrics: parts.metrics,
             counts,
         })
@@ -232,40 +232,43 @@ impl Reloader {
         running: &mut (Config, Functions),
         trigger: &'static str,
     ) -> Result<Option<Changes>, ReloadError> {
-        let (old, old_functions) = (&running.0, &running.1);
-        let source = old.source.clone().ok_or(ReloadError::NoFile)?;
-        let (path, vpcs) = (source.path.clone(), old.ingress.vpcs.clone());
-        let new = tokio::task::spawn_blocking(move || Config::read(&path, Some(&vpcs))).await??;
-        let new_source = new.source.clone().ok_or(ReloadError::NoFile)?;
-        let fixed = fixed_changes(&source.raw, &new_source.raw);
-        if !fixed.is_empty() {
-            return Err(ReloadError::NeedsRestart(fixed));
-        }
-        if new_source.hash == source.hash {
+        // Everything up to the swaps runs off the runtime: reading and
+        // validating the files and building the next registry take tens of
+        // milliseconds with a thousand functions, too long to hold a thread
+        // that serves connections.
+        let before = Before {
+            source: running.0.source.clone().ok_or(ReloadError::NoFile)?,
+            vpcs: running.0.ingress.vpcs.clone(),
+            configs: running.0.functions.clone(),
+            functions: running.1.clone(),
+        };
+        let (scheduler, metrics, builder) = (
+            self.scheduler.clone(),
+            self.metrics.clone(),
+            self.builder.clone(),
+        );
+        let next =
+            tokio::task::spawn_blocking(move || prepare(before, &scheduler, &metrics, &builder))
+                .await??;
+        let Some(Next {
+            config: new,
+            functions,
+            routes,
+            plan,
+            changes,
+        }) = next
+        else {
             return Ok(None);
-        }
-        let routes = self.builder.table(&new)?;
-        let networks = NetworkIndex::new(&new.ingress.vpcs);
-        let functions = old_functions.renewed(&new.functions, &self.metrics, &networks);
-        let share = self.scheduler.limits().share();
-        for f in functions
-            .iter()
-            .filter(|f| old_functions.get(&f.cfg.name).is_none())
-        {
-            // Added: this gateway's part, as its peers' were split.
-            if share > 1 {
-                f.limits.split(share);
-            }
-        }
-        let plan = self.scheduler.plan(&functions);
-        let changes = changes(old, &new, &source.raw, &new_source.raw, &plan);
+        };
         self.scheduler.prewarm(&plan).await;
-        // Swapped whole, each; the pools last (see the module).
+        // Swapped whole, each. Credentials and routes before the functions
+        // that may need them; the networks connections are classified by
+        // last, so a VPC new in this reload only ever meets new functions.
+        let old_functions = &running.1;
         self.pipeline.executor().routes.store(routes);
         self.pipeline
             .set_settings(Settings::new(&new, &self.metrics));
         (self.pipeline.dialects.lambda).set_settings(new.lambda.clone());
-        self.server.set_ingress(new.ingress.clone());
         let q = &self.pipeline.asynchronous;
         q.set_functions((new.functions.iter()).map(|f| (&f.name, f.asynchronous.max_concurrency)));
         let invalid = crate::asynchronous::task::TaskState::Invalid
@@ -277,9 +280,15 @@ impl Reloader {
             }
         }
         self.scheduler.install(plan);
+        self.server.set_ingress(new.ingress.clone());
+        let hash = new
+            .source
+            .as_ref()
+            .map(|s| s.hash.clone())
+            .unwrap_or_default();
         tracing::info!(
             trigger,
-            hash = %new_source.hash,
+            %hash,
             functions = functions.len(),
             added = ?changes.added,
             removed = ?changes.removed,
@@ -359,6 +368,62 @@ impl Reloader {
         };
         tokio::task::spawn_blocking(read).await.unwrap_or_default()
     }
+}
+
+/// What a reload reads of the running configuration.
+struct Before {
+    source: Arc<crate::config::Source>,
+    vpcs: crate::ingress::VpcTable,
+    configs: Vec<Arc<crate::config::FunctionConfig>>,
+    functions: Functions,
+}
+
+/// What a reload swaps in.
+struct Next {
+    config: Config,
+    functions: Functions,
+    routes: crate::execute::routes::RouteTable,
+    plan: crate::scheduler::Plan,
+    changes: Changes,
+}
+
+/// Reads, validates and builds the next configuration (`None`: the files
+/// are as loaded). Blocking: runs on the blocking pool.
+fn prepare(
+    before: Before,
+    scheduler: &Scheduler,
+    metrics: &Metrics,
+    builder: &Builder,
+) -> Result<Option<Next>, ReloadError> {
+    let source = &before.source;
+    let new = Config::read(&source.path, Some(&before.vpcs))?;
+    let new_source = new.source.clone().ok_or(ReloadError::NoFile)?;
+    let fixed = fixed_changes(&source.raw, &new_source.raw);
+    if !fixed.is_empty() {
+        return Err(ReloadError::NeedsRestart(fixed));
+    }
+    if new_source.hash == source.hash {
+        return Ok(None);
+    }
+    let routes = builder.table(&new)?;
+    let networks = NetworkIndex::new(&new.ingress.vpcs);
+    let functions = before.functions.renewed(&new.functions, metrics, &networks);
+    let share = scheduler.limits().share();
+    for f in functions.iter() {
+        // Added: this gateway's part, as its peers' were split.
+        if share > 1 && before.functions.get(&f.cfg.name).is_none() {
+            f.limits.split(share);
+        }
+    }
+    let plan = scheduler.plan(&functions);
+    let changes = changes(&before.configs, &new, &source.raw, &new_source.raw, &plan);
+    Ok(Some(Next {
+        config: new,
+        functions,
+        routes,
+        plan,
+        changes,
+    }))
 }
 
 fn shown(config: &Config, last: Option<Outcome>) -> Shown {
@@ -441,7 +506,7 @@ fn functions_by_name(raw: &toml::Table) -> std::collections::HashMap<&str, &toml
 }
 
 fn changes(
-    old: &Config,
+    old: &[Arc<crate::config::FunctionConfig>],
     new: &Config,
     old_raw: &toml::Table,
     new_raw: &toml::Table,
@@ -449,9 +514,11 @@ fn changes(
 ) -> Changes {
     let names = |v: &[Arc<str>]| v.iter().map(|n| n.to_string()).collect();
     let (before, after) = (functions_by_name(old_raw), functions_by_name(new_raw));
+    let old: std::collections::HashMap<&str, &crate::config::FunctionConfig> =
+        old.iter().map(|f| (&*f.name, &**f)).collect();
     let mut changed = Vec::new();
     for f in &new.functions {
-        let Some(was) = old.functions.iter().find(|o| o.name == f.name) else {
+        let Some(was) = old.get(&*f.name) else {
             continue;
         };
         let mut fields: Vec<String> = match (before.get(&*f.name), after.get(&*f.name)) {
