@@ -27,7 +27,7 @@ pub struct Admin {
     pub reloader: Arc<crate::reload::Reloader>,
     pub scheduler: Arc<Scheduler>,
     pub pipeline: Arc<crate::pipeline::Pipeline>,
-    pub usage: Option<Arc<crate::metering::usage_log::LogHealth>>,
+    pub usage: Arc<crate::metering::usage_log::LiveLog>,
     pub fleet: Option<Arc<crate::fleet::Fleet>>,
     pub started: AtomicBool,
 }
@@ -78,7 +78,7 @@ impl Admin {
         if !self.started.load(Ordering::Acquire) {
             return Some("starting");
         }
-        if self.usage.as_ref().is_some_and(|h| h.failing()) {
+        if self.usage.get().is_some_and(|l| l.health.failing()) {
             return Some("the usage log cannot be written");
         }
         if let Some(why) = self.fleet.as_ref().and_then(|f| f.not_ready()) {

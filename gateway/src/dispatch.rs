@@ -102,11 +102,11 @@ pub async fn dispatch(p: Arc<Pipeline>) {
         q.publish_depth();
         let depth = q.store.depth();
         let over = depth.done
-            > q.limits.max_retained + crate::asynchronous::embedded::PURGE_BATCH as u64 / 4;
+            > q.limits().max_retained + crate::asynchronous::embedded::PURGE_BATCH as u64 / 4;
         if over || now.saturating_sub(last_purge) >= PURGE_EVERY_MS {
             last_purge = now;
-            let before = now.saturating_sub(q.limits.retention.as_millis() as u64);
-            match q.store.purge(before, q.limits.max_retained).await {
+            let before = now.saturating_sub(q.limits().retention.as_millis() as u64);
+            match q.store.purge(before, q.limits().max_retained).await {
                 Ok(0) => {}
                 Ok(n) => tracing::debug!(tasks = n, "purged done asynchronous tasks"),
                 Err(e) => tracing::warn!(error = %e, "asynchronous task store: purge failed"),
@@ -192,7 +192,7 @@ async fn run(p: Arc<Pipeline>, pool: Arc<FunctionPool>, l: Leased, permit: Concu
     task.status = Some(out.status);
     task.instance_id = out.instance_id.clone();
     task.error = out.error.as_ref().map(|e| e.to_string());
-    let (delivery, result) = settle(&mut task, &out, &pool, &payload, q.limits.retry_base, now);
+    let (delivery, result) = settle(&mut task, &out, &pool, &payload, q.limits().retry_base, now);
     let has_delivery = delivery.is_some();
     let again = task.state == TaskState::Enqueued;
     let function = task.function.clone();

@@ -4,18 +4,20 @@
 //! A reload reads and validates the whole configuration first, off the
 //! runtime; a file that does not validate, or one that changes what only a
 //! restart can (listen addresses, threads, the fleet, the workers, the
-//! usage log, the gateway-wide limits: [`fixed_changes`]), is refused whole
-//! and the running configuration stays. One that validates is applied, in
-//! this order, with nothing dropped:
+//! gateway-wide limits, the task store: [`fixed_changes`]; what is live is
+//! [`LIVE_GATEWAY_KEYS`] and [`LIVE_SECTIONS`]), is refused whole and the
+//! running configuration stays. One that validates is applied, in this
+//! order, with nothing dropped:
 //!
 //! 1. the next function registry is built from the running one, so limiter
 //!    state carries over ([`crate::functions::Functions::renewed`]);
 //! 2. a function whose instance shape changed gets a new pool, whose
 //!    `min_instances` start now, while the old shape still serves
 //!    ([`crate::scheduler::Scheduler::prewarm`]);
-//! 3. routes, the pipeline's settings (VPCs, credentials, `[lambda]`,
-//!    `[azure]`), the networks new connections are classified by, the
-//!    asynchronous slots, and last the pools are swapped, each whole: a
+//! 3. a changed `[usage]` log is opened; routes, the pipeline's settings
+//!    (VPCs, credentials, `[lambda]`, `[azure]`), the asynchronous settings
+//!    and slots, the pools, the networks new connections are classified by,
+//!    and the usage log are swapped, in that order, each whole: a
 //!    request reads each at one version, so it ends with the old
 //!    configuration's outcome or the new one's, on connections open before
 //!    as on new ones;
@@ -41,6 +43,11 @@ use tokio_util::sync::CancellationToken;
 
 /// `[gateway]` keys a reload applies; every other one needs a restart.
 const LIVE_GATEWAY_KEYS: &[&str] = &[
+    "max_async_body_bytes",
+    "async_retry_base_ms",
+    "async_retention_s",
+    "max_async_retained",
+    "async_destination_max_age_s",
     "access_rules",
     "auth",
     "signature_max_skew_s",
@@ -56,6 +63,7 @@ const LIVE_SECTIONS: &[&str] = &[
     "lambda",
     "azure",
     "outbound_credentials",
+    "usage",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +78,12 @@ pub enum ReloadError {
     NeedsRestart(Vec<String>),
     #[error("the configuration could not be read: {0}")]
     Read(#[from] tokio::task::JoinError),
+    #[error("cannot open the usage log {path}: {source}")]
+    UsageLog {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// How a reload went, as `/admin/reload` answers and `/admin/config` shows.
@@ -133,6 +147,8 @@ pub struct Parts {
     pub builder: Builder,
     pub metrics: Arc<Metrics>,
     pub functions: Functions,
+    pub usage: Arc<crate::metering::usage_log::LiveLog>,
+    pub usage_writers: Arc<std::sync::Mutex<crate::metering::usage_log::Writers>>,
 }
 
 pub struct Reloader {
@@ -145,6 +161,8 @@ pub struct Reloader {
     builder: Arc<Builder>,
     metrics: Arc<Metrics>,
     counts: ReloadMetrics,
+    usage: Arc<crate::metering::usage_log::LiveLog>,
+    usage_writers: Arc<std::sync::Mutex<crate::metering::usage_log::Writers>>,
 }
 
 impl Reloader {
@@ -176,6 +194,8 @@ impl Reloader {
             pipeline: parts.pipeline,
             server: parts.server,
             builder: Arc::new(parts.builder),
+            usage: parts.usage,
+            usage_writers: parts.usage_writers,
             metrics: parts.metrics,
             counts,
         })
@@ -260,6 +280,23 @@ impl Reloader {
         else {
             return Ok(None);
         };
+        // `[usage]` changed: the new log is opened before anything is
+        // swapped, so a file that cannot be opened refuses the reload.
+        let usage = match (&new.usage, new.usage != running.0.usage) {
+            (_, false) => None,
+            (None, true) => Some(None),
+            (Some(cfg), true) => {
+                let errors = self.metrics.usage_log_write_errors.clone();
+                let opened =
+                    crate::metering::usage_log::UsageLog::open(cfg, errors).map_err(|source| {
+                        ReloadError::UsageLog {
+                            path: cfg.path.clone(),
+                            source,
+                        }
+                    })?;
+                Some(Some(opened))
+            }
+        };
         self.scheduler.prewarm(&plan).await;
         // Swapped whole, each. Credentials and routes before the functions
         // that may need them; the networks connections are classified by
@@ -270,6 +307,7 @@ impl Reloader {
             .set_settings(Settings::new(&new, &self.metrics));
         (self.pipeline.dialects.lambda).set_settings(new.lambda.clone());
         let q = &self.pipeline.asynchronous;
+        q.set_limits(new.gateway.asynchronous.clone());
         q.set_functions((new.functions.iter()).map(|f| (&f.name, f.asynchronous.max_concurrency)));
         let invalid = crate::asynchronous::task::TaskState::Invalid
             .done_index()
@@ -281,6 +319,13 @@ impl Reloader {
         }
         self.scheduler.install(plan);
         self.server.set_ingress(new.ingress.clone());
+        if let Some(next) = usage {
+            let (log, writer) = next.unzip();
+            self.usage.set(log);
+            // Long enough for a release in progress to write its record.
+            let grace = new.gateway.worker_timeout + Duration::from_secs(2);
+            crate::metering::usage_log::Writers::replace(&self.usage_writers, writer, grace);
+        }
         let hash = new
             .source
             .as_ref()

@@ -82,8 +82,9 @@ struct Built {
     embedded: Option<Embedded>,
     fleet: Option<Joined>,
     exact: Option<Exact>,
-    usage_task: Option<metering::usage_log::UsageLogTask>,
-    usage_health: Option<Arc<metering::usage_log::LogHealth>>,
+    /// The usage log as requests and releases read it, and its writers.
+    usage: Arc<metering::usage_log::LiveLog>,
+    usage_writers: Arc<std::sync::Mutex<metering::usage_log::Writers>>,
     scheduler: Arc<scheduler::Scheduler>,
     pipeline: Arc<pipeline::Pipeline>,
     /// The registry and the routes' builder, kept for reloads.
@@ -113,6 +114,8 @@ impl Built {
         // answer already counts the other members.
         let fleet = join_fleet(config, &metrics).await?;
         let (usage_log, usage_task) = open_usage(config, &metrics)?;
+        let usage = Arc::new(metering::usage_log::LiveLog::new(usage_log));
+        let usage_writers = metering::usage_log::Writers::new(usage_task);
         let exact = exact_limits(config, &metrics)?;
         let sharing = Sharing {
             // This process's incarnation: a restarted gateway of the same id
@@ -131,7 +134,7 @@ impl Built {
         };
         let outside = scheduler::Outside {
             sharing,
-            usage: usage_log.clone(),
+            usage: usage.clone(),
         };
         let functions = functions::Functions::new(&config.functions, &metrics, &networks);
         let throttle = &g.throttle;
@@ -147,15 +150,14 @@ impl Built {
                 max_response_bytes: g.limits.max_response_bytes,
             },
             routes: arc_swap::ArcSwap::new(builder.table(config)?),
-            keep_legs: usage_log.is_some(),
+            usage: usage.clone(),
         };
-        let usage_health = usage_log.as_ref().map(|l| l.health.clone());
         let queue = Arc::new(queue);
         let pipeline = pipeline::Pipeline::new(
             scheduler.clone(),
             config,
             &metrics,
-            usage_log,
+            usage.clone(),
             queue,
             executor,
         );
@@ -168,8 +170,8 @@ impl Built {
             embedded,
             fleet,
             exact,
-            usage_task,
-            usage_health,
+            usage,
+            usage_writers,
             scheduler,
             pipeline: Arc::new(pipeline),
             functions,
@@ -228,6 +230,8 @@ impl Built {
                 builder: self.builder,
                 metrics: self.metrics.clone(),
                 functions: self.functions,
+                usage: self.usage.clone(),
+                usage_writers: self.usage_writers.clone(),
             },
         );
         let reload_task = tokio::spawn(reloader.clone().watch(self.stop.clone()));
@@ -236,7 +240,7 @@ impl Built {
             reloader,
             scheduler: self.scheduler.clone(),
             pipeline: self.pipeline.clone(),
-            usage: self.usage_health,
+            usage: self.usage.clone(),
             fleet: self.fleet.as_ref().map(|(f, _)| f.clone()),
             started: Default::default(),
         });
@@ -280,7 +284,7 @@ impl Built {
             conns,
             dispatcher,
             deliverer,
-            usage_task: self.usage_task,
+            usage_writers: self.usage_writers.clone(),
             stop: self.stop,
             tasks: vec![admin_task, cert_task, reload_task],
             embedded: self.embedded,
@@ -329,7 +333,7 @@ struct Running {
     conns: Arc<connection::Connections>,
     dispatcher: JoinHandle<()>,
     deliverer: JoinHandle<()>,
-    usage_task: Option<metering::usage_log::UsageLogTask>,
+    usage_writers: Arc<std::sync::Mutex<metering::usage_log::Writers>>,
     /// The admin listener, the certificate watcher, the embedded worker.
     stop: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
@@ -383,9 +387,7 @@ impl Running {
             destination_records = depth.deliveries,
             "asynchronous tasks not done at stop are kept in the store for the next start"
         );
-        if let Some(task) = self.usage_task {
-            task.close().await;
-        }
+        metering::usage_log::Writers::close_all(&self.usage_writers).await;
         self.stop.cancel();
         for t in self.tasks {
             let _ = t.await;
@@ -496,13 +498,10 @@ fn open_usage(config: &Config, metrics: &metrics::Metrics) -> Result<Usage, RunE
         return Ok((None, None));
     };
     let errors = metrics.usage_log_write_errors.clone();
-    let health = Arc::new(metering::usage_log::LogHealth::new(errors));
     let (log, task) =
-        metering::usage_log::UsageLog::start(cfg.clone(), health).map_err(|source| {
-            RunError::UsageLog {
-                path: cfg.path.clone(),
-                source,
-            }
+        metering::usage_log::UsageLog::open(cfg, errors).map_err(|source| RunError::UsageLog {
+            path: cfg.path.clone(),
+            source,
         })?;
     let sync_interval_ms = cfg.sync_interval.as_millis() as u64;
     tracing::info!(path = %cfg.path.display(), sync_interval_ms, "usage log open");

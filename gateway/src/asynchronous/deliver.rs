@@ -69,14 +69,14 @@ impl AsyncQueue {
             }
             Err(e) => {
                 d.attempts += 1;
-                let max_age = self.limits.destination_max_age.as_millis() as u64;
+                let max_age = self.limits().destination_max_age.as_millis() as u64;
                 if now.saturating_sub(d.created_ms) >= max_age {
                     m.destinations[2].inc();
                     tracing::warn!(record = %d.id, url = %d.url, error = %crate::error::error_chain(&e), "destination record dropped: not delivered within async_destination_max_age_s");
                     self.store.delivered(&d.id).await
                 } else {
                     m.destinations[1].inc();
-                    let wait = policy::backoff(self.limits.retry_base, d.attempts - 1);
+                    let wait = policy::backoff(self.limits().retry_base, d.attempts - 1);
                     d.due_ms = now + wait.as_millis() as u64;
                     tracing::info!(record = %d.id, url = %d.url, error = %crate::error::error_chain(&e), retry_in_ms = wait.as_millis() as u64, "destination not reached; will retry");
                     self.store.redeliver(d).await

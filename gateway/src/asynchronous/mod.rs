@@ -70,7 +70,10 @@ pub fn now_ms() -> u64 {
 /// The asynchronous side of a gateway: its store, and what the dispatcher
 /// shares with the pipeline.
 pub struct AsyncQueue {
-    pub limits: AsyncLimits,
+    /// Swapped by a reload (retries, retention, destinations' age, the
+    /// payload bound); the store's bounds, kind and path, and the
+    /// destinations' trust, are the ones it opened with.
+    limits: arc_swap::ArcSwap<AsyncLimits>,
     pub store: Arc<dyn TaskStore>,
     pub metrics: AsyncMetrics,
     /// Something became due or a slot freed: the dispatcher looks again.
@@ -180,7 +183,7 @@ impl AsyncQueue {
         let q = AsyncQueue {
             functions: Default::default(),
             removed: Default::default(),
-            limits,
+            limits: arc_swap::ArcSwap::from_pointee(limits),
             store,
             metrics,
             wake: Notify::new(),
@@ -220,6 +223,15 @@ impl AsyncQueue {
         (self.removed.lock().unwrap()).retain(|r| !next.contains_key(&r.function));
         self.functions.store(Arc::new(next));
         self.wake.notify_one();
+    }
+
+    pub fn limits(&self) -> arc_swap::Guard<Arc<AsyncLimits>> {
+        self.limits.load()
+    }
+
+    /// A reload's asynchronous settings.
+    pub fn set_limits(&self, limits: AsyncLimits) {
+        self.limits.store(Arc::new(limits));
     }
 
     /// A reload removed `function`: its tasks still in the store end

@@ -105,8 +105,8 @@ pub struct Executor {
     pub sandbox: sandbox::Sandbox,
     /// The backends of functions that have them, swapped whole by a reload.
     pub routes: arc_swap::ArcSwap<std::collections::HashMap<Arc<str>, routes::Routes>>,
-    /// Legs are kept only for the usage record.
-    pub keep_legs: bool,
+    /// Legs are kept only for the usage record, while there is one.
+    pub usage: Arc<crate::metering::usage_log::LiveLog>,
 }
 
 impl Execute for Executor {

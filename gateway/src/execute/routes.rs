@@ -485,7 +485,7 @@ pub async fn call(
 ) -> (Result<(FunctionAnswer, Ran), Failed>, Vec<Leg>) {
     let plan = routes.plan();
     // The legs are for the usage record only.
-    let keep_legs = p.keep_legs;
+    let keep_legs = p.usage.is_on();
     let mut legs = Vec::new();
     let mut last = None;
     for (n, &i) in plan.iter().enumerate() {

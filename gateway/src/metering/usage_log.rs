@@ -55,7 +55,7 @@ pub const CLOSE_RETRY: Duration = Duration::from_secs(5);
 /// The longest pause between two retries of a failing write.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(1);
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct UsageLogConfig {
     pub path: PathBuf,
     pub sync_interval: Duration,
@@ -67,6 +67,88 @@ enum Msg {
     Instance(Box<InstanceRecord>),
     Tick,
     Close(oneshot::Sender<()>),
+}
+
+/// The usage log as a reload may change it (on, off, another file): what
+/// writes a record reads the current one as it writes.
+#[derive(Default)]
+pub struct LiveLog(arc_swap::ArcSwapOption<UsageLog>);
+
+impl LiveLog {
+    pub fn new(log: Option<UsageLog>) -> LiveLog {
+        LiveLog(arc_swap::ArcSwapOption::new(log.map(Arc::new)))
+    }
+
+    pub fn get(&self) -> Option<Arc<UsageLog>> {
+        self.0.load_full()
+    }
+
+    /// Whether records are kept (no reference count taken).
+    pub fn is_on(&self) -> bool {
+        self.0.load().is_some()
+    }
+
+    pub fn set(&self, log: Option<UsageLog>) {
+        self.0.store(log.map(Arc::new));
+    }
+}
+
+/// The usage log's writers: the current one, and those a reload replaced,
+/// each closed once what was sent to it is surely written (see
+/// [`Writers::replace`]); a stop closes them all.
+#[derive(Default)]
+pub struct Writers {
+    current: Option<UsageLogTask>,
+    replaced: std::collections::VecDeque<UsageLogTask>,
+}
+
+impl Writers {
+    pub fn new(current: Option<UsageLogTask>) -> Arc<std::sync::Mutex<Writers>> {
+        Arc::new(std::sync::Mutex::new(Writers {
+            current,
+            replaced: Default::default(),
+        }))
+    }
+
+    /// `next` writes from now on; the writer it replaces is closed after
+    /// `grace`, time enough for a record taken from it just before the
+    /// swap (an instance's, after its release) to reach it.
+    pub fn replace(
+        this: &Arc<std::sync::Mutex<Writers>>,
+        next: Option<UsageLogTask>,
+        grace: Duration,
+    ) {
+        let old = {
+            let mut w = this.lock().unwrap();
+            std::mem::replace(&mut w.current, next)
+        };
+        if let Some(old) = old {
+            this.lock().unwrap().replaced.push_back(old);
+            let this = this.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(grace).await;
+                let oldest = this.lock().unwrap().replaced.pop_front();
+                if let Some(t) = oldest {
+                    t.close().await;
+                }
+            });
+        }
+    }
+
+    /// At a stop: every writer writes and syncs what it has, and ends.
+    pub async fn close_all(this: &Arc<std::sync::Mutex<Writers>>) {
+        let all: Vec<UsageLogTask> = {
+            let mut w = this.lock().unwrap();
+            w.current
+                .take()
+                .into_iter()
+                .chain(w.replaced.drain(..))
+                .collect()
+        };
+        for t in all {
+            t.close().await;
+        }
+    }
 }
 
 /// The handle the pipeline writes through.
@@ -88,6 +170,15 @@ const BATCH: usize = 4096;
 pub const BATCH_DELAY: Duration = Duration::from_millis(5);
 
 impl UsageLog {
+    /// [`UsageLog::start`] with a health of its own, counting write errors
+    /// on `errors`.
+    pub fn open(
+        cfg: &UsageLogConfig,
+        errors: prometheus::IntCounter,
+    ) -> std::io::Result<(UsageLog, UsageLogTask)> {
+        Self::start(cfg.clone(), Arc::new(LogHealth::new(errors)))
+    }
+
     /// Opens (or creates) the log and starts its writer thread.
     pub fn start(
         cfg: UsageLogConfig,

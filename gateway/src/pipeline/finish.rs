@@ -240,7 +240,9 @@ impl<E: Execute> Pipeline<E> {
 
     /// Queues a usage record made by [`Pipeline::account`].
     pub(super) async fn log_usage(&self, record: Option<Box<UsageRecord>>) {
-        if let (Some(usage), Some(r)) = (&self.usage, record) {
+        if let Some(r) = record
+            && let Some(usage) = self.usage.get()
+        {
             usage.record(r).await;
         }
     }
@@ -277,7 +279,9 @@ impl<E: Execute> Pipeline<E> {
         if done.ran.as_ref().is_some_and(|r| r.cold) {
             m.cold_starts.inc();
         }
-        self.usage.as_ref()?;
+        if !self.usage.is_on() {
+            return None;
+        }
         let memory_mb = done.pool.map(|p| p.cfg.memory_mb).unwrap_or(0);
         let (network, vpc_id) = ctx.settings.network_names(&origin);
         // Built in its box: it travels to the writer thread as is.

@@ -50,7 +50,7 @@ use crate::execute::{Call, Execute, Executor};
 use crate::functions::Function;
 use crate::ids::IdGen;
 use crate::ingress::{Origin, VpcTable};
-use crate::metering::usage_log::UsageLog;
+use crate::metering::usage_log::LiveLog;
 use crate::metrics::{FunctionMetrics, Metrics, NetworkIndex};
 use crate::scheduler::{FunctionPool, Scheduler};
 use crate::throttle::{LimitKind, Throttled};
@@ -72,7 +72,7 @@ pub struct Pipeline<E = Executor> {
     pub dialects: Dialects,
     /// Swapped whole by a reload; a request reads the version it began with.
     settings: arc_swap::ArcSwap<Settings>,
-    usage: Option<UsageLog>,
+    usage: Arc<LiveLog>,
     drains: body::DrainMetrics,
     /// The drains of refused requests' unread bodies (bounded each; a stop
     /// does not wait for them: their answers are sent).
@@ -146,7 +146,7 @@ impl<E: Execute> Pipeline<E> {
         scheduler: Arc<Scheduler>,
         config: &Config,
         metrics: &Metrics,
-        usage: Option<UsageLog>,
+        usage: Arc<LiveLog>,
         asynchronous: Arc<crate::asynchronous::AsyncQueue>,
         executor: E,
     ) -> Self {

@@ -170,7 +170,7 @@ impl<E: Execute> Pipeline<E> {
             return Err(InvokeError::internal("the body was read twice"));
         };
         let limit = match kind {
-            Kind::Async => self.asynchronous.limits.max_body_bytes,
+            Kind::Async => self.asynchronous.limits().max_body_bytes,
             Kind::Sync | Kind::DryRun | Kind::TaskApi => self.limits.max_body_bytes,
         };
         // Boxed: most requests carry no signature over their payload.

@@ -101,7 +101,7 @@ fn setup(function: &str, executor: FakeExecutor, sharing: Sharing) -> Setup {
         },
         crate::scheduler::Outside {
             sharing,
-            usage: None,
+            usage: Default::default(),
         },
     );
     let mut limits = cfg.gateway.asynchronous.clone();
@@ -116,7 +116,7 @@ fn setup(function: &str, executor: FakeExecutor, sharing: Sharing) -> Setup {
         scheduler,
         &cfg,
         &metrics,
-        None,
+        Default::default(),
         Arc::new(queue.unwrap()),
         executor,
     );

@@ -50,7 +50,7 @@ pub struct Scheduler {
     live_gauge: prometheus::IntGauge,
     instance_egress: prometheus::IntCounterVec,
     /// Where released instances' lifetime records go (`[usage]`).
-    usage: Option<crate::metering::usage_log::UsageLog>,
+    usage: Arc<crate::metering::usage_log::LiveLog>,
     worker_memory: prometheus::IntGaugeVec,
     /// Swapped whole when a worker joins or leaves the fleet.
     workers: arc_swap::ArcSwap<Vec<Arc<Worker>>>,
@@ -75,7 +75,7 @@ pub struct Outside {
     /// Alone, or in a fleet (and on its shared count or not).
     pub sharing: Sharing,
     /// `[usage]`: where released instances' lifetime records go.
-    pub usage: Option<crate::metering::usage_log::UsageLog>,
+    pub usage: Arc<crate::metering::usage_log::LiveLog>,
 }
 
 /// The scheduler's time bounds.
@@ -726,7 +726,7 @@ impl Scheduler {
         let id = inst.id.clone();
         let mb = u64::from(inst.memory_mb);
         let egress = self.instance_egress.clone();
-        let usage = self.usage.clone();
+        let usage = self.usage.get();
         let lived = inst.created.elapsed();
         tracing::info!(function = %inst.function, instance = %id, reason = why, "releasing instance");
         self.tasks.spawn(async move {

@@ -281,7 +281,7 @@ async fn a_start_the_fleets_count_refuses_never_reaches_a_worker() {
             owner: Some("gw-a".into()),
             count: Some((count.clone(), Duration::from_secs(10))),
         },
-        usage: None,
+        usage: Default::default(),
     };
     let fake = Arc::new(Fake::default());
     let (s, _m) = scheduler_with("", &function("f", ""), fake.clone(), outside).await;

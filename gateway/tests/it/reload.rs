@@ -342,3 +342,70 @@ async fn twenty_reloads_under_steady_load_drop_nothing() {
         20.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_usage_log_is_turned_on_moved_and_off_by_reloads() {
+    let logs = hold_dir();
+    let usage = |name: &str| {
+        let path = logs.path().join(name);
+        let section = format!(
+            "[usage]\npath = \"{}\"\nsync_interval_ms = 50\n",
+            path.display()
+        );
+        (path, section)
+    };
+    let gw = Gateway::start("", &echo_fn("f", ""));
+    let mut c = gw.h1().await;
+    assert_eq!(c.invoke("f", "before").await.status, 200);
+    let (first, section) = usage("first.jsonl");
+    gw.rewrite("", &(echo_fn("f", "") + &section));
+    let out = applied(&gw).await;
+    assert!(
+        out["changes"]["sections"].to_string().contains("usage"),
+        "{out}"
+    );
+    assert_eq!(c.invoke("f", "on").await.status, 200);
+    gw.until(
+        "the call is in the first log",
+        Duration::from_secs(10),
+        || async { usage_records(&first).iter().any(|r| r["function"] == "f") },
+    )
+    .await;
+    // Moved: the next records go to the new file, none are lost.
+    let (second, section) = usage("second.jsonl");
+    gw.rewrite("", &(echo_fn("f", "") + &section));
+    applied(&gw).await;
+    assert_eq!(c.invoke("f", "moved").await.status, 200);
+    gw.until(
+        "the call is in the second log",
+        Duration::from_secs(10),
+        || async { usage_records(&second).iter().any(|r| r["function"] == "f") },
+    )
+    .await;
+    assert_eq!(
+        usage_records(&first).len(),
+        1,
+        "one call while the first was on"
+    );
+    // Off: the call made meanwhile is recorded nowhere (on again, the
+    // next call's record is the third log's only one).
+    gw.rewrite("", &echo_fn("f", ""));
+    applied(&gw).await;
+    assert_eq!(c.invoke("f", "off").await.status, 200);
+    let (third, section) = usage("third.jsonl");
+    gw.rewrite("", &(echo_fn("f", "") + &section));
+    applied(&gw).await;
+    assert_eq!(c.invoke("f", "on again").await.status, 200);
+    gw.until(
+        "the call is in the third log",
+        Duration::from_secs(10),
+        || async { !usage_records(&third).is_empty() },
+    )
+    .await;
+    assert_eq!(usage_records(&third).len(), 1);
+    assert_eq!(
+        usage_records(&second).len(),
+        1,
+        "a record while the log was off"
+    );
+}
