@@ -41,6 +41,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio_util::sync::CancellationToken;
 
+/// Each file's modification time and size (`None`: unreadable).
+type Stamp = Vec<(PathBuf, Option<(SystemTime, u64)>)>;
+
 /// `[gateway]` keys a reload applies; every other one needs a restart.
 const LIVE_GATEWAY_KEYS: &[&str] = &[
     "max_async_body_bytes",
@@ -161,6 +164,8 @@ pub struct Reloader {
     builder: Arc<Builder>,
     metrics: Arc<Metrics>,
     counts: ReloadMetrics,
+    /// The files' stamps the last reload found (see [`Reloader::watch`]).
+    seen: std::sync::Mutex<Stamp>,
     usage: Arc<crate::metering::usage_log::LiveLog>,
     usage_writers: Arc<std::sync::Mutex<crate::metering::usage_log::Writers>>,
 }
@@ -194,6 +199,7 @@ impl Reloader {
             pipeline: parts.pipeline,
             server: parts.server,
             builder: Arc::new(parts.builder),
+            seen: Default::default(),
             usage: parts.usage,
             usage_writers: parts.usage_writers,
             metrics: parts.metrics,
@@ -210,6 +216,11 @@ impl Reloader {
     pub async fn reload(&self, trigger: &'static str) -> Outcome {
         let t0 = std::time::Instant::now();
         let mut running = self.running.lock().await;
+        // The files as this reload finds them, before it reads them: the
+        // watcher reloads only on a change after that (a change made while
+        // they are read is seen next time), whatever triggered this one.
+        let stamp = self.stamp().await;
+        *self.seen.lock().unwrap() = stamp;
         let result = self.apply(&mut running, trigger).await;
         let mut out = Outcome {
             trigger,
@@ -365,7 +376,8 @@ impl Reloader {
         mut hup: Option<tokio::signal::unix::Signal>,
         stop: CancellationToken,
     ) {
-        let mut seen = self.stamp().await;
+        let first = self.stamp().await;
+        *self.seen.lock().unwrap() = first;
         loop {
             let signalled = tokio::select! {
                 _ = stop.cancelled() => return,
@@ -373,19 +385,17 @@ impl Reloader {
                 _ = tokio::time::sleep(Duration::from_secs(2)) => false,
             };
             let now = self.stamp().await;
-            if !signalled && now == seen {
+            if !signalled && now == *self.seen.lock().unwrap() {
                 continue;
             }
             let trigger = if signalled { "SIGHUP" } else { "file change" };
             self.reload(trigger).await;
-            // What this reload read (a change during it is seen next time).
-            seen = now;
         }
     }
 
     /// The files' sizes and times (the main file, and the `*.toml` of the
     /// functions directory), read off the runtime.
-    async fn stamp(&self) -> Vec<(PathBuf, Option<(SystemTime, u64)>)> {
+    async fn stamp(&self) -> Stamp {
         let shown = self.shown();
         let (Some(path), dir) = (shown.path.clone(), shown.functions_dir.clone()) else {
             return Vec::new();
