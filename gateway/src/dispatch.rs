@@ -59,10 +59,10 @@ pub async fn dispatch(p: Arc<Pipeline>) {
         if full_look {
             last_full_look = now;
         }
-        let pools = p.scheduler.functions();
+        let (pools, per_function) = (p.scheduler.functions(), q.functions.load_full());
         for pool in pools.values() {
             let name = &pool.cfg.name;
-            let Some(f) = q.functions.load().get(name).cloned() else {
+            let Some(f) = per_function.get(name) else {
                 continue;
             };
             let (slots, hint) = (&f.slots, &f.hint);
@@ -101,12 +101,16 @@ pub async fn dispatch(p: Arc<Pipeline>) {
         }
         q.publish_depth();
         let depth = q.store.depth();
-        let over = depth.done
-            > q.limits().max_retained + crate::asynchronous::embedded::PURGE_BATCH as u64 / 4;
+        let (max_retained, retention) = {
+            let l = q.limits();
+            (l.max_retained, l.retention)
+        };
+        let over =
+            depth.done > max_retained + crate::asynchronous::embedded::PURGE_BATCH as u64 / 4;
         if over || now.saturating_sub(last_purge) >= PURGE_EVERY_MS {
             last_purge = now;
-            let before = now.saturating_sub(q.limits().retention.as_millis() as u64);
-            match q.store.purge(before, q.limits().max_retained).await {
+            let before = now.saturating_sub(retention.as_millis() as u64);
+            match q.store.purge(before, max_retained).await {
                 Ok(0) => {}
                 Ok(n) => tracing::debug!(tasks = n, "purged done asynchronous tasks"),
                 Err(e) => tracing::warn!(error = %e, "asynchronous task store: purge failed"),

@@ -47,9 +47,7 @@ impl Function {
             cfg,
         }
     }
-}
 
-impl Function {
     /// `cfg` as the reload of `old` (the function of its name until now):
     /// the same limiters when its throttle settings are unchanged, else
     /// new ones that start from the old ones' state.
@@ -98,15 +96,7 @@ impl Functions {
         metrics: &Metrics,
         networks: &NetworkIndex,
     ) -> Self {
-        let by_name = (configs.iter())
-            .map(|c| {
-                (
-                    c.name.clone(),
-                    Arc::new(Function::new(c.clone(), metrics, networks)),
-                )
-            })
-            .collect();
-        Functions { by_name }
+        Functions::default().renewed(configs, metrics, networks)
     }
 
     /// The registry of `configs` that follows this one: a function of a

@@ -453,7 +453,8 @@ fn prepare(
     let source = &before.source;
     let new = Config::read(&source.path, Some(&before.vpcs))?;
     let new_source = new.source.clone().ok_or(ReloadError::NoFile)?;
-    let fixed = fixed_changes(&source.raw, &new_source.raw);
+    let sections = sections_changed(&source.raw, &new_source.raw);
+    let fixed = fixed_changes(&sections);
     if !fixed.is_empty() {
         return Err(ReloadError::NeedsRestart(fixed));
     }
@@ -471,7 +472,8 @@ fn prepare(
         }
     }
     let plan = scheduler.plan(&functions);
-    let changes = changes(&before.configs, &new, &source.raw, &new_source.raw, &plan);
+    let raws = (&source.raw, &new_source.raw);
+    let changes = changes(&before.configs, &new, raws, sections, &plan);
     Ok(Some(Next {
         config: new,
         functions,
@@ -534,17 +536,25 @@ fn table<'a>(raw: &'a toml::Table, key: &str) -> std::borrow::Cow<'a, toml::Tabl
     }
 }
 
-/// What differs between two configurations as written that only a restart
-/// can apply, named as written (`gateway.listen`, `fleet`).
-pub fn fixed_changes(old: &toml::Table, new: &toml::Table) -> Vec<String> {
+/// What differs between two configurations as written, outside the
+/// functions, named as written: `[gateway]`'s keys (`gateway.listen`), then
+/// the other sections (`networks`, `fleet`).
+fn sections_changed(old: &toml::Table, new: &toml::Table) -> Vec<String> {
     let gateway = differing(&table(old, "gateway"), &table(new, "gateway"));
-    let sections = differing(old, new);
-    let fixed_keys = (gateway.into_iter())
-        .filter(|k| !LIVE_GATEWAY_KEYS.contains(&k.as_str()))
-        .map(|k| format!("gateway.{k}"));
-    let fixed_sections =
-        (sections.into_iter()).filter(|s| s != "gateway" && !LIVE_SECTIONS.contains(&s.as_str()));
-    fixed_keys.chain(fixed_sections).collect()
+    let sections = (differing(old, new).into_iter()).filter(|s| s != "gateway" && s != "functions");
+    (gateway.into_iter())
+        .map(|k| format!("gateway.{k}"))
+        .chain(sections)
+        .collect()
+}
+
+/// Of [`sections_changed`], what only a restart can apply.
+pub fn fixed_changes(changed: &[String]) -> Vec<String> {
+    let live = |c: &str| match c.strip_prefix("gateway.") {
+        Some(key) => LIVE_GATEWAY_KEYS.contains(&key),
+        None => LIVE_SECTIONS.contains(&c),
+    };
+    changed.iter().filter(|c| !live(c)).cloned().collect()
 }
 
 /// The functions of a configuration as written, by name.
@@ -560,11 +570,13 @@ fn functions_by_name(raw: &toml::Table) -> std::collections::HashMap<&str, &toml
         .collect()
 }
 
+/// `raws`: the files as written, before and after; `sections`: what
+/// [`sections_changed`] found.
 fn changes(
     old: &[Arc<crate::config::FunctionConfig>],
     new: &Config,
-    old_raw: &toml::Table,
-    new_raw: &toml::Table,
+    (old_raw, new_raw): (&toml::Table, &toml::Table),
+    sections: Vec<String>,
     plan: &crate::scheduler::Plan,
 ) -> Changes {
     let names = |v: &[Arc<str>]| v.iter().map(|n| n.to_string()).collect();
@@ -593,11 +605,6 @@ fn changes(
         }
     }
     changed.sort_by(|a, b| a.function.cmp(&b.function));
-    let gateway = differing(&table(old_raw, "gateway"), &table(new_raw, "gateway"));
-    let mut sections: Vec<String> = (differing(old_raw, new_raw).into_iter())
-        .filter(|s| s != "functions" && s != "gateway")
-        .collect();
-    sections.extend(gateway.into_iter().map(|k| format!("gateway.{k}")));
     Changes {
         added: names(&plan.added),
         removed: names(&plan.removed),
@@ -622,11 +629,11 @@ mod tests {
         let live = raw(
             "[gateway]\nlisten = \"127.0.0.1:1\"\nauth = \"signature\"\n[[networks]]\nvpc_id = \"vpc-b\"\ncidrs = []\n",
         );
-        assert!(fixed_changes(&old, &live).is_empty());
+        assert!(fixed_changes(&sections_changed(&old, &live)).is_empty());
         let fixed =
             raw("[gateway]\nlisten = \"127.0.0.1:2\"\nthreads = 2\n[fleet]\nname = \"x\"\n");
         assert_eq!(
-            fixed_changes(&old, &fixed),
+            fixed_changes(&sections_changed(&old, &fixed)),
             ["gateway.listen", "gateway.threads", "fleet"]
         );
     }

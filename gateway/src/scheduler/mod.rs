@@ -280,12 +280,6 @@ impl Scheduler {
         times: Times,
         outside: Outside,
     ) -> Arc<Scheduler> {
-        let functions = (functions.iter())
-            .map(|f| {
-                zero_egress(&metrics.instance_egress, &f.cfg);
-                (f.cfg.name.clone(), Arc::new(FunctionPool::new(f.clone())))
-            })
-            .collect();
         let limits = GatewayLimits::new(
             throttle.caller_key,
             throttle.caller_rate,
@@ -296,8 +290,8 @@ impl Scheduler {
             // Starts are admitted by the fleet's count, the split share its fallback.
             limits.set_exact_starts();
         }
-        Arc::new(Scheduler {
-            functions: arc_swap::ArcSwap::from_pointee(functions),
+        let scheduler = Arc::new(Scheduler {
+            functions: Default::default(),
             retired: Mutex::new(Vec::new()),
             limits,
             gone_waiters: AtomicUsize::new(0),
@@ -316,7 +310,10 @@ impl Scheduler {
             closing: CancellationToken::new(),
             no_starts: CancellationToken::new(),
             tasks: TaskTracker::new(),
-        })
+        });
+        // At start, every function is one a reload would add.
+        scheduler.install(scheduler.plan(functions));
+        scheduler
     }
 
     pub fn function(&self, name: &str) -> Option<Arc<FunctionPool>> {

@@ -192,15 +192,9 @@ mod tests {
         FunctionLimits::new(rate, rate, conc, Duration::ZERO, 0)
     }
 
+    /// Calls `l` admits, one after another, up to 100.
     fn spend(l: &FunctionLimits) -> u32 {
-        let gw = crate::throttle::GatewayLimits::new(Default::default(), None, 1000, 0);
-        let caller = crate::ingress::Caller {
-            ip: "127.0.0.1".parse().unwrap(),
-            network: crate::ingress::Network::Internet,
-        };
-        (0..100)
-            .take_while(|_| l.check_rates(&gw, Some(&caller), None).is_ok())
-            .count() as u32
+        (0..100).take_while(|_| spend_one(l)).count() as u32
     }
 
     #[test]

@@ -247,24 +247,23 @@ async fn functions_dir_files_dropped_in_and_removed_add_and_remove_functions() {
     gw.proc.signal(libc::SIGHUP);
     // HTTP/2: one connection the polls below share.
     let mut c = gw.h2().await;
-    gw.until("a is served", Duration::from_secs(15), || {
-        let mut c = c.clone();
-        async move { c.invoke("a", "x").await.status == 200 }
-    })
-    .await;
+    let answers = |function: &'static str, status: u16| {
+        let (gw, c) = (&gw, c.clone());
+        let what = format!("{function} answers {status}");
+        async move {
+            gw.until(&what, Duration::from_secs(15), || {
+                let mut c = c.clone();
+                async move { c.invoke(function, "x").await.status == status }
+            })
+            .await
+        }
+    };
+    answers("a", 200).await;
     // From here on the files' changes alone reload.
     std::fs::write(dir.join("b.toml"), echo_fn("b", "")).unwrap();
-    gw.until("b is served", Duration::from_secs(15), || {
-        let mut c = c.clone();
-        async move { c.invoke("b", "x").await.status == 200 }
-    })
-    .await;
+    answers("b", 200).await;
     std::fs::remove_file(dir.join("a.toml")).unwrap();
-    gw.until("a is gone", Duration::from_secs(15), || {
-        let mut c = c.clone();
-        async move { c.invoke("a", "x").await.status == 404 }
-    })
-    .await;
+    answers("a", 404).await;
     assert_eq!(c.invoke("b", "x").await.status, 200);
     let (_, shown) = gw.admin_get("/admin/config").await;
     let shown: serde_json::Value = serde_json::from_str(&shown).unwrap();
