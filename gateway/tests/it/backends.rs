@@ -958,6 +958,9 @@ async fn a_backend_refused_for_its_certificate_is_logged_with_the_cause() {
     assert!(r.status >= 500, "{} {}", r.status, r.text());
     assert!(!r.text().contains("CaUsedAsEndEntity"), "{}", r.text());
     let id = r.header("x-fc-request-id").unwrap().to_string();
+    // The gateway wrote the line before it answered; the test's reader of
+    // its stderr may not have read it yet.
+    gw.proc.wait_line(&id, Duration::from_secs(10));
     let log = gw.proc.log();
     let lines: Vec<&str> = log.lines().filter(|l| l.contains(&id)).collect();
     assert_eq!(lines.len(), 1, "{log}");
