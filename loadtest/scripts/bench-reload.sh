@@ -17,7 +17,6 @@ CONNS=${CONNS:-64}
 NFUNC=${NFUNC:-1000}
 RELOADS=${RELOADS:-10}
 OUT=loadtest/results/reload.md
-command -v wrk >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y wrk >&2
 source loadtest/scripts/lib.sh
 
 mkdir -p "$work/functions.d"
@@ -46,33 +45,8 @@ start_gateway "$work/gateway.toml"
 URL=https://127.0.0.1:18443/2023-03-30/functions/steady/invocations
 ADMIN=http://127.0.0.1:19464
 run() { measure --url "$URL" --cacert "$work/ca.pem" -c "$CONNS" -d "$1"; }
-cat > "$work/post.lua" <<'EOF'
-wrk.method = "POST"
-wrk.body = "hello"
-wrk.headers["Content-Type"] = "application/octet-stream"
-EOF
-# wrk's summary as JSON: requests/s, p50/p99 ms, gateway CPU µs/request.
-wrk_run() {
-    local before after
-    before=$(gw_cpu)
-    "${CORE0[@]}" wrk -t1 -c"$CONNS" -d"$1" --latency -s "$work/post.lua" "$URL" > "$work/wrk.txt"
-    after=$(gw_cpu)
-    python3 - "$work/wrk.txt" "$before" "$after" "$CLK_TCK" <<'PY'
-import json, re, sys
-text = open(sys.argv[1]).read()
-def ms(v):
-    n, unit = re.match(r"([\d.]+)(us|ms|s)", v).groups()
-    return float(n) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
-rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
-total = int(re.search(r"(\d+) requests in", text).group(1))
-errors = sum(int(x) for x in re.findall(r"(?:connect|read|write|timeout) (\d+)", text))
-non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
-p = {k: ms(v) for k, v in re.findall(r"^\s+(50|99)%\s+(\S+)", text, re.M)}
-cpu = (int(sys.argv[3]) - int(sys.argv[2])) / int(sys.argv[4]) * 1e6 / max(total, 1)
-print(json.dumps({"rps": rps, "p50_ms": p["50"], "p99_ms": p["99"], "gw_cpu_us": cpu,
-                  "requests": total, "errors": errors + (int(non2xx.group(1)) if non2xx else 0)}))
-PY
-}
+tools_install
+wrk_run() { wrk_measure "$URL" "$CONNS" "$1"; }
 # Every second: flip fn-0007's timeout, then POST /admin/reload.
 reloader() {
     local t

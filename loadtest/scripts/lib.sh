@@ -179,3 +179,77 @@ http {
     scgi_temp_path $work/nginx/tmp/scgi;
 EOF
 }
+
+# Standard tools beside loadtest (issue 31): wrk (HTTP/1.1) and h2load
+# (HTTP/2, or HTTP/1.1 with --h1), installed from Debian when missing. Each
+# prints the same JSON keys as `measure` (rps, p50_ms, p99_ms, gw_cpu_us,
+# requests, errors); h2load reports no percentiles, so its p50_ms/p99_ms are
+# its mean and its mean plus two standard deviations ("p99_ms" is then an
+# estimate, and the reports say so). The client runs as LT's placement does
+# (core 0 and one thread, or two threads unpinned).
+tools_install() {
+    local missing=()
+    command -v wrk >/dev/null || missing+=(wrk)
+    command -v h2load >/dev/null || missing+=(nghttp2-client)
+    if [ ${#missing[@]} -gt 0 ]; then
+        apt-get update -qq >&2
+        env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+    fi
+    printf 'wrk.method = "POST"\nwrk.body = "hello"\nwrk.headers["Content-Type"] = "application/octet-stream"\n' > "$work/post.lua"
+    printf hello > "$work/post.body"
+}
+
+# client_threads: 1 when the client is pinned to core 0 (layout 1), else 2.
+client_threads() { case " ${LT[*]} " in *" --threads 2 "*) echo 2 ;; *) echo 1 ;; esac; }
+client_pin() { case " ${LT[*]} " in *" --threads 2 "*) ;; *) echo "${CORE0[@]}" ;; esac; }
+
+# wrk_measure URL CONNS DURATION: one wrk run (POST "hello").
+wrk_measure() {
+    local before after th
+    th=$(client_threads)
+    before=$(gw_cpu)
+    $(client_pin) wrk -t"$th" -c"$2" -d"$3" --latency -s "$work/post.lua" "$1" > "$work/wrk.txt"
+    after=$(gw_cpu)
+    python3 - "$work/wrk.txt" "$before" "$after" "$CLK_TCK" <<'PY'
+import json, re, sys
+text = open(sys.argv[1]).read()
+def ms(v):
+    n, unit = re.match(r"([\d.]+)(us|ms|s)", v).groups()
+    return float(n) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
+rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+total = int(re.search(r"(\d+) requests in", text).group(1))
+errors = sum(int(x) for x in re.findall(r"(?:connect|read|write|timeout) (\d+)", text))
+non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+p = {k: ms(v) for k, v in re.findall(r"^\s+(50|99)%\s+(\S+)", text, re.M)}
+cpu = (int(sys.argv[3]) - int(sys.argv[2])) / int(sys.argv[4]) * 1e6 / max(total, 1)
+print(json.dumps({"rps": rps, "p50_ms": p["50"], "p99_ms": p["99"], "gw_cpu_us": cpu,
+                  "requests": total, "errors": errors + (int(non2xx.group(1)) if non2xx else 0)}))
+PY
+}
+
+# h2load_measure URL CONNS DURATION [--h1]: one h2load run, one stream per
+# connection (the same concurrency as wrk's and loadtest's CONNS).
+h2load_measure() {
+    local before after th
+    th=$(client_threads)
+    before=$(gw_cpu)
+    $(client_pin) h2load -t"$th" -c"$2" -m1 -D"${3%s}" -d "$work/post.body" \
+        -H 'content-type: application/octet-stream' ${4:-} "$1" > "$work/h2load.txt"
+    after=$(gw_cpu)
+    python3 - "$work/h2load.txt" "$before" "$after" "$CLK_TCK" <<'PY'
+import json, re, sys
+text = open(sys.argv[1]).read()
+def ms(v):
+    n, unit = re.match(r"([\d.]+)(us|ms|s)", v).groups()
+    return float(n) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
+rps = float(re.search(r"([\d.]+) req/s", text).group(1))
+m = re.search(r"requests: (\d+) total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored", text)
+done, ok = int(m.group(2)), int(m.group(3))
+codes = re.search(r"status codes: (\d+) 2xx", text)
+t = re.search(r"time for request:\s+(\S+)\s+(\S+)\s+(\S+)\s+(\S+)", text)
+mean, sd = ms(t.group(3)), ms(t.group(4))
+cpu = (int(sys.argv[3]) - int(sys.argv[2])) / int(sys.argv[4]) * 1e6 / max(done, 1)
+print(json.dumps({"rps": rps, "p50_ms": mean, "p99_ms": mean + 2 * sd, "gw_cpu_us": cpu,
+                  "requests": done, "errors": done - int(codes.group(1)) if codes else done - ok}))
+PY
+}
