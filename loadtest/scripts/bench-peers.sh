@@ -52,28 +52,7 @@ declare -A PORT=([nginx]=18444 [haproxy]=18445 [fngate]=18443)
 # configs W: the three proxies' configs with W workers each.
 configs() {
     local w=$1
-    mkdir -p "$work/nginx/tmp" "$work/fngate"
-    { nginx_head "$w"; cat <<EOF; } > "$work/nginx/nginx.conf"
-    limit_req_zone \$binary_remote_addr zone=thr:10m rate=100r/s;
-    upstream echo { server $ECHO; keepalive 64; }
-    server {
-        listen 127.0.0.1:18444 ssl http2;
-        ssl_certificate $work/cert.pem;
-        ssl_certificate_key $work/key.pem;
-        ssl_protocols TLSv1.2 TLSv1.3;
-        keepalive_requests 100000000;
-        proxy_http_version 1.1;
-        proxy_set_header Connection "";
-        location = $F/echo/invocations { proxy_pass http://echo/invoke; }
-        location = $F/private/invocations { allow 127.0.0.2; deny all; proxy_pass http://echo/invoke; }
-        location = $F/throttled/invocations {
-            limit_req zone=thr burst=20 nodelay;
-            limit_req_status 429;
-            proxy_pass http://echo/invoke;
-        }
-    }
-}
-EOF
+    peer_configs "$w"
     cat > "$work/haproxy.cfg" <<EOF
 global
     nbthread $w
@@ -100,15 +79,6 @@ backend echo
     http-reuse always
     server e1 $ECHO maxconn 256
 EOF
-    cat > "$work/fngate/gateway.toml" <<EOF
-[gateway]
-listen = "127.0.0.1:18443"
-admin_listen = "127.0.0.1:19464"
-tls_cert = "$work/cert.pem"
-tls_key = "$work/key.pem"
-threads = $w
-EOF
-    path_functions_toml >> "$work/fngate/gateway.toml"
 }
 
 # run TARGET PATH PROTO CONNS: one measured run, as JSON with the server's

@@ -46,7 +46,7 @@ URL=https://127.0.0.1:18443/2023-03-30/functions/steady/invocations
 ADMIN=http://127.0.0.1:19464
 run() { measure --url "$URL" --cacert "$work/ca.pem" -c "$CONNS" -d "$1"; }
 tools_install
-wrk_run() { wrk_measure "$URL" "$CONNS" "$1"; }
+wrk_run() { tool_measure wrk "$URL" "$CONNS" "$1"; }
 # Every second: flip fn-0007's timeout, then POST /admin/reload.
 reloader() {
     local t
@@ -127,14 +127,11 @@ t = [json.loads(l) for l in open(timed) if l.strip()]
 assert t, "no timed reload applied"
 for r in t: assert r["result"] == "applied", r
 sys.path.insert(0, "loadtest/scripts")
-from summary import cells, med
+from summary import cells, med, noisy
 def ms(kind, key):
     v = [r[key] for r in t if r["kind"] == kind]
     return f"{statistics.median(v):.1f} (max {max(v):.1f})"
 ratio = lambda a, b, k: med(a, k) / med(b, k)
-def noisy(rs):
-    m = med(rs, "rps")
-    return any(abs(r["rps"] - m) > 0.15 * m for r in rs)
 noise = [name for name, rs in (("loadtest", n), ("wrk", wn)) if noisy(rs)]
 lines = [
     "# Configuration reload benchmark (issue 30)",

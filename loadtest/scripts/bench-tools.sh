@@ -2,9 +2,11 @@
 # fngate against nginx on the allowed path, measured by three load
 # generators: wrk (HTTP/1.1), h2load (HTTP/2 and HTTP/1.1) and loadtest
 # (both), so that no figure rests on a tool this project wrote (issue 31).
-# Both servers proxy to the same echo program (nginx: `fngate-echo
-# --standalone` over a keep-alive upstream pool; fngate: the same binary as
-# its instance, process isolation), TLS 1.3 with one ECDSA P-256 certificate.
+# The servers are configured as in bench-peers.sh (lib.sh's peer_configs;
+# only the allowed path, `echo`, is called): both proxy to the same echo
+# program (nginx: `fngate-echo --standalone` over a keep-alive upstream pool;
+# fngate: the same binary as its instance, process isolation), TLS 1.3 with
+# one ECDSA P-256 certificate.
 # Layouts as bench-peers.sh: 1 core (servers and upstream on core 1, a
 # one-thread client on core 0) and 2 cores (two workers each, a two-thread
 # client, nothing pinned). Rounds alternate nginx, fngate for every tool and
@@ -21,44 +23,19 @@ DURATION=${DURATION:-5s}
 CONNS=${CONNS:-64}
 LAYOUTS=${LAYOUTS:-1 2}
 OUT=${OUT:-loadtest/results/tools.md}
-command -v nginx >/dev/null || { apt-get update -qq; env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx; }
-command -v openssl >/dev/null || env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl
+missing=()
+command -v nginx >/dev/null || missing+=(nginx)
+command -v openssl >/dev/null || missing+=(openssl)
+if [ ${#missing[@]} -gt 0 ]; then
+    apt-get update -qq
+    env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
 source loadtest/scripts/lib.sh
 tools_install
 bench_cert
 ECHO=127.0.0.1:18081
 F=/2023-03-30/functions
 declare -A PORT=([nginx]=18444 [fngate]=18443)
-
-configs() {
-    mkdir -p "$work/nginx/tmp" "$work/fngate"
-    { nginx_head "$1"; cat <<NGINX; } > "$work/nginx/nginx.conf"
-    upstream echo { server $ECHO; keepalive 64; }
-    server {
-        listen 127.0.0.1:18444 ssl http2;
-        ssl_certificate $work/cert.pem;
-        ssl_certificate_key $work/key.pem;
-        ssl_protocols TLSv1.2 TLSv1.3;
-        keepalive_requests 100000000;
-        proxy_http_version 1.1;
-        proxy_set_header Connection "";
-        location = $F/echo/invocations { proxy_pass http://echo/invoke; }
-    }
-}
-NGINX
-    cat > "$work/fngate/gateway.toml" <<TOML
-[gateway]
-listen = "127.0.0.1:18443"
-admin_listen = "127.0.0.1:19464"
-tls_cert = "$work/cert.pem"
-tls_key = "$work/key.pem"
-threads = $1
-[[functions]]
-name = "echo"
-command = ["$T/fngate-echo"]
-instance_concurrency = 200
-TOML
-}
 
 # cpu_pids TARGET: the server's processes and its upstream's.
 cpu_pids() {
@@ -73,9 +50,9 @@ one() {
     local url="https://127.0.0.1:${PORT[$1]}$F/echo/invocations"
     GW_PID=$(cpu_pids "$1")
     case $2/$3 in
-        wrk/h1) wrk_measure "$url" "$CONNS" "$DURATION" ;;
-        h2load/h1) h2load_measure "$url" "$CONNS" "$DURATION" --h1 ;;
-        h2load/h2) h2load_measure "$url" "$CONNS" "$DURATION" ;;
+        wrk/h1) tool_measure wrk "$url" "$CONNS" "$DURATION" ;;
+        h2load/h1) tool_measure h2load "$url" "$CONNS" "$DURATION" --h1 ;;
+        h2load/h2) tool_measure h2load "$url" "$CONNS" "$DURATION" ;;
         loadtest/h1) measure --url "$url" -c "$CONNS" -d "$DURATION" --cacert "$work/cert.pem" ;;
         loadtest/h2) measure --url "$url" -c "$CONNS" -d "$DURATION" --cacert "$work/cert.pem" --http2 ;;
     esac
@@ -86,7 +63,7 @@ results="$work/results.jsonl"
 : > "$results"
 for layout in $LAYOUTS; do
     place "$layout"
-    configs "$layout"
+    peer_configs "$layout"
     suite=()
     "${SRV[@]}" "$T/fngate-echo" --standalone "$ECHO" 2>/dev/null &
     ECHO_PID=$!; pids+=($!); suite+=($!)
@@ -109,10 +86,10 @@ for layout in $LAYOUTS; do
                 done
             done
             noisy=$(printf '%s\n' "${rows[@]}" | python3 -c '
-import json, statistics, sys
-rs = [json.loads(l)["r"]["rps"] for l in sys.stdin if json.loads(l)["target"] == "nginx"]
-m = statistics.median(rs)
-print(int(any(abs(x - m) > 0.15 * m for x in rs)))')
+import json, sys
+sys.path.insert(0, "loadtest/scripts")
+from summary import noisy
+print(int(noisy([x["r"] for x in map(json.loads, sys.stdin) if x["target"] == "nginx"])))')
             printf '%s\n' "${rows[@]}" >> "$results"
             [ "$noisy" = 0 ] && break
             echo "layout $layout $tool $proto: nginx's rounds ranged wider than ±15%: measuring again" >&2
@@ -125,7 +102,7 @@ done
 python3 - "$OUT" "$results" "$ROUNDS" "$DURATION" "$CONNS" "$(nproc)" "$(nginx -v 2>&1 | sed 's/.*\///')" "$(git rev-parse --short HEAD)" <<'PY'
 import collections, datetime, json, statistics, sys
 sys.path.insert(0, "loadtest/scripts")
-from summary import med, rng
+from summary import med, noisy, rng
 out, results, rounds, duration, conns, cores, nginx_v, rev = sys.argv[1:]
 rows = [json.loads(l) for l in open(results)]
 # The last attempt of each cell counts; an earlier noisy one is listed as such.
@@ -137,9 +114,6 @@ by = collections.defaultdict(list)
 for x in rows:
     if x["attempt"] == last[(x["layout"], x["tool"], x["proto"])]:
         by[(x["layout"], x["tool"], x["proto"], x["target"])].append(x["r"])
-def noisy(rs):
-    m = med(rs, "rps")
-    return any(abs(r["rps"] - m) > 0.15 * m for r in rs)
 lines = [
     "# fngate vs nginx, allowed path, by three load generators (issue 31)", "",
     f"Produced by `bash loadtest/scripts/bench-tools.sh` on {datetime.date.today()} ({cores} cores, nginx {nginx_v}), tree at `{rev}`.",

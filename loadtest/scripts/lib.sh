@@ -17,15 +17,16 @@ trap cleanup EXIT
 # defers SIGTERM until its child exits).
 if command -v taskset >/dev/null; then CORE0=(taskset -c 0); CORE1=(taskset -c 1); else CORE0=(); CORE1=(); fi
 # place 1|2: where the servers (SRV, used by start_gateway) and the load
-# generator (LT) run. 1: servers on core 1, a one-thread client on core 0;
+# generators run (CLIENT: the pinning, CLIENT_THREADS; LT: loadtest so placed). 1: servers on core 1, a one-thread client on core 0;
 # 2: nothing pinned, a two-thread client (servers and client share both
 # cores).
 place() {
     if [ "$1" = 2 ]; then
-        SRV=(); LT=("$T/loadtest" --threads 2)
+        SRV=(); CLIENT=(); CLIENT_THREADS=2
     else
-        SRV=("${CORE1[@]}"); LT=("${CORE0[@]}" "$T/loadtest" --threads 1)
+        SRV=("${CORE1[@]}"); CLIENT=("${CORE0[@]}"); CLIENT_THREADS=1
     fi
+    LT=("${CLIENT[@]}" "$T/loadtest" --threads "$CLIENT_THREADS")
 }
 place 1
 
@@ -90,6 +91,47 @@ TOML
 # path_function PATH: the function of path_functions_toml for allowed, 403 or 429.
 path_function() {
     case $1 in allowed) echo echo ;; 403) echo private ;; 429) echo throttled ;; esac
+}
+
+# peer_configs W: nginx's (in $work/nginx) and fngate's (in $work/fngate)
+# configs for the peer benchmarks, W workers each: TLS on 18444 and 18443,
+# the functions of path_functions_toml (nginx: a location each, proxied to
+# the echo program at $ECHO over a keep-alive pool; a CIDR allow-list for
+# the VPC-only one, limit_req for the throttled one). Needs bench_cert's
+# files and F (the invocation path's prefix).
+peer_configs() {
+    local w=$1
+    mkdir -p "$work/nginx/tmp" "$work/fngate"
+    { nginx_head "$w"; cat <<EOF; } > "$work/nginx/nginx.conf"
+    limit_req_zone \$binary_remote_addr zone=thr:10m rate=100r/s;
+    upstream echo { server $ECHO; keepalive 64; }
+    server {
+        listen 127.0.0.1:18444 ssl http2;
+        ssl_certificate $work/cert.pem;
+        ssl_certificate_key $work/key.pem;
+        ssl_protocols TLSv1.2 TLSv1.3;
+        keepalive_requests 100000000;
+        proxy_http_version 1.1;
+        proxy_set_header Connection "";
+        location = $F/echo/invocations { proxy_pass http://echo/invoke; }
+        location = $F/private/invocations { allow 127.0.0.2; deny all; proxy_pass http://echo/invoke; }
+        location = $F/throttled/invocations {
+            limit_req zone=thr burst=20 nodelay;
+            limit_req_status 429;
+            proxy_pass http://echo/invoke;
+        }
+    }
+}
+EOF
+    cat > "$work/fngate/gateway.toml" <<EOF
+[gateway]
+listen = "127.0.0.1:18443"
+admin_listen = "127.0.0.1:19464"
+tls_cert = "$work/cert.pem"
+tls_key = "$work/key.pem"
+threads = $w
+EOF
+    path_functions_toml >> "$work/fngate/gateway.toml"
 }
 
 # rss_kb PID...: their resident memory together, in kB.
@@ -181,12 +223,11 @@ EOF
 }
 
 # Standard tools beside loadtest (issue 31): wrk (HTTP/1.1) and h2load
-# (HTTP/2, or HTTP/1.1 with --h1), installed from Debian when missing. Each
-# prints the same JSON keys as `measure` (rps, p50_ms, p99_ms, gw_cpu_us,
+# (HTTP/2, or HTTP/1.1 with --h1), installed from Debian when missing.
+# `tool_measure` prints the same JSON keys as `measure` (rps, p50_ms, p99_ms, gw_cpu_us,
 # requests, errors); h2load reports no percentiles, so its p50_ms/p99_ms are
 # its mean and its mean plus two standard deviations ("p99_ms" is then an
-# estimate, and the reports say so). The client runs as LT's placement does
-# (core 0 and one thread, or two threads unpinned).
+# estimate, and the reports say so). The client runs where `place` put it.
 tools_install() {
     local missing=()
     command -v wrk >/dev/null || missing+=(wrk)
@@ -199,57 +240,43 @@ tools_install() {
     printf hello > "$work/post.body"
 }
 
-# client_threads: 1 when the client is pinned to core 0 (layout 1), else 2.
-client_threads() { case " ${LT[*]} " in *" --threads 2 "*) echo 2 ;; *) echo 1 ;; esac; }
-client_pin() { case " ${LT[*]} " in *" --threads 2 "*) ;; *) echo "${CORE0[@]}" ;; esac; }
-
-# wrk_measure URL CONNS DURATION: one wrk run (POST "hello").
-wrk_measure() {
-    local before after th
-    th=$(client_threads)
+# tool_measure wrk|h2load URL CONNS DURATION [--h1]: one run of that tool
+# (POST "hello"; h2load: one stream per connection, the same concurrency as
+# wrk's and loadtest's CONNS), its summary as JSON.
+tool_measure() {
+    local tool=$1 before after
     before=$(gw_cpu)
-    $(client_pin) wrk -t"$th" -c"$2" -d"$3" --latency -s "$work/post.lua" "$1" > "$work/wrk.txt"
+    case $tool in
+        wrk) "${CLIENT[@]}" wrk -t"$CLIENT_THREADS" -c"$3" -d"$4" --latency -s "$work/post.lua" "$2" ;;
+        h2load) "${CLIENT[@]}" h2load -t"$CLIENT_THREADS" -c"$3" -m1 -D"${4%s}" -d "$work/post.body" \
+                    -H 'content-type: application/octet-stream' ${5:-} "$2" ;;
+    esac > "$work/$tool.txt"
     after=$(gw_cpu)
-    python3 - "$work/wrk.txt" "$before" "$after" "$CLK_TCK" <<'PY'
+    python3 - "$tool" "$work/$tool.txt" "$before" "$after" "$CLK_TCK" <<'PY'
 import json, re, sys
-text = open(sys.argv[1]).read()
+tool, path, before, after, tck = sys.argv[1:]
+text = open(path).read()
 def ms(v):
     n, unit = re.match(r"([\d.]+)(us|ms|s)", v).groups()
     return float(n) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
-rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
-total = int(re.search(r"(\d+) requests in", text).group(1))
-errors = sum(int(x) for x in re.findall(r"(?:connect|read|write|timeout) (\d+)", text))
-non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
-p = {k: ms(v) for k, v in re.findall(r"^\s+(50|99)%\s+(\S+)", text, re.M)}
-cpu = (int(sys.argv[3]) - int(sys.argv[2])) / int(sys.argv[4]) * 1e6 / max(total, 1)
-print(json.dumps({"rps": rps, "p50_ms": p["50"], "p99_ms": p["99"], "gw_cpu_us": cpu,
-                  "requests": total, "errors": errors + (int(non2xx.group(1)) if non2xx else 0)}))
-PY
-}
-
-# h2load_measure URL CONNS DURATION [--h1]: one h2load run, one stream per
-# connection (the same concurrency as wrk's and loadtest's CONNS).
-h2load_measure() {
-    local before after th
-    th=$(client_threads)
-    before=$(gw_cpu)
-    $(client_pin) h2load -t"$th" -c"$2" -m1 -D"${3%s}" -d "$work/post.body" \
-        -H 'content-type: application/octet-stream' ${4:-} "$1" > "$work/h2load.txt"
-    after=$(gw_cpu)
-    python3 - "$work/h2load.txt" "$before" "$after" "$CLK_TCK" <<'PY'
-import json, re, sys
-text = open(sys.argv[1]).read()
-def ms(v):
-    n, unit = re.match(r"([\d.]+)(us|ms|s)", v).groups()
-    return float(n) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
-rps = float(re.search(r"([\d.]+) req/s", text).group(1))
-m = re.search(r"requests: (\d+) total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored", text)
-done, ok = int(m.group(2)), int(m.group(3))
-codes = re.search(r"status codes: (\d+) 2xx", text)
-t = re.search(r"time for request:\s+(\S+)\s+(\S+)\s+(\S+)\s+(\S+)", text)
-mean, sd = ms(t.group(3)), ms(t.group(4))
-cpu = (int(sys.argv[3]) - int(sys.argv[2])) / int(sys.argv[4]) * 1e6 / max(done, 1)
-print(json.dumps({"rps": rps, "p50_ms": mean, "p99_ms": mean + 2 * sd, "gw_cpu_us": cpu,
-                  "requests": done, "errors": done - int(codes.group(1)) if codes else done - ok}))
+if tool == "wrk":
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+    total = int(re.search(r"(\d+) requests in", text).group(1))
+    errors = sum(int(x) for x in re.findall(r"(?:connect|read|write|timeout) (\d+)", text))
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    errors += int(non2xx.group(1)) if non2xx else 0
+    p = {k: ms(v) for k, v in re.findall(r"^\s+(50|99)%\s+(\S+)", text, re.M)}
+    p50, p99 = p["50"], p["99"]
+else:
+    rps = float(re.search(r"([\d.]+) req/s", text).group(1))
+    m = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded", text)
+    total, ok = int(m.group(1)), int(m.group(2))
+    codes = re.search(r"status codes: (\d+) 2xx", text)
+    errors = total - (int(codes.group(1)) if codes else ok)
+    t = re.search(r"time for request:\s+\S+\s+\S+\s+(\S+)\s+(\S+)", text)
+    p50, p99 = ms(t.group(1)), ms(t.group(1)) + 2 * ms(t.group(2))
+cpu = (int(after) - int(before)) / int(tck) * 1e6 / max(total, 1)
+print(json.dumps({"rps": rps, "p50_ms": p50, "p99_ms": p99, "gw_cpu_us": cpu,
+                  "requests": total, "errors": errors}))
 PY
 }

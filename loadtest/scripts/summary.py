@@ -27,3 +27,9 @@ def share(runs, status):
     """The share of all requests answered with `status` (a string: "200")."""
     total = sum(r["requests"] for r in runs)
     return sum(r["statuses"].get(status, 0) for r in runs) / max(total, 1)
+
+
+def noisy(runs, key="rps", tolerance=0.15):
+    """Whether any run's `key` lies further than `tolerance` from the median."""
+    m = med(runs, key)
+    return any(abs(r[key] - m) > tolerance * m for r in runs)
